@@ -1,0 +1,295 @@
+"""Many entries at once: choosing them, the worker task group, the shared limits, and the batch report.
+
+The only place that fans out entries (one task group of `concurrency` workers fed by a bounded stream). It opens
+the store and the S3 connection for the run and stops the whole batch on a run-wide error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError
+from amgmt.models import OperationStatus, UploadRecord, utcnow
+from amgmt.naming import ARCHIVE_SUFFIX, PARTIAL_SUFFIX, display, object_key
+from amgmt.completed import tree_size
+from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, process_pool_compressor
+from amgmt.progress import Reporter, SilentReporter
+from amgmt.s3 import ClientOptions, S3Bucket
+from amgmt.settings import Settings
+from amgmt.store import MetadataStore
+
+
+# -- choosing entries -----------------------------------------------------------------------------------------
+
+
+def _reserved(settings: Settings) -> set[Path]:
+    return {settings.completed_dir, settings.db_path.parent, settings.staging_dir}
+
+
+def list_entries(settings: Settings) -> tuple[list[Path], list[str]]:
+    """`upload all`: regular files and directories directly in the local dir, sorted; plus what was ignored and why.
+
+    Left out: the completed, metadata and staging dirs, hidden entries, partial archives, and anything that is not
+    a regular file or directory (symlinks, FIFOs, devices), which are reported as ignored.
+    """
+    reserved = _reserved(settings)
+    entries: list[Path] = []
+    ignored: list[str] = []
+    try:
+        items = sorted(os.scandir(settings.local_dir), key=lambda e: os.fsencode(e.name))
+    except OSError as exc:
+        raise ConfigError(f"cannot list the local dir {display(settings.local_dir)}: {exc.strerror}") from exc
+    for item in items:
+        path = Path(item.path)
+        if path in reserved or item.name.startswith(".") or item.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            mode = item.stat(follow_symlinks=False).st_mode
+        except OSError:
+            continue  # vanished while listing
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            entries.append(path)
+        elif stat.S_ISLNK(mode):
+            ignored.append(f"{display(item.name)}: symbolic link (upload its target instead)")
+        else:
+            ignored.append(f"{display(item.name)}: not a regular file or directory")
+    return entries, ignored
+
+
+def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
+    """`upload NAME...`: each NAME must be a regular file or directory inside the local dir (not in reserved dirs)."""
+    local = settings.local_dir
+    reserved = _reserved(settings)
+    found: list[Path] = []
+    for name in names:
+        if not name or "\x00" in name:
+            raise ConfigError(f"invalid entry name {name!r}")
+        raw = Path(os.path.expanduser(name))
+        path = raw if raw.is_absolute() else local / raw
+        try:
+            parent = path.parent.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise NotFoundError(f"{display(name)}: no such file or directory in {display(local)}") from None
+        path = parent / path.name
+        if path.name in ("", ".", "..") or path == local:
+            raise ConfigError(f"{display(name)}: name an entry inside {display(local)}, not the directory itself")
+        try:
+            path.relative_to(local)
+        except ValueError:
+            raise ConfigError(f"{display(name)}: outside the local dir {display(local)}") from None
+        if any(path == r or r in path.parents for r in reserved):
+            raise ConfigError(f"{display(name)}: inside amgmt's completed/metadata/staging dirs")
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            raise NotFoundError(f"{display(name)}: no such file or directory in {display(local)}") from None
+        except OSError as exc:
+            raise ConfigError(f"{display(name)}: {exc.strerror}") from None
+        if stat.S_ISLNK(mode):
+            raise ConfigError(f"{display(name)}: is a symbolic link; amgmt uploads files and directories only")
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ConfigError(f"{display(name)}: not a regular file or directory")
+        if path not in found:
+            found.append(path)
+    return found
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    path: Path
+    key: str
+    size: int
+    is_directory: bool
+
+    def to_dict(self, bucket: str | None) -> dict[str, Any]:
+        return {
+            "target_name": display(self.path.name),
+            "target_path": display(self.path),
+            "is_directory": self.is_directory,
+            "original_size": self.size,
+            "s3_bucket": bucket,
+            "s3_object_key": self.key,
+        }
+
+
+def plan(settings: Settings, entries: list[Path]) -> list[PlannedEntry]:
+    """What `--dry-run` shows: each entry, its size and its key."""
+    planned = []
+    for path in entries:
+        try:
+            size, _ = tree_size(path)
+            is_dir = path.is_dir() and not path.is_symlink()
+        except OSError:
+            size, is_dir = 0, False
+        planned.append(PlannedEntry(path, object_key(settings.object_prefix, path.name), size, is_dir))
+    return planned
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchReport:
+    """What happened to every entry of one run, and the run as a whole."""
+
+    records: list[UploadRecord] = field(default_factory=list)
+    started_at: datetime = field(default_factory=utcnow)
+    wall_seconds: float = 0.0
+    aborted: str | None = None  # the run-wide error that stopped the batch
+    interrupted: bool = False
+    ignored: list[str] = field(default_factory=list)
+    planned: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(str(r.status) for r in self.records))
+
+    def _done(self) -> list[UploadRecord]:
+        return [r for r in self.records if r.status in (OperationStatus.SUCCESS, OperationStatus.PARTIAL)]
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(r.original_size for r in self._done())
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(r.compressed_size or 0 for r in self._done())
+
+    @property
+    def failures(self) -> list[UploadRecord]:
+        return [r for r in self.records if r.status not in (OperationStatus.SUCCESS, OperationStatus.SKIPPED)]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.aborted:
+            return ExitCode.STORAGE
+        if self.failures or len(self.records) < self.planned:
+            return ExitCode.ENTRY_FAILED
+        return ExitCode.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        wall = self.wall_seconds or 0.0
+        return {
+            "started_at": self.started_at.isoformat(),
+            "wall_seconds": round(wall, 3),
+            "entries": self.planned,
+            "counts": self.counts(),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "compression_ratio": round(self.bytes_in / self.bytes_out, 4) if self.bytes_out else None,
+            "throughput_bytes_per_second": round(self.bytes_in / wall, 1) if wall else None,
+            "aborted": self.aborted,
+            "interrupted": self.interrupted,
+            "ignored": self.ignored,
+            "exit_code": int(self.exit_code),
+            "failures": [
+                {
+                    "operation_id": r.operation_id,
+                    "target_name": r.target_name,
+                    "status": str(r.status),
+                    "error_message": r.error_message,
+                }
+                for r in self.failures
+            ],
+            "operations": [r.to_dict() for r in self.records],
+        }
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+def client_options(settings: Settings, *, max_connections: int) -> ClientOptions:
+    if not settings.bucket:
+        raise ConfigError("no bucket configured: set MGMT_BUCKET or pass --bucket")
+    return ClientOptions(
+        bucket=settings.bucket,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        profile=settings.profile,
+        checksum_mode=settings.checksum_mode,
+        addressing_style=settings.addressing_style,
+        max_connections=max_connections,
+    )
+
+
+def _private_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {display(path)}: {exc.strerror}") from exc
+
+
+async def upload_batch(
+    settings: Settings,
+    entries: list[Path],
+    *,
+    reporter: Reporter | None = None,
+    overwrite: bool = False,
+    command_args: dict[str, Any] | None = None,
+    compressor: Compressor | None = None,
+    report: BatchReport | None = None,
+) -> BatchReport:
+    """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how."""
+    reporter = reporter or SilentReporter()
+    report = report or BatchReport()
+    report.planned = len(entries)
+    started = time.perf_counter()
+    concurrency = max(1, min(settings.concurrency, len(entries) or 1))
+    options = client_options(settings, max_connections=settings.parts_in_flight + 2 * concurrency + 4)
+    _private_dir(settings.staging_dir)
+    try:
+        async with MetadataStore(settings.db_path) as store, S3Bucket.connect(options) as s3:
+            await s3.check_bucket()
+            ctx = PipelineContext(
+                settings=settings,
+                store=store,
+                s3=s3,
+                budget=anyio.CapacityLimiter(settings.parts_in_flight),
+                compress=compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
+                reporter=reporter,
+                overwrite=overwrite,
+                command_args=command_args or {},
+            )
+            reporter.add_work(len(entries), sum(p.size for p in plan(settings, entries)))
+            send, receive = anyio.create_memory_object_stream[Path](max_buffer_size=concurrency)
+
+            async def worker(queue: MemoryObjectReceiveStream[Path], scope: anyio.CancelScope) -> None:
+                async with queue:
+                    async for entry in queue:
+                        pipeline = EntryPipeline(ctx, entry)
+                        try:
+                            await pipeline.run()
+                        except AmgmtError as exc:  # run-wide: stop every worker, one clear message
+                            report.aborted = str(exc)
+                            scope.cancel()
+                            return
+                        finally:
+                            report.records.append(pipeline.record)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(concurrency):
+                    tg.start_soon(worker, receive.clone(), tg.cancel_scope)
+                receive.close()
+                async with send:
+                    for entry in entries:
+                        await send.send(entry)
+    except AmgmtError as exc:
+        if report.aborted is None and not report.records:
+            raise
+        report.aborted = report.aborted or str(exc)
+    finally:
+        report.wall_seconds = time.perf_counter() - started
+        reporter.close()
+    return report

@@ -1,0 +1,123 @@
+"""`amgmt history` and `amgmt show ID`: what the metadata store knows."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncclick as click
+
+from amgmt.cli import settings_from, settings_options
+from amgmt.cli.render import human_duration, human_size, local_time, table, to_json
+from amgmt.errors import ConfigError, NotFoundError
+from amgmt.models import FileRole, OperationRecord, OperationStatus, UploadRecord
+from amgmt.store import MetadataStore
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str, *, option: str, now: datetime | None = None) -> datetime:
+    """An ISO date/time (local time when no zone is given) or a relative age like 30m, 2h, 7d, 1w."""
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(text.strip().lower())
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected a date like 2026-11-25, 2026-11-25T10:00 or an age like 2h, 7d") from None
+    if value.tzinfo is None:
+        value = value.astimezone()  # naive = local time
+    return value.astimezone(timezone.utc)
+
+
+async def _open_store(kwargs: dict[str, Any]) -> MetadataStore:
+    settings = settings_from(kwargs, require_bucket=False)
+    if not settings.db_path.exists():
+        raise NotFoundError(f"no metadata database at {settings.db_path} (nothing uploaded from here yet?)")
+    return MetadataStore(settings.db_path)
+
+
+def _ratio(record: OperationRecord) -> str:
+    ratio = getattr(record, "compression_ratio", None)
+    return f"{ratio:.2f}" if ratio else "-"
+
+
+@click.command("history")
+@settings_options
+@click.option("--status", type=click.Choice([s.value for s in OperationStatus]), default=None, help="Only this status.")
+@click.option("--type", "operation_type", type=str, default=None, help="Only this operation type (upload, ...).")
+@click.option("--since", type=str, default=None, help="Started at or after: 2026-11-25, 2026-11-25T10:00, 2h, 7d.")
+@click.option("--until", type=str, default=None, help="Started before (same forms as --since).")
+@click.option("--target", type=str, default=None, help="Target name or path contains this (case-insensitive).")
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most this many; 0 = all.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of operations with the UploadRecord field names.")
+async def history(status: str | None, operation_type: str | None, since: str | None, until: str | None,
+                  target: str | None, limit: int, as_json: bool, **kwargs: Any) -> None:
+    """Past operations, newest first: what was uploaded, where, when, how big, whether it verified."""
+    after = parse_when(since, option="--since") if since else None
+    before = parse_when(until, option="--until") if until else None
+    async with await _open_store(kwargs) as store:
+        records = await store.list_operations(status=status, operation_type=operation_type, since=after,
+                                              until=before, target=target, limit=limit or None)
+    if as_json:
+        click.echo(to_json([_flat(r) for r in records]))
+        return
+    if not records:
+        click.echo("no operations recorded" + (" matching these filters" if any((status, operation_type, since, until, target)) else ""))
+        return
+    rows = []
+    for r in records:
+        size = human_size(getattr(r, "original_size", None))
+        packed = human_size(getattr(r, "compressed_size", None))
+        key = getattr(r, "s3_object_key", "") or r.result_path or ""
+        note = r.error_message if r.status != OperationStatus.SUCCESS else getattr(r, "verification_method", "") or ""
+        rows.append((r.operation_id[:8], r.operation_type, r.target_name, r.status, local_time(r.started_at),
+                     human_duration(r.duration_seconds), size, packed, _ratio(r), key, note))
+    click.echo(table(["ID", "TYPE", "TARGET", "STATUS", "STARTED", "TOOK", "SIZE", "PACKED", "RATIO", "KEY", "NOTE"],
+                     rows, max_width=40))
+
+
+def _flat(record: OperationRecord) -> dict[str, Any]:
+    """The record as in the store; the four FileRecords only in `show`."""
+    data = record.to_dict()
+    for role in FileRole:
+        data.pop(f"{role.value}_file_record", None)
+    return data
+
+
+@click.command("show")
+@click.argument("operation_id")
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="The whole UploadRecord with its four FileRecords as JSON.")
+async def show(operation_id: str, as_json: bool, **kwargs: Any) -> None:
+    """One operation in full. OPERATION_ID may be a unique prefix of the id (at least 4 characters)."""
+    async with await _open_store(kwargs) as store:
+        record = await store.get_operation(operation_id)
+    if as_json:
+        click.echo(to_json(record.to_dict()))
+        return
+    data = record.to_dict()
+    files = {role: data.pop(f"{role.value}_file_record", None) for role in FileRole}
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+    if isinstance(record, UploadRecord):
+        for role, rec in files.items():
+            click.echo(f"\n{role.value}_file_record:")
+            if not rec:
+                click.echo("  (none)")
+                continue
+            for key, value in rec.items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+                click.echo(f"  {key.ljust(14)}  {'-' if value is None else value}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(history)
+    group.add_command(show)

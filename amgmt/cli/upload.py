@@ -1,0 +1,98 @@
+"""`amgmt upload NAME...|all`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import asyncclick as click
+
+from amgmt.batch import BatchReport, list_entries, plan, resolve_names, upload_batch
+from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
+from amgmt.cli.render import human_duration, human_size, table, to_json
+from amgmt.errors import ConfigError
+from amgmt.naming import display
+from amgmt.progress import SilentReporter, TqdmReporter
+
+
+def summary_text(report: BatchReport) -> str:
+    data = report.to_dict()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts().items())) or "nothing done"
+    ratio = f"{data['compression_ratio']:.2f}" if data["compression_ratio"] else "-"
+    speed = data["throughput_bytes_per_second"]
+    lines = [
+        f"{report.planned} entries in {human_duration(report.wall_seconds)}: {counts}",
+        f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), "
+        f"{human_size(speed)}/s" if speed else f"{human_size(report.bytes_in)} in",
+    ]
+    for note in report.ignored:
+        lines.append(f"ignored: {note}")
+    if report.failures:
+        lines.append("not done:")
+        for r in report.failures:
+            lines.append(f"  {r.status:<9} {r.target_name}: {' '.join((r.error_message or '').split())}")
+    if report.aborted:
+        lines.append(f"stopped early: {report.aborted}")
+    if report.interrupted:
+        lines.append("interrupted: entries in progress were cancelled and cleaned up; run again to finish")
+    return "\n".join(lines)
+
+
+@click.command("upload", epilog=EXIT_CODES_HELP)
+@click.argument("names", nargs=-1, required=True)
+@settings_options
+@click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
+@click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")
+@click.option("--part-size", type=str, default=None, help="Multipart part size, e.g. 16MiB [MGMT_PART_SIZE, 8MiB].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing object that holds other content.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
+async def upload(names: tuple[str, ...], concurrency: int | None, storage_class: str | None, part_size: str | None,
+                 overwrite: bool, dry_run: bool, as_json: bool, progress: bool | None, **kwargs: Any) -> None:
+    """Pack, upload, verify and move entries of the local dir.
+
+    NAMES are files or directories inside the local dir, or `all` for every entry directly in it (except
+    hidden ones and amgmt's own completed/metadata/staging dirs). Each entry becomes `[prefix/]NAME.tar.gz`;
+    the original moves to the completed dir only after the object is verified in S3.
+    """
+    settings = settings_from(
+        kwargs,
+        require_bucket=True,
+        extra={"concurrency": concurrency, "storage_class": storage_class, "part_size": part_size},
+    )
+    if names == ("all",):
+        entries, ignored = list_entries(settings)
+    elif "all" in names and len(names) > 1:
+        raise ConfigError("`all` cannot be combined with names")
+    else:
+        entries, ignored = resolve_names(settings, list(names)), []
+    if dry_run:
+        planned = plan(settings, entries)
+        if as_json:
+            click.echo(to_json({"dry_run": True, "entries": [p.to_dict(settings.bucket) for p in planned],
+                                "ignored": ignored}))
+            return
+        rows = [(display(p.path.name), "dir" if p.is_directory else "file", human_size(p.size),
+                 f"s3://{settings.bucket}/{p.key}") for p in planned]
+        click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
+        for note in ignored:
+            click.echo(f"ignored: {note}")
+        click.echo(f"{len(planned)} entries, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
+        return
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
+    command_args = {"command": "upload", "names": list(names), "concurrency": settings.concurrency,
+                    "overwrite": overwrite, "storage_class": settings.storage_class,
+                    "part_size": settings.part_size, "local_dir": display(settings.local_dir)}
+    report = BatchReport(ignored=ignored)
+    await upload_batch(settings, entries, reporter=reporter, overwrite=overwrite, command_args=command_args,
+                       report=report)
+    click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
+    code = int(report.exit_code)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(upload)

@@ -1,0 +1,50 @@
+"""How entry names become S3 keys, staging file names and record text. Pure functions.
+
+Key mapping (documented in docs/configuration.md): `[prefix/]NAME.tar.gz`, where NAME is the entry's own name.
+Bytes that are not valid UTF-8, control characters (0x00-0x1f, 0x7f) and `%` itself are written as `%XX`, so the
+key is valid UTF-8, printable, and two different names never share a key. A name is one path segment, so a key
+never holds a `..` segment of its own making; the prefix is validated by the settings.
+"""
+
+from __future__ import annotations
+
+import os
+
+ARCHIVE_SUFFIX = ".tar.gz"
+PARTIAL_SUFFIX = ".partial"
+
+
+def _escape_byte(b: int) -> str:
+    return f"%{b:02X}"
+
+
+def key_segment(name: str) -> str:
+    """One entry name (possibly holding surrogate-escaped bytes) as a safe S3 key segment."""
+    raw = os.fsencode(name)
+    out: list[str] = []
+    text = raw.decode("utf-8", errors="surrogateescape")
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
+            out.append(_escape_byte(code - 0xDC00))
+        elif code < 0x20 or code == 0x7F or ch == "%":
+            out.append(_escape_byte(code))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def object_key(prefix: str, name: str) -> str:
+    segment = key_segment(name) + ARCHIVE_SUFFIX
+    return f"{prefix}/{segment}" if prefix else segment
+
+
+def display(path: str | os.PathLike[str]) -> str:
+    """Text safe to store, print and log: undecodable bytes shown as \\xNN, never raising."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def staging_name(operation_id: str, name: str) -> str:
+    """A staging archive name: unique per operation, recognisable, and short enough for any filesystem."""
+    readable = key_segment(name)[:80].replace("/", "_")
+    return f"{operation_id}-{readable}{ARCHIVE_SUFFIX}"

@@ -1,0 +1,494 @@
+"""One entry through the eight stages: validate, record, compress, upload, verify, move, persist, clean up.
+
+It owns that entry's records (saved at every stage transition) and its failure cleanups (staging archive, multipart
+abort via the S3 boundary). It never moves an original before the object is verified, and it never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import mimetypes
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_process
+import anyio.to_thread
+
+from amgmt.archive import ArchiveResult, compress_entry
+from amgmt.completed import completed_destination, find_completed, move_to_completed, tree_size
+from amgmt.errors import (
+    AmgmtError,
+    CompressionError,
+    EntryError,
+    MoveError,
+    StoreError,
+    UploadError,
+    ValidationError,
+    VerificationError,
+)
+from amgmt.models import (
+    FileRecord,
+    FileRole,
+    FileStatus,
+    Location,
+    OperationStatus,
+    Stage,
+    UploadRecord,
+    current_user,
+    new_operation_id,
+    utcnow,
+)
+from amgmt.naming import PARTIAL_SUFFIX, display, object_key, staging_name
+from amgmt.parts import archive_size_bound, expected_etag, plan_part_size
+from amgmt.progress import Reporter, SilentReporter
+from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE, S3Bucket
+from amgmt.settings import Settings
+from amgmt.store import MetadataStore
+
+Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
+SAVE_TIMEOUT = 10.0
+
+
+def process_pool_compressor(limiter: anyio.CapacityLimiter) -> Compressor:
+    """Compression in anyio's worker processes (kept warm between entries), at most `limiter` at a time."""
+
+    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+        job = functools.partial(compress_entry, part_size=part_size, level=level)
+        return await anyio.to_process.run_sync(job, source, archive_path, cancellable=True, limiter=limiter)
+
+    return compress
+
+
+@dataclass
+class PipelineContext:
+    """Everything one entry's pipeline needs, passed explicitly (no globals)."""
+
+    settings: Settings
+    store: MetadataStore
+    s3: S3Bucket
+    budget: anyio.CapacityLimiter  # parts in flight, shared by every upload of the run
+    compress: Compressor
+    reporter: Reporter = field(default_factory=SilentReporter)
+    overwrite: bool = False
+    command_args: dict[str, Any] = field(default_factory=dict)
+    user: str | None = field(default_factory=current_user)
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def source_record(entry: Path, local_dir: Path) -> tuple[FileRecord, int]:
+    """Stage 1: check the entry is a regular file or directory inside the local dir; its FileRecord and file count."""
+    try:
+        st = entry.lstat()
+    except FileNotFoundError as exc:
+        raise ValidationError(f"{display(entry)} does not exist (deleted since it was listed?)") from exc
+    except OSError as exc:
+        raise ValidationError(f"cannot access {display(entry)}: {exc.strerror}") from exc
+    try:
+        entry.parent.resolve(strict=True).relative_to(local_dir)
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{display(entry)} is not inside the local dir {display(local_dir)}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise ValidationError(f"{display(entry)} is a symbolic link; amgmt uploads files and directories only")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise ValidationError(f"{display(entry)} is not a regular file or directory")
+    try:
+        size, count = tree_size(entry)
+    except OSError as exc:
+        raise ValidationError(f"cannot read {display(entry)}: {exc.strerror or exc}") from exc
+    is_dir = stat.S_ISDIR(st.st_mode)
+    record = FileRecord(
+        name=display(entry.name),
+        path=display(entry),
+        location=Location.LOCAL,
+        size=size,
+        is_directory=is_dir,
+        mime_type=None if is_dir else mimetypes.guess_type(entry.name)[0],
+        created_at=_dt(st.st_ctime),
+        modified_at=_dt(st.st_mtime),
+        accessed_at=_dt(st.st_atime),
+        status=FileStatus.PENDING,
+        tags={"file_count": str(count)},
+    )
+    return record, count
+
+
+class EntryPipeline:
+    """Runs one entry through the stages, keeping its UploadRecord current in the store."""
+
+    def __init__(self, ctx: PipelineContext, entry: Path) -> None:
+        self.ctx = ctx
+        self.entry = entry
+        settings = ctx.settings
+        self.record = UploadRecord(
+            operation_id=new_operation_id(),
+            target_path=display(entry),
+            target_name=display(entry.name),
+            started_at=utcnow(),
+            s3_bucket=settings.bucket or "",
+            s3_object_key=object_key(settings.object_prefix, entry.name),
+            s3_storage_class=settings.storage_class,
+            user=ctx.user,
+            command_args=dict(ctx.command_args),
+        )
+        self.staging = settings.staging_dir / staging_name(self.record.operation_id, entry.name)
+        self.archive: ArchiveResult | None = None
+        self._timings: dict[str, float] = {}
+        self._reported = 0  # source-equivalent bytes already reported to the progress bar
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+
+    async def _save(self) -> None:
+        self.record.sync_metadata()
+        self.record.metadata["stage_seconds"] = {k: round(v, 6) for k, v in self._timings.items()}
+        await self.ctx.store.save_operation(self.record)
+
+    async def _enter(self, stage: Stage) -> float:
+        self.record.stage = stage
+        await self._save()
+        return time.perf_counter()
+
+    def _took(self, stage: Stage, started: float) -> None:
+        self._timings[str(stage)] = self._timings.get(str(stage), 0.0) + time.perf_counter() - started
+
+    def _progress(self, archive_bytes: int) -> None:
+        if not self.archive or not self.archive.archive_size:
+            return
+        share = archive_bytes * self.record.original_size // self.archive.archive_size
+        share = min(share, self.record.original_size - self._reported)
+        self._reported += share
+        self.ctx.reporter.advance(share)
+
+    # -- the run -----------------------------------------------------------------------------------------------
+
+    async def run(self) -> UploadRecord:
+        """All stages. Entry failures end in the record (never raised); run-wide ones and cancellation propagate."""
+        record = self.record
+        try:
+            await self._stages()
+        except EntryError as exc:
+            record.finish(OperationStatus.FAILED, error=f"{exc.stage}: {exc}")
+            self._mark_failed(str(exc), exc.stage)
+        except AmgmtError as exc:  # run-wide (StorageError, StoreError): recorded, then the batch stops
+            record.finish(OperationStatus.FAILED, error=f"{record.stage}: {exc}")
+            self._mark_failed(str(exc), str(record.stage))
+            await self._finalise()
+            raise
+        except BaseException:
+            record.finish(OperationStatus.CANCELLED, error=f"{record.stage}: interrupted")
+            await self._finalise()
+            raise
+        await self._finalise()
+        return record
+
+    def _mark_failed(self, message: str, stage: str) -> None:
+        """The FileRecord of the stage that failed says so too."""
+        role = {"validate": FileRole.SOURCE, "compress": FileRole.COMPRESSED, "upload": FileRole.S3,
+                "verify": FileRole.S3}.get(stage)
+        rec = self.record.file_records().get(role) if role else None
+        if rec is not None:
+            rec.status = FileStatus.FAILED
+            rec.error_message = message
+
+    async def _finalise(self) -> None:
+        """Stage 8 and the last save; shielded so that Ctrl-C cannot leave a staging file or a stale record."""
+        with anyio.CancelScope(shield=True):
+            await self._cleanup()
+            self._report_remaining()
+            with anyio.move_on_after(SAVE_TIMEOUT), contextlib.suppress(StoreError):
+                await self._save()
+            self.ctx.reporter.entry_done(self.record)
+
+    def _report_remaining(self) -> None:
+        rest = self.record.original_size - self._reported
+        if rest > 0:
+            self._reported += rest
+            self.ctx.reporter.advance(rest)
+
+    async def _stages(self) -> None:
+        settings = self.ctx.settings
+        record = self.record
+
+        # 1. validate
+        started = time.perf_counter()
+        source, file_count = source_record(self.entry, settings.local_dir)
+        record.source_file_record = source
+        record.original_size = source.size
+        if settings.completed_enabled:
+            done = find_completed(
+                self.entry,
+                local_dir=settings.local_dir,
+                completed_dir=settings.completed_dir,
+                preserve_structure=settings.preserve_structure,
+            )
+            if done is not None:
+                self._took(Stage.VALIDATE, started)
+                await self._skip(f"already in the completed dir as {display(done)}")
+                return
+            if settings.duplicate_handling == "error":
+                try:
+                    completed_destination(
+                        self.entry,
+                        local_dir=settings.local_dir,
+                        completed_dir=settings.completed_dir,
+                        preserve_structure=settings.preserve_structure,
+                        duplicate_handling=settings.duplicate_handling,
+                        now=record.started_at,
+                    )
+                except MoveError as exc:
+                    raise ValidationError(f"{exc} (MGMT_DUPLICATE_HANDLING=error)") from exc
+        self._took(Stage.VALIDATE, started)
+
+        # 2. record
+        started = await self._enter(Stage.RECORD)
+        self._took(Stage.RECORD, started)
+
+        # 3. compress
+        started = await self._enter(Stage.COMPRESS)
+        await self._compress(file_count)
+        self._took(Stage.COMPRESS, started)
+        assert self.archive is not None
+        earlier = await self.ctx.store.find_successful_upload(checksum_original=self.archive.source_sha256)
+        if earlier is not None and not self.ctx.overwrite:
+            await self._skip(
+                f"identical content already uploaded as s3://{earlier.s3_bucket}/{earlier.s3_object_key}"
+                f" (operation {earlier.operation_id[:8]})"
+            )
+            return
+
+        # 4. upload
+        started = await self._enter(Stage.UPLOAD)
+        await self._upload()
+        self._took(Stage.UPLOAD, started)
+
+        # 5. verify
+        started = await self._enter(Stage.VERIFY)
+        await self._verify()
+        self._took(Stage.VERIFY, started)
+
+        # 6. move (only now: the object is verified)
+        status = OperationStatus.SUCCESS
+        warning: str | None = None
+        if settings.completed_enabled:
+            started = await self._enter(Stage.MOVE)
+            warning = await self._move()
+            self._took(Stage.MOVE, started)
+            if warning:
+                status = OperationStatus.PARTIAL
+
+        # 7. persist (the final save happens in _finalise, after 8. cleanup)
+        record.stage = Stage.DONE
+        record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
+        record.finish(status, error=warning)
+
+    async def _skip(self, reason: str) -> None:
+        record = self.record
+        record.stage = Stage.DONE
+        if record.source_file_record:
+            record.source_file_record.tags["skipped"] = reason
+        # For a skipped entry error_message holds the reason it was skipped.
+        record.finish(OperationStatus.SKIPPED, error=reason)
+
+    async def _compress(self, file_count: int) -> None:
+        settings = self.ctx.settings
+        record = self.record
+        part_size = plan_part_size(archive_size_bound(record.original_size, file_count), settings.part_size)
+        try:
+            result = await self.ctx.compress(
+                str(self.entry), str(self.staging), part_size, settings.compression_level
+            )
+        except EntryError:
+            raise
+        except OSError as exc:
+            raise CompressionError(f"cannot compress {display(self.entry)}: {exc}") from exc
+        self.archive = result
+        if result.source_size != record.original_size:
+            raise CompressionError(
+                f"{display(self.entry)} changed between listing and compression"
+                f" ({record.original_size} -> {result.source_size} bytes)"
+            )
+        record.compressed_size = result.archive_size
+        record.compressed_file_path = display(self.staging)
+        record.checksum_original = result.source_sha256
+        record.checksum_compressed = result.archive_sha256
+        record.part_size = result.part_size
+        record.part_count = len(result.part_md5s)
+        record.compression_ratio = (
+            round(record.original_size / result.archive_size, 4) if result.archive_size else None
+        )
+        if record.source_file_record:
+            record.source_file_record.checksum = f"sha256:{result.source_sha256}"
+            if result.skipped:
+                record.source_file_record.tags["skipped_special_files"] = str(len(result.skipped))
+        record.compressed_file_record = FileRecord(
+            name=self.staging.name,
+            path=display(self.staging),
+            location=Location.LOCAL,
+            size=result.archive_size,
+            is_directory=False,
+            mime_type="application/gzip",
+            modified_at=utcnow(),
+            checksum=f"sha256:{result.archive_sha256}",
+            status=FileStatus.PENDING,
+            tags={"part_size": str(result.part_size), "part_count": str(len(result.part_md5s))},
+        )
+
+    async def _upload(self) -> None:
+        assert self.archive is not None
+        record = self.record
+        s3 = self.ctx.s3
+        key = record.s3_object_key
+        existing = await s3.head_object(key)
+        record.s3_file_record = FileRecord(
+            name=key.rsplit("/", 1)[-1],
+            path=key,
+            location=Location.S3,
+            size=self.archive.archive_size,
+            is_directory=False,
+            mime_type="application/gzip",
+            status=FileStatus.UPLOADING,
+            tags={
+                "original_path": record.target_path,
+                "original_size": str(record.original_size),
+                "compression_type": "gzip",
+                "s3_bucket": record.s3_bucket,
+                "upload_operation_id": record.operation_id,
+            },
+        )
+        if existing is not None and not self.ctx.overwrite:
+            same = existing.metadata.get(METADATA_SOURCE_SHA256) == self.archive.source_sha256
+            if same and existing.size == self.archive.archive_size:
+                # The same content is already there (e.g. an earlier run stopped before the move): prove it in
+                # verify instead of sending it again.
+                record.metadata["reused_existing_object"] = True
+                self._report_remaining()
+                return
+            raise UploadError(
+                f"s3://{record.s3_bucket}/{key} already exists with other content; use --overwrite to replace it"
+            )
+        if record.compressed_file_record:
+            record.compressed_file_record.status = FileStatus.UPLOADING
+        await self._save()
+        result = await s3.upload_file(
+            key,
+            str(self.staging),
+            size=self.archive.archive_size,
+            part_size=self.archive.part_size,
+            part_md5s=self.archive.part_md5s,
+            metadata={
+                METADATA_SOURCE_SHA256: self.archive.source_sha256,
+                METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
+                METADATA_SOURCE_SIZE: str(record.original_size),
+            },
+            storage_class=self.ctx.settings.storage_class,
+            budget=self.ctx.budget,
+            on_progress=self._progress,
+        )
+        record.metadata["multipart"] = result.multipart
+        if record.compressed_file_record:
+            record.compressed_file_record.status = FileStatus.COMPLETED
+
+    async def _verify(self) -> None:
+        assert self.archive is not None
+        record = self.record
+        key = record.s3_object_key
+        info = await self.ctx.s3.head_object(key)
+        if info is None:
+            raise VerificationError(f"s3://{record.s3_bucket}/{key} is missing after the upload")
+        if info.size != self.archive.archive_size:
+            raise VerificationError(
+                f"s3://{record.s3_bucket}/{key} has {info.size} bytes, the archive {self.archive.archive_size}"
+            )
+        claimed = info.metadata.get(METADATA_SOURCE_SHA256)
+        if claimed is not None and claimed != self.archive.source_sha256:
+            raise VerificationError(f"s3://{record.s3_bucket}/{key} carries another source checksum")
+        parts = self.archive.part_md5s
+        predicted = expected_etag(parts, multipart=len(parts) > 1)
+        if info.etag == predicted:
+            method = "etag"
+        else:
+            # The endpoint's ETag is not the predicted MD5 scheme (other part size, SSE, R2...): read it back.
+            digest = await self.ctx.s3.object_sha256(key)
+            if digest != self.archive.archive_sha256:
+                raise VerificationError(
+                    f"s3://{record.s3_bucket}/{key} does not match the archive (read-back SHA-256 differs)"
+                )
+            method = "sha256-readback"
+        record.verification_method = method
+        record.checksum_s3_etag = info.etag
+        record.s3_storage_class = info.storage_class
+        record.compressed_size = info.size
+        if record.s3_file_record:
+            record.s3_file_record.status = FileStatus.COMPLETED
+            record.s3_file_record.checksum = f"etag:{info.etag}"
+            record.s3_file_record.modified_at = info.last_modified or utcnow()
+            record.s3_file_record.tags["verified_by"] = method
+
+    async def _move(self) -> str | None:
+        """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial)."""
+        settings = self.ctx.settings
+        record = self.record
+        try:
+            final = await anyio.to_thread.run_sync(
+                functools.partial(
+                    move_to_completed,
+                    self.entry,
+                    local_dir=settings.local_dir,
+                    completed_dir=settings.completed_dir,
+                    preserve_structure=settings.preserve_structure,
+                    duplicate_handling=settings.duplicate_handling,
+                    now=record.started_at,
+                )
+            )
+        except MoveError as exc:
+            return f"move: uploaded and verified, but the original stays in place: {exc}"
+        record.completed_dir_path = display(final)
+        record.completed_file_record = FileRecord(
+            name=display(final.name),
+            path=display(final),
+            location=Location.COMPLETED,
+            size=record.original_size,
+            is_directory=bool(record.source_file_record and record.source_file_record.is_directory),
+            checksum=record.source_file_record.checksum if record.source_file_record else None,
+            status=FileStatus.COMPLETED,
+            modified_at=utcnow(),
+            tags={
+                "s3_bucket": record.s3_bucket,
+                "s3_object_key": record.s3_object_key,
+                "upload_operation_id": record.operation_id,
+                "upload_timestamp": utcnow().isoformat(),
+            },
+        )
+        if record.source_file_record:
+            record.source_file_record.status = FileStatus.COMPLETED
+            record.source_file_record.tags["moved_to"] = display(final)
+        return None
+
+    async def _cleanup(self) -> None:
+        """Stage 8: the staging archive (and a partial one left by a killed worker) is removed."""
+        started = time.perf_counter()
+        removed = False
+        for path in (self.staging, Path(str(self.staging) + PARTIAL_SUFFIX)):
+            with contextlib.suppress(FileNotFoundError):
+                await anyio.to_thread.run_sync(os.unlink, path)
+                removed = True
+        if self.record.compressed_file_record is not None:
+            self.record.compressed_file_record.status = FileStatus.DELETED
+        elif removed:
+            self.record.metadata["removed_partial_archive"] = True
+        self._took(Stage.CLEANUP, started)
+
+
+async def upload_entry(ctx: PipelineContext, entry: Path) -> UploadRecord:
+    """Run one entry through every stage; see EntryPipeline."""
+    return await EntryPipeline(ctx, entry).run()

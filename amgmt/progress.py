@@ -1,0 +1,84 @@
+"""Progress reporting for a batch: a tqdm bar on a terminal, or nothing. The library calls these hooks; it never prints."""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol, TextIO
+
+from tqdm import tqdm
+
+from amgmt.models import UploadRecord
+
+
+class Reporter(Protocol):
+    def add_work(self, entries: int, nbytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def entry_done(self, record: UploadRecord) -> None: ...
+    def close(self) -> None: ...
+
+
+class SilentReporter:
+    """Keeps the counts (tests read them) and shows nothing."""
+
+    def __init__(self) -> None:
+        self.total_entries = 0
+        self.total_bytes = 0
+        self.done_bytes = 0
+        self.finished: list[UploadRecord] = []
+
+    def add_work(self, entries: int, nbytes: int) -> None:
+        self.total_entries += entries
+        self.total_bytes += nbytes
+
+    def advance(self, nbytes: int) -> None:
+        self.done_bytes += nbytes
+
+    def entry_done(self, record: UploadRecord) -> None:
+        self.finished.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class TqdmReporter(SilentReporter):
+    """A byte progress bar over all entries (source bytes), and one line per entry as it finishes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self._bar = tqdm(
+            total=0,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=stream or sys.stderr,
+            dynamic_ncols=True,
+            desc="upload",
+            leave=True,
+        )
+
+    def add_work(self, entries: int, nbytes: int) -> None:
+        super().add_work(entries, nbytes)
+        self._bar.total = self.total_bytes
+        self._bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=False)
+        self._bar.refresh()
+
+    def advance(self, nbytes: int) -> None:
+        super().advance(nbytes)
+        self._bar.update(nbytes)
+
+    def entry_done(self, record: UploadRecord) -> None:
+        super().entry_done(record)
+        detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
+        self._bar.write(f"{record.status:<9} {record.target_name}  {_human(record.original_size)}  {detail}")
+        self._bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,367 @@
+"""The S3 boundary: client configuration, the multipart upload loop, HEAD, read-back, abort, error translation.
+
+The only module that imports aioboto3/aiobotocore/botocore; everything else sees `S3Bucket`, `ObjectInfo` and
+amgmt's own errors. It knows nothing of entries, records or the completed dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aioboto3
+import aiofiles
+import anyio
+from aiobotocore.config import AioConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from amgmt.errors import AmgmtError, StorageError, UploadError
+from amgmt.parts import md5_base64, normalise_etag, part_ranges
+
+# S3 error codes no other entry of the batch can escape: stop the run.
+RUN_WIDE_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "InvalidBucketName",
+        "PermanentRedirect",
+        "AuthorizationHeaderMalformed",
+    }
+)
+METADATA_SOURCE_SHA256 = "amgmt-source-sha256"
+METADATA_ARCHIVE_SHA256 = "amgmt-archive-sha256"
+METADATA_SOURCE_SIZE = "amgmt-source-size"
+READ_CHUNK = 1024 * 1024
+ABORT_TIMEOUT = 15.0
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach the store; built from Settings by the caller."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    checksum_mode: str = "when_supported"  # or "when_required"
+    addressing_style: str = "auto"
+    max_connections: int = 32
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    max_attempts: int = 5
+    # Only for the embedded local server, whose fixed keys are not secrets; real credentials come from the AWS chain.
+    local_credentials: tuple[str, str] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # normalised: no quotes, lower case
+    storage_class: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    etag: str  # as returned by the final request (radosgw returns an empty one on complete)
+    multipart: bool
+    part_count: int
+    upload_id: str | None
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    err = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    code = str(err.get("Code") or status or "Unknown")
+    return code, status
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or ""
+        return f"{code} (HTTP {status}){': ' + message if message else ''}"
+    return str(exc) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Iterator[None]:
+    """Turn botocore/aiohttp errors into StorageError (run-wide) or UploadError (this object only)."""
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    try:
+        yield
+    except ClientError as exc:
+        code, status = _error_code(exc)
+        text = f"{action} {where} failed: {_describe(exc)}"
+        if code in RUN_WIDE_CODES or status == 403 or (code == "404" and key is None):
+            if code in ("NoSuchBucket", "404"):
+                text = f"bucket {bucket!r} does not exist (or is not visible with these credentials)"
+            raise StorageError(text) from exc
+        raise UploadError(text) from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise StorageError(
+            "no usable AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (--profile), "
+            "or another source of the standard AWS chain"
+        ) from exc
+    except ProfileNotFound as exc:
+        raise StorageError(f"AWS profile not found: {exc.kwargs.get('profile')}") from exc
+    except (EndpointConnectionError, ConnectTimeoutError) as exc:
+        raise StorageError(f"cannot reach the S3 endpoint for {where}: {_describe(exc)}") from exc
+    except BotoCoreError as exc:
+        raise UploadError(f"{action} {where} failed: {_describe(exc)}") from exc
+    except (OSError, anyio.BrokenResourceError) as exc:  # aiohttp's connection errors are OSErrors
+        raise UploadError(f"{action} {where} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class S3Bucket:
+    """One bucket on one endpoint, through one shared aiobotocore client."""
+
+    def __init__(self, client: Any, options: ClientOptions) -> None:
+        self._client = client
+        self.options = options
+        self.bucket = options.bucket
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, options: ClientOptions) -> AsyncIterator[S3Bucket]:
+        config = AioConfig(
+            max_pool_connections=options.max_connections,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            retries={"mode": "standard", "max_attempts": options.max_attempts},
+            request_checksum_calculation=options.checksum_mode,
+            response_checksum_validation=options.checksum_mode,
+            s3={"addressing_style": options.addressing_style},
+        )
+        with translate_errors("connect to", bucket=options.bucket):
+            keys = options.local_credentials
+            session = aioboto3.Session(
+                profile_name=options.profile,
+                aws_access_key_id=keys[0] if keys else None,
+                aws_secret_access_key=keys[1] if keys else None,
+            )
+            region = options.region or session.region_name or "us-east-1"
+            async with session.client(
+                "s3", endpoint_url=options.endpoint_url, region_name=region, config=config
+            ) as client:
+                yield cls(client, options)
+
+    # -- small calls -------------------------------------------------------------------------------------------
+
+    async def check_bucket(self) -> None:
+        """Fail fast (StorageError) when the bucket is missing, the credentials are wrong or the endpoint is down."""
+        with translate_errors("access", bucket=self.bucket):
+            await self._client.head_bucket(Bucket=self.bucket)
+
+    async def create_bucket(self) -> None:
+        """Create the bucket (used for the embedded local server); an existing bucket of ours is fine."""
+        try:
+            with translate_errors("create bucket", bucket=self.bucket):
+                await self._client.create_bucket(Bucket=self.bucket)
+        except (StorageError, UploadError) as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ClientError) and _error_code(cause)[0] == "BucketAlreadyOwnedByYou"):
+                raise
+
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag, storage class and metadata; None when there is no such key."""
+        try:
+            with translate_errors("HEAD", bucket=self.bucket, key=key):
+                resp = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except UploadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause)[0] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(
+            key=key,
+            size=int(resp.get("ContentLength", 0)),
+            etag=normalise_etag(resp.get("ETag")),
+            storage_class=resp.get("StorageClass") or "STANDARD",
+            metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
+            last_modified=resp.get("LastModified"),
+        )
+
+    async def object_sha256(self, key: str, *, on_progress: ProgressCallback | None = None) -> str:
+        """Read the object back (streamed, bounded memory) and return its SHA-256."""
+        digest = hashlib.sha256()
+        with translate_errors("read back", bucket=self.bucket, key=key):
+            resp = await self._client.get_object(Bucket=self.bucket, Key=key)
+            body = resp["Body"]
+            async with body:
+                async for chunk in body.iter_chunks(READ_CHUNK):
+                    digest.update(chunk)
+                    if on_progress:
+                        on_progress(len(chunk))
+        return digest.hexdigest()
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        with translate_errors("abort multipart upload of", bucket=self.bucket, key=key):
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    async def list_multipart_uploads(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Unfinished multipart uploads under a prefix: [{"key", "upload_id", "initiated"}]."""
+        found: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        with translate_errors("list multipart uploads in", bucket=self.bucket):
+            while True:
+                resp = await self._client.list_multipart_uploads(**kwargs)
+                for item in resp.get("Uploads", []):
+                    found.append(
+                        {"key": item["Key"], "upload_id": item["UploadId"], "initiated": item.get("Initiated")}
+                    )
+                if not resp.get("IsTruncated"):
+                    return found
+                kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+                kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    # -- uploads -----------------------------------------------------------------------------------------------
+
+    def _extra_args(self, metadata: Mapping[str, str], storage_class: str | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": "application/gzip"}
+        if storage_class:
+            extra["StorageClass"] = storage_class
+        return extra
+
+    async def upload_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        size: int,
+        part_size: int,
+        part_md5s: Sequence[str],
+        metadata: Mapping[str, str],
+        storage_class: str | None,
+        budget: anyio.CapacityLimiter,
+        on_progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
+
+        Every request carries Content-MD5 (so a real server rejects a corrupted body). Parts are read with aiofiles
+        and sent concurrently, each holding a token of the shared `budget` while its bytes are in memory, so memory
+        is bounded by budget x part_size across all uploads. Any failure or cancellation aborts the multipart upload
+        (shielded, time-bounded) before the error propagates.
+        """
+        ranges = part_ranges(size, part_size)
+        if len(ranges) != len(part_md5s):
+            raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
+        extra = self._extra_args(metadata, storage_class)
+        if len(ranges) == 1:
+            async with budget:
+                data = await _read_range(path, 0, size)
+                with translate_errors("PUT", bucket=self.bucket, key=key):
+                    resp = await self._client.put_object(
+                        Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5_base64(part_md5s[0]), **extra
+                    )
+            if on_progress:
+                on_progress(size)
+            return UploadResult(etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None)
+
+        use_crc = self.options.checksum_mode == "when_supported"
+        if use_crc:
+            # botocore adds a CRC32 to every part in this mode; declaring it lets S3 keep the full-object checksum.
+            extra["ChecksumAlgorithm"] = "CRC32"
+        with translate_errors("create multipart upload of", bucket=self.bucket, key=key):
+            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+        upload_id = created["UploadId"]
+        completed: dict[int, dict[str, Any]] = {}
+
+        async def send_part(number: int, offset: int, length: int) -> None:
+            async with budget:
+                data = await _read_range(path, offset, length)
+                kwargs: dict[str, Any] = {}
+                if use_crc:
+                    kwargs["ChecksumAlgorithm"] = "CRC32"
+                with translate_errors(f"upload part {number} of", bucket=self.bucket, key=key):
+                    resp = await self._client.upload_part(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ContentMD5=md5_base64(part_md5s[number - 1]),
+                        **kwargs,
+                    )
+                del data
+            part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
+            if use_crc and resp.get("ChecksumCRC32"):
+                part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+            completed[number] = part
+            if on_progress:
+                on_progress(length)
+
+        try:
+            # Parts of one upload go out concurrently; the shared budget, not this group, bounds how many.
+            try:
+                async with anyio.create_task_group() as tg:
+                    for number, offset, length in ranges:
+                        tg.start_soon(send_part, number, offset, length)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            with translate_errors("complete multipart upload of", bucket=self.bucket, key=key):
+                done = await self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [completed[n] for n in sorted(completed)]},
+                )
+        except BaseException:
+            with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
+                with contextlib.suppress(Exception):
+                    await self.abort_multipart(key, upload_id)
+            raise
+        return UploadResult(
+            etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(ranges), upload_id=upload_id
+        )
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The most telling leaf of an exception group: an amgmt error first, then any error, then cancellation."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for wanted in (AmgmtError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, wanted):
+                return leaf
+    return leaves[0]
+
+
+async def _read_range(path: str, offset: int, length: int) -> bytes:
+    async with aiofiles.open(path, "rb") as f:
+        await f.seek(offset)
+        data = await f.read(length)
+    if len(data) != length:
+        raise UploadError(f"{path}: staging archive is shorter than recorded ({offset + len(data)} bytes)")
+    return data

@@ -1,0 +1,536 @@
+"""Settings: CLI flags > MGMT_* environment > config file > defaults, validated once into a frozen value.
+
+Owns the config file format and every validation rule. It never reads or keeps AWS credentials and does no I/O at
+import; `load_settings` reads only the config file and checks that the configured directories make sense.
+
+An empty value (``MGMT_ENDPOINT_URL=``, ``--endpoint-url ''``) resets a key to its default, overriding lower layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from amgmt.errors import ConfigError
+from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
+
+ENV_PREFIX = "MGMT_"
+
+DUPLICATE_MODES = ("timestamp", "subdirectory", "error")
+CHECKSUM_MODES = ("auto", "when_supported", "when_required")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+STORAGE_CLASSES = (
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "EXPRESS_ONEZONE",
+    "SNOW",
+)
+
+_SIZE_FIELDS = frozenset({"part_size", "multipart_threshold"})
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_SIZE = re.compile(r"^([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "k": 1024, "m": MiB, "g": GiB}
+_CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_SHOWN = 200
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings of one amgmt run. Paths are absolute; `sources` says where each value came from."""
+
+    bucket: str | None
+    object_prefix: str  # no leading/trailing '/', '' when unset
+    local_dir: Path
+    completed_dir: Path
+    preserve_structure: bool
+    duplicate_handling: str  # "timestamp" | "subdirectory" | "error"
+    endpoint_url: str | None
+    storage_class: str | None
+    concurrency: int
+    completed_enabled: bool
+    db_path: Path
+    staging_dir: Path
+    part_size: int
+    multipart_threshold: int
+    parts_in_flight: int
+    checksum_mode: str  # resolved: "when_supported" | "when_required"
+    compression_level: int
+    profile: str | None
+    region: str | None
+    addressing_style: str  # resolved: "path" | "virtual" | "auto"
+    sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
+    config_file: Path | None
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(ENV KEY, value as text, source) for every setting, in field order; the text is valid as an env value."""
+        return [
+            (env_key(name), _format_value(name, getattr(self, name)), self.sources[name]) for name in SETTING_NAMES
+        ]
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("sources", "config_file")
+)
+_CONFIG_KEYS = frozenset(ENV_PREFIX + name.upper() for name in SETTING_NAMES)
+
+
+def env_key(name: str) -> str:
+    """The environment / config file key of a setting: `concurrency` -> `MGMT_CONCURRENCY`."""
+    return ENV_PREFIX + name.upper()
+
+
+class _Invalid(Exception):
+    """A value was rejected; the reason is completed into a ConfigError naming the key and source."""
+
+
+@dataclass(frozen=True)
+class _Raw:
+    value: object
+    kind: str  # "flag" | "env" | "config" | "default"
+    where: str = ""  # the env key or the config file path
+
+    @property
+    def source(self) -> str:
+        return f"{self.kind} {self.where}" if self.where else self.kind
+
+    @property
+    def origin(self) -> str:
+        # The key is already named in the message, so an env source needs no repeat of it.
+        return f"config {_show(self.where)}" if self.kind == "config" else self.kind
+
+
+class _Layers:
+    """The three given layers, asked key by key; the first one holding a key wins."""
+
+    def __init__(self, flags: Mapping[str, object], environ: Mapping[str, str], file_values: Mapping[str, str],
+                 config_file: Path | None) -> None:
+        self.flags = flags
+        self.environ = environ
+        self.file_values = file_values
+        self.config_file = config_file
+
+    def pick(self, name: str) -> _Raw | None:
+        key = env_key(name)
+        if self.flags.get(name) is not None:
+            return _Raw(self.flags[name], "flag")
+        if key in self.environ:
+            return _Raw(self.environ[key], "env", key)
+        if key in self.file_values:
+            return _Raw(self.file_values[key], "config", str(self.config_file))
+        return None
+
+
+def _show(value: object) -> str:
+    """A value as one readable line: control characters escaped, very long values cut."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    if len(text) > _MAX_SHOWN:
+        text = text[:_MAX_SHOWN] + "..."
+    return text
+
+
+def _error(name: str, raw: _Raw, reason: str) -> ConfigError:
+    return ConfigError(f"{env_key(name)}={_show(raw.value)} (from {raw.origin}): {reason}")
+
+
+def _is_empty(value: object) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Invalid("expected text")
+    return str(value).strip()
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+def _parse_bucket(value: object) -> str:
+    text = _text(value)
+    if not _BUCKET.match(text) or ".." in text:
+        raise _Invalid(
+            "expected an S3 bucket name: 3 to 63 lowercase letters, digits, '.' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return text
+
+
+def _parse_prefix(value: object) -> str:
+    text = _text(value)
+    if _has_control(text):
+        raise _Invalid("control characters are not allowed in an object prefix")
+    segments = [part for part in text.split("/") if part]
+    if any(part in (".", "..") for part in segments):
+        raise _Invalid("'.' and '..' segments are not allowed in an object prefix")
+    return "/".join(segments)
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
+    raise _Invalid("expected one of true/false, 1/0, yes/no, on/off")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = value.strip().lower() if isinstance(value, str) else ""
+        if text not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _parse_storage_class(value: object) -> str:
+    text = value.strip().upper() if isinstance(value, str) else ""
+    if text not in STORAGE_CLASSES:
+        raise _Invalid(f"expected one of {', '.join(STORAGE_CLASSES)}")
+    return text
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and _INTEGER.match(value.strip()):
+            number = int(value.strip())
+        if number is None or not low <= number <= high:
+            raise _Invalid(f"expected an integer from {low} to {high}")
+        return number
+
+    return parse
+
+
+def format_size(size: int) -> str:
+    """A byte count as amgmt writes it: `8MiB`, `1GiB`, `4KiB`, or plain bytes."""
+    for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes from `8388608`, `8MiB`, `8M` or `8MB` (K, M and G are always powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError("expected a size such as 8388608, 8MiB, 8M or 8MB")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _size(low: int, high: int | None) -> Callable[[object], int]:
+    if high is None:
+        expectation = "expected a size such as 8388608, 8MiB, 8M or 8MB"
+    else:
+        expectation = f"expected a size from {format_size(low)} to {format_size(high)} (such as 8MiB)"
+
+    def parse(value: object) -> int:
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise _Invalid(expectation) from None
+        if size < low or (high is not None and size > high):
+            raise _Invalid(expectation)
+        return size
+
+    return parse
+
+
+def _parse_endpoint(value: object) -> str:
+    text = _text(value)
+    invalid = _Invalid("expected an http:// or https:// URL with a host")
+    if _has_control(text) or " " in text:
+        raise invalid
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        raise invalid from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise invalid
+    return text
+
+
+def _parse_name(value: object) -> str:
+    text = _text(value)
+    if _has_control(text):
+        raise _Invalid("control characters are not allowed")
+    return text
+
+
+_PARSERS: dict[str, Callable[[object], Any]] = {
+    "bucket": _parse_bucket,
+    "object_prefix": _parse_prefix,
+    "preserve_structure": _parse_bool,
+    "duplicate_handling": _choice(DUPLICATE_MODES),
+    "endpoint_url": _parse_endpoint,
+    "storage_class": _parse_storage_class,
+    "concurrency": _integer(1, 256),
+    "completed_enabled": _parse_bool,
+    "part_size": _size(MIN_PART_SIZE, MAX_PART_SIZE),
+    "multipart_threshold": _size(0, None),
+    "parts_in_flight": _integer(1, 1024),
+    "checksum_mode": _choice(CHECKSUM_MODES),
+    "compression_level": _integer(1, 3),
+    "profile": _parse_name,
+    "region": _parse_name,
+    "addressing_style": _choice(ADDRESSING_STYLES),
+}
+_DEFAULTS: dict[str, object] = {
+    "bucket": None,
+    "object_prefix": "",
+    "preserve_structure": False,
+    "duplicate_handling": "timestamp",
+    "endpoint_url": None,
+    "storage_class": None,
+    "concurrency": 8,
+    "completed_enabled": True,
+    "part_size": 8 * MiB,
+    "multipart_threshold": 8 * MiB,
+    "parts_in_flight": 16,
+    "checksum_mode": "auto",
+    "compression_level": 1,
+    "profile": None,
+    "region": None,
+    "addressing_style": "auto",
+}
+def _to_path(value: object, *, environ: Mapping[str, str], cwd: Path) -> Path:
+    """An absolute, resolved path from a flag or text: `~` expanded (with environ's HOME), relative to cwd."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise _Invalid("expected a path")
+    text = value.strip()
+    if "\x00" in text:
+        raise _Invalid("expected a path")
+    if text == "~" or text.startswith("~/"):
+        text = (environ.get("HOME") or os.path.expanduser("~")) + text[1:]
+    elif text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded == text:
+            raise _Invalid(f"cannot expand {_show(text.split('/', 1)[0])}")
+        text = expanded
+    path = Path(text)
+    if not path.is_absolute():
+        path = cwd / path
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise _Invalid(f"cannot resolve the path: {exc}") from None
+
+
+def _kind(path: Path) -> str | None:
+    """'dir', 'other' or None (missing); a path that cannot be examined is an _Invalid."""
+    try:
+        if not path.exists():
+            return None
+        return "dir" if path.is_dir() else "other"
+    except OSError as exc:
+        raise _Invalid(f"cannot examine the path: {exc.strerror or exc}") from None
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path | None:
+    """$XDG_CONFIG_HOME (or $HOME/.config)/amgmt/config if it exists, else the origin's .../mgmt/config, else None.
+
+    Only `environ` is consulted (a relative XDG_CONFIG_HOME is ignored, as the XDG spec says); without HOME there is
+    no default config file.
+    """
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        base = Path(xdg)
+    elif environ.get("HOME"):
+        base = Path(environ["HOME"]) / ".config"
+    else:
+        return None
+    for app in ("amgmt", "mgmt"):
+        candidate = base / app / "config"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _unquote(rest: str) -> str | None:
+    """The value part of a line: quotes stripped, a trailing ` # comment` dropped; None when malformed."""
+    rest = rest.strip()
+    if rest[:1] in ("'", '"'):
+        end = rest.find(rest[0], 1)
+        if end < 0:
+            return None
+        tail = rest[end + 1 :].strip()
+        if tail and not tail.startswith("#"):
+            return None
+        return rest[1:end]
+    comment = re.search(r"\s#", rest)
+    return rest[: comment.start()].rstrip() if comment else rest
+
+
+def parse_config_file(path: Path) -> dict[str, str]:
+    """The MGMT_* settings of a config file in the origin's `KEY=VALUE` format.
+
+    Blank lines and `#` comments are skipped, an `export ` prefix and surrounding quotes are stripped, and spaces
+    around `=` are tolerated. Keys amgmt does not know (the origin's other keys, AWS credentials) are dropped here,
+    so they never travel further. The last of repeated keys wins.
+    """
+    shown = _show(path)
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {shown}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {shown}: cannot read it: {exc.strerror or exc}") from exc
+    values: dict[str, str] = {}
+    for number, line in enumerate(content.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[len("export") :].lstrip()
+        key, sep, rest = line.partition("=")
+        key = key.strip()
+        value = _unquote(rest) if sep else None
+        if value is None or not _CONFIG_KEY.match(key):
+            # Never echo the line: it may hold a secret.
+            raise ConfigError(f"config file {shown} line {number}: expected KEY=VALUE")
+        if key in _CONFIG_KEYS:
+            values[key] = value
+    return values
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    require_bucket: bool = True,
+    cwd: Path | None = None,
+) -> Settings:
+    """Settings from flags (by field name; None = not given) > environ (MGMT_*) > config file > defaults.
+
+    `config_path` is read if given (and must exist), else `default_config_path(environ)` if any. `environ` defaults
+    to os.environ, `cwd` to the process's. Every invalid value raises a one-line ConfigError naming its key.
+    """
+    flags = dict(flags or {})
+    unknown = sorted(set(flags) - set(SETTING_NAMES))
+    if unknown:
+        raise TypeError(f"unknown settings flags: {', '.join(unknown)}")
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else Path(cwd).absolute()
+
+    if config_path is not None:
+        config_file: Path | None = Path(os.path.expanduser(config_path))
+        if not config_file.is_absolute():
+            config_file = cwd / config_file
+        if not config_file.exists():
+            raise ConfigError(f"config file {_show(config_file)} does not exist")
+    else:
+        config_file = default_config_path(environ)
+    file_values = parse_config_file(config_file) if config_file is not None else {}
+
+    layers = _Layers(flags, environ, file_values, config_file)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    for name, parse in _PARSERS.items():
+        raw = layers.pick(name)
+        sources[name] = raw.source if raw else "default"
+        if raw is None or _is_empty(raw.value):
+            values[name] = _DEFAULTS[name]
+            continue
+        try:
+            values[name] = parse(raw.value)
+        except _Invalid as exc:
+            raise _error(name, raw, str(exc)) from None
+
+    if require_bucket and values["bucket"] is None:
+        raise ConfigError(
+            f"{env_key('bucket')} is not set: give --bucket, set {env_key('bucket')} or add it to the config file"
+        )
+
+    def resolve_path(name: str, default: Path, check: Callable[[Path], str | None]) -> Path:
+        raw = layers.pick(name)
+        sources[name] = raw.source if raw else "default"
+        if raw is None or _is_empty(raw.value):
+            raw = _Raw(default, "default")
+        try:
+            path = _to_path(raw.value, environ=environ, cwd=cwd)
+            problem = check(path)
+        except _Invalid as exc:
+            raise _error(name, raw, str(exc)) from None
+        if problem:
+            raise _error(name, raw, problem)
+        return path
+
+    def local_dir_problem(path: Path) -> str | None:
+        kind = _kind(path)
+        return "no such directory" if kind is None else "not a directory" if kind != "dir" else None
+
+    def dir_problem(path: Path) -> str | None:
+        return "exists and is not a directory" if _kind(path) == "other" else None
+
+    def file_problem(path: Path) -> str | None:
+        return "is a directory" if _kind(path) == "dir" else None
+
+    local_dir = resolve_path("local_dir", cwd, local_dir_problem)
+
+    def completed_dir_problem(path: Path) -> str | None:
+        if path == local_dir:
+            return f"must not be the local dir itself ({env_key('local_dir')})"
+        return dir_problem(path)
+
+    completed_dir = resolve_path("completed_dir", local_dir / "completed", completed_dir_problem)
+    metadata = completed_dir / ".metadata"
+    values["local_dir"] = local_dir
+    values["completed_dir"] = completed_dir
+    values["db_path"] = resolve_path("db_path", metadata / "operations.db", file_problem)
+    values["staging_dir"] = resolve_path("staging_dir", metadata / "staging", dir_problem)
+
+    # S3-compatible stores reject botocore's default CRC checksums and often virtual-hosted addressing.
+    custom_endpoint = values["endpoint_url"] is not None
+    if values["checksum_mode"] == "auto":
+        values["checksum_mode"] = "when_required" if custom_endpoint else "when_supported"
+    if values["addressing_style"] == "auto" and custom_endpoint:
+        values["addressing_style"] = "path"
+
+    ordered_sources = {name: sources[name] for name in SETTING_NAMES}
+    return Settings(
+        **{name: values[name] for name in SETTING_NAMES},
+        sources=MappingProxyType(ordered_sources),
+        config_file=config_file,
+    )
+
+
+def _format_value(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if name in _SIZE_FIELDS and isinstance(value, int):
+        return format_size(value)
+    return str(value)

@@ -1,0 +1,465 @@
+"""The metadata database: its SQLite schema, migrations and connection, and saving and querying OperationRecords.
+The only module importing sqlite3/aiosqlite; it never decides what to record, and no database error leaves it raw."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import unicodedata
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from datetime import datetime, timezone
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from amgmt.errors import NotFoundError, StoreError
+from amgmt.models import (
+    UPLOAD_FIELDS,
+    FileRecord,
+    FileRole,
+    OperationRecord,
+    OperationStatus,
+    UploadRecord,
+    operation_from_dict,
+)
+
+# Migration N (1-based) is MIGRATIONS[N - 1]; `PRAGMA user_version` counts those applied. Never edit a released
+# entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE operations (
+        operation_id        TEXT PRIMARY KEY,
+        operation_type      TEXT NOT NULL,
+        target_path         TEXT NOT NULL,
+        target_name         TEXT NOT NULL,
+        started_at          TEXT NOT NULL,  -- ISO-8601 UTC, fixed width, so text order is time order
+        completed_at        TEXT,
+        duration_seconds    REAL,
+        status              TEXT NOT NULL,
+        result_path         TEXT,
+        error_message       TEXT,
+        metadata            TEXT NOT NULL DEFAULT '{}',  -- JSON
+        user                TEXT,
+        command_args        TEXT NOT NULL DEFAULT '{}',  -- JSON
+        -- upload-only columns, NULL for other operation types
+        compression_type    TEXT,
+        original_size       INTEGER,
+        compressed_size     INTEGER,
+        compression_ratio   REAL,
+        s3_bucket           TEXT,
+        s3_object_key       TEXT,
+        s3_storage_class    TEXT,
+        checksum_original   TEXT,
+        checksum_compressed TEXT,
+        checksum_s3_etag    TEXT,
+        completed_dir_path  TEXT,
+        compressed_file_path TEXT,
+        stage               TEXT,
+        verification_method TEXT,
+        part_size           INTEGER,
+        part_count          INTEGER
+    );
+    CREATE INDEX ix_operations_status ON operations (status);
+    CREATE INDEX ix_operations_type ON operations (operation_type);
+    CREATE INDEX ix_operations_started_at ON operations (started_at);
+    CREATE INDEX ix_operations_checksum_original ON operations (checksum_original);
+    CREATE INDEX ix_operations_s3_key ON operations (s3_bucket, s3_object_key);
+    CREATE INDEX ix_operations_target_name ON operations (target_name);
+
+    CREATE TABLE file_records (
+        operation_id  TEXT NOT NULL REFERENCES operations (operation_id) ON DELETE CASCADE,
+        role          TEXT NOT NULL CHECK (role IN ('source', 'compressed', 's3', 'completed')),
+        name          TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        location      TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        is_directory  INTEGER NOT NULL,
+        mime_type     TEXT,
+        created_at    TEXT,
+        modified_at   TEXT,
+        accessed_at   TEXT,
+        checksum      TEXT,
+        tags          TEXT NOT NULL DEFAULT '{}',  -- JSON
+        status        TEXT NOT NULL,
+        error_message TEXT,
+        PRIMARY KEY (operation_id, role)
+    );
+    CREATE INDEX ix_file_records_location ON file_records (location);
+    """,
+)
+
+MIN_ID_PREFIX = 4
+_IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
+
+_OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
+_FILE_COLUMNS: tuple[str, ...] = ("operation_id", "role", *(f.name for f in dataclasses.fields(FileRecord)))
+
+
+def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    # ON CONFLICT DO UPDATE, not INSERT OR REPLACE: a replace deletes the row first, and the delete would cascade
+    # to the operation's file records.
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_UPSERT_OPERATION = _upsert_sql("operations", _OPERATION_COLUMNS, ["operation_id"])
+_UPSERT_FILE_RECORD = _upsert_sql("file_records", _FILE_COLUMNS, ["operation_id", "role"])
+_NEWEST_FIRST = "ORDER BY started_at DESC, rowid DESC"
+
+
+class MetadataStore:
+    """The operations database at `path`: one aiosqlite connection, opened with `async with` or `open()`.
+
+    One store object is shared by every task of a run. All statements go through one lock: statements from
+    concurrent tasks on one connection would otherwise interleave inside each other's transactions.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._lock = anyio.Lock()
+
+    async def __aenter__(self) -> MetadataStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Create the database if needed (parent dir 0700, file 0600), configure the connection and migrate."""
+        if self._db is not None:
+            return
+        try:
+            self._create_file()
+        except OSError as exc:
+            raise StoreError(f"cannot create metadata database at {self.path}: {exc.strerror or exc}") from exc
+        with self._translate_errors("open"):
+            db = await aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            with self._translate_errors("open"):
+                db.row_factory = sqlite3.Row
+                await self._configure(db)
+                await self._migrate(db)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        # Shielded: a cancelled run must still stop the connection's thread.
+        with anyio.CancelScope(shield=True), self._translate_errors("close"):
+            await db.close()
+
+    async def save_operation(self, record: OperationRecord) -> None:
+        """Insert or update the operation and, for an upload, its file records, in one transaction.
+
+        For an UploadRecord, `metadata` is first re-synced from its fields (`sync_metadata`), so that what is
+        stored is what `get_operation` rebuilds. File records absent from the record are left in place.
+        """
+        if isinstance(record, UploadRecord):
+            record.sync_metadata()
+            file_rows = [self._file_row(record.operation_id, role, f) for role, f in record.file_records().items()]
+        else:
+            file_rows = []
+        operation_row = self._operation_row(record)
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"save operation {record.operation_id}", immediate=True):
+            await db.execute(_UPSERT_OPERATION, operation_row)
+            if file_rows:
+                await db.executemany(_UPSERT_FILE_RECORD, file_rows)
+
+    async def get_operation(self, id_or_prefix: str) -> OperationRecord:
+        """The operation with this exact id, or the only one whose id starts with it (at least 4 characters)."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"read operation {id_or_prefix}"):
+            found = await self._select(db, "WHERE operation_id = ?", [id_or_prefix])
+            if not found and len(id_or_prefix) >= MIN_ID_PREFIX:
+                upper = id_or_prefix[:-1] + chr(ord(id_or_prefix[-1]) + 1)
+                found = await self._select(
+                    db, "WHERE operation_id >= ? AND operation_id < ? LIMIT 2", [id_or_prefix, upper]
+                )
+                if len(found) > 1:
+                    rows = await db.execute_fetchall(
+                        "SELECT count(*) FROM operations WHERE operation_id >= ? AND operation_id < ?",
+                        [id_or_prefix, upper],
+                    )
+                    count = next(iter(rows))[0]
+                    raise NotFoundError(f"id prefix {id_or_prefix} is ambiguous: matches {count} operations")
+        if not found:
+            hint = "" if len(id_or_prefix) >= MIN_ID_PREFIX else f" (a prefix needs {MIN_ID_PREFIX}+ characters)"
+            raise NotFoundError(f"no operation with id {id_or_prefix}{hint}")
+        return found[0]
+
+    async def list_operations(
+        self,
+        *,
+        status: str | None = None,
+        operation_type: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        target: str | None = None,
+        location: str | None = None,
+        limit: int | None = 20,
+    ) -> list[OperationRecord]:
+        """Operations newest first (by started_at), filtered; `since` is inclusive, `until` exclusive.
+
+        `target` matches a case-insensitive substring of the target name or path; `location` keeps operations
+        with a file record at that location; `limit=None` returns them all.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, not {limit}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(str(status))
+        if operation_type is not None:
+            clauses.append("operation_type = ?")
+            params.append(str(operation_type))
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(_utc_iso(since))
+        if until is not None:
+            clauses.append("started_at < ?")
+            params.append(_utc_iso(until))
+        if target is not None:
+            clauses.append("(instr(amgmt_fold(target_name), ?) > 0 OR instr(amgmt_fold(target_path), ?) > 0)")
+            params += [_fold(target)] * 2
+        if location is not None:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM file_records AS f"
+                " WHERE f.operation_id = operations.operation_id AND f.location = ?)"
+            )
+            params.append(str(location))
+        sql = ("WHERE " + " AND ".join(clauses) + " " if clauses else "") + _NEWEST_FIRST
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        db = self._require_open()
+        async with self._lock, self._transaction(db, "list operations"):
+            return await self._select(db, sql, params)
+
+    async def find_successful_upload(self, *, checksum_original: str) -> UploadRecord | None:
+        """The newest successful upload of a source with this checksum, if any."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, "look up uploads by checksum"):
+            found = await self._select(
+                db,
+                f"WHERE operation_type = 'upload' AND status = ? AND checksum_original = ? {_NEWEST_FIRST} LIMIT 1",
+                [str(OperationStatus.SUCCESS), checksum_original],
+            )
+        return _as_upload(found[0]) if found else None
+
+    async def find_uploads_by_key(self, *, bucket: str, key: str) -> list[UploadRecord]:
+        """Every upload (any status) to this bucket and key, newest first."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"look up uploads of s3://{bucket}/{key}"):
+            found = await self._select(
+                db,
+                f"WHERE operation_type = 'upload' AND s3_bucket = ? AND s3_object_key = ? {_NEWEST_FIRST}",
+                [bucket, key],
+            )
+        return [_as_upload(r) for r in found]
+
+    # -- connection -------------------------------------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        # Created here, not by SQLite, to choose the modes; SQLite gives -wal/-shm the database file's mode.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)
+
+    async def _configure(self, db: aiosqlite.Connection) -> None:
+        rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
+        mode = next(iter(rows))[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"metadata database {self.path} cannot use WAL journal mode (got {mode})")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.create_function("amgmt_fold", 1, _fold, deterministic=True)
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        known = len(MIGRATIONS)
+        version = await self._user_version(db)
+        while True:
+            if version > known:
+                raise StoreError(
+                    f"metadata database {self.path} has schema version {version}, newer than this amgmt "
+                    f"supports ({known}); upgrade amgmt"
+                )
+            if version == known:
+                return
+            async with self._transaction(db, f"migrate to schema version {version + 1}", immediate=True):
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                version = await self._user_version(db)
+                if version < known:
+                    for statement in _split_statements(MIGRATIONS[version]):
+                        await db.execute(statement)
+                    version += 1
+                    await db.execute(f"PRAGMA user_version = {version:d}")
+
+    @staticmethod
+    async def _user_version(db: aiosqlite.Connection) -> int:
+        rows = await db.execute_fetchall("PRAGMA user_version")
+        return int(next(iter(rows))[0])
+
+    def _require_open(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"metadata database {self.path} is not open")
+        return self._db
+
+    @asynccontextmanager
+    async def _transaction(
+        self, db: aiosqlite.Connection, doing: str, *, immediate: bool = False
+    ) -> AsyncIterator[None]:
+        """One transaction (IMMEDIATE takes the write lock up front, so busy_timeout applies to it), errors mapped.
+
+        Reads use one too, so that an operation and its file records come from one snapshot.
+        """
+        with self._translate_errors(doing):
+            try:
+                await db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                yield
+                await db.execute("COMMIT")
+            except BaseException:
+                # The connection runs queued statements in order even when their awaiter was cancelled, so this
+                # rollback comes after them; Connection.rollback is a no-op if no transaction is left open.
+                # A failed rollback is not raised: the original error says more, and a broken connection fails
+                # the next call loudly anyway.
+                with anyio.move_on_after(self.busy_timeout + 5, shield=True), suppress(sqlite3.Error, ValueError):
+                    await db.rollback()
+                raise
+
+    @contextmanager
+    def _translate_errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(self._describe(doing, exc)) from exc
+        except OSError as exc:
+            raise StoreError(f"metadata database {self.path}: cannot {doing}: {exc.strerror or exc}") from exc
+
+    def _describe(self, doing: str, exc: sqlite3.Error) -> str:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc):
+            return (
+                f"metadata database {self.path} is locked by another process "
+                f"(cannot {doing}; gave up after {self.busy_timeout:g} s)"
+            )
+        if primary in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            return f"metadata database {self.path} is not a valid SQLite database (corrupt?): {exc}"
+        if primary == sqlite3.SQLITE_CANTOPEN:
+            return f"cannot open metadata database {self.path}: {exc}"
+        if primary == sqlite3.SQLITE_READONLY:
+            return f"metadata database {self.path} is read-only: cannot {doing}"
+        if primary == sqlite3.SQLITE_FULL:
+            return f"metadata database {self.path}: cannot {doing}: disk full"
+        return f"metadata database {self.path}: cannot {doing}: {exc}"
+
+    # -- rows -------------------------------------------------------------------------------------------------
+
+    async def _select(self, db: aiosqlite.Connection, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
+        """Operations `SELECT * FROM operations <tail>`, uploads with their file records attached."""
+        rows = [dict(r) for r in await db.execute_fetchall(f"SELECT * FROM operations {tail}", params)]
+        upload_ids = [r["operation_id"] for r in rows if r["operation_type"] == "upload"]
+        files: dict[str, dict[str, dict[str, Any]]] = {}
+        for start in range(0, len(upload_ids), _IN_CHUNK):
+            chunk = upload_ids[start : start + _IN_CHUNK]
+            sql = f"SELECT * FROM file_records WHERE operation_id IN ({', '.join('?' for _ in chunk)})"
+            for file_row in await db.execute_fetchall(sql, chunk):
+                files.setdefault(file_row["operation_id"], {})[file_row["role"]] = dict(file_row)
+        return [self._record(row, files.get(row["operation_id"], {})) for row in rows]
+
+    def _record(self, row: dict[str, Any], files: dict[str, dict[str, Any]]) -> OperationRecord:
+        try:
+            row["metadata"] = json.loads(row["metadata"] or "{}")
+            row["command_args"] = json.loads(row["command_args"] or "{}")
+            for role, file_row in files.items():
+                file_row["tags"] = json.loads(file_row["tags"] or "{}")
+                row[f"{FileRole(role).value}_file_record"] = file_row
+            return operation_from_dict(row)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(
+                f"metadata database {self.path}: operation {row.get('operation_id')} has an unreadable row: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _operation_row(record: OperationRecord) -> list[Any]:
+        # A plain OperationRecord lacks the upload fields: those columns get NULL.
+        return [_to_column(getattr(record, column, None)) for column in _OPERATION_COLUMNS]
+
+    @staticmethod
+    def _file_row(operation_id: str, role: FileRole, record: FileRecord) -> list[Any]:
+        values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+        values |= {"operation_id": operation_id, "role": role.value}
+        return [_to_column(values[column]) for column in _FILE_COLUMNS]
+
+
+def _to_column(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _utc_iso(value)
+    if isinstance(value, dict):
+        # default=str: a value JSON cannot hold (a Path in command_args) is kept as text rather than failing a save.
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+def _utc_iso(value: datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: use an aware (UTC) datetime")
+    # Fixed width (always microseconds, always +00:00), so that comparing the text compares the times.
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _fold(value: Any) -> str | None:
+    """Case- and normalisation-insensitive form of a name (SQLite's own lower() only folds ASCII)."""
+    if value is None:
+        return None
+    return unicodedata.normalize("NFC", str(value)).casefold()
+
+
+def _as_upload(record: OperationRecord) -> UploadRecord:
+    assert isinstance(record, UploadRecord), record.operation_type
+    return record
+
+
+def _split_statements(script: str) -> list[str]:
+    """The statements of a migration script, to run inside one transaction (executescript would commit first)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements

@@ -1,0 +1,445 @@
+"""compress_entry on real files: round trips, determinism, digests, and failure paths that leave no partial file."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import math
+import os
+import pickle
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from amgmt import archive
+from amgmt.archive import ArchiveResult, compress_entry, sha256_file
+from amgmt.errors import CompressionError
+
+KiB = 1024
+NON_UTF8 = os.fsdecode(b"raw-\xff\xfe-name.bin")
+LONG_NAME = "n" * 251 + ".bin"  # 255 bytes: the longest name most file systems allow
+
+
+def make_file(path: Path, data: bytes = b"", *, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def make_media(tmp_path: Path, name: str = "album") -> Path:
+    """A directory with every kind of member compress_entry must handle, plus a file outside it that a link names."""
+    root = tmp_path / "src" / name
+    make_file(root / "cover.jpg", os.urandom(40 * KiB))
+    make_file(root / "disc 1" / "01 intro.flac", os.urandom(20 * KiB), mode=0o600)
+    make_file(root / "disc 1" / "café ü.txt", "ünïcode\n".encode())
+    make_file(root / "disc 1" / "deep" / "er" / "run.sh", b"#!/bin/sh\n", mode=0o750)
+    make_file(root / "empty.txt")
+    make_file(root / NON_UTF8, b"bytes that are not utf-8 in the name")
+    make_file(root / LONG_NAME, b"long")
+    (root / "empty dir").mkdir()
+    (root / "disc 1").chmod(0o710)
+    outside = make_file(tmp_path / "src" / "outside.txt", b"must not be archived")
+    (root / "to-file").symlink_to("cover.jpg")
+    (root / "to-dir").symlink_to("disc 1")
+    (root / "dangling").symlink_to("nowhere/at/all")
+    (root / "loop").symlink_to("loop")
+    (root / "outside").symlink_to(outside)
+    return root
+
+
+def compress(source: Path, tmp_path: Path, *, part_size: int = 64 * KiB, name: str = "out", **kw) -> ArchiveResult:
+    (tmp_path / "staging").mkdir(exist_ok=True)
+    return compress_entry(str(source), str(tmp_path / "staging" / f"{name}.tar.gz"), part_size=part_size, **kw)
+
+
+def extract(result: ArchiveResult, dest: Path) -> Path:
+    with tarfile.open(result.archive_path, "r:gz") as tar:
+        tar.extractall(dest, filter="fully_trusted")  # the tree has a link pointing outside on purpose
+    return dest
+
+
+def snapshot(root: Path) -> dict[bytes, tuple[str, int, bytes]]:
+    """relpath (from root's parent) -> (kind, mode, bytes or link target) for root and below; no special files."""
+    base = os.fsencode(root.parent)
+    found: dict[bytes, tuple[str, int, bytes]] = {}
+    pending = [os.fsencode(root)]
+    while pending:
+        path = pending.pop()
+        st = os.lstat(path)
+        rel = os.path.relpath(path, base)
+        if stat.S_ISLNK(st.st_mode):
+            found[rel] = ("symlink", 0, os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            found[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
+            pending.extend(os.path.join(path, n) for n in os.listdir(path))
+        elif stat.S_ISREG(st.st_mode):
+            found[rel] = ("file", stat.S_IMODE(st.st_mode), Path(os.fsdecode(path)).read_bytes())
+    return found
+
+
+def expected_manifest_sha256(root: Path) -> str:
+    """The manifest as documented in compress_entry, rebuilt independently from the source tree."""
+    lines = []
+    for rel, (kind, _mode, content) in sorted(snapshot(root).items()):
+        if kind == "file":
+            size, digest = len(content), hashlib.sha256(content).hexdigest().encode()
+        else:
+            size, digest = 0, content  # link target, or empty for a directory
+        lines.append(b"\0".join((rel, kind.encode(), str(size).encode(), digest)) + b"\n")
+    return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def assert_no_leftovers(tmp_path: Path) -> None:
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_file_round_trip(tmp_path: Path) -> None:
+    data = os.urandom(150 * KiB)
+    source = make_file(tmp_path / "src" / "clip one.mov", data, mode=0o640)
+
+    result = compress(source, tmp_path)
+
+    dest = extract(result, tmp_path / "dest")
+    assert os.listdir(dest) == ["clip one.mov"]
+    assert (dest / "clip one.mov").read_bytes() == data
+    assert stat.S_IMODE((dest / "clip one.mov").stat().st_mode) == 0o640
+    assert result.source_sha256 == hashlib.sha256(data).hexdigest()
+    assert (result.source_size, result.file_count, result.is_directory, result.skipped) == (len(data), 1, False, ())
+    archive_bytes = Path(result.archive_path).read_bytes()
+    assert result.archive_size == len(archive_bytes)
+    assert result.archive_sha256 == hashlib.sha256(archive_bytes).hexdigest() == sha256_file(result.archive_path)
+    assert stat.S_IMODE(os.stat(result.archive_path).st_mode) == 0o600
+    assert not os.path.exists(result.archive_path + ".partial")
+
+
+def test_directory_round_trip(tmp_path: Path) -> None:
+    source = make_media(tmp_path)
+    os.mkfifo(source / "disc 1" / "pipe")
+
+    result = compress(source, tmp_path)
+
+    dest = extract(result, tmp_path / "dest")
+    original = snapshot(source)
+    assert snapshot(dest / "album") == original
+    assert os.readlink(dest / "album" / "outside") == str(tmp_path / "src" / "outside.txt")
+    assert os.path.exists(dest / "album" / os.fsdecode(os.fsencode(NON_UTF8)))
+    assert result.skipped == ("album/disc 1/pipe",)
+    assert result.is_directory
+    assert result.file_count == 7
+    assert result.source_size == sum(len(c) for kind, _, c in original.values() if kind == "file")
+    assert result.source_sha256 == expected_manifest_sha256(dest / "album")
+
+
+def test_members_are_relative_sorted_and_anonymous(tmp_path: Path) -> None:
+    source = make_media(tmp_path)
+
+    result = compress(Path(str(source) + "/"), tmp_path)  # a trailing slash must not lose the base name
+
+    with tarfile.open(result.archive_path, "r:gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[0] == "album"
+    assert all(n == "album" or n.startswith("album/") for n in names)
+    assert not any(n.startswith("/") or ".." in n.split("/") for n in names)
+    assert names == sorted(names, key=os.fsencode)
+    assert {(m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, "", "")}
+    by_name = {m.name: m for m in members}
+    assert by_name["album/outside"].issym()
+    assert by_name["album/loop"].linkname == "loop"
+    assert by_name["album/cover.jpg"].mtime == int(os.stat(source / "cover.jpg").st_mtime)
+
+
+def test_same_source_gives_identical_bytes_and_mtime_changes_them(tmp_path: Path) -> None:
+    source = make_media(tmp_path)
+
+    first = compress(source, tmp_path, name="first")
+    second = compress(source, tmp_path, name="second")
+
+    assert Path(first.archive_path).read_bytes() == Path(second.archive_path).read_bytes()
+    assert first == ArchiveResult(**{**second.__dict__, "archive_path": first.archive_path})
+
+    st = os.stat(source / "cover.jpg")
+    os.utime(source / "cover.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    third = compress(source, tmp_path, name="third")
+    assert third.archive_sha256 != first.archive_sha256
+    assert third.source_sha256 == first.source_sha256  # the manifest describes content, not timestamps
+
+
+def test_gzip_header_has_no_timestamp_or_name(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "a.bin", b"x" * 1000)
+
+    result = compress(source, tmp_path)
+
+    head = Path(result.archive_path).read_bytes()[:10]
+    assert head[:3] == b"\x1f\x8b\x08"
+    assert head[3] == 0  # no FNAME or other optional fields
+    assert head[4:8] == b"\0\0\0\0"  # mtime 0
+    with gzip.open(result.archive_path) as f:
+        assert tarfile.open(fileobj=io.BytesIO(f.read())).getnames() == ["a.bin"]
+
+
+@pytest.mark.skipif(shutil.which("gzip") is None, reason="no gzip command")
+def test_gzip_command_accepts_archive(tmp_path: Path) -> None:
+    result = compress(make_media(tmp_path), tmp_path)
+
+    subprocess.run(["gzip", "-t", result.archive_path], check=True)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_every_level_is_ordinary_gzip(tmp_path: Path, level: int) -> None:
+    data = b"media " * 10_000
+    source = make_file(tmp_path / "src" / "a.txt", data)
+
+    result = compress(source, tmp_path, level=level)
+
+    with tarfile.open(result.archive_path, "r:gz") as tar:
+        assert tar.extractfile("a.txt").read() == data  # type: ignore[union-attr]
+
+
+def test_part_md5s_are_md5s_of_each_slice(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "a.bin", os.urandom(300 * KiB))
+    part_size = 64 * KiB
+
+    result = compress(source, tmp_path, part_size=part_size)
+
+    data = Path(result.archive_path).read_bytes()
+    assert len(result.part_md5s) == math.ceil(len(data) / part_size) == 5
+    slices = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    assert list(result.part_md5s) == [hashlib.md5(s).hexdigest() for s in slices]
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_part_boundaries_at_the_archive_end(tmp_path: Path, delta: int) -> None:
+    source = make_file(tmp_path / "src" / "a.bin", os.urandom(10 * KiB))
+    size = compress(source, tmp_path, name="probe").archive_size
+    part_size = size + delta
+
+    result = compress(source, tmp_path, part_size=part_size)
+
+    data = Path(result.archive_path).read_bytes()
+    slices = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    assert list(result.part_md5s) == [hashlib.md5(s).hexdigest() for s in slices]
+    assert len(result.part_md5s) == (2 if delta < 0 else 1)
+
+
+def test_part_size_of_one_byte(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "tiny.txt", b"tiny")
+
+    result = compress(source, tmp_path, part_size=1)
+
+    data = Path(result.archive_path).read_bytes()
+    assert list(result.part_md5s) == [hashlib.md5(data[i : i + 1]).hexdigest() for i in range(len(data))]
+
+
+def test_empty_directory_and_empty_file(tmp_path: Path) -> None:
+    empty_dir = tmp_path / "src" / "nothing"
+    empty_dir.mkdir(parents=True)
+    empty_file = make_file(tmp_path / "src" / "zero.bin")
+
+    dir_result = compress(empty_dir, tmp_path, name="d")
+    file_result = compress(empty_file, tmp_path, name="f")
+
+    assert (dir_result.file_count, dir_result.source_size) == (0, 0)
+    assert dir_result.source_sha256 == hashlib.sha256(b"nothing\0dir\x000\0\n").hexdigest()
+    assert file_result.source_sha256 == hashlib.sha256(b"").hexdigest()
+    dest = extract(dir_result, tmp_path / "d")
+    extract(file_result, dest)
+    assert os.listdir(dest / "nothing") == []
+    assert (dest / "zero.bin").read_bytes() == b""
+
+
+def test_link_to_outside_is_stored_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "src" / "clip"
+    make_file(root / "a.txt", b"a")
+    secret = make_file(tmp_path / "secret.bin", b"s" * 5000)
+    (root / "escape").symlink_to(secret)
+    (root / "escape-dir").symlink_to(tmp_path)
+
+    result = compress(root, tmp_path)
+
+    with tarfile.open(result.archive_path, "r:gz") as tar:
+        links = {m.name: m.linkname for m in tar if m.issym()}
+        assert b"s" * 5000 not in b"".join(tar.extractfile(m).read() for m in tar if m.isfile())  # type: ignore
+    assert links == {"clip/escape": str(secret), "clip/escape-dir": str(tmp_path)}
+    assert (result.file_count, result.source_size) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "missing"])
+def test_source_that_is_not_a_file_or_directory_fails(tmp_path: Path, kind: str) -> None:
+    source = tmp_path / "src" / "entry"
+    source.parent.mkdir()
+    if kind == "symlink":
+        source.symlink_to(make_file(tmp_path / "real.bin", b"x"))
+    elif kind == "fifo":
+        os.mkfifo(source)
+
+    with pytest.raises(CompressionError) as caught:
+        compress(source, tmp_path)
+
+    assert caught.value.path == str(source)
+    assert str(source) in str(caught.value)
+    assert_no_leftovers(tmp_path)
+
+
+def patch_first_read(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: ignore[no-untyped-def]
+    """Run `action(path)` on the real file just after compress_entry's first read of it."""
+    original = archive._DigestingReader.read
+    done: set[str] = set()
+
+    def read(self: archive._DigestingReader, size: int = -1) -> bytes:
+        data = original(self, size)
+        if self._path not in done:
+            done.add(self._path)
+            action(self._path)
+        return data
+
+    monkeypatch.setattr(archive._DigestingReader, "read", read)
+
+
+def append(path: str) -> None:
+    with open(path, "ab") as f:
+        f.write(b"more")
+
+
+def truncate(path: str) -> None:
+    os.truncate(path, 1)
+
+
+def retouch(path: str) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+
+
+@pytest.mark.parametrize("change", [append, truncate, retouch])
+def test_file_changing_while_read_fails_and_leaves_no_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change
+) -> None:  # type: ignore[no-untyped-def]
+    source = make_media(tmp_path)
+    patch_first_read(monkeypatch, lambda p: change(p) if p.endswith("cover.jpg") else None)
+
+    with pytest.raises(CompressionError, match="changed while being compressed") as caught:
+        compress(source, tmp_path)
+
+    assert str(source / "cover.jpg") in str(caught.value)
+    assert caught.value.path == str(source)
+    assert_no_leftovers(tmp_path)
+
+
+def test_file_vanishing_after_the_walk_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_media(tmp_path)
+    original = archive._add_file
+
+    def add_file(tar: tarfile.TarFile, member: str, path: str, entry: str) -> tuple[str, int]:
+        if path.endswith("empty.txt"):
+            os.unlink(path)
+        return original(tar, member, path, entry)
+
+    monkeypatch.setattr(archive, "_add_file", add_file)
+
+    with pytest.raises(CompressionError, match=r"empty\.txt vanished"):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_fails(tmp_path: Path) -> None:
+    source = make_media(tmp_path)
+    (source / "cover.jpg").chmod(0)
+
+    with pytest.raises(CompressionError, match=r"cannot read .*cover\.jpg: Permission denied"):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+
+
+def test_odd_names_in_errors_stay_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "src" / "odd"
+    make_file(source / "new\nline", b"x")
+    make_file(source / NON_UTF8, b"x")
+    patch_first_read(monkeypatch, append)
+
+    with pytest.raises(CompressionError) as caught:
+        compress(source, tmp_path)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    message.encode("utf-8")  # no lone surrogates
+
+
+def test_keyboard_interrupt_removes_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(path: str) -> None:
+        assert os.path.exists(tmp_path / "staging" / "out.tar.gz.partial")
+        raise KeyboardInterrupt
+
+    patch_first_read(monkeypatch, interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        compress(make_media(tmp_path), tmp_path)
+    assert_no_leftovers(tmp_path)
+
+
+class _FullDisk(io.FileIO):
+    def write(self, b: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_staging_disk_while_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = open
+
+    def open_full_disk(file, mode="r", buffering=-1, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if mode == "wb":
+            return io.BufferedWriter(_FullDisk(file, "wb"), buffer_size=64 * KiB)
+        return real_open(file, mode, buffering, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "open", open_full_disk, raising=False)
+    source = make_file(tmp_path / "src" / "a.bin", os.urandom(500 * KiB))
+
+    with pytest.raises(CompressionError, match="no space left on device in staging dir .*staging"):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+
+
+def test_full_staging_disk_at_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(archive.os, "fsync", fsync)
+
+    with pytest.raises(CompressionError, match="no space left on device in staging dir"):
+        compress(make_file(tmp_path / "src" / "a.bin", b"abc"), tmp_path)
+    assert_no_leftovers(tmp_path)
+
+
+def test_stale_partial_from_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "a.bin", b"fresh")
+    make_file(tmp_path / "staging" / "out.tar.gz.partial", b"junk from before", mode=0o666)
+
+    result = compress(source, tmp_path)
+
+    assert os.listdir(tmp_path / "staging") == ["out.tar.gz"]
+    assert stat.S_IMODE(os.stat(result.archive_path).st_mode) == 0o600
+
+
+def test_results_and_errors_survive_pickling(tmp_path: Path) -> None:
+    result = compress(make_media(tmp_path), tmp_path)
+    assert pickle.loads(pickle.dumps(result)) == result
+
+    with pytest.raises(CompressionError) as caught:
+        compress(tmp_path / "src" / "missing", tmp_path)
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert type(copy) is CompressionError
+    assert (str(copy), copy.path, copy.stage) == (str(caught.value), str(tmp_path / "src" / "missing"), "compress")
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    source = make_file(tmp_path / "src" / "a.bin", b"x")
+    with pytest.raises(ValueError, match="level"):
+        compress(source, tmp_path, level=4)
+    with pytest.raises(ValueError, match="part_size"):
+        compress(source, tmp_path, part_size=0)

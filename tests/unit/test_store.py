@@ -1,0 +1,457 @@
+"""MetadataStore against real SQLite files in tmp_path: round trips, queries, concurrency, and the failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from amgmt import store as store_module
+from amgmt.errors import NotFoundError, StoreError
+from amgmt.models import (
+    UPLOAD_FIELDS,
+    FileRecord,
+    FileRole,
+    FileStatus,
+    Location,
+    OperationRecord,
+    OperationStatus,
+    Stage,
+    UploadRecord,
+    new_operation_id,
+)
+from amgmt.store import MetadataStore
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+PLUS_TWO = timezone(timedelta(hours=2))
+
+
+def make_file_record(role: FileRole, *, name: str = "Holiday 2023") -> FileRecord:
+    location = {
+        FileRole.SOURCE: Location.LOCAL,
+        FileRole.COMPRESSED: Location.LOCAL,
+        FileRole.S3: Location.S3,
+        FileRole.COMPLETED: Location.COMPLETED,
+    }[role]
+    return FileRecord(
+        name=name if role is not FileRole.COMPRESSED else f"{name}.tar.gz",
+        path=f"/media/{role.value}/{name}",
+        location=location,
+        size=1234,
+        is_directory=role in (FileRole.SOURCE, FileRole.COMPLETED),
+        mime_type="application/gzip" if role is FileRole.COMPRESSED else None,
+        created_at=T0,
+        modified_at=T0 + timedelta(seconds=1, microseconds=5),
+        accessed_at=None,
+        checksum="ab" * 32,
+        tags={"role": role.value, "camera": "X-T4"},
+        status=FileStatus.COMPLETED,
+    )
+
+
+def make_upload(*, minutes: int = 0, name: str = "Holiday 2023", **changes: object) -> UploadRecord:
+    record = UploadRecord(
+        operation_id=new_operation_id(),
+        target_path=f"/media/in/{name}",
+        target_name=name,
+        started_at=T0 + timedelta(minutes=minutes),
+        s3_bucket="media",
+        s3_object_key=f"archive/{name}.tar.gz",
+        original_size=1234,
+        checksum_original=f"sha-{name}",
+        user="alice",
+        command_args={"source": "/media/in", "workers": 4, "dry_run": False},
+    )
+    for key, value in changes.items():
+        setattr(record, key, value)
+    return record
+
+
+def with_all_file_records(record: UploadRecord) -> UploadRecord:
+    for role in FileRole:
+        record.set_file_record(role, make_file_record(role, name=record.target_name))
+    return record
+
+
+def make_operation(*, minutes: int = 0, operation_type: str = "delete", name: str = "old.tar.gz") -> OperationRecord:
+    return OperationRecord(
+        operation_id=new_operation_id(),
+        operation_type=operation_type,
+        target_path=f"s3://media/archive/{name}",
+        target_name=name,
+        started_at=T0 + timedelta(minutes=minutes),
+        metadata={"reason": "expired", "nested": {"keys": [1, 2, 3]}},
+        command_args={"key": f"archive/{name}", "yes": True},
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "operations.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[MetadataStore]:
+    async with MetadataStore(db_path) as opened:
+        yield opened
+
+
+def raw_rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(sql).fetchall()
+    conn.close()
+    return rows
+
+
+# -- round trips ------------------------------------------------------------------------------------------------
+
+
+async def test_upload_with_four_file_records_round_trips(store: MetadataStore) -> None:
+    record = with_all_file_records(make_upload(started_at=datetime(2024, 5, 1, 14, 0, tzinfo=PLUS_TWO)))
+    # Fields changed after construction, as the pipeline does at each stage.
+    record.compressed_size = 999
+    record.compression_ratio = 0.81
+    record.checksum_compressed = "cd" * 32
+    record.checksum_s3_etag = '"0123456789abcdef0123456789abcdef-2"'
+    record.stage = Stage.DONE
+    record.verification_method = "etag"
+    record.part_size, record.part_count = 8 * 1024 * 1024, 2
+    record.metadata["note"] = "café ✓"
+    record.finish(OperationStatus.SUCCESS, when=T0 + timedelta(seconds=42.5))
+
+    await store.save_operation(record)
+    loaded = await store.get_operation(record.operation_id)
+
+    assert isinstance(loaded, UploadRecord)
+    assert loaded == record
+    assert loaded.started_at == T0 and loaded.started_at.tzinfo is not None
+    assert set(loaded.file_records()) == set(FileRole)
+    assert loaded.s3_file_record is not None and loaded.s3_file_record.tags == {"role": "s3", "camera": "X-T4"}
+    assert loaded.metadata["compressed_size"] == 999
+
+
+async def test_plain_operation_round_trips_with_upload_columns_null(store: MetadataStore, db_path: Path) -> None:
+    record = make_operation()
+    record.finish(OperationStatus.FAILED, error="AccessDenied", when=T0 + timedelta(seconds=3))
+
+    await store.save_operation(record)
+    loaded = await store.get_operation(record.operation_id)
+
+    assert type(loaded) is OperationRecord
+    assert loaded == record
+    assert raw_rows(db_path, "SELECT s3_bucket, original_size, stage FROM operations") == [(None, None, None)]
+    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(0,)]
+
+
+async def test_saving_again_updates_without_duplicating(store: MetadataStore, db_path: Path) -> None:
+    record = with_all_file_records(make_upload())
+    await store.save_operation(record)
+
+    record.stage = Stage.VERIFY
+    record.status = OperationStatus.FAILED
+    record.error_message = "ETag mismatch"
+    assert record.s3_file_record is not None
+    record.s3_file_record.status = FileStatus.FAILED
+    record.s3_file_record.tags["retry"] = "1"
+    record.completed_file_record = None  # fewer file records: the stored one is kept (upsert only)
+    await store.save_operation(record)
+
+    loaded = await store.get_operation(record.operation_id)
+    assert isinstance(loaded, UploadRecord)
+    assert (loaded.stage, loaded.status, loaded.error_message) == ("verify", "failed", "ETag mismatch")
+    assert loaded.s3_file_record == record.s3_file_record
+    assert loaded.completed_file_record is not None
+    assert raw_rows(db_path, "SELECT count(*) FROM operations") == [(1,)]
+    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(4,)]
+
+
+async def test_operations_table_has_a_column_for_every_upload_field(store: MetadataStore, db_path: Path) -> None:
+    operation_columns = [row[1] for row in raw_rows(db_path, "PRAGMA table_info(operations)")]
+    file_columns = [row[1] for row in raw_rows(db_path, "PRAGMA table_info(file_records)")]
+    assert sorted(operation_columns) == sorted(UPLOAD_FIELDS)
+    assert sorted(file_columns) == sorted(["operation_id", "role", *(f.name for f in dataclasses.fields(FileRecord))])
+
+
+# -- lookups ----------------------------------------------------------------------------------------------------
+
+
+async def test_get_operation_by_exact_id_and_unique_prefix(store: MetadataStore) -> None:
+    first = make_operation()
+    first.operation_id = "abcd1111-0000"
+    second = make_operation()
+    second.operation_id = "abcd2222-0000"
+    third = make_operation()
+    third.operation_id = "abcd2223-0000"
+    for record in (first, second, third):
+        await store.save_operation(record)
+
+    assert (await store.get_operation("abcd1111-0000")) == first
+    assert (await store.get_operation("abcd1")) == first
+
+    with pytest.raises(NotFoundError, match=r"^id prefix abcd is ambiguous: matches 3 operations$"):
+        await store.get_operation("abcd")
+    with pytest.raises(NotFoundError, match=r"^id prefix abcd222 is ambiguous: matches 2 operations$"):
+        await store.get_operation("abcd222")
+    with pytest.raises(NotFoundError, match=r"^no operation with id ffff$"):
+        await store.get_operation("ffff")
+    with pytest.raises(NotFoundError, match=r"^no operation with id abc \(a prefix needs 4\+ characters\)$"):
+        await store.get_operation("abc")
+
+
+async def test_list_operations_filters_orders_and_limits(store: MetadataStore) -> None:
+    old_ok = with_all_file_records(make_upload(minutes=0, name="Wedding"))
+    old_ok.status = OperationStatus.SUCCESS
+    mid_fail = make_upload(minutes=10, name="Café Trip")
+    mid_fail.set_file_record(FileRole.SOURCE, make_file_record(FileRole.SOURCE, name="Café Trip"))
+    mid_fail.status = OperationStatus.FAILED
+    delete = make_operation(minutes=20, name="wedding.tar.gz")
+    delete.status = OperationStatus.SUCCESS
+    new_ok = make_upload(minutes=30, name="Birthday")
+    new_ok.status = OperationStatus.SUCCESS
+    for record in (mid_fail, new_ok, old_ok, delete):  # saved out of order on purpose
+        await store.save_operation(record)
+
+    async def ids(**filters: object) -> list[str]:
+        return [r.operation_id for r in await store.list_operations(**filters)]  # type: ignore[arg-type]
+
+    everything = [new_ok.operation_id, delete.operation_id, mid_fail.operation_id, old_ok.operation_id]
+    assert await ids() == everything
+    assert await ids(limit=None) == everything
+    assert await ids(limit=2) == everything[:2]
+    assert await ids(limit=0) == []
+    assert await ids(status="success") == [new_ok.operation_id, delete.operation_id, old_ok.operation_id]
+    assert await ids(status=OperationStatus.FAILED) == [mid_fail.operation_id]
+    assert await ids(operation_type="delete") == [delete.operation_id]
+    assert await ids(since=T0 + timedelta(minutes=10)) == everything[:3]
+    assert await ids(until=T0 + timedelta(minutes=10)) == [old_ok.operation_id]
+    assert await ids(since=T0 + timedelta(minutes=5), until=T0 + timedelta(minutes=25)) == everything[1:3]
+    # the same instant given in another time zone
+    assert await ids(since=datetime(2024, 5, 1, 14, 30, tzinfo=PLUS_TWO)) == [new_ok.operation_id]
+    assert await ids(target="WEDDING") == [delete.operation_id, old_ok.operation_id]
+    assert await ids(target="café") == [mid_fail.operation_id]
+    assert await ids(target="CAFÉ") == [mid_fail.operation_id]
+    assert await ids(target="media/in/") == [new_ok.operation_id, mid_fail.operation_id, old_ok.operation_id]
+    assert await ids(location=Location.COMPLETED) == [old_ok.operation_id]
+    assert await ids(location="local") == [mid_fail.operation_id, old_ok.operation_id]
+    assert await ids(status="success", operation_type="upload", target="wed") == [old_ok.operation_id]
+
+    listed = await store.list_operations(limit=None)
+    assert listed == [new_ok, delete, mid_fail, old_ok]  # uploads come back with their file records
+
+
+async def test_find_successful_upload_returns_the_newest_success(store: MetadataStore) -> None:
+    older = make_upload(minutes=0, status=OperationStatus.SUCCESS)
+    newer = with_all_file_records(make_upload(minutes=5, status=OperationStatus.SUCCESS))
+    newest_failed = make_upload(minutes=9, status=OperationStatus.FAILED)
+    other_source = make_upload(minutes=7, name="Other", status=OperationStatus.SUCCESS)
+    for record in (older, newer, newest_failed, other_source):
+        await store.save_operation(record)
+
+    found = await store.find_successful_upload(checksum_original="sha-Holiday 2023")
+    assert found == newer
+    assert await store.find_successful_upload(checksum_original="sha-unknown") is None
+
+
+async def test_find_uploads_by_key_newest_first(store: MetadataStore) -> None:
+    first = make_upload(minutes=0, status=OperationStatus.FAILED)
+    second = make_upload(minutes=1, status=OperationStatus.SUCCESS)
+    elsewhere = make_upload(minutes=2, s3_bucket="other-bucket")
+    for record in (second, first, elsewhere):
+        await store.save_operation(record)
+
+    found = await store.find_uploads_by_key(bucket="media", key="archive/Holiday 2023.tar.gz")
+    assert found == [second, first]
+    assert await store.find_uploads_by_key(bucket="media", key="nope") == []
+
+
+# -- concurrency ------------------------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_tasks_through_six_stage_updates(store: MetadataStore, db_path: Path) -> None:
+    records = [make_upload(minutes=i, name=f"entry-{i:02d}") for i in range(50)]
+    stages = [Stage.RECORD, Stage.COMPRESS, Stage.UPLOAD, Stage.VERIFY, Stage.MOVE, Stage.DONE]
+
+    async def run_entry(record: UploadRecord) -> None:
+        for step, stage in enumerate(stages):
+            record.stage = stage
+            if stage is Stage.COMPRESS:
+                record.set_file_record(FileRole.SOURCE, make_file_record(FileRole.SOURCE, name=record.target_name))
+                record.set_file_record(
+                    FileRole.COMPRESSED, make_file_record(FileRole.COMPRESSED, name=record.target_name)
+                )
+            if stage is Stage.UPLOAD:
+                record.set_file_record(FileRole.S3, make_file_record(FileRole.S3, name=record.target_name))
+            if stage is Stage.MOVE:
+                record.set_file_record(
+                    FileRole.COMPLETED, make_file_record(FileRole.COMPLETED, name=record.target_name)
+                )
+            if stage is Stage.DONE:
+                record.finish(OperationStatus.SUCCESS, when=record.started_at + timedelta(seconds=step))
+            record.compressed_size = step
+            await store.save_operation(record)
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        for record in records:
+            tg.start_soon(run_entry, record)
+
+    loaded = await store.list_operations(limit=None)
+    assert sorted(loaded, key=lambda r: r.target_name) == records
+    assert all(isinstance(r, UploadRecord) and r.stage == "done" and r.status == "success" for r in loaded)
+    assert raw_rows(db_path, "SELECT count(*) FROM operations") == [(50,)]
+    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(200,)]
+
+
+@pytest.mark.parametrize(
+    ("cancelled_during", "saved"),
+    [
+        ("BEGIN IMMEDIATE", False),
+        ("INSERT INTO operations", False),
+        ("INSERT INTO file_records", False),
+        ("COMMIT", True),
+    ],
+)
+async def test_a_save_cancelled_midway_is_all_or_nothing_and_the_store_stays_usable(
+    store: MetadataStore, cancelled_during: str, saved: bool
+) -> None:
+    # The cancel lands while that statement runs on the connection's thread (aiosqlite is asyncio-only).
+    loop = asyncio.get_running_loop()
+    db = store._db
+    assert db is not None
+    record = with_all_file_records(make_upload())
+    with anyio.CancelScope() as scope:
+
+        def cancel_on(sql: str) -> None:
+            if sql.startswith(cancelled_during):
+                loop.call_soon_threadsafe(scope.cancel)
+
+        await db.set_trace_callback(cancel_on)
+        await store.save_operation(record)
+    await db.set_trace_callback(None)  # type: ignore[arg-type]  # None removes it (sqlite3 docs)
+    assert scope.cancelled_caught
+
+    if saved:
+        assert await store.get_operation(record.operation_id) == record
+    else:
+        with pytest.raises(NotFoundError):
+            await store.get_operation(record.operation_id)
+    survivor = with_all_file_records(make_upload(minutes=1))
+    await store.save_operation(survivor)
+    assert await store.list_operations() == ([survivor, record] if saved else [survivor])
+
+
+# -- the database file ------------------------------------------------------------------------------------------
+
+
+async def test_connection_uses_wal_and_the_agreed_pragmas(store: MetadataStore, db_path: Path) -> None:
+    await store.save_operation(make_operation())
+    assert Path(f"{db_path}-wal").exists()
+    assert raw_rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+    db = store._db
+    assert db is not None
+    pragmas = {}
+    for name in ("synchronous", "foreign_keys", "busy_timeout"):
+        pragmas[name] = next(iter(await db.execute_fetchall(f"PRAGMA {name}")))[0]
+    assert pragmas == {"synchronous": 1, "foreign_keys": 1, "busy_timeout": 5000}
+
+
+async def test_creates_private_directory_and_files(store: MetadataStore, db_path: Path) -> None:
+    await store.save_operation(make_operation())
+    assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_reopening_keeps_data_and_applies_only_missing_migrations(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = with_all_file_records(make_upload())
+    async with MetadataStore(db_path) as first:
+        await first.save_operation(record)
+    async with MetadataStore(db_path) as second:
+        assert await second.get_operation(record.operation_id) == record
+    assert raw_rows(db_path, "PRAGMA user_version") == [(1,)]
+
+    extra = "CREATE TABLE probe (n INTEGER); INSERT INTO probe (n) VALUES (1);"
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, extra))
+    for _ in range(2):
+        async with MetadataStore(db_path) as third:
+            assert await third.get_operation(record.operation_id) == record
+    assert raw_rows(db_path, "PRAGMA user_version") == [(2,)]
+    assert raw_rows(db_path, "SELECT n FROM probe") == [(1,)]
+
+
+async def test_a_database_from_a_newer_amgmt_is_refused(db_path: Path) -> None:
+    async with MetadataStore(db_path):
+        pass
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+
+    store = MetadataStore(db_path)
+    with pytest.raises(StoreError, match="schema version 99, newer than this amgmt supports"):
+        await store.open()
+    with pytest.raises(StoreError, match="is not open"):
+        await store.list_operations()
+
+
+async def test_a_corrupt_file_gives_store_error(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    db_path.write_bytes(b"this is not a database\x00\xff" * 200)
+    with pytest.raises(StoreError, match=r"operations\.db is not a valid SQLite database \(corrupt\?\)") as info:
+        await MetadataStore(db_path).open()
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_locked_database_at_open_gives_store_error(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE other (x)")  # a rollback-journal database: EXCLUSIVE also blocks readers
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match=r"operations\.db is locked by another process") as info:
+            await MetadataStore(db_path, busy_timeout=0.1).open()
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    finally:
+        holder.close()
+
+
+async def test_locked_database_at_save_gives_store_error_and_recovers(db_path: Path) -> None:
+    async with MetadataStore(db_path, busy_timeout=0.1) as store:
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(StoreError, match="locked by another process"):
+                await store.save_operation(make_operation())
+        finally:
+            holder.close()
+        record = make_operation()
+        await store.save_operation(record)
+        assert await store.get_operation(record.operation_id) == record
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+async def test_an_unwritable_location_gives_store_error(tmp_path: Path) -> None:
+    locked_dir = tmp_path / "ro"
+    locked_dir.mkdir(mode=0o500)
+    try:
+        with pytest.raises(StoreError, match=r"cannot create metadata database at .*: Permission denied"):
+            await MetadataStore(locked_dir / "state" / "operations.db").open()
+    finally:
+        locked_dir.chmod(0o700)
+
+
+async def test_a_file_in_the_way_of_the_directory_gives_store_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("not a directory")
+    with pytest.raises(StoreError, match=r"cannot create metadata database at .*operations\.db: ") as info:
+        await MetadataStore(tmp_path / "state" / "operations.db").open()
+    assert isinstance(info.value.__cause__, OSError)
