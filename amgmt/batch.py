@@ -7,6 +7,7 @@ the store and the S3 connection for the run and stops the whole batch on a run-w
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 from collections import Counter
@@ -209,6 +210,15 @@ class BatchReport:
 # -- the run --------------------------------------------------------------------------------------------------
 
 
+async def _watch_signals(scope: anyio.CancelScope, report: BatchReport) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if report.interrupted:
+                os._exit(int(ExitCode.INTERRUPTED))
+            report.interrupted = True
+            scope.cancel()
+
+
 def client_options(settings: Settings, *, max_connections: int) -> ClientOptions:
     if not settings.bucket:
         raise ConfigError("no bucket configured: set MGMT_BUCKET or pass --bucket")
@@ -240,8 +250,14 @@ async def upload_batch(
     command_args: dict[str, Any] | None = None,
     compressor: Compressor | None = None,
     report: BatchReport | None = None,
+    handle_signals: bool = False,
 ) -> BatchReport:
-    """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how."""
+    """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how.
+
+    With `handle_signals` (the CLI), SIGINT/SIGTERM stop taking entries and cancel those in flight: each aborts its
+    multipart upload, removes its staging archive and is recorded "cancelled"; a second signal exits at once
+    (originals are never moved before verification, so that is safe; `amgmt cleanup` removes what it leaves).
+    """
     reporter = reporter or SilentReporter()
     report = report or BatchReport()
     report.planned = len(entries)
@@ -278,13 +294,17 @@ async def upload_batch(
                         finally:
                             report.records.append(pipeline.record)
 
-            async with anyio.create_task_group() as tg:
-                for _ in range(concurrency):
-                    tg.start_soon(worker, receive.clone(), tg.cancel_scope)
-                receive.close()
-                async with send:
-                    for entry in entries:
-                        await send.send(entry)
+            async with anyio.create_task_group() as outer:
+                if handle_signals:
+                    outer.start_soon(_watch_signals, outer.cancel_scope, report)
+                async with anyio.create_task_group() as tg:
+                    for _ in range(concurrency):
+                        tg.start_soon(worker, receive.clone(), tg.cancel_scope)
+                    receive.close()
+                    async with send:
+                        for entry in entries:
+                            await send.send(entry)
+                outer.cancel_scope.cancel()  # the workers are done: stop watching signals
     except AmgmtError as exc:
         if report.aborted is None and not report.records:
             raise

@@ -184,6 +184,10 @@ class EntryPipeline:
             self._mark_failed(str(exc), str(record.stage))
             await self._finalise()
             raise
+        except Exception as exc:  # a bug: recorded as such, and raised with its traceback
+            record.finish(OperationStatus.FAILED, error=f"{record.stage}: internal error: {type(exc).__name__}: {exc}")
+            await self._finalise()
+            raise
         except BaseException:
             record.finish(OperationStatus.CANCELLED, error=f"{record.stage}: interrupted")
             await self._finalise()

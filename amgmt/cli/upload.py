@@ -87,7 +87,7 @@ async def upload(names: tuple[str, ...], concurrency: int | None, storage_class:
                     "part_size": settings.part_size, "local_dir": display(settings.local_dir)}
     report = BatchReport(ignored=ignored)
     await upload_batch(settings, entries, reporter=reporter, overwrite=overwrite, command_args=command_args,
-                       report=report)
+                       report=report, handle_signals=True)
     click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
     code = int(report.exit_code)
     if code:
