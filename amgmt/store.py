@@ -4,6 +4,7 @@ The only module importing sqlite3/aiosqlite; it never decides what to record, an
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import json
 import os
 import sqlite3
@@ -93,9 +94,55 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ix_file_records_location ON file_records (location);
     """,
+    # 2: the multipart journal, so an interrupted upload can be resumed by a later run.
+    """
+    CREATE TABLE multipart_uploads (
+        upload_id      TEXT PRIMARY KEY,
+        operation_id   TEXT NOT NULL,
+        bucket         TEXT NOT NULL,
+        object_key     TEXT NOT NULL,
+        archive_sha256 TEXT NOT NULL,
+        part_size      INTEGER NOT NULL,
+        part_count     INTEGER NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('open', 'completed', 'aborted')),
+        created_at     TEXT NOT NULL
+    );
+    CREATE INDEX ix_multipart_uploads_key ON multipart_uploads (bucket, object_key, state);
+
+    CREATE TABLE upload_parts (
+        upload_id   TEXT NOT NULL REFERENCES multipart_uploads (upload_id) ON DELETE CASCADE,
+        part_number INTEGER NOT NULL,
+        size        INTEGER NOT NULL,
+        md5         TEXT NOT NULL,
+        etag        TEXT NOT NULL,
+        checksum    TEXT,
+        PRIMARY KEY (upload_id, part_number)
+    );
+    """,
 )
 
 MIN_ID_PREFIX = 4
+
+
+@dataclass(frozen=True)
+class JournaledPart:
+    number: int
+    size: int
+    md5: str
+    etag: str
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class JournaledUpload:
+    upload_id: str
+    operation_id: str
+    bucket: str
+    key: str
+    archive_sha256: str
+    part_size: int
+    part_count: int
+    parts: tuple[JournaledPart, ...] = ()
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
 
 _OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
@@ -281,6 +328,78 @@ class MetadataStore:
                 [bucket, key],
             )
         return [_as_upload(r) for r in found]
+
+    # -- the multipart journal -------------------------------------------------------------------------------
+
+    async def journal_multipart(self, upload: JournaledUpload) -> None:
+        """Record a new multipart upload (state open) the moment its UploadId exists."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"journal upload {upload.upload_id[:12]}", immediate=True):
+            await db.execute(
+                "INSERT OR IGNORE INTO multipart_uploads (upload_id, operation_id, bucket, object_key,"
+                " archive_sha256, part_size, part_count, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+                [upload.upload_id, upload.operation_id, upload.bucket, upload.key, upload.archive_sha256,
+                 upload.part_size, upload.part_count, _utc_iso(datetime.now(timezone.utc))],
+            )
+
+    async def journal_part(self, upload_id: str, part: JournaledPart) -> None:
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"journal part {part.number}", immediate=True):
+            await db.execute(
+                "INSERT OR REPLACE INTO upload_parts (upload_id, part_number, size, md5, etag, checksum)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [upload_id, part.number, part.size, part.md5, part.etag, part.checksum],
+            )
+
+    async def journal_multipart_state(self, upload_id: str, state: str) -> None:
+        """Close a journaled upload: 'completed' or 'aborted'."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"close upload {upload_id[:12]}", immediate=True):
+            await db.execute("UPDATE multipart_uploads SET state = ? WHERE upload_id = ?", [state, upload_id])
+
+    async def open_multiparts(self, *, bucket: str, key: str | None = None) -> list[JournaledUpload]:
+        """Journaled uploads still open (interrupted), oldest first, with their finished parts."""
+        db = self._require_open()
+        sql = "SELECT * FROM multipart_uploads WHERE state = 'open' AND bucket = ?"
+        params: list[Any] = [bucket]
+        if key is not None:
+            sql += " AND object_key = ?"
+            params.append(key)
+        async with self._lock, self._transaction(db, "read the multipart journal"):
+            uploads = [dict(r) for r in await db.execute_fetchall(sql + " ORDER BY created_at", params)]
+            found = []
+            for row in uploads:
+                parts = await db.execute_fetchall(
+                    "SELECT * FROM upload_parts WHERE upload_id = ? ORDER BY part_number", [row["upload_id"]]
+                )
+                found.append(
+                    JournaledUpload(
+                        upload_id=row["upload_id"],
+                        operation_id=row["operation_id"],
+                        bucket=row["bucket"],
+                        key=row["object_key"],
+                        archive_sha256=row["archive_sha256"],
+                        part_size=row["part_size"],
+                        part_count=row["part_count"],
+                        parts=tuple(
+                            JournaledPart(p["part_number"], p["size"], p["md5"], p["etag"], p["checksum"])
+                            for p in parts
+                        ),
+                    )
+                )
+        return found
+
+    async def mark_interrupted(self, *, target_prefix: str, reason: str) -> list[OperationRecord]:
+        """Operations still 'pending' under `target_prefix` belong to a run that died: record them cancelled."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, "find interrupted operations"):
+            stale = await self._select(db, "WHERE status = ? " + _NEWEST_FIRST, [str(OperationStatus.PENDING)])
+        stale = [r for r in stale if r.target_path == target_prefix or r.target_path.startswith(target_prefix + "/")]
+        for record in stale:
+            stage = getattr(record, "stage", "?")
+            record.finish(OperationStatus.CANCELLED, error=f"{stage}: {reason}")
+            await self.save_operation(record)
+        return stale
 
     # -- connection -------------------------------------------------------------------------------------------
 

@@ -375,18 +375,25 @@ async def test_reopening_keeps_data_and_applies_only_missing_migrations(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = with_all_file_records(make_upload())
+    released = store_module.MIGRATIONS
+    # A database made by the first release (schema v1) ...
+    monkeypatch.setattr(store_module, "MIGRATIONS", released[:1])
     async with MetadataStore(db_path) as first:
         await first.save_operation(record)
+    assert raw_rows(db_path, "PRAGMA user_version") == [(1,)]
+    # ... is upgraded by this one, keeping its rows.
+    monkeypatch.setattr(store_module, "MIGRATIONS", released)
     async with MetadataStore(db_path) as second:
         assert await second.get_operation(record.operation_id) == record
-    assert raw_rows(db_path, "PRAGMA user_version") == [(1,)]
+        assert await second.open_multiparts(bucket="b") == []
+    assert raw_rows(db_path, "PRAGMA user_version") == [(len(released),)]
 
     extra = "CREATE TABLE probe (n INTEGER); INSERT INTO probe (n) VALUES (1);"
-    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, extra))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*released, extra))
     for _ in range(2):
         async with MetadataStore(db_path) as third:
             assert await third.get_operation(record.operation_id) == record
-    assert raw_rows(db_path, "PRAGMA user_version") == [(2,)]
+    assert raw_rows(db_path, "PRAGMA user_version") == [(len(released) + 1,)]
     assert raw_rows(db_path, "SELECT n FROM probe") == [(1,)]
 
 
@@ -455,3 +462,38 @@ async def test_a_file_in_the_way_of_the_directory_gives_store_error(tmp_path: Pa
     with pytest.raises(StoreError, match=r"cannot create metadata database at .*operations\.db: ") as info:
         await MetadataStore(tmp_path / "state" / "operations.db").open()
     assert isinstance(info.value.__cause__, OSError)
+
+
+async def test_multipart_journal_round_trip(db_path: Path) -> None:
+    from amgmt.store import JournaledPart, JournaledUpload
+
+    upload = JournaledUpload("up-1", "op-1", "b", "k.tar.gz", "ab" * 32, 5 * 2**20, 3)
+    async with MetadataStore(db_path) as store:
+        await store.journal_multipart(upload)
+        await store.journal_part("up-1", JournaledPart(2, 10, "m2", "e2"))
+        await store.journal_part("up-1", JournaledPart(1, 10, "m1", "e1", "crc"))
+        [found] = await store.open_multiparts(bucket="b", key="k.tar.gz")
+        assert found.upload_id == "up-1" and found.archive_sha256 == "ab" * 32
+        assert [p.number for p in found.parts] == [1, 2] and found.parts[0].checksum == "crc"
+        assert await store.open_multiparts(bucket="other") == []
+        await store.journal_multipart_state("up-1", "completed")
+        assert await store.open_multiparts(bucket="b") == []
+
+
+async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(db_path: Path) -> None:
+    inside = make_upload()
+    inside.target_path = "/media/a.mp4"
+    outside = make_upload()
+    outside.target_path = "/other/b.mp4"
+    done = make_upload()
+    done.target_path = "/media/c.mp4"
+    done.finish(OperationStatus.SUCCESS)
+    async with MetadataStore(db_path) as store:
+        for record in (inside, outside, done):
+            await store.save_operation(record)
+        [stale] = await store.mark_interrupted(target_prefix="/media", reason="process died")
+        assert stale.operation_id == inside.operation_id
+        again = await store.get_operation(inside.operation_id)
+        assert again.status == OperationStatus.CANCELLED and "process died" in (again.error_message or "")
+        assert (await store.get_operation(outside.operation_id)).status == OperationStatus.PENDING
+        assert (await store.get_operation(done.operation_id)).status == OperationStatus.SUCCESS
