@@ -6,6 +6,7 @@ the store and the S3 connection for the run and stops the whole batch on a run-w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import stat
@@ -27,6 +28,7 @@ from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, process_p
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.settings import Settings
+from amgmt.runlock import RunLock
 from amgmt.store import MetadataStore
 
 
@@ -150,6 +152,7 @@ class BatchReport:
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)
     planned: int = 0
+    recovery: Recovery | None = None
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(str(r.status) for r in self.records))
@@ -193,6 +196,7 @@ class BatchReport:
             "aborted": self.aborted,
             "interrupted": self.interrupted,
             "ignored": self.ignored,
+            "recovered": dataclasses.asdict(self.recovery) if self.recovery else None,
             "exit_code": int(self.exit_code),
             "failures": [
                 {
@@ -208,6 +212,60 @@ class BatchReport:
 
 
 # -- the run --------------------------------------------------------------------------------------------------
+
+
+INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed); a later run redid it"
+
+
+@dataclass
+class Recovery:
+    """What a run found and repaired from an earlier run that died."""
+
+    interrupted_operations: int = 0
+    staging_files_removed: int = 0
+    staging_bytes_removed: int = 0
+    multipart_uploads_aborted: int = 0
+
+
+async def recover_interrupted(
+    settings: Settings, store: MetadataStore, s3: S3Bucket, entries: list[Path]
+) -> Recovery:
+    """Called with the run lock held, before any entry starts: nothing of this local dir can be in progress.
+
+    Pending records of this local dir are closed as cancelled; staging archives of operations that are not in
+    progress are removed; server-side multipart uploads to this run's keys that the journal does not know (a
+    crash between create and journal) are aborted. Journaled open uploads are kept: the entry resumes them.
+    """
+    found = Recovery()
+    stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
+    found.interrupted_operations = len(stale)
+    try:
+        staged = list(os.scandir(settings.staging_dir))
+    except OSError:
+        staged = []
+    for item in staged:
+        op_id = item.name[:36]
+        try:
+            owner = await store.get_operation(op_id)
+            if owner.status == OperationStatus.PENDING:
+                continue  # another run (sharing this staging dir) is using it
+        except NotFoundError:
+            pass
+        try:
+            size = item.stat(follow_symlinks=False).st_size
+            os.unlink(item.path)
+        except OSError:
+            continue
+        found.staging_files_removed += 1
+        found.staging_bytes_removed += size
+    keys = {object_key(settings.object_prefix, p.name) for p in entries}
+    if keys:
+        known = {u.upload_id for u in await store.open_multiparts(bucket=s3.bucket)}
+        for upload in await s3.list_multipart_uploads(settings.object_prefix):
+            if upload["key"] in keys and upload["upload_id"] not in known:
+                await s3.abort_multipart(upload["key"], upload["upload_id"])
+                found.multipart_uploads_aborted += 1
+    return found
 
 
 async def _watch_signals(scope: anyio.CancelScope, report: BatchReport) -> None:
@@ -266,45 +324,9 @@ async def upload_batch(
     options = client_options(settings, max_connections=settings.parts_in_flight + 2 * concurrency + 4)
     _private_dir(settings.staging_dir)
     try:
-        async with MetadataStore(settings.db_path) as store, S3Bucket.connect(options) as s3:
-            await s3.check_bucket()
-            ctx = PipelineContext(
-                settings=settings,
-                store=store,
-                s3=s3,
-                budget=anyio.CapacityLimiter(settings.parts_in_flight),
-                compress=compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
-                reporter=reporter,
-                overwrite=overwrite,
-                command_args=command_args or {},
-            )
-            reporter.add_work(len(entries), sum(p.size for p in plan(settings, entries)))
-            send, receive = anyio.create_memory_object_stream[Path](max_buffer_size=concurrency)
-
-            async def worker(queue: MemoryObjectReceiveStream[Path], scope: anyio.CancelScope) -> None:
-                async with queue:
-                    async for entry in queue:
-                        pipeline = EntryPipeline(ctx, entry)
-                        try:
-                            await pipeline.run()
-                        except AmgmtError as exc:  # run-wide: stop every worker, one clear message
-                            report.aborted = str(exc)
-                            scope.cancel()
-                            return
-                        finally:
-                            report.records.append(pipeline.record)
-
-            async with anyio.create_task_group() as outer:
-                if handle_signals:
-                    outer.start_soon(_watch_signals, outer.cancel_scope, report)
-                async with anyio.create_task_group() as tg:
-                    for _ in range(concurrency):
-                        tg.start_soon(worker, receive.clone(), tg.cancel_scope)
-                    receive.close()
-                    async with send:
-                        for entry in entries:
-                            await send.send(entry)
-                outer.cancel_scope.cancel()  # the workers are done: stop watching signals
+        with RunLock(settings.local_dir, settings.db_path.parent):
+            await _run(settings, entries, report, options, reporter, overwrite, command_args, compressor,
+                       handle_signals)
     except AmgmtError as exc:
         if report.aborted is None and not report.records:
             raise
@@ -313,3 +335,57 @@ async def upload_batch(
         report.wall_seconds = time.perf_counter() - started
         reporter.close()
     return report
+
+
+async def _run(
+    settings: Settings,
+    entries: list[Path],
+    report: BatchReport,
+    options: ClientOptions,
+    reporter: Reporter,
+    overwrite: bool,
+    command_args: dict[str, Any] | None,
+    compressor: Compressor | None,
+    handle_signals: bool,
+) -> None:
+    concurrency = max(1, min(settings.concurrency, len(entries) or 1))
+    async with MetadataStore(settings.db_path) as store, S3Bucket.connect(options) as s3:
+        await s3.check_bucket()
+        report.recovery = await recover_interrupted(settings, store, s3, entries)
+        ctx = PipelineContext(
+            settings=settings,
+            store=store,
+            s3=s3,
+            budget=anyio.CapacityLimiter(settings.parts_in_flight),
+            compress=compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
+            reporter=reporter,
+            overwrite=overwrite,
+            command_args=command_args or {},
+        )
+        reporter.add_work(len(entries), sum(p.size for p in plan(settings, entries)))
+        send, receive = anyio.create_memory_object_stream[Path](max_buffer_size=concurrency)
+
+        async def worker(queue: MemoryObjectReceiveStream[Path], scope: anyio.CancelScope) -> None:
+            async with queue:
+                async for entry in queue:
+                    pipeline = EntryPipeline(ctx, entry)
+                    try:
+                        await pipeline.run()
+                    except AmgmtError as exc:  # run-wide: stop every worker, one clear message
+                        report.aborted = str(exc)
+                        scope.cancel()
+                        return
+                    finally:
+                        report.records.append(pipeline.record)
+
+        async with anyio.create_task_group() as outer:
+            if handle_signals:
+                outer.start_soon(_watch_signals, outer.cancel_scope, report)
+            async with anyio.create_task_group() as tg:
+                for _ in range(concurrency):
+                    tg.start_soon(worker, receive.clone(), tg.cancel_scope)
+                receive.close()
+                async with send:
+                    for entry in entries:
+                        await send.send(entry)
+            outer.cancel_scope.cancel()  # the workers are done: stop watching signals

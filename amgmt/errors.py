@@ -10,6 +10,7 @@
     ├── MoveError          upload verified, original could not be moved: recorded as partial
     ├── StorageError       run-wide S3 trouble (no bucket, bad credentials, endpoint down): stop the batch
     ├── StoreError         metadata database trouble
+    ├── BusyError          another amgmt run holds the local dir's lock
     └── NotFoundError      a named operation id, entry or key does not exist (or the id prefix is ambiguous)
 
 Foreign errors (botocore, aiohttp, sqlite3, OSError) are translated at their boundary module and raised
@@ -29,6 +30,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad configuration, flags or arguments; nothing was done
     STORAGE = 3  # run-wide S3 failure (bucket, credentials, endpoint); the batch stopped early
     STORE = 4  # the metadata database could not be used
+    BUSY = 5  # another amgmt run holds the local dir
     INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
@@ -66,6 +68,7 @@ class CompressionError(EntryError):
 
 class UploadError(EntryError):
     stage = "upload"
+    transient: bool = False  # True when the same request may succeed if tried again (5xx, throttling, resets)
 
 
 class VerificationError(EntryError):
@@ -86,6 +89,12 @@ class StoreError(AmgmtError):
     """The metadata database could not be opened, read or written."""
 
     exit_code = ExitCode.STORE
+
+
+class BusyError(AmgmtError):
+    """Another amgmt run is working on the same local dir."""
+
+    exit_code = ExitCode.BUSY
 
 
 class NotFoundError(AmgmtError):

@@ -46,5 +46,6 @@ def display(path: str | os.PathLike[str]) -> str:
 
 def staging_name(operation_id: str, name: str) -> str:
     """A staging archive name: unique per operation, recognisable, and short enough for any filesystem."""
-    readable = key_segment(name)[:80].replace("/", "_")
+    # 80 bytes, not characters: NAME_MAX (255) counts bytes, and a CJK character is 3 of them.
+    readable = key_segment(name).encode()[:80].decode(errors="ignore").replace("/", "_")
     return f"{operation_id}-{readable}{ARCHIVE_SUFFIX}"

@@ -49,9 +49,16 @@ from amgmt.models import (
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key, staging_name
 from amgmt.parts import archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE, S3Bucket
+from amgmt.s3 import (
+    METADATA_ARCHIVE_SHA256,
+    METADATA_SOURCE_SHA256,
+    METADATA_SOURCE_SIZE,
+    PartDone,
+    S3Bucket,
+    UploadStats,
+)
 from amgmt.settings import Settings
-from amgmt.store import MetadataStore
+from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
 
 Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
 SAVE_TIMEOUT = 10.0
@@ -80,6 +87,38 @@ class PipelineContext:
     overwrite: bool = False
     command_args: dict[str, Any] = field(default_factory=dict)
     user: str | None = field(default_factory=current_user)
+
+
+class StoreJournal:
+    """The multipart journal of one entry's upload, written to the metadata store as parts finish."""
+
+    def __init__(self, store: MetadataStore, record: UploadRecord, archive: ArchiveResult) -> None:
+        self.store = store
+        self.record = record
+        self.archive = archive
+
+    async def started(self, upload_id: str) -> None:
+        self.record.metadata["upload_id"] = upload_id
+        await self.store.journal_multipart(
+            JournaledUpload(
+                upload_id=upload_id,
+                operation_id=self.record.operation_id,
+                bucket=self.record.s3_bucket,
+                key=self.record.s3_object_key,
+                archive_sha256=self.archive.archive_sha256,
+                part_size=self.archive.part_size,
+                part_count=len(self.archive.part_md5s),
+            )
+        )
+        await self.store.save_operation(self.record)
+
+    async def part_done(self, upload_id: str, part: PartDone) -> None:
+        await self.store.journal_part(
+            upload_id, JournaledPart(part.number, part.size, part.md5, part.etag, part.checksum)
+        )
+
+    async def finished(self, upload_id: str, state: str) -> None:
+        await self.store.journal_multipart_state(upload_id, state)
 
 
 def _dt(ts: float) -> datetime:
@@ -382,25 +421,55 @@ class EntryPipeline:
             )
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
+        resume = await self._resumable_upload()
         await self._save()
-        result = await s3.upload_file(
-            key,
-            str(self.staging),
-            size=self.archive.archive_size,
-            part_size=self.archive.part_size,
-            part_md5s=self.archive.part_md5s,
-            metadata={
-                METADATA_SOURCE_SHA256: self.archive.source_sha256,
-                METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
-                METADATA_SOURCE_SIZE: str(record.original_size),
-            },
-            storage_class=self.ctx.settings.storage_class,
-            budget=self.ctx.budget,
-            on_progress=self._progress,
-        )
+        stats = UploadStats()
+        try:
+            result = await s3.upload_file(
+                key,
+                str(self.staging),
+                size=self.archive.archive_size,
+                part_size=self.archive.part_size,
+                part_md5s=self.archive.part_md5s,
+                metadata={
+                    METADATA_SOURCE_SHA256: self.archive.source_sha256,
+                    METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
+                    METADATA_SOURCE_SIZE: str(record.original_size),
+                },
+                storage_class=self.ctx.settings.storage_class,
+                budget=self.ctx.budget,
+                on_progress=self._progress,
+                journal=StoreJournal(self.ctx.store, record, self.archive),
+                resume_upload_id=resume,
+                stats=stats,
+            )
+        finally:
+            record.metadata.update(
+                retries=stats.retries, parts_sent=stats.parts_sent, parts_reused=stats.parts_reused
+            )
+            if stats.resumed_upload_id:
+                record.metadata["resumed_upload_id"] = stats.resumed_upload_id
         record.metadata["multipart"] = result.multipart
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
+
+    async def _resumable_upload(self) -> str | None:
+        """An interrupted multipart upload of this very archive to resume; stale ones of other content are aborted."""
+        assert self.archive is not None
+        record = self.record
+        resume = None
+        for journaled in await self.ctx.store.open_multiparts(bucket=record.s3_bucket, key=record.s3_object_key):
+            same = (journaled.archive_sha256, journaled.part_size) == (
+                self.archive.archive_sha256,
+                self.archive.part_size,
+            )
+            if same and resume is None:
+                resume = journaled.upload_id
+                continue
+            with contextlib.suppress(UploadError):
+                await self.ctx.s3.abort_multipart(record.s3_object_key, journaled.upload_id)
+            await self.ctx.store.journal_multipart_state(journaled.upload_id, "aborted")
+        return resume
 
     async def _verify(self) -> None:
         assert self.archive is not None

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aioboto3
 import aiofiles
+import aiohttp
 import anyio
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
@@ -50,8 +52,29 @@ RUN_WIDE_CODES = frozenset(
 METADATA_SOURCE_SHA256 = "amgmt-source-sha256"
 METADATA_ARCHIVE_SHA256 = "amgmt-archive-sha256"
 METADATA_SOURCE_SIZE = "amgmt-source-size"
+# Errors worth another attempt of the same request: throttling, server hiccups, a body corrupted in transit.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "BadDigest",
+        "IncompleteBody",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
 READ_CHUNK = 1024 * 1024
 ABORT_TIMEOUT = 15.0
+PART_ATTEMPTS = 5  # ours, around botocore's own retries (which cover most transient errors already)
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 8.0
 
 ProgressCallback = Callable[[int], None]
 
@@ -82,6 +105,34 @@ class ObjectInfo:
     storage_class: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PartDone:
+    number: int
+    size: int
+    md5: str
+    etag: str
+    checksum: str | None = None  # the part's CRC32 when the endpoint takes checksums
+
+
+class MultipartJournal(Protocol):
+    """Where a multipart upload's progress is written as it happens, so a later run can resume it."""
+
+    async def started(self, upload_id: str) -> None: ...
+    async def part_done(self, upload_id: str, part: PartDone) -> None: ...
+    async def finished(self, upload_id: str, state: str) -> None: ...
+
+
+@dataclass
+class UploadStats:
+    """What one upload cost: requests retried, parts sent, parts found already on the server."""
+
+    retries: int = 0
+    parts_sent: int = 0
+    parts_reused: int = 0
+    bytes_sent: int = 0
+    resumed_upload_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +171,9 @@ def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Ite
             if code in ("NoSuchBucket", "404"):
                 text = f"bucket {bucket!r} does not exist (or is not visible with these credentials)"
             raise StorageError(text) from exc
-        raise UploadError(text) from exc
+        error = UploadError(text)
+        error.transient = code in TRANSIENT_CODES or status >= 500
+        raise error from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise StorageError(
             "no usable AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (--profile), "
@@ -130,10 +183,14 @@ def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Ite
         raise StorageError(f"AWS profile not found: {exc.kwargs.get('profile')}") from exc
     except (EndpointConnectionError, ConnectTimeoutError) as exc:
         raise StorageError(f"cannot reach the S3 endpoint for {where}: {_describe(exc)}") from exc
-    except BotoCoreError as exc:
-        raise UploadError(f"{action} {where} failed: {_describe(exc)}") from exc
-    except (OSError, anyio.BrokenResourceError) as exc:  # aiohttp's connection errors are OSErrors
-        raise UploadError(f"{action} {where} failed: {type(exc).__name__}: {exc}") from exc
+    except BotoCoreError as exc:  # read timeouts, connections closed mid-request, ...
+        error = UploadError(f"{action} {where} failed: {_describe(exc)}")
+        error.transient = True
+        raise error from exc
+    except (OSError, anyio.BrokenResourceError, aiohttp.ClientError) as exc:
+        error = UploadError(f"{action} {where} failed: {type(exc).__name__}: {exc}")
+        error.transient = True
+        raise error from exc
 
 
 class S3Bucket:
@@ -258,14 +315,23 @@ class S3Bucket:
         storage_class: str | None,
         budget: anyio.CapacityLimiter,
         on_progress: ProgressCallback | None = None,
+        journal: MultipartJournal | None = None,
+        resume_upload_id: str | None = None,
+        stats: UploadStats | None = None,
     ) -> UploadResult:
         """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
-        Every request carries Content-MD5 (so a real server rejects a corrupted body). Parts are read with aiofiles
-        and sent concurrently, each holding a token of the shared `budget` while its bytes are in memory, so memory
-        is bounded by budget x part_size across all uploads. Any failure or cancellation aborts the multipart upload
-        (shielded, time-bounded) before the error propagates.
+        Every request carries Content-MD5 (so a real server rejects a corrupted body) and is retried with
+        exponential backoff and jitter when the failure is transient. Parts are read with aiofiles and sent
+        concurrently, each holding a token of the shared `budget` while its bytes are in memory, so memory is
+        bounded by budget x part_size across all uploads.
+
+        Multipart progress goes to `journal` as it happens. With `resume_upload_id`, the server's parts are listed
+        and those whose ETag equals our part MD5 are kept; only the others are sent. On an error the upload is
+        aborted (shielded, time-bounded); on cancellation it is left open for a later run to resume (`amgmt
+        cleanup` aborts what nobody resumes).
         """
+        stats = stats if stats is not None else UploadStats()
         ranges = part_ranges(size, part_size)
         if len(ranges) != len(part_md5s):
             raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
@@ -273,10 +339,16 @@ class S3Bucket:
         if len(ranges) == 1:
             async with budget:
                 data = await _read_range(path, 0, size)
-                with translate_errors("PUT", bucket=self.bucket, key=key):
-                    resp = await self._client.put_object(
+                resp = await self._retrying(
+                    stats,
+                    "PUT",
+                    key,
+                    lambda: self._client.put_object(
                         Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5_base64(part_md5s[0]), **extra
-                    )
+                    ),
+                )
+            stats.parts_sent += 1
+            stats.bytes_sent += size
             if on_progress:
                 on_progress(size)
             return UploadResult(etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None)
@@ -285,19 +357,42 @@ class S3Bucket:
         if use_crc:
             # botocore adds a CRC32 to every part in this mode; declaring it lets S3 keep the full-object checksum.
             extra["ChecksumAlgorithm"] = "CRC32"
-        with translate_errors("create multipart upload of", bucket=self.bucket, key=key):
-            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
-        upload_id = created["UploadId"]
         completed: dict[int, dict[str, Any]] = {}
+        upload_id = None
+        if resume_upload_id:
+            on_server = await self.list_parts(key, resume_upload_id)
+            if on_server is not None:
+                upload_id = resume_upload_id
+                stats.resumed_upload_id = upload_id
+                for number, offset, length in ranges:
+                    found = on_server.get(number)
+                    if found and normalise_etag(found["ETag"]) == part_md5s[number - 1] and found["Size"] == length:
+                        completed[number] = {"PartNumber": number, "ETag": found["ETag"]}
+                        if use_crc and found.get("ChecksumCRC32"):
+                            completed[number]["ChecksumCRC32"] = found["ChecksumCRC32"]
+                        stats.parts_reused += 1
+                        if on_progress:
+                            on_progress(length)
+        if upload_id is None:
+            created = await self._retrying(
+                stats,
+                "create multipart upload of",
+                key,
+                lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra),
+            )
+            upload_id = created["UploadId"]
+            if journal:
+                await journal.started(upload_id)
 
         async def send_part(number: int, offset: int, length: int) -> None:
             async with budget:
                 data = await _read_range(path, offset, length)
-                kwargs: dict[str, Any] = {}
-                if use_crc:
-                    kwargs["ChecksumAlgorithm"] = "CRC32"
-                with translate_errors(f"upload part {number} of", bucket=self.bucket, key=key):
-                    resp = await self._client.upload_part(
+                kwargs: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if use_crc else {}
+                resp = await self._retrying(
+                    stats,
+                    f"upload part {number} of",
+                    key,
+                    lambda: self._client.upload_part(
                         Bucket=self.bucket,
                         Key=key,
                         UploadId=upload_id,
@@ -305,38 +400,92 @@ class S3Bucket:
                         Body=data,
                         ContentMD5=md5_base64(part_md5s[number - 1]),
                         **kwargs,
-                    )
+                    ),
+                )
                 del data
             part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
             if use_crc and resp.get("ChecksumCRC32"):
                 part["ChecksumCRC32"] = resp["ChecksumCRC32"]
             completed[number] = part
+            stats.parts_sent += 1
+            stats.bytes_sent += length
+            if journal:
+                done = PartDone(number, length, part_md5s[number - 1], normalise_etag(resp["ETag"]),
+                                part.get("ChecksumCRC32"))
+                await journal.part_done(upload_id, done)
             if on_progress:
                 on_progress(length)
 
         try:
-            # Parts of one upload go out concurrently; the shared budget, not this group, bounds how many.
             try:
+                # Parts of one upload go out concurrently; the shared budget, not this group, bounds how many.
                 async with anyio.create_task_group() as tg:
                     for number, offset, length in ranges:
-                        tg.start_soon(send_part, number, offset, length)
+                        if number not in completed:
+                            tg.start_soon(send_part, number, offset, length)
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
-            with translate_errors("complete multipart upload of", bucket=self.bucket, key=key):
-                done = await self._client.complete_multipart_upload(
+            done = await self._retrying(
+                stats,
+                "complete multipart upload of",
+                key,
+                lambda: self._client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": [completed[n] for n in sorted(completed)]},
-                )
+                ),
+            )
+        except anyio.get_cancelled_exc_class():
+            raise  # left open and journaled: a later run resumes it
         except BaseException:
             with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
                 with contextlib.suppress(Exception):
                     await self.abort_multipart(key, upload_id)
+                if journal:
+                    with contextlib.suppress(Exception):
+                        await journal.finished(upload_id, "aborted")
             raise
+        if journal:
+            await journal.finished(upload_id, "completed")
         return UploadResult(
             etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(ranges), upload_id=upload_id
         )
+
+    async def list_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]] | None:
+        """The parts the server holds for an open multipart upload; None when the upload no longer exists."""
+        parts: dict[int, dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        try:
+            with translate_errors("list parts of", bucket=self.bucket, key=key):
+                while True:
+                    resp = await self._client.list_parts(**kwargs)
+                    for part in resp.get("Parts", []):
+                        parts[int(part["PartNumber"])] = part
+                    if not resp.get("IsTruncated"):
+                        return parts
+                    kwargs["PartNumberMarker"] = resp["NextPartNumberMarker"]
+        except UploadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause)[0] in ("NoSuchUpload", "404"):
+                return None
+            raise
+
+    async def _retrying(self, stats: UploadStats, action: str, key: str, call: Callable[[], Any]) -> Any:
+        """One request, tried again with exponential backoff and full jitter while its failure is transient."""
+        for attempt in range(1, PART_ATTEMPTS + 1):
+            try:
+                with translate_errors(action, bucket=self.bucket, key=key):
+                    resp = await call()
+            except UploadError as exc:
+                if not exc.transient or attempt == PART_ATTEMPTS:
+                    raise
+                stats.retries += 1
+                await anyio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+                continue
+            stats.retries += int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
+            return resp
+        raise AssertionError("unreachable")
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:
