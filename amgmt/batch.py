@@ -6,7 +6,6 @@ the store and the S3 connection for the run and stops the whole batch on a run-w
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import stat
@@ -23,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import ARCHIVE_SUFFIX, PARTIAL_SUFFIX, display, object_key
+from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
 from amgmt.completed import tree_size
 from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, process_pool_compressor
 from amgmt.progress import Reporter, SilentReporter
@@ -107,6 +107,40 @@ def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
     return found
 
 
+RETRYABLE = (OperationStatus.FAILED, OperationStatus.CANCELLED, OperationStatus.PARTIAL)
+
+
+async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> tuple[list[Path], list[str]]:
+    """`amgmt retry`: the entries of the named operations, or (`failed`) of every upload whose latest attempt
+    failed, was cancelled or is partial, when they are still in the local dir; plus notes on those left out."""
+    if not settings.db_path.exists():
+        raise NotFoundError(f"no metadata database at {display(settings.db_path)} (nothing uploaded from here yet?)")
+    async with MetadataStore(settings.db_path) as store:
+        chosen = [await store.get_operation(op_id) for op_id in ids]
+        if failed:
+            latest: dict[str, Any] = {}
+            for record in await store.list_operations(operation_type="upload", limit=None):
+                latest.setdefault(record.target_path, record)  # newest first
+            chosen += [r for r in latest.values() if r.status in RETRYABLE]
+    paths: list[Path] = []
+    notes: list[str] = []
+    for record in chosen:
+        short = record.operation_id[:8]
+        if record.operation_type != "upload":
+            notes.append(f"{short}: a {record.operation_type} operation, not an upload")
+        elif record.status not in RETRYABLE:
+            notes.append(f"{short} {record.target_name}: {record.status}, nothing to retry")
+        else:
+            try:
+                [path] = resolve_names(settings, [record.target_path])
+            except AmgmtError as exc:
+                notes.append(f"{short} {record.target_name}: cannot retry: {exc}")
+                continue
+            if path not in paths:
+                paths.append(path)
+    return paths, notes
+
+
 @dataclass(frozen=True)
 class PlannedEntry:
     path: Path
@@ -152,7 +186,7 @@ class BatchReport:
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)
     planned: int = 0
-    recovery: Recovery | None = None
+    recovery: Cleanup | None = None
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(str(r.status) for r in self.records))
@@ -196,7 +230,7 @@ class BatchReport:
             "aborted": self.aborted,
             "interrupted": self.interrupted,
             "ignored": self.ignored,
-            "recovered": dataclasses.asdict(self.recovery) if self.recovery else None,
+            "recovered": self.recovery.to_dict() if self.recovery else None,
             "exit_code": int(self.exit_code),
             "failures": [
                 {
@@ -214,57 +248,18 @@ class BatchReport:
 # -- the run --------------------------------------------------------------------------------------------------
 
 
-INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed); a later run redid it"
-
-
-@dataclass
-class Recovery:
-    """What a run found and repaired from an earlier run that died."""
-
-    interrupted_operations: int = 0
-    staging_files_removed: int = 0
-    staging_bytes_removed: int = 0
-    multipart_uploads_aborted: int = 0
-
-
 async def recover_interrupted(
     settings: Settings, store: MetadataStore, s3: S3Bucket, entries: list[Path]
-) -> Recovery:
-    """Called with the run lock held, before any entry starts: nothing of this local dir can be in progress.
-
-    Pending records of this local dir are closed as cancelled; staging archives of operations that are not in
-    progress are removed; server-side multipart uploads to this run's keys that the journal does not know (a
-    crash between create and journal) are aborted. Journaled open uploads are kept: the entry resumes them.
-    """
-    found = Recovery()
-    stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
-    found.interrupted_operations = len(stale)
-    try:
-        staged = list(os.scandir(settings.staging_dir))
-    except OSError:
-        staged = []
-    for item in staged:
-        op_id = item.name[:36]
-        try:
-            owner = await store.get_operation(op_id)
-            if owner.status == OperationStatus.PENDING:
-                continue  # another run (sharing this staging dir) is using it
-        except NotFoundError:
-            pass
-        try:
-            size = item.stat(follow_symlinks=False).st_size
-            os.unlink(item.path)
-        except OSError:
-            continue
-        found.staging_files_removed += 1
-        found.staging_bytes_removed += size
+) -> Cleanup:
+    """Before any entry starts (the run lock is held): close records of a run that died, remove its staging
+    archives, and abort multipart uploads to this run's keys that the journal does not know (a crash between
+    create and journal). Journaled open uploads are kept: their entries resume them."""
+    found = Cleanup()
+    await close_interrupted(settings, store, found)
+    await remove_stale_staging(settings.staging_dir, store, found)
     keys = {object_key(settings.object_prefix, p.name) for p in entries}
     if keys:
-        known = {u.upload_id for u in await store.open_multiparts(bucket=s3.bucket)}
-        for upload in await s3.list_multipart_uploads(settings.object_prefix):
-            if upload["key"] in keys and upload["upload_id"] not in known:
-                await s3.abort_multipart(upload["key"], upload["upload_id"])
-                found.multipart_uploads_aborted += 1
+        await abort_stale_multiparts(s3, store, settings.object_prefix, found, keys=keys, keep_journaled=True)
     return found
 
 
@@ -275,20 +270,6 @@ async def _watch_signals(scope: anyio.CancelScope, report: BatchReport) -> None:
                 os._exit(int(ExitCode.INTERRUPTED))
             report.interrupted = True
             scope.cancel()
-
-
-def client_options(settings: Settings, *, max_connections: int) -> ClientOptions:
-    if not settings.bucket:
-        raise ConfigError("no bucket configured: set MGMT_BUCKET or pass --bucket")
-    return ClientOptions(
-        bucket=settings.bucket,
-        endpoint_url=settings.endpoint_url,
-        region=settings.region,
-        profile=settings.profile,
-        checksum_mode=settings.checksum_mode,
-        addressing_style=settings.addressing_style,
-        max_connections=max_connections,
-    )
 
 
 def _private_dir(path: Path) -> None:
@@ -321,7 +302,7 @@ async def upload_batch(
     report.planned = len(entries)
     started = time.perf_counter()
     concurrency = max(1, min(settings.concurrency, len(entries) or 1))
-    options = client_options(settings, max_connections=settings.parts_in_flight + 2 * concurrency + 4)
+    options = ClientOptions.from_settings(settings, max_connections=settings.parts_in_flight + 2 * concurrency + 4)
     _private_dir(settings.staging_dir)
     try:
         with RunLock(settings.local_dir, settings.db_path.parent):

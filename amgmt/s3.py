@@ -29,8 +29,9 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from amgmt.errors import AmgmtError, StorageError, UploadError
+from amgmt.errors import AmgmtError, ConfigError, StorageError, UploadError
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
+from amgmt.settings import Settings
 
 # S3 error codes no other entry of the batch can escape: stop the run.
 RUN_WIDE_CODES = frozenset(
@@ -95,6 +96,21 @@ class ClientOptions:
     max_attempts: int = 5
     # Only for the embedded local server, whose fixed keys are not secrets; real credentials come from the AWS chain.
     local_credentials: tuple[str, str] | None = field(default=None, repr=False)
+
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_connections: int = 16) -> ClientOptions:
+        if not settings.bucket:
+            raise ConfigError("no bucket configured: set MGMT_BUCKET or pass --bucket")
+        return cls(
+            bucket=settings.bucket,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+            profile=settings.profile,
+            checksum_mode=settings.checksum_mode,
+            addressing_style=settings.addressing_style,
+            max_connections=max_connections,
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all done; 1 an entry failed or is partial; 2 bad input or configuration; "
-    "3 S3 unreachable/unusable (run stopped); 4 metadata database unusable; 130 interrupted."
+    "3 S3 unreachable/unusable (run stopped); 4 metadata database unusable; 5 another run holds the local dir; 130 interrupted."
 )
 
 
@@ -86,9 +86,9 @@ async def cli() -> None:
 
 
 def _register() -> None:
-    from amgmt.cli import config_cmd, demo, history, localserver_cmd, upload
+    from amgmt.cli import config_cmd, demo, history, localserver_cmd, maintenance, upload
 
-    for module in (upload, history, config_cmd, localserver_cmd, demo):
+    for module in (upload, history, maintenance, config_cmd, localserver_cmd, demo):
         module.register(cli)
 
 

@@ -1,0 +1,124 @@
+"""Repairing what interrupted runs leave behind: pending records, staging archives, open multipart uploads.
+
+Callers hold the run lock of the local dir, so nothing found here can belong to a run in progress on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amgmt.errors import NotFoundError
+from amgmt.models import OperationStatus
+from amgmt.naming import display
+from amgmt.runlock import RunLock
+from amgmt.s3 import ClientOptions, S3Bucket
+from amgmt.settings import Settings
+from amgmt.store import MetadataStore
+
+INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
+
+
+@dataclass
+class Cleanup:
+    """What was found (and, unless a dry run, repaired)."""
+
+    interrupted_operations: list[str] = field(default_factory=list)
+    staging_files: list[dict[str, Any]] = field(default_factory=list)
+    multipart_uploads: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def staging_bytes(self) -> int:
+        return sum(f["size"] for f in self.staging_files)
+
+    @property
+    def multipart_bytes(self) -> int:
+        return sum(u["size"] for u in self.multipart_uploads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"staging_bytes": self.staging_bytes, "multipart_bytes": self.multipart_bytes}
+
+
+async def close_interrupted(settings: Settings, store: MetadataStore, found: Cleanup) -> None:
+    """Pending records of this local dir belong to a run that died: record them cancelled, with the reason."""
+    if found.dry_run:
+        pending = await store.list_operations(status=OperationStatus.PENDING, limit=None)
+        prefix = display(settings.local_dir)
+        found.interrupted_operations = [
+            r.operation_id for r in pending if r.target_path == prefix or r.target_path.startswith(prefix + "/")
+        ]
+        return
+    stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
+    found.interrupted_operations = [r.operation_id for r in stale]
+
+
+async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: Cleanup) -> None:
+    """Staging archives whose operation is not in progress (crash leftovers) are removed."""
+    try:
+        items = list(os.scandir(staging_dir))
+    except OSError:
+        return
+    for item in items:
+        try:
+            owner = await store.get_operation(item.name[:36])
+            if owner.status == OperationStatus.PENDING:
+                continue  # a run sharing this staging dir is using it
+        except NotFoundError:
+            pass
+        try:
+            size = item.stat(follow_symlinks=False).st_size
+            if not found.dry_run:
+                os.unlink(item.path)
+        except OSError:
+            continue
+        found.staging_files.append({"path": display(item.path), "size": size})
+
+
+async def abort_stale_multiparts(
+    s3: S3Bucket, store: MetadataStore, prefix: str, found: Cleanup, *, keys: set[str] | None, keep_journaled: bool
+) -> None:
+    """Open multipart uploads under `prefix` (only to `keys`, if given) are aborted.
+
+    With `keep_journaled`, those the journal knows are kept for the entry to resume (an upload run); without it
+    (`amgmt cleanup`) every one is aborted and its journal entry closed.
+    """
+    journaled = {u.upload_id for u in await store.open_multiparts(bucket=s3.bucket)}
+    for upload in await s3.list_multipart_uploads(prefix):
+        if keys is not None and upload["key"] not in keys:
+            continue
+        if keep_journaled and upload["upload_id"] in journaled:
+            continue
+        parts = await s3.list_parts(upload["key"], upload["upload_id"]) or {}
+        size = sum(int(p.get("Size", 0)) for p in parts.values())
+        if not found.dry_run:
+            await s3.abort_multipart(upload["key"], upload["upload_id"])
+            if upload["upload_id"] in journaled:
+                await store.journal_multipart_state(upload["upload_id"], "aborted")
+        initiated = upload.get("initiated")
+        found.multipart_uploads.append(
+            {
+                "key": upload["key"],
+                "upload_id": upload["upload_id"],
+                "initiated": initiated.isoformat() if initiated else None,
+                "parts": len(parts),
+                "size": size,
+            }
+        )
+
+
+async def cleanup(settings: Settings, *, dry_run: bool = False) -> Cleanup:
+    """`amgmt cleanup`: with the run lock held, close dead runs' records, remove stale staging archives, and abort
+    every open multipart upload under the prefix, saying how many bytes they held."""
+    found = Cleanup(dry_run=dry_run)
+    with RunLock(settings.local_dir, settings.db_path.parent):
+        async with MetadataStore(settings.db_path) as store, S3Bucket.connect(
+            ClientOptions.from_settings(settings)
+        ) as s3:
+            await s3.check_bucket()
+            await close_interrupted(settings, store, found)
+            await remove_stale_staging(settings.staging_dir, store, found)
+            await abort_stale_multiparts(s3, store, settings.object_prefix, found, keys=None, keep_journaled=False)
+    return found

@@ -1,0 +1,76 @@
+"""`amgmt retry` and `amgmt cleanup`: finishing and tidying after failed or interrupted runs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import asyncclick as click
+
+from amgmt.batch import BatchReport, retry_targets, upload_batch
+from amgmt.cleanup import cleanup as run_cleanup
+from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
+from amgmt.cli.render import human_size, table, to_json
+from amgmt.cli.upload import summary_text
+from amgmt.errors import ConfigError
+from amgmt.progress import SilentReporter, TqdmReporter
+
+
+@click.command("retry", epilog=EXIT_CODES_HELP)
+@click.argument("operation_ids", nargs=-1)
+@settings_options
+@click.option("--failed", is_flag=True, help="Every upload whose latest attempt failed, was cancelled or is partial.")
+@click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
+async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int | None, as_json: bool,
+                progress: bool | None, **kwargs: Any) -> None:
+    """Upload again the entries of failed, cancelled or partial operations (ids or unique id prefixes).
+
+    An interrupted multipart upload of an unchanged entry is resumed; a partial one (uploaded, not moved) is
+    verified again and moved. The current settings apply.
+    """
+    if not operation_ids and not failed:
+        raise ConfigError("name operation ids, or pass --failed")
+    settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency})
+    entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
+    report = BatchReport(ignored=notes)
+    if entries:
+        show_bar = sys.stderr.isatty() if progress is None else progress
+        reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
+        await upload_batch(settings, entries, reporter=reporter, report=report, handle_signals=True,
+                           command_args={"command": "retry", "operation_ids": list(operation_ids),
+                                         "failed": failed, "concurrency": settings.concurrency})
+    click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
+    if report.exit_code:
+        raise click.exceptions.Exit(int(report.exit_code))
+
+
+@click.command("cleanup", epilog=EXIT_CODES_HELP)
+@settings_options
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed or aborted.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was found as JSON.")
+async def cleanup(dry_run: bool, as_json: bool, **kwargs: Any) -> None:
+    """Abort unfinished multipart uploads under the prefix, remove stale staging archives, and close the records
+    of runs that died; says how many bytes they held. Refuses while an upload runs on the same local dir."""
+    settings = settings_from(kwargs, require_bucket=True)
+    found = await run_cleanup(settings, dry_run=dry_run)
+    if as_json:
+        click.echo(to_json(found.to_dict()))
+        return
+    verb = "would abort" if dry_run else "aborted"
+    if found.multipart_uploads:
+        click.echo(table(["KEY", "UPLOAD ID", "STARTED", "PARTS", "SIZE"],
+                         [(u["key"], u["upload_id"][:16], u["initiated"] or "-", u["parts"], human_size(u["size"]))
+                          for u in found.multipart_uploads], max_width=60))
+    click.echo(f"{verb} {len(found.multipart_uploads)} multipart uploads holding {human_size(found.multipart_bytes)}")
+    click.echo(f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "
+               f"{human_size(found.staging_bytes)}")
+    if found.interrupted_operations:
+        click.echo(f"{'would close' if dry_run else 'closed'} {len(found.interrupted_operations)} records of "
+                   "interrupted runs as cancelled")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(retry)
+    group.add_command(cleanup)

@@ -1,0 +1,95 @@
+"""`retry` and `cleanup` against the real server, and the run lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import amgmt.pipeline
+from amgmt.batch import list_entries, retry_targets, upload_batch
+from amgmt.cleanup import cleanup
+from amgmt.errors import BusyError, MoveError
+from amgmt.models import OperationStatus
+from amgmt.parts import MiB
+from amgmt.runlock import RunLock
+
+
+async def test_retry_failed_finishes_a_partial_upload_without_sending_it_again(
+    make_settings, make_media, local_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_media({"a.mp4": 4000, "b.mp4": 5000})
+    settings = make_settings()
+
+    def refuse(*args: Any, **kwargs: Any) -> Path:
+        raise MoveError("completed dir is on a read-only disk")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(amgmt.pipeline, "move_to_completed", refuse)
+        first = await upload_batch(settings, list_entries(settings)[0])
+    assert first.counts() == {"partial": 2}
+
+    entries, notes = await retry_targets(settings, ids=[], failed=True)
+    assert sorted(p.name for p in entries) == ["a.mp4", "b.mp4"] and notes == []
+    again = await upload_batch(settings, entries)
+    assert again.counts() == {"success": 2}
+    assert all(r.metadata.get("reused_existing_object") for r in again.records)
+    assert sorted(p.name for p in settings.completed_dir.iterdir() if not p.name.startswith(".")) == ["a.mp4", "b.mp4"]
+    # Nothing left to retry now; naming a successful operation says so.
+    assert await retry_targets(settings, ids=[], failed=True) == ([], [])
+    ok_id = again.records[0].operation_id
+    _, notes = await retry_targets(settings, ids=[ok_id[:8]], failed=False)
+    assert "nothing to retry" in notes[0]
+
+
+async def test_retry_by_id_after_the_cause_is_fixed(
+    make_settings, make_media, s3_client: Any, bucket: str
+) -> None:
+    make_media({"clip.mov": 3000})
+    s3_client.put_object(Bucket=bucket, Key="clip.mov.tar.gz", Body=b"someone else's object")
+    settings = make_settings()
+    first = await upload_batch(settings, list_entries(settings)[0])
+    [failed] = first.records
+    assert failed.status == OperationStatus.FAILED and "--overwrite" in (failed.error_message or "")
+
+    s3_client.delete_object(Bucket=bucket, Key="clip.mov.tar.gz")
+    entries, _ = await retry_targets(settings, ids=[failed.operation_id[:6]], failed=False)
+    report = await upload_batch(settings, entries)
+    assert report.counts() == {"success": 1}
+
+
+async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
+    make_settings, s3_client: Any, bucket: str
+) -> None:
+    settings = make_settings(object_prefix="media")
+    started = s3_client.create_multipart_upload(Bucket=bucket, Key="media/lost.mp4.tar.gz")
+    s3_client.upload_part(Bucket=bucket, Key="media/lost.mp4.tar.gz", UploadId=started["UploadId"],
+                          PartNumber=1, Body=b"x" * (5 * MiB))
+    outside = s3_client.create_multipart_upload(Bucket=bucket, Key="elsewhere/keep.tar.gz")
+    settings.staging_dir.mkdir(parents=True)
+    stale = settings.staging_dir / "00000000-0000-0000-0000-000000000000-lost.mp4.tar.gz.partial"
+    stale.write_bytes(b"y" * 1000)
+
+    preview = await cleanup(settings, dry_run=True)
+    assert [u["key"] for u in preview.multipart_uploads] == ["media/lost.mp4.tar.gz"]
+    assert preview.multipart_bytes == 5 * MiB and preview.staging_bytes == 1000
+    assert stale.exists() and len(s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 2
+
+    done = await cleanup(settings)
+    assert done.multipart_bytes == 5 * MiB and done.staging_bytes == 1000
+    assert not stale.exists()
+    left = [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == ["elsewhere/keep.tar.gz"]  # outside the prefix: not ours to touch
+    s3_client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/keep.tar.gz", UploadId=outside["UploadId"])
+
+
+async def test_a_second_run_on_the_same_local_dir_is_refused(make_settings, make_media, local_dir: Path) -> None:
+    make_media({"a.mp4": 100})
+    settings = make_settings()
+    with RunLock(settings.local_dir, settings.db_path.parent):
+        with pytest.raises(BusyError, match="another amgmt run .* is uploading from"):
+            await upload_batch(settings, list_entries(settings)[0])
+    assert (local_dir / "a.mp4").exists()
+    report = await upload_batch(settings, list_entries(settings)[0])
+    assert report.counts() == {"success": 1}
