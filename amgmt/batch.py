@@ -21,10 +21,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
-from amgmt.naming import ARCHIVE_SUFFIX, PARTIAL_SUFFIX, display, object_key
+from amgmt.naming import PARTIAL_SUFFIX, display
 from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
 from amgmt.completed import tree_size
-from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, process_pool_compressor
+from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, entry_key, process_pool_compressor
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.settings import Settings
@@ -168,7 +168,7 @@ def plan(settings: Settings, entries: list[Path]) -> list[PlannedEntry]:
             is_dir = path.is_dir() and not path.is_symlink()
         except OSError:
             size, is_dir = 0, False
-        planned.append(PlannedEntry(path, object_key(settings.object_prefix, path.name), size, is_dir))
+        planned.append(PlannedEntry(path, entry_key(settings, path), size, is_dir))
     return planned
 
 
@@ -257,7 +257,7 @@ async def recover_interrupted(
     found = Cleanup()
     await close_interrupted(settings, store, found)
     await remove_stale_staging(settings.staging_dir, store, found)
-    keys = {object_key(settings.object_prefix, p.name) for p in entries}
+    keys = {entry_key(settings, p) for p in entries}
     if keys:
         await abort_stale_multiparts(s3, store, settings.object_prefix, found, keys=keys, keep_journaled=True)
     return found

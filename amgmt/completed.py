@@ -84,7 +84,8 @@ def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, pres
 
 
 def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_structure: bool) -> Path | None:
-    """The plain destination of `entry` if it already holds the same entry: same kind and same total size.
+    """The plain destination of `entry` if it already holds the same entry: same kind and same total size
+    (and, for a file, the same modification time, which a move keeps).
 
     A directory's size is the sum of its regular files, walked without following symlinks. Anything that cannot be
     examined counts as "not there". Raises ValueError for an entry outside local_dir with preserve_structure.
@@ -101,7 +102,8 @@ def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserv
         if stat.S_ISDIR(ours.st_mode):
             same = tree_size(entry) == tree_size(plain)
         else:
-            same = ours.st_size == theirs.st_size
+            # A move keeps the mtime: same size and same mtime (to the second) is the same file, moved earlier.
+            same = ours.st_size == theirs.st_size and int(ours.st_mtime) == int(theirs.st_mtime)
     except OSError:
         return None
     return plain if same else None

@@ -34,9 +34,10 @@ def key_segment(name: str) -> str:
     return "".join(out)
 
 
-def object_key(prefix: str, name: str) -> str:
-    segment = key_segment(name) + ARCHIVE_SUFFIX
-    return f"{prefix}/{segment}" if prefix else segment
+def object_key(prefix: str, *names: str) -> str:
+    """The key of an entry: its name (or, to preserve structure, its path segments inside the local dir)."""
+    path = "/".join(key_segment(name) for name in names) + ARCHIVE_SUFFIX
+    return f"{prefix}/{path}" if prefix else path
 
 
 def display(path: str | os.PathLike[str]) -> str:

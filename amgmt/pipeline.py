@@ -121,6 +121,17 @@ class StoreJournal:
         await self.store.journal_multipart_state(upload_id, state)
 
 
+def entry_key(settings: Settings, entry: Path) -> str:
+    """`[prefix/]NAME.tar.gz`; with MGMT_PRESERVE_STRUCTURE, NAME is the entry's path inside the local dir, so
+    `s1/ep1.mkv` and `s2/ep1.mkv` get different keys."""
+    if settings.preserve_structure:
+        try:
+            return object_key(settings.object_prefix, *entry.relative_to(settings.local_dir).parts)
+        except ValueError:
+            pass
+    return object_key(settings.object_prefix, entry.name)
+
+
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
@@ -175,7 +186,7 @@ class EntryPipeline:
             target_name=display(entry.name),
             started_at=utcnow(),
             s3_bucket=settings.bucket or "",
-            s3_object_key=object_key(settings.object_prefix, entry.name),
+            s3_object_key=entry_key(settings, entry),
             s3_storage_class=settings.storage_class,
             user=ctx.user,
             command_args=dict(ctx.command_args),
@@ -302,7 +313,7 @@ class EntryPipeline:
         self._took(Stage.COMPRESS, started)
         assert self.archive is not None
         earlier = await self.ctx.store.find_successful_upload(checksum_original=self.archive.source_sha256)
-        if earlier is not None and not self.ctx.overwrite:
+        if earlier is not None and earlier.s3_bucket == record.s3_bucket and not self.ctx.overwrite:
             await self._skip(
                 f"identical content already uploaded as s3://{earlier.s3_bucket}/{earlier.s3_object_key}"
                 f" (operation {earlier.operation_id[:8]})"
@@ -552,9 +563,15 @@ class EntryPipeline:
         started = time.perf_counter()
         removed = False
         for path in (self.staging, Path(str(self.staging) + PARTIAL_SUFFIX)):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 await anyio.to_thread.run_sync(os.unlink, path)
                 removed = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # Best effort: the entry's outcome stands; `amgmt cleanup` (or the next run) retries the removal.
+                self.record.metadata["cleanup_error"] = f"cannot remove {display(path)}: {exc.strerror or exc}"
+                return
         if self.record.compressed_file_record is not None:
             self.record.compressed_file_record.status = FileStatus.DELETED
         elif removed:
