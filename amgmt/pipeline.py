@@ -303,10 +303,7 @@ class EntryPipeline:
                     raise ValidationError(f"{exc} (MGMT_DUPLICATE_HANDLING=error)") from exc
         self._took(Stage.VALIDATE, started)
 
-        # 2. record
-        started = await self._enter(Stage.RECORD)
-        self._took(Stage.RECORD, started)
-
+        # 2. record: the UploadRecord and source FileRecord are first persisted here, saying "compress is next"
         # 3. compress
         started = await self._enter(Stage.COMPRESS)
         await self._compress(file_count)
@@ -433,7 +430,6 @@ class EntryPipeline:
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
         resume = await self._resumable_upload()
-        await self._save()
         stats = UploadStats()
         try:
             result = await s3.upload_file(

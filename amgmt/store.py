@@ -176,6 +176,10 @@ class MetadataStore:
         self.busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
+        # Group commit: saves waiting for the lock are written together by whichever of them gets it first.
+        self._pending: dict[str, tuple[list[Any], list[list[Any]]]] = {}
+        self._queued = 0  # saves queued so far
+        self._written = 0  # saves durably written so far (queue order)
 
     async def __aenter__(self) -> MetadataStore:
         await self.open()
@@ -231,10 +235,29 @@ class MetadataStore:
             file_rows = []
         operation_row = self._operation_row(record)
         db = self._require_open()
-        async with self._lock, self._transaction(db, f"save operation {record.operation_id}", immediate=True):
-            await db.execute(_UPSERT_OPERATION, operation_row)
-            if file_rows:
-                await db.executemany(_UPSERT_FILE_RECORD, file_rows)
+        # Later saves of the same record replace earlier queued ones: only the newest state is worth writing.
+        self._pending[record.operation_id] = (operation_row, file_rows)
+        self._queued += 1
+        ticket = self._queued
+        async with self._lock:
+            if self._written >= ticket:
+                return  # a save queued after ours was written in the same batch: ours is durable
+            batch, self._pending = self._pending, {}
+            written = self._queued
+            try:
+                async with self._transaction(db, f"save {len(batch)} operations", immediate=True):
+                    await db.executemany(_UPSERT_OPERATION, [op for op, _ in batch.values()])
+                    rows = [row for _, files in batch.values() for row in files]
+                    if rows:
+                        await db.executemany(_UPSERT_FILE_RECORD, rows)
+            except BaseException:
+                # Not written. The other waiters' rows go back for the next writer (unless a newer save replaced
+                # them); this caller's own save failed (or was cancelled) and is not retried behind its back.
+                for op_id, rows in batch.items():
+                    if op_id != record.operation_id:
+                        self._pending.setdefault(op_id, rows)
+                raise
+            self._written = written
 
     async def get_operation(self, id_or_prefix: str) -> OperationRecord:
         """The operation with this exact id, or the only one whose id starts with it (at least 4 characters)."""
