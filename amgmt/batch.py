@@ -293,58 +293,77 @@ async def upload_batch(
 ) -> BatchReport:
     """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how.
 
-    With `handle_signals` (the CLI), SIGINT/SIGTERM stop taking entries and cancel those in flight: each aborts its
-    multipart upload, removes its staging archive and is recorded "cancelled"; a second signal exits at once
-    (originals are never moved before verification, so that is safe; `amgmt cleanup` removes what it leaves).
+    With `handle_signals` (the CLI), SIGINT/SIGTERM stop taking entries and cancel those in flight: each leaves
+    its multipart upload open and journaled (the next run resumes it), removes its staging archive and is recorded
+    "cancelled"; a second signal exits at once (originals are never moved before verification, so that is safe;
+    the next run or `amgmt cleanup` repairs what it leaves).
     """
-    reporter = reporter or SilentReporter()
-    report = report or BatchReport()
-    report.planned = len(entries)
-    started = time.perf_counter()
-    concurrency = max(1, min(settings.concurrency, len(entries) or 1))
-    options = ClientOptions.from_settings(settings, max_connections=settings.parts_in_flight + 2 * concurrency + 4)
-    _private_dir(settings.staging_dir)
-    try:
-        with RunLock(settings.local_dir, settings.db_path.parent):
-            await _run(settings, entries, report, options, reporter, overwrite, command_args, compressor,
-                       handle_signals)
-    except AmgmtError as exc:
-        if report.aborted is None and not report.records:
-            raise
-        report.aborted = report.aborted or str(exc)
-    finally:
-        report.wall_seconds = time.perf_counter() - started
-        reporter.close()
-    return report
+    run = _BatchRun(
+        settings=settings,
+        entries=entries,
+        report=report or BatchReport(),
+        reporter=reporter or SilentReporter(),
+        overwrite=overwrite,
+        command_args=command_args or {},
+        compressor=compressor,
+        handle_signals=handle_signals,
+    )
+    return await run.execute()
 
 
-async def _run(
-    settings: Settings,
-    entries: list[Path],
-    report: BatchReport,
-    options: ClientOptions,
-    reporter: Reporter,
-    overwrite: bool,
-    command_args: dict[str, Any] | None,
-    compressor: Compressor | None,
-    handle_signals: bool,
-) -> None:
-    concurrency = max(1, min(settings.concurrency, len(entries) or 1))
-    async with MetadataStore(settings.db_path) as store, S3Bucket.connect(options) as s3:
-        await s3.check_bucket()
-        report.recovery = await recover_interrupted(settings, store, s3, entries)
+@dataclass
+class _BatchRun:
+    settings: Settings
+    entries: list[Path]
+    report: BatchReport
+    reporter: Reporter
+    overwrite: bool
+    command_args: dict[str, Any]
+    compressor: Compressor | None
+    handle_signals: bool
+
+    @property
+    def concurrency(self) -> int:
+        return max(1, min(self.settings.concurrency, len(self.entries) or 1))
+
+    async def execute(self) -> BatchReport:
+        settings, report = self.settings, self.report
+        report.planned = len(self.entries)
+        started = time.perf_counter()
+        options = ClientOptions.from_settings(
+            settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
+        )
+        try:
+            with RunLock(settings.local_dir, settings.db_path.parent):
+                async with S3Bucket.connect(options) as s3:
+                    await s3.check_bucket()  # before anything is created on disk
+                    _private_dir(settings.staging_dir)
+                    async with MetadataStore(settings.db_path) as store:
+                        report.recovery = await recover_interrupted(settings, store, s3, self.entries)
+                        await self._run_workers(s3, store)
+        except AmgmtError as exc:
+            if report.aborted is None and not report.records:
+                raise
+            report.aborted = report.aborted or str(exc)
+        finally:
+            report.wall_seconds = time.perf_counter() - started
+            self.reporter.close()
+        return report
+
+    async def _run_workers(self, s3: S3Bucket, store: MetadataStore) -> None:
+        settings, report = self.settings, self.report
         ctx = PipelineContext(
             settings=settings,
             store=store,
             s3=s3,
             budget=anyio.CapacityLimiter(settings.parts_in_flight),
-            compress=compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
-            reporter=reporter,
-            overwrite=overwrite,
-            command_args=command_args or {},
+            compress=self.compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
+            reporter=self.reporter,
+            overwrite=self.overwrite,
+            command_args=self.command_args,
         )
-        reporter.add_work(len(entries), sum(p.size for p in plan(settings, entries)))
-        send, receive = anyio.create_memory_object_stream[Path](max_buffer_size=concurrency)
+        self.reporter.add_work(len(self.entries), sum(p.size for p in plan(settings, self.entries)))
+        send, receive = anyio.create_memory_object_stream[Path](max_buffer_size=self.concurrency)
 
         async def worker(queue: MemoryObjectReceiveStream[Path], scope: anyio.CancelScope) -> None:
             async with queue:
@@ -360,13 +379,13 @@ async def _run(
                         report.records.append(pipeline.record)
 
         async with anyio.create_task_group() as outer:
-            if handle_signals:
+            if self.handle_signals:
                 outer.start_soon(_watch_signals, outer.cancel_scope, report)
             async with anyio.create_task_group() as tg:
-                for _ in range(concurrency):
+                for _ in range(self.concurrency):
                     tg.start_soon(worker, receive.clone(), tg.cancel_scope)
                 receive.close()
                 async with send:
-                    for entry in entries:
+                    for entry in self.entries:
                         await send.send(entry)
             outer.cancel_scope.cancel()  # the workers are done: stop watching signals

@@ -63,3 +63,12 @@ def make_media_set(root: Path, *, videos: int, video_size: int, texts: int, text
         for i in range(texts):
             _text_file(folder / f"table-{i:04d}.csv", text_size, rng)
     return root
+
+
+def make_photo_set(root: Path, *, count: int, size: int, seed: int = 2) -> Path:
+    """Many small incompressible entries (`count` files of `size` bytes, like photos): per-entry overhead."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _random_file(root / f"IMG_{i:05d}.jpg", size, rng)
+    return root

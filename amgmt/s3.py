@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import aioboto3
-import aiofiles
 import aiohttp
 import anyio
+import anyio.to_thread
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -71,6 +71,8 @@ TRANSIENT_CODES = frozenset(
         "504",
     }
 )
+# What a store answers to a storage class it does not offer (AWS; radosgw says InvalidArgument, with no message).
+STORAGE_CLASS_CODES = frozenset({"InvalidStorageClass", "InvalidArgument"})
 READ_CHUNK = 1024 * 1024
 ABORT_TIMEOUT = 15.0
 PART_ATTEMPTS = 5  # ours, around botocore's own retries (which cover most transient errors already)
@@ -110,6 +112,8 @@ class ClientOptions:
             checksum_mode=settings.checksum_mode,
             addressing_style=settings.addressing_style,
             max_connections=max_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
         )
 
 
@@ -198,6 +202,15 @@ def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Ite
     except ProfileNotFound as exc:
         raise StorageError(f"AWS profile not found: {exc.kwargs.get('profile')}") from exc
     except (EndpointConnectionError, ConnectTimeoutError) as exc:
+        # aiobotocore raises EndpointConnectionError for any aiohttp connection error, a connection reset while
+        # the body was being sent included: only a failure to connect means the endpoint is unreachable.
+        cause = exc.kwargs.get("error")
+        if isinstance(exc, EndpointConnectionError) and isinstance(cause, aiohttp.ClientConnectionError) and not (
+            isinstance(cause, aiohttp.ClientConnectorError)
+        ):
+            error = UploadError(f"{action} {where} failed: connection lost: {cause}")
+            error.transient = True
+            raise error from exc
         raise StorageError(f"cannot reach the S3 endpoint for {where}: {_describe(exc)}") from exc
     except BotoCoreError as exc:  # read timeouts, connections closed mid-request, ...
         error = UploadError(f"{action} {where} failed: {_describe(exc)}")
@@ -224,7 +237,8 @@ class S3Bucket:
             max_pool_connections=options.max_connections,
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
-            retries={"mode": "standard", "max_attempts": options.max_attempts},
+            # botocore's "max_attempts" counts retries (one more request); "total_max_attempts" counts requests.
+            retries={"mode": "standard", "total_max_attempts": options.max_attempts},
             request_checksum_calculation=options.checksum_mode,
             response_checksum_validation=options.checksum_mode,
             s3={"addressing_style": options.addressing_style},
@@ -338,7 +352,7 @@ class S3Bucket:
         """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
         Every request carries Content-MD5 (so a real server rejects a corrupted body) and is retried with
-        exponential backoff and jitter when the failure is transient. Parts are read with aiofiles and sent
+        exponential backoff and jitter when the failure is transient. Parts are read in worker threads and sent
         concurrently, each holding a token of the shared `budget` while its bytes are in memory, so memory is
         bounded by budget x part_size across all uploads.
 
@@ -355,7 +369,8 @@ class S3Bucket:
         if len(ranges) == 1:
             async with budget:
                 data = await _read_range(path, 0, size)
-                resp = await self._retrying(
+                resp = await self._retrying_create(
+                    storage_class,
                     stats,
                     "PUT",
                     key,
@@ -390,7 +405,8 @@ class S3Bucket:
                         if on_progress:
                             on_progress(length)
         if upload_id is None:
-            created = await self._retrying(
+            created = await self._retrying_create(
+                storage_class,
                 stats,
                 "create multipart upload of",
                 key,
@@ -483,8 +499,27 @@ class S3Bucket:
                     kwargs["PartNumberMarker"] = resp["NextPartNumberMarker"]
         except UploadError as exc:
             cause = exc.__cause__
-            if isinstance(cause, ClientError) and _error_code(cause)[0] in ("NoSuchUpload", "404"):
+            # radosgw answers NoSuchKey (404), not NoSuchUpload, for an upload id it does not know (aborted).
+            if isinstance(cause, ClientError) and _error_code(cause)[0] in ("NoSuchUpload", "NoSuchKey", "404"):
                 return None
+            raise
+
+    async def _retrying_create(
+        self, storage_class: str | None, stats: UploadStats, action: str, key: str, call: Callable[[], Any]
+    ) -> Any:
+        """`_retrying` for the request that creates the object (PUT, create multipart upload). A storage class the
+        endpoint has no placement for (radosgw: InvalidArgument; AWS: InvalidStorageClass) would fail every entry
+        of the run alike, so it stops the run (StorageError) with one message naming the setting."""
+        try:
+            return await self._retrying(stats, action, key, call)
+        except UploadError as exc:
+            cause = exc.__cause__
+            if storage_class and isinstance(cause, ClientError) and _error_code(cause)[0] in STORAGE_CLASS_CODES:
+                raise StorageError(
+                    f"{action} s3://{self.bucket}/{key} was refused ({_describe(cause)}) with storage class"
+                    f" {storage_class}: the endpoint does not offer it; set MGMT_STORAGE_CLASS (--storage-class)"
+                    " to a class it supports, or leave it unset for the bucket's default"
+                ) from cause
             raise
 
     async def _retrying(self, stats: UploadStats, action: str, key: str, call: Callable[[], Any]) -> Any:
@@ -494,6 +529,8 @@ class S3Bucket:
                 with translate_errors(action, bucket=self.bucket, key=key):
                     resp = await call()
             except UploadError as exc:
+                # botocore's own retries before it gave up count too (it reports them on error responses only).
+                stats.retries += _botocore_retries(exc.__cause__)
                 if not exc.transient or attempt == PART_ATTEMPTS:
                     raise
                 stats.retries += 1
@@ -502,6 +539,12 @@ class S3Bucket:
             stats.retries += int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
             return resp
         raise AssertionError("unreachable")
+
+
+def _botocore_retries(exc: BaseException | None) -> int:
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
+    return 0
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:
@@ -523,10 +566,16 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     return leaves[0]
 
 
+def _read_file_range(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
 async def _read_range(path: str, offset: int, length: int) -> bytes:
-    async with aiofiles.open(path, "rb") as f:
-        await f.seek(offset)
-        data = await f.read(length)
+    # Open, read and close in one worker thread, which anyio waits for even when cancelled: with aiofiles, a
+    # cancellation during its open (or its close) left the file open.
+    data = await anyio.to_thread.run_sync(_read_file_range, path, offset, length)
     if len(data) != length:
         raise UploadError(f"{path}: staging archive is shorter than recorded ({offset + len(data)} bytes)")
     return data

@@ -9,6 +9,7 @@ An empty value (``MGMT_ENDPOINT_URL=``, ``--endpoint-url ''``) resets a key to i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -74,6 +75,8 @@ class Settings:
     profile: str | None
     region: str | None
     addressing_style: str  # resolved: "path" | "virtual" | "auto"
+    read_timeout: float  # seconds without a byte from the server before a request is given up (and retried)
+    connect_timeout: float  # seconds to open a connection to the endpoint
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
 
@@ -223,6 +226,20 @@ def _integer(low: int, high: int) -> Callable[[object], int]:
     return parse
 
 
+def _positive_seconds(value: object) -> float:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise _Invalid("expected a number of seconds greater than 0 (such as 30 or 2.5)")
+    return number
+
+
 def format_size(size: int) -> str:
     """A byte count as amgmt writes it: `8MiB`, `1GiB`, `4KiB`, or plain bytes."""
     for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
@@ -302,6 +319,8 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "profile": _parse_name,
     "region": _parse_name,
     "addressing_style": _choice(ADDRESSING_STYLES),
+    "read_timeout": _positive_seconds,
+    "connect_timeout": _positive_seconds,
 }
 _DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -320,6 +339,8 @@ _DEFAULTS: dict[str, object] = {
     "profile": None,
     "region": None,
     "addressing_style": "auto",
+    "read_timeout": 60.0,
+    "connect_timeout": 10.0,
 }
 def _to_path(value: object, *, environ: Mapping[str, str], cwd: Path) -> Path:
     """An absolute, resolved path from a flag or text: `~` expanded (with environ's HOME), relative to cwd."""
@@ -533,4 +554,6 @@ def _format_value(name: str, value: object) -> str:
         return "true" if value else "false"
     if name in _SIZE_FIELDS and isinstance(value, int):
         return format_size(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)

@@ -86,9 +86,9 @@ async def cli() -> None:
 
 
 def _register() -> None:
-    from amgmt.cli import config_cmd, demo, history, localserver_cmd, maintenance, upload
+    from amgmt.cli import benchmark_cmd, config_cmd, demo, history, localserver_cmd, maintenance, upload
 
-    for module in (upload, history, maintenance, config_cmd, localserver_cmd, demo):
+    for module in (upload, history, maintenance, config_cmd, localserver_cmd, demo, benchmark_cmd):
         module.register(cli)
 
 

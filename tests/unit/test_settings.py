@@ -74,6 +74,7 @@ def test_defaults(sandbox: Env) -> None:
     assert settings.addressing_style == "auto"
     assert settings.compression_level == 1
     assert settings.profile is None and settings.region is None
+    assert settings.read_timeout == 60 and settings.connect_timeout == 10
     assert settings.config_file is None
     assert settings.sources["concurrency"] == "default"
     assert settings.sources["bucket"] == "flag"
@@ -88,6 +89,8 @@ def test_defaults(sandbox: Env) -> None:
         ("part_size", "16M", "32MiB", "64MB", 16 * MiB, 32 * MiB, 64 * MiB),
         ("preserve_structure", True, "yes", "on", True, True, True),
         ("region", "eu-west-1", "us-east-2", "ap-south-1", "eu-west-1", "us-east-2", "ap-south-1"),
+        ("read_timeout", 2.5, "30", " 0.5 ", 2.5, 30.0, 0.5),
+        ("connect_timeout", 1, "3.5", "20", 1.0, 3.5, 20.0),
     ],
 )
 def test_precedence_flag_env_config_default(sandbox: Env, name: str, flag: object, env: str, config: str,
@@ -235,6 +238,12 @@ def test_db_path_that_is_a_directory_is_refused(sandbox: Env) -> None:
         ("MGMT_COMPRESSION_LEVEL", "-1", "from 1 to 3"),
         ("MGMT_ADDRESSING_STYLE", "dns", "auto, path, virtual"),
         ("MGMT_PROFILE", "a\x07b", "control characters"),
+        ("MGMT_READ_TIMEOUT", "0", "greater than 0"),
+        ("MGMT_READ_TIMEOUT", "-1", "greater than 0"),
+        ("MGMT_READ_TIMEOUT", "soon", "number of seconds"),
+        ("MGMT_READ_TIMEOUT", "inf", "greater than 0"),
+        ("MGMT_CONNECT_TIMEOUT", "nan", "greater than 0"),
+        ("MGMT_CONNECT_TIMEOUT", "10s", "number of seconds"),
     ],
 )
 def test_invalid_env_values(sandbox: Env, key: str, value: str, needle: str) -> None:
@@ -431,7 +440,7 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     rows = settings.describe()
     keys = [key for key, _, _ in rows]
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
-    assert len(keys) == len(set(keys)) == 20
+    assert len(keys) == len(set(keys)) == 22
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")
@@ -443,17 +452,20 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     assert table["MGMT_ADDRESSING_STYLE"] == ("path", "default")
     assert table["MGMT_PRESERVE_STRUCTURE"] == ("false", "default")
     assert table["MGMT_PROFILE"] == ("", "default")
+    assert table["MGMT_READ_TIMEOUT"] == ("60", "default")
     assert table["MGMT_LOCAL_DIR"] == (str(sandbox.cwd.resolve()), "default")
     assert rows == sandbox.load(flags={"concurrency": 3}, env={"MGMT_ENDPOINT_URL": "http://localhost:9000"}).describe()
 
 
 def test_describe_values_load_back_to_the_same_settings(sandbox: Env) -> None:
     first = sandbox.load(env={"MGMT_PART_SIZE": "6MiB", "MGMT_MULTIPART_THRESHOLD": "1000",
-                              "MGMT_OBJECT_PREFIX": "a/b", "MGMT_STORAGE_CLASS": "GLACIER"})
+                              "MGMT_OBJECT_PREFIX": "a/b", "MGMT_STORAGE_CLASS": "GLACIER",
+                              "MGMT_READ_TIMEOUT": "2.5"})
     env = {key: value for key, value, _ in first.describe()}
     second = load_settings(environ={**sandbox.environ, **env}, cwd=sandbox.cwd)
     for name in ("part_size", "multipart_threshold", "object_prefix", "storage_class", "local_dir", "db_path",
-                 "checksum_mode", "addressing_style", "concurrency", "completed_enabled"):
+                 "checksum_mode", "addressing_style", "concurrency", "completed_enabled", "read_timeout",
+                 "connect_timeout"):
         assert getattr(second, name) == getattr(first, name)
 
 

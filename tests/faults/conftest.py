@@ -1,0 +1,32 @@
+"""Fixtures of tests/faults: S3 faults on demand (see faultkit) and the aftermath check of a failed entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import amgmt.batch
+from amgmt.s3 import S3Bucket
+from amgmt.settings import Settings
+from faultkit import Aftermath, S3Faults
+
+
+@pytest.fixture
+def s3_faults(monkeypatch: pytest.MonkeyPatch) -> S3Faults:
+    """Every S3Bucket that upload_batch connects gets the test's handlers registered on its client."""
+    faults = S3Faults()
+
+    class FaultyBucket(S3Bucket):
+        def __init__(self, client: Any, options: Any) -> None:
+            super().__init__(client, options)
+            faults.install(client)
+
+    monkeypatch.setattr(amgmt.batch, "S3Bucket", FaultyBucket)
+    return faults
+
+
+@pytest.fixture
+def aftermath(s3_client: Any, bucket: str) -> Callable[[Settings], Aftermath]:
+    return lambda settings: Aftermath(settings, s3_client, bucket)

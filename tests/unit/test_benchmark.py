@@ -1,0 +1,215 @@
+"""amgmt.benchmark without S3: data set specs, the CPU/RSS meter on real child processes, the report's medians and
+best point, and writing tuned settings into a config file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amgmt.benchmark import (
+    BenchmarkReport,
+    DatasetSpec,
+    ResourceMeter,
+    ResourceUsage,
+    RunKind,
+    RunResult,
+    TargetInfo,
+    dataset_spec,
+    generate_dataset,
+    save_tuned_settings,
+)
+from amgmt.errors import ConfigError
+from amgmt.models import utcnow
+from amgmt.parts import GiB, MiB
+from amgmt.settings import parse_config_file
+
+# A child that burns `pre` CPU seconds, says "ready", waits for a line, burns `during` seconds, says "done", and
+# waits for stdin to close.
+BURNER = """
+import sys, time
+def burn(seconds):
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+burn(float(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+burn(float(sys.argv[2]))
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _burner(pre: float, during: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", BURNER, str(pre), str(during)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def _go(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+# -- data sets -------------------------------------------------------------------------------------------------
+
+
+def test_named_data_sets_match_the_issue_and_scale() -> None:
+    media = dataset_spec("media")
+    assert (media.videos, media.video_size, media.texts, media.text_size) == (16, 64 * MiB, 400, 128 * 1024)
+    assert media.entries == 17
+    assert dataset_spec("large").total_bytes == 2 * GiB
+    assert dataset_spec("small").entries == 2000
+
+    quarter = dataset_spec("media", 0.25)
+    assert (quarter.video_size, quarter.text_size, quarter.entries) == (16 * MiB, 32 * 1024, 17)
+    small = dataset_spec("small", 0.01)
+    assert (small.photos, small.photo_size) == (20, 64 * 1024)  # counts scale, sizes do not
+
+    with pytest.raises(ConfigError):
+        dataset_spec("media", 0)
+    with pytest.raises(ConfigError):
+        dataset_spec("huge")
+
+
+def test_generated_data_set_is_reproducible_and_as_large_as_its_spec(tmp_path: Path) -> None:
+    spec = DatasetSpec("tiny", videos=2, video_size=10_000, texts=3, text_size=2_000, photos=2, photo_size=500)
+    first = generate_dataset(spec, tmp_path / "a")
+    second = generate_dataset(spec, tmp_path / "b")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) == 2 + 3 + 2
+    assert sum((first / f).stat().st_size for f in files) == spec.total_bytes
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    assert len(list(first.iterdir())) == spec.entries
+
+
+# -- the meter -------------------------------------------------------------------------------------------------
+
+
+def test_meter_counts_a_long_lived_childs_cpu_during_the_block_only_and_keeps_the_server_apart() -> None:
+    worker = _burner(pre=0.2, during=0.3)  # like anyio's workers: alive before and after the block
+    server = _burner(pre=0.0, during=0.3)
+    try:
+        with ResourceMeter(server_pid=server.pid, interval=0.02) as meter:
+            _go(worker, server)  # at once: two cores
+    finally:
+        _finish(worker)
+        _finish(server)
+    usage = meter.usage
+    assert usage is not None
+    # 0.3 s of the worker, not its 0.2 s before the block nor the server's 0.3 s; plus a little of ours.
+    assert 0.27 <= usage.client_cpu_seconds <= 0.5
+    assert 0.27 <= usage.client_children_cpu_seconds <= 0.35
+    assert usage.server_cpu_seconds is not None and 0.27 <= usage.server_cpu_seconds <= 0.4
+    assert usage.client_peak_rss >= usage.client_start_rss > 0
+    assert usage.server_peak_rss and usage.server_peak_rss > 0
+    assert usage.samples >= 3
+
+
+def test_meter_counts_children_reaped_during_the_block() -> None:
+    with ResourceMeter(server_pid=None) as meter:
+        proc = _burner(pre=0.25, during=0.0)
+        _go(proc)
+        _finish(proc)
+    assert meter.usage is not None
+    assert meter.usage.client_cpu_seconds >= 0.25
+    assert meter.usage.server_cpu_seconds is None
+
+
+# -- the report ------------------------------------------------------------------------------------------------
+
+
+def _run(kind: str, wall: float, *, concurrency: int = 1, part_size: int = 8 * MiB, repeat: int = 1) -> RunResult:
+    usage = ResourceUsage(client_user_seconds=1.0, client_sys_seconds=0.5, client_children_cpu_seconds=0.5,
+                          client_peak_rss=100 * MiB, client_start_rss=90 * MiB, server_cpu_seconds=0.5,
+                          server_peak_rss=50 * MiB, meter_cpu_seconds=0.01, samples=10)
+    return RunResult(label=str(kind), kind=kind, repeat=repeat, concurrency=concurrency, part_size=part_size,
+                     parts_in_flight=16, wall_seconds=wall, entries=2, entries_ok=2, source_bytes=100 * MiB,
+                     archive_bytes=50 * MiB, usage=usage, stage_seconds={"compress": 1.0, "upload": 3.0},
+                     entry_seconds=5.0)
+
+
+def test_report_medians_speedups_and_best_point() -> None:
+    runs = (
+        _run(RunKind.BASELINE, 10.0), _run(RunKind.BASELINE, 12.0, repeat=2),
+        _run(RunKind.AMGMT, 5.0), _run(RunKind.AMGMT, 4.0, repeat=2), _run(RunKind.AMGMT, 9.0, repeat=3),
+        _run(RunKind.AMGMT, 2.0, concurrency=4, part_size=16 * MiB),
+    )
+    report = BenchmarkReport(started_at=utcnow(), machine={}, dataset=dataset_spec("media", 0.01),
+                             target=TargetInfo("b", None, True, None), settings={}, runs=runs, repeat=3)
+    base, amgmt1, amgmt4 = report.summaries()
+    assert base.median.wall_seconds == 10.0  # lower middle of two
+    assert amgmt1.median.wall_seconds == 5.0 and amgmt1.speedup == pytest.approx(2.0)
+    assert amgmt4.speedup == pytest.approx(5.0)
+    assert report.best() == amgmt4
+    assert report.tuned_settings() == {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "4",
+                                       "MGMT_PARTS_IN_FLIGHT": "16"}
+    run = amgmt4.median
+    assert run.mib_per_second == pytest.approx(50.0) and run.compression_ratio == pytest.approx(2.0)
+    assert run.stage_breakdown() == {"compress": 1.0, "upload": 3.0, "other": 1.0}
+    assert sum(run.stage_shares().values()) == pytest.approx(1.0)
+    data = report.to_dict()
+    assert data["best"]["concurrency"] == 4 and len(data["runs"]) == 6
+
+
+# -- saving tuned settings -------------------------------------------------------------------------------------
+
+TUNED = {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "8", "MGMT_PARTS_IN_FLIGHT": "32"}
+
+
+def test_save_replaces_keys_in_place_and_keeps_every_other_line(tmp_path: Path) -> None:
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text("# my settings\nMGMT_BUCKET=media-archive\n\nexport MGMT_CONCURRENCY = 2  # old\n"
+                      "AWS_PROFILE=work\n")
+    config.chmod(0o640)
+    saved = save_tuned_settings(TUNED, environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": "/nowhere"})
+    assert saved.path == config and saved.seeded_from is None
+    lines = config.read_text().splitlines()
+    assert lines[:5] == ["# my settings", "MGMT_BUCKET=media-archive", "", "export MGMT_CONCURRENCY=8",
+                         "AWS_PROFILE=work"]
+    assert lines[-2:] == ["MGMT_PART_SIZE=16MiB", "MGMT_PARTS_IN_FLIGHT=32"]
+    assert parse_config_file(config) == {"MGMT_BUCKET": "media-archive", **TUNED}
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in config.parent.iterdir()] == ["config"]  # no temp file left
+
+
+def test_save_creates_the_file_under_home_and_starts_from_the_origins_config(tmp_path: Path) -> None:
+    origin = tmp_path / ".config" / "mgmt" / "config"
+    origin.parent.mkdir(parents=True)
+    origin.write_text("MGMT_BUCKET=from-origin\nMGMT_PART_SIZE=8MiB\n")
+    saved = save_tuned_settings(TUNED, environ={"HOME": str(tmp_path)})
+    assert saved.path == tmp_path / ".config" / "amgmt" / "config"
+    assert saved.seeded_from == origin
+    assert parse_config_file(saved.path) == {"MGMT_BUCKET": "from-origin", **TUNED}
+    assert origin.read_text() == "MGMT_BUCKET=from-origin\nMGMT_PART_SIZE=8MiB\n"  # the origin's file untouched
+    assert saved.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_save_leaves_a_malformed_config_file_alone(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("not a setting line\n")
+    with pytest.raises(ConfigError):
+        save_tuned_settings(TUNED, environ={}, config_path=config)
+    assert config.read_text() == "not a setting line\n"
+
+
+def test_save_without_home_or_xdg_asks_for_a_path() -> None:
+    with pytest.raises(ConfigError, match="--config"):
+        save_tuned_settings(TUNED, environ={"XDG_CONFIG_HOME": "relative/ignored"})
