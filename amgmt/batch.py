@@ -131,8 +131,10 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
         elif record.status not in RETRYABLE:
             notes.append(f"{short} {record.target_name}: {record.status}, nothing to retry")
         else:
+            raw = record.metadata.get("target_path_hex")
+            target = os.fsdecode(bytes.fromhex(raw)) if raw else record.target_path
             try:
-                [path] = resolve_names(settings, [record.target_path])
+                [path] = resolve_names(settings, [target])
             except AmgmtError as exc:
                 notes.append(f"{short} {record.target_name}: cannot retry: {exc}")
                 continue
@@ -183,6 +185,7 @@ class BatchReport:
     started_at: datetime = field(default_factory=utcnow)
     wall_seconds: float = 0.0
     aborted: str | None = None  # the run-wide error that stopped the batch
+    aborted_exit: ExitCode = ExitCode.STORAGE  # and its exit code
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)
     planned: int = 0
@@ -211,7 +214,7 @@ class BatchReport:
         if self.interrupted:
             return ExitCode.INTERRUPTED
         if self.aborted:
-            return ExitCode.STORAGE
+            return self.aborted_exit
         if self.failures or len(self.records) < self.planned:
             return ExitCode.ENTRY_FAILED
         return ExitCode.OK
@@ -273,6 +276,9 @@ async def _watch_signals(scope: anyio.CancelScope, report: BatchReport) -> None:
 
 
 def _private_dir(path: Path) -> None:
+    """Create a directory only its owner can enter (an existing one keeps the mode its owner gave it)."""
+    if path.is_dir():
+        return
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path, 0o700)
@@ -337,6 +343,7 @@ class _BatchRun:
             with RunLock(settings.local_dir, settings.db_path.parent):
                 async with S3Bucket.connect(options) as s3:
                     await s3.check_bucket()  # before anything is created on disk
+                    _private_dir(settings.db_path.parent)
                     _private_dir(settings.staging_dir)
                     async with MetadataStore(settings.db_path) as store:
                         report.recovery = await recover_interrupted(settings, store, s3, self.entries)
@@ -344,7 +351,8 @@ class _BatchRun:
         except AmgmtError as exc:
             if report.aborted is None and not report.records:
                 raise
-            report.aborted = report.aborted or str(exc)
+            if report.aborted is None:
+                report.aborted, report.aborted_exit = str(exc), exc.exit_code
         finally:
             report.wall_seconds = time.perf_counter() - started
             self.reporter.close()
@@ -372,7 +380,7 @@ class _BatchRun:
                     try:
                         await pipeline.run()
                     except AmgmtError as exc:  # run-wide: stop every worker, one clear message
-                        report.aborted = str(exc)
+                        report.aborted, report.aborted_exit = str(exc), exc.exit_code
                         scope.cancel()
                         return
                     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,31 @@ async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: C
 
 
 async def abort_stale_multiparts(
-    s3: S3Bucket, store: MetadataStore, prefix: str, found: Cleanup, *, keys: set[str] | None, keep_journaled: bool
+    s3: S3Bucket,
+    store: MetadataStore,
+    prefix: str,
+    found: Cleanup,
+    *,
+    keys: set[str] | None,
+    keep_journaled: bool,
+    unknown_older_than: timedelta | None = None,
 ) -> None:
-    """Open multipart uploads under `prefix` (only to `keys`, if given) are aborted.
+    """Open multipart uploads under `prefix/` (only to `keys`, if given) are aborted.
 
     With `keep_journaled`, those the journal knows are kept for the entry to resume (an upload run); without it
-    (`amgmt cleanup`) every one is aborted and its journal entry closed.
+    (`amgmt cleanup`) every journaled one is aborted and its journal entry closed. Uploads the journal does not
+    know may be another machine's, in progress: with `unknown_older_than` only those started longer ago go.
     """
     journaled = {u.upload_id for u in await store.open_multiparts(bucket=s3.bucket)}
-    for upload in await s3.list_multipart_uploads(prefix):
+    now = datetime.now(timezone.utc)
+    for upload in await s3.list_multipart_uploads(f"{prefix}/" if prefix else ""):
         if keys is not None and upload["key"] not in keys:
             continue
-        if keep_journaled and upload["upload_id"] in journaled:
+        known = upload["upload_id"] in journaled
+        if keep_journaled and known:
+            continue
+        initiated = upload.get("initiated")
+        if not known and unknown_older_than is not None and initiated and now - initiated < unknown_older_than:
             continue
         parts = await s3.list_parts(upload["key"], upload["upload_id"]) or {}
         size = sum(int(p.get("Size", 0)) for p in parts.values())
@@ -97,7 +111,6 @@ async def abort_stale_multiparts(
             await s3.abort_multipart(upload["key"], upload["upload_id"])
             if upload["upload_id"] in journaled:
                 await store.journal_multipart_state(upload["upload_id"], "aborted")
-        initiated = upload.get("initiated")
         found.multipart_uploads.append(
             {
                 "key": upload["key"],
@@ -109,9 +122,12 @@ async def abort_stale_multiparts(
         )
 
 
-async def cleanup(settings: Settings, *, dry_run: bool = False) -> Cleanup:
+async def cleanup(
+    settings: Settings, *, dry_run: bool = False, older_than: timedelta = timedelta(hours=1)
+) -> Cleanup:
     """`amgmt cleanup`: with the run lock held, close dead runs' records, remove stale staging archives, and abort
-    every open multipart upload under the prefix, saying how many bytes they held."""
+    the open multipart uploads under the prefix that are ours (journaled) or older than `older_than`, saying how
+    many bytes they held."""
     found = Cleanup(dry_run=dry_run)
     with RunLock(settings.local_dir, settings.db_path.parent):
         async with MetadataStore(settings.db_path) as store, S3Bucket.connect(
@@ -120,5 +136,13 @@ async def cleanup(settings: Settings, *, dry_run: bool = False) -> Cleanup:
             await s3.check_bucket()
             await close_interrupted(settings, store, found)
             await remove_stale_staging(settings.staging_dir, store, found)
-            await abort_stale_multiparts(s3, store, settings.object_prefix, found, keys=None, keep_journaled=False)
+            await abort_stale_multiparts(
+                s3,
+                store,
+                settings.object_prefix,
+                found,
+                keys=None,
+                keep_journaled=False,
+                unknown_older_than=older_than,
+            )
     return found

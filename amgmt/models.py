@@ -179,7 +179,7 @@ class UploadRecord(OperationRecord):
     completed_file_record: FileRecord | None = None
     # (amgmt) where the entry got to, and how the object was proven intact
     stage: str = Stage.VALIDATE
-    verification_method: str | None = None  # "etag", "sha256-readback", "existing-object"
+    verification_method: str | None = None  # "etag" or "sha256-readback"
     part_size: int | None = None
     part_count: int | None = None
 

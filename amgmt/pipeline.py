@@ -47,7 +47,7 @@ from amgmt.models import (
     utcnow,
 )
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key, staging_name
-from amgmt.parts import archive_size_bound, expected_etag, plan_part_size
+from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import (
     METADATA_ARCHIVE_SHA256,
@@ -191,6 +191,9 @@ class EntryPipeline:
             user=ctx.user,
             command_args=dict(ctx.command_args),
         )
+        if display(entry) != os.fsdecode(entry):
+            # The record's text cannot give the path back (undecodable bytes): keep the bytes for `amgmt retry`.
+            self.record.metadata["target_path_hex"] = os.fsencode(entry).hex()
         self.staging = settings.staging_dir / staging_name(self.record.operation_id, entry.name)
         self.archive: ArchiveResult | None = None
         self._timings: dict[str, float] = {}
@@ -227,8 +230,10 @@ class EntryPipeline:
         try:
             await self._stages()
         except EntryError as exc:
-            record.finish(OperationStatus.FAILED, error=f"{exc.stage}: {exc}")
-            self._mark_failed(str(exc), exc.stage)
+            # An S3 error (UploadError) can come from any stage that talks to S3 (a HEAD in verify): name the stage.
+            stage = str(record.stage) if isinstance(exc, UploadError) else exc.stage
+            record.finish(OperationStatus.FAILED, error=f"{stage}: {exc}")
+            self._mark_failed(str(exc), stage)
         except AmgmtError as exc:  # run-wide (StorageError, StoreError): recorded, then the batch stops
             record.finish(OperationStatus.FAILED, error=f"{record.stage}: {exc}")
             self._mark_failed(str(exc), str(record.stage))
@@ -353,7 +358,11 @@ class EntryPipeline:
     async def _compress(self, file_count: int) -> None:
         settings = self.ctx.settings
         record = self.record
-        part_size = plan_part_size(archive_size_bound(record.original_size, file_count), settings.part_size)
+        bound = archive_size_bound(record.original_size, file_count)
+        if bound <= min(settings.multipart_threshold, MAX_SINGLE_PUT):
+            part_size = max(bound, settings.part_size)  # one part: a single PUT
+        else:
+            part_size = plan_part_size(bound, settings.part_size)
         try:
             result = await self.ctx.compress(
                 str(self.entry), str(self.staging), part_size, settings.compression_level
@@ -417,16 +426,23 @@ class EntryPipeline:
             },
         )
         if existing is not None and not self.ctx.overwrite:
-            same = existing.metadata.get(METADATA_SOURCE_SHA256) == self.archive.source_sha256
-            if same and existing.size == self.archive.archive_size:
-                # The same content is already there (e.g. an earlier run stopped before the move): prove it in
-                # verify instead of sending it again.
+            same_archive = (
+                existing.metadata.get(METADATA_ARCHIVE_SHA256) == self.archive.archive_sha256
+                and existing.size == self.archive.archive_size
+            )
+            if same_archive:
+                # This very archive is already there (an earlier run stopped before the move): prove it in verify
+                # instead of sending it again.
                 record.metadata["reused_existing_object"] = True
                 self._report_remaining()
                 return
-            raise UploadError(
-                f"s3://{record.s3_bucket}/{key} already exists with other content; use --overwrite to replace it"
-            )
+            if existing.metadata.get(METADATA_SOURCE_SHA256) != self.archive.source_sha256:
+                raise UploadError(
+                    f"s3://{record.s3_bucket}/{key} already exists with other content; use --overwrite to replace it"
+                )
+            # Same source content packed differently (other mtimes, part size or amgmt version): replacing it
+            # loses nothing, and the new object is verified like any other.
+            record.metadata["replaced_identical_content"] = True
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
         resume = await self._resumable_upload()

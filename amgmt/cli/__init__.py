@@ -1,17 +1,20 @@
 """The amgmt command line: a thin layer that parses options, calls the library and renders the result.
 
 One handler (AmgmtGroup.invoke) turns amgmt's own errors into one line on stderr and a documented exit code.
+Command modules load on first use (COMMANDS), so `amgmt --help` never imports boto, moto or sqlite.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncclick as click
+from asyncclick.utils import make_default_short_help
 
 from amgmt import __version__
 from amgmt.errors import AmgmtError, ExitCode
@@ -25,7 +28,82 @@ EXIT_CODES_HELP = (
 )
 
 
+class LazyCommand(NamedTuple):
+    """A command the group lists without importing it: the module whose `register(group)` adds it, and its short
+    help (the first sentence of its own help; tests/unit/test_cli_commands.py keeps the two equal)."""
+
+    module: str
+    short_help: str
+
+
+# Every command of `amgmt`. A module that registers several commands appears once per command.
+COMMANDS: Mapping[str, LazyCommand] = {
+    "upload": LazyCommand("amgmt.cli.upload", "Pack, upload, verify and move entries of the local dir."),
+    "history": LazyCommand(
+        "amgmt.cli.history",
+        "Past operations, newest first: what was uploaded, where, when, how big, whether it verified.",
+    ),
+    "show": LazyCommand("amgmt.cli.history", "One operation in full."),
+    "retry": LazyCommand(
+        "amgmt.cli.maintenance",
+        "Upload again the entries of failed, cancelled or partial operations (ids or unique id prefixes).",
+    ),
+    "cleanup": LazyCommand(
+        "amgmt.cli.maintenance",
+        "Abort unfinished multipart uploads under the prefix, remove stale staging archives, and close the records "
+        "of runs that died; says how many bytes they held.",
+    ),
+    "config": LazyCommand(
+        "amgmt.cli.config_cmd",
+        "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources.",
+    ),
+    "local-s3": LazyCommand(
+        "amgmt.cli.localserver_cmd",
+        "Start a local S3 server (moto) on 127.0.0.1 and keep it running until Ctrl-C.",
+    ),
+    "demo": LazyCommand(
+        "amgmt.cli.demo",
+        "Make a sample media folder, start a local S3 server on 127.0.0.1, run `amgmt upload all --concurrency N` "
+        "against it, then `amgmt history`.",
+    ),
+    "benchmark": LazyCommand(
+        "amgmt.cli.benchmark_cmd",
+        "Time the real upload pipeline on a generated data set, against the origin's design.",
+    ),
+}
+
+
 class AmgmtGroup(click.Group):
+    """A group whose commands in `lazy_commands` are imported only when one of them is looked up (to run it or show
+    its help); listing them in the group's help uses the table alone."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, LazyCommand] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: Mapping[str, LazyCommand] = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands.keys() | self.lazy_commands.keys())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            importlib.import_module(self.lazy_commands[cmd_name].module).register(self)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own version calls get_command for every name, which would import them all.
+        names = self.list_commands(ctx)
+        visible = [n for n in names if n not in self.commands or not self.commands[n].hidden]
+        if not visible:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in visible)
+        rows = [
+            (name, self.commands[name].get_short_help_str(limit) if name in self.commands
+             else make_default_short_help(self.lazy_commands[name].short_help, limit))
+            for name in visible
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     async def invoke(self, ctx: click.Context) -> Any:
         try:
             return await super().invoke(ctx)
@@ -71,7 +149,8 @@ def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[s
     return load_settings(flags=flags, environ=os.environ, config_path=config_path, require_bucket=require_bucket)
 
 
-@click.group(cls=AmgmtGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.group(cls=AmgmtGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="amgmt")
 async def cli() -> None:
     """Pack media entries as tar.gz, upload them to S3 concurrently, verify them, and keep a record.
@@ -85,17 +164,18 @@ async def cli() -> None:
     """
 
 
-def _register() -> None:
-    from amgmt.cli import benchmark_cmd, config_cmd, demo, history, localserver_cmd, maintenance, upload
-
-    for module in (upload, history, maintenance, config_cmd, localserver_cmd, demo, benchmark_cmd):
-        module.register(cli)
-
-
-_register()
+def _spare_workers_the_cli() -> None:
+    """Before its first job, each of anyio's worker processes (the compression pool) re-runs the file of the parent's
+    `__main__` module (anyio/to_process.py, "init"). Here that file is the `amgmt` console script or
+    amgmt/__main__.py, which import this CLI; a worker needs only what unpickling its job imports (amgmt.archive).
+    Without a `__file__`, anyio skips that step, as it does for `python -c`. The process is the CLI's from here on."""
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and hasattr(main_module, "__file__"):
+        del main_module.__file__
 
 
 def main() -> None:
+    _spare_workers_the_cli()
     # Python's own "Exception ignored" noise on a closed stdout (amgmt history | head) is not an error.
     try:
         cli(prog_name="amgmt", _anyio_backend="asyncio")

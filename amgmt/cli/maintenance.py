@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncclick as click
@@ -10,6 +11,7 @@ import asyncclick as click
 from amgmt.batch import BatchReport, retry_targets, upload_batch
 from amgmt.cleanup import cleanup as run_cleanup
 from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
+from amgmt.cli.history import parse_when
 from amgmt.cli.render import human_size, table, to_json
 from amgmt.cli.upload import summary_text
 from amgmt.errors import ConfigError
@@ -49,12 +51,18 @@ async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int |
 @click.command("cleanup", epilog=EXIT_CODES_HELP)
 @settings_options
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed or aborted.")
+@click.option("--older-than", type=str, default="1h", show_default=True,
+              help="Abort uploads amgmt has no record of only when started this long ago (30m, 2h, 7d, 0).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was found as JSON.")
-async def cleanup(dry_run: bool, as_json: bool, **kwargs: Any) -> None:
+async def cleanup(dry_run: bool, older_than: str, as_json: bool, **kwargs: Any) -> None:
     """Abort unfinished multipart uploads under the prefix, remove stale staging archives, and close the records
-    of runs that died; says how many bytes they held. Refuses while an upload runs on the same local dir."""
+    of runs that died; says how many bytes they held. Refuses while an upload runs on the same local dir.
+
+    Uploads amgmt journaled (interrupted runs of this local dir) are aborted at once; others under the prefix
+    (possibly another machine's, in progress) only when older than --older-than."""
     settings = settings_from(kwargs, require_bucket=True)
-    found = await run_cleanup(settings, dry_run=dry_run)
+    age = datetime.now(timezone.utc) - parse_when(older_than, option="--older-than") if older_than != "0" else timedelta(0)
+    found = await run_cleanup(settings, dry_run=dry_run, older_than=age)
     if as_json:
         click.echo(to_json(found.to_dict()))
         return

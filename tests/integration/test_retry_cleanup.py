@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +68,24 @@ async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
     s3_client.upload_part(Bucket=bucket, Key="media/lost.mp4.tar.gz", UploadId=started["UploadId"],
                           PartNumber=1, Body=b"x" * (5 * MiB))
     outside = s3_client.create_multipart_upload(Bucket=bucket, Key="elsewhere/keep.tar.gz")
+    sibling = s3_client.create_multipart_upload(Bucket=bucket, Key="media-old/keep.tar.gz")
     settings.staging_dir.mkdir(parents=True)
     stale = settings.staging_dir / "00000000-0000-0000-0000-000000000000-lost.mp4.tar.gz.partial"
     stale.write_bytes(b"y" * 1000)
 
-    preview = await cleanup(settings, dry_run=True)
+    # (moto reports every upload as initiated in 2010, so the --older-than age rule cannot be shown here.)
+    preview = await cleanup(settings, dry_run=True, older_than=timedelta(0))
     assert [u["key"] for u in preview.multipart_uploads] == ["media/lost.mp4.tar.gz"]
     assert preview.multipart_bytes == 5 * MiB and preview.staging_bytes == 1000
-    assert stale.exists() and len(s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 2
+    assert stale.exists() and len(s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 3
 
-    done = await cleanup(settings)
+    done = await cleanup(settings, older_than=timedelta(0))
     assert done.multipart_bytes == 5 * MiB and done.staging_bytes == 1000
     assert not stale.exists()
-    left = [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-    assert left == ["elsewhere/keep.tar.gz"]  # outside the prefix: not ours to touch
+    left = sorted(u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    assert left == ["elsewhere/keep.tar.gz", "media-old/keep.tar.gz"]  # outside "media/": not ours to touch
     s3_client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/keep.tar.gz", UploadId=outside["UploadId"])
+    s3_client.abort_multipart_upload(Bucket=bucket, Key="media-old/keep.tar.gz", UploadId=sibling["UploadId"])
 
 
 async def test_a_second_run_on_the_same_local_dir_is_refused(make_settings, make_media, local_dir: Path) -> None:
