@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from amgmt.errors import NotFoundError
-from amgmt.models import OperationStatus
+from amgmt.completed import plain_destination
+from amgmt.errors import MoveError, NotFoundError
+from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display
 from amgmt.runlock import RunLock
 from amgmt.s3 import ClientOptions, S3Bucket
@@ -54,6 +55,32 @@ async def close_interrupted(settings: Settings, store: MetadataStore, found: Cle
         return
     stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
     found.interrupted_operations = [r.operation_id for r in stale]
+    for record in stale:
+        await _finish_moved(settings, store, record)
+
+
+async def _finish_moved(settings: Settings, store: MetadataStore, record: OperationRecord) -> None:
+    """A run that died in stage 6 had already verified the object (the move starts only after verification).
+    If the original is gone from the local dir and sits at its destination in the completed dir, the move
+    happened: the operation succeeded, and the record says so (with how this was found out)."""
+    if not isinstance(record, UploadRecord) or record.stage != Stage.MOVE or not record.verification_method:
+        return
+    raw = record.metadata.get("target_path_hex")
+    source = Path(os.fsdecode(bytes.fromhex(raw))) if raw else Path(record.target_path)
+    try:
+        destination = plain_destination(source, local_dir=settings.local_dir, completed_dir=settings.completed_dir,
+                                        preserve_structure=settings.preserve_structure)
+    except MoveError:
+        return
+    if os.path.lexists(source) or not os.path.lexists(destination):
+        return
+    record.finish(OperationStatus.SUCCESS, error=None, when=record.completed_at)
+    record.error_message = None
+    record.stage = Stage.DONE
+    record.completed_dir_path = display(destination)
+    record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
+    record.metadata["recovered"] = "the run died right after moving the original; found in the completed dir"
+    await store.save_operation(record)
 
 
 async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: Cleanup) -> None:

@@ -34,7 +34,7 @@ def completed_destination(entry: Path, *, local_dir: Path, completed_dir: Path, 
     Pure apart from existence checks. Raises MoveError when the plain destination is taken and
     `duplicate_handling` is "error", or when the entry cannot be placed (outside local_dir with preserve_structure).
     """
-    plain = _plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
+    plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
                                preserve_structure=preserve_structure)
     for candidate in _candidates(entry, plain, completed_dir=completed_dir, duplicate_handling=duplicate_handling,
                                  now=now):
@@ -55,7 +55,7 @@ def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, pres
         is_dir = stat.S_ISDIR(os.lstat(entry).st_mode)
     except OSError as exc:
         raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
-    plain = _plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
+    plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
                                preserve_structure=preserve_structure)
     if is_dir and _inside(completed_dir, entry):
         raise MoveError(f"cannot move {_show(entry)}: the completed dir {_show(completed_dir)} is inside it")
@@ -91,7 +91,7 @@ def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserv
     examined counts as "not there". Raises ValueError for an entry outside local_dir with preserve_structure.
     """
     try:
-        plain = _plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
+        plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
                                    preserve_structure=preserve_structure)
     except MoveError as exc:
         raise ValueError(str(exc)) from None
@@ -112,7 +112,7 @@ def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserv
 # --- naming --------------------------------------------------------------------------------------------------------
 
 
-def _plain_destination(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_structure: bool) -> Path:
+def plain_destination(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_structure: bool) -> Path:
     if preserve_structure:
         try:
             relative = entry.relative_to(local_dir)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from amgmt.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
@@ -90,10 +92,11 @@ async def test_killed_multipart_upload_resumes_and_sends_only_the_missing_parts(
     assert "killed or crashed" in (dead.error_message or "") and dead.error_message.startswith("upload")
 
 
+@pytest.mark.parametrize("seed", [11, 12])
 async def test_repeated_kills_at_random_moments_then_a_rerun_finish_everything_exactly_once(
-    make_settings, local_dir: Path, cli_env: dict[str, str], s3_client: Any, bucket: str
+    make_settings, local_dir: Path, cli_env: dict[str, str], s3_client: Any, bucket: str, seed: int
 ) -> None:
-    rng = random.Random(11)
+    rng = random.Random(seed)
     originals: dict[str, str] = {}
     for i in range(6):
         name = f"clip{i}.mp4"
