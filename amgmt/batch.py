@@ -26,7 +26,7 @@ from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, re
 from amgmt.completed import tree_size
 from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, entry_key, process_pool_compressor
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import ClientOptions, S3Bucket
+from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.settings import Settings
 from amgmt.runlock import RunLock
 from amgmt.store import MetadataStore
@@ -364,7 +364,7 @@ class _BatchRun:
             settings=settings,
             store=store,
             s3=s3,
-            budget=anyio.CapacityLimiter(settings.parts_in_flight),
+            budget=ByteBudget(settings.parts_in_flight * settings.part_size),
             compress=self.compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
             reporter=self.reporter,
             overwrite=self.overwrite,

@@ -53,6 +53,7 @@ from amgmt.s3 import (
     METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,
+    ByteBudget,
     PartDone,
     S3Bucket,
     UploadStats,
@@ -65,7 +66,10 @@ SAVE_TIMEOUT = 10.0
 
 
 def process_pool_compressor(limiter: anyio.CapacityLimiter) -> Compressor:
-    """Compression in anyio's worker processes (kept warm between entries), at most `limiter` at a time."""
+    """Compression in anyio's worker processes (kept warm between entries), at most `limiter` at a time.
+
+    A worker imports what unpickling the job needs (amgmt.archive, which stays free of anyio and boto), plus the file
+    of the parent's `__main__` module unless it has none: the CLI removes it (amgmt.cli._spare_workers_the_cli)."""
 
     async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
         job = functools.partial(compress_entry, part_size=part_size, level=level)
@@ -81,7 +85,7 @@ class PipelineContext:
     settings: Settings
     store: MetadataStore
     s3: S3Bucket
-    budget: anyio.CapacityLimiter  # parts in flight, shared by every upload of the run
+    budget: ByteBudget  # request bodies in memory, shared by every upload of the run
     compress: Compressor
     reporter: Reporter = field(default_factory=SilentReporter)
     overwrite: bool = False
@@ -445,7 +449,7 @@ class EntryPipeline:
             record.metadata["replaced_identical_content"] = True
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
-        resume = await self._resumable_upload()
+        resume = await self._resumable_upload() if len(self.archive.part_md5s) > 1 else None
         stats = UploadStats()
         try:
             result = await s3.upload_file(

@@ -127,6 +127,37 @@ class ObjectInfo:
     last_modified: datetime | None = None
 
 
+class ByteBudget:
+    """The bytes of request bodies all uploads of a run may hold in memory at once (parts and single PUTs alike).
+
+    A body larger than the whole budget waits until nothing else is held, then goes alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError("the budget must be positive")
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._changed = anyio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        need = min(max(nbytes, 1), self.limit)
+        async with self._changed:
+            while self.held + need > self.limit:
+                await self._changed.wait()
+            self.held += need
+            self.peak = max(self.peak, self.held)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._changed:
+                    self.held -= need
+                    self._changed.notify_all()
+
+
 @dataclass(frozen=True)
 class PartDone:
     number: int
@@ -343,7 +374,7 @@ class S3Bucket:
         part_md5s: Sequence[str],
         metadata: Mapping[str, str],
         storage_class: str | None,
-        budget: anyio.CapacityLimiter,
+        budget: ByteBudget,
         on_progress: ProgressCallback | None = None,
         journal: MultipartJournal | None = None,
         resume_upload_id: str | None = None,
@@ -353,8 +384,8 @@ class S3Bucket:
 
         Every request carries Content-MD5 (so a real server rejects a corrupted body) and is retried with
         exponential backoff and jitter when the failure is transient. Parts are read in worker threads and sent
-        concurrently, each holding a token of the shared `budget` while its bytes are in memory, so memory is
-        bounded by budget x part_size across all uploads.
+        concurrently, each holding its size in the shared byte `budget` while its bytes are in memory, so the
+        memory of all uploads of a run is bounded by the budget, whatever the file sizes.
 
         Multipart progress goes to `journal` as it happens. With `resume_upload_id`, the server's parts are listed
         and those whose ETag equals our part MD5 are kept; only the others are sent. On an error the upload is
@@ -367,7 +398,7 @@ class S3Bucket:
             raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
         extra = self._extra_args(metadata, storage_class)
         if len(ranges) == 1:
-            async with budget:
+            async with budget.hold(size):
                 data = await _read_range(path, 0, size)
                 resp = await self._retrying_create(
                     storage_class,
@@ -417,7 +448,7 @@ class S3Bucket:
                 await journal.started(upload_id)
 
         async def send_part(number: int, offset: int, length: int) -> None:
-            async with budget:
+            async with budget.hold(length):
                 data = await _read_range(path, offset, length)
                 kwargs: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if use_crc else {}
                 resp = await self._retrying(
