@@ -597,15 +597,20 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     return leaves[0]
 
 
-def _read_file_range(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
+def _read_file_range(path: str, offset: int, length: int) -> bytearray:
+    buffer = bytearray(length)
+    with open(path, "rb", buffering=0) as f:
+        got = f.readinto(buffer) if f.seek(offset) == offset else 0
+    return buffer if got == length else buffer[: got or 0]
 
 
-async def _read_range(path: str, offset: int, length: int) -> bytes:
-    # Open, read and close in one worker thread, which anyio waits for even when cancelled: with aiofiles, a
-    # cancellation during its open (or its close) left the file open.
+async def _read_range(path: str, offset: int, length: int) -> bytearray:
+    """A byte range of a file, read in a worker thread straight into the buffer that is sent.
+
+    A bytearray, not bytes: botocore wraps a `bytes` body in a BytesIO, and aiohttp then copies that whole buffer
+    (BytesIO.getbuffer unshares it) on the event loop thread; a bytearray goes out as it is. Open, read and close
+    happen in one thread call, which anyio waits for even when cancelled, so no file is left open.
+    """
     data = await anyio.to_thread.run_sync(_read_file_range, path, offset, length)
     if len(data) != length:
         raise UploadError(f"{path}: staging archive is shorter than recorded ({offset + len(data)} bytes)")
