@@ -11,14 +11,16 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import asyncclick as click
 from asyncclick.utils import make_default_short_help
 
 from amgmt import __version__
 from amgmt.errors import AmgmtError, ExitCode
-from amgmt.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from amgmt.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -143,6 +145,8 @@ SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endp
 
 def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
     """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
+    from amgmt.settings import load_settings  # not needed by `amgmt --help`
+
     flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
     flags.update(extra or {})
     config_path = kwargs.pop("config_path", None)
