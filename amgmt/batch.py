@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError
+from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError, StorageError, UploadError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import PARTIAL_SUFFIX, display
 from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
@@ -77,7 +77,7 @@ def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
     for name in names:
         if not name or "\x00" in name:
             raise ConfigError(f"invalid entry name {name!r}")
-        raw = Path(os.path.expanduser(name))
+        raw = Path(name)  # the shell expands ~; an entry may be named `~`
         path = raw if raw.is_absolute() else local / raw
         try:
             parent = path.parent.resolve(strict=True)
@@ -346,7 +346,10 @@ class _BatchRun:
                     _private_dir(settings.db_path.parent)
                     _private_dir(settings.staging_dir)
                     async with MetadataStore(settings.db_path) as store:
-                        report.recovery = await recover_interrupted(settings, store, s3, self.entries)
+                        try:
+                            report.recovery = await recover_interrupted(settings, store, s3, self.entries)
+                        except UploadError as exc:  # before any entry: nothing else could do better
+                            raise StorageError(f"the endpoint does not answer like S3: {exc}") from exc
                         await self._run_workers(s3, store)
         except AmgmtError as exc:
             if report.aborted is None and not report.records:

@@ -139,7 +139,7 @@ def _candidates(entry: Path, plain: Path, *, completed_dir: Path, duplicate_hand
     for attempt in range(MAX_NAME_ATTEMPTS):
         tag = stamp if attempt == 0 else f"{stamp}-{attempt}"
         if duplicate_handling == "timestamp":
-            yield plain.with_name(f"{tag}_{plain.name}")
+            yield plain.with_name(_fit_name(f"{tag}_", plain.name))
         else:
             yield completed_dir / tag / relative
 
@@ -154,9 +154,29 @@ def _no_free_name(entry: Path) -> MoveError:
     return MoveError(f"cannot move {_show(entry)}: no free name in the completed dir after {MAX_NAME_ATTEMPTS} tries")
 
 
+NAME_MAX = 255  # bytes in one path component, on every filesystem amgmt expects
+
+
+def _fit_name(prefix: str, name: str) -> str:
+    """`prefix + name`, shortened in the middle of the name (keeping its extension) to fit NAME_MAX bytes."""
+    room = NAME_MAX - len(os.fsencode(prefix))
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return prefix + name
+    stem, dot, ext = raw.rpartition(b".")
+    tail = (dot + ext) if dot and len(ext) <= 16 else b""
+    head = (stem if tail else raw)[: room - len(tail)]
+    # Do not cut a UTF-8 sequence in half.
+    while head and (head[-1] & 0xC0) == 0x80:
+        head = head[:-1]
+    if head and head[-1] >= 0xC0:
+        head = head[:-1]
+    return prefix + os.fsdecode(head + tail)
+
+
 def _hidden_name(prefix: str, name: str) -> str:
     # Bounded so that the temporary name stays under NAME_MAX (255) even for a long original name.
-    return f"{prefix}{name[:100]}-{secrets.token_hex(4)}"
+    return _fit_name(prefix, name[:100]) + f"-{secrets.token_hex(4)}"
 
 
 # --- moving --------------------------------------------------------------------------------------------------------

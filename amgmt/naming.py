@@ -1,7 +1,8 @@
 """How entry names become S3 keys, staging file names and record text. Pure functions.
 
 Key mapping (documented in docs/configuration.md): `[prefix/]NAME.tar.gz`, where NAME is the entry's own name.
-Bytes that are not valid UTF-8, control characters (0x00-0x1f, 0x7f) and `%` itself are written as `%XX`, so the
+Bytes that are not valid UTF-8, control characters (C0 0x00-0x1f, DEL, C1 U+0080-U+009F, as their UTF-8
+bytes) and `%` itself are written as `%XX`, so the
 key is valid UTF-8, printable, and two different names never share a key. A name is one path segment, so a key
 never holds a `..` segment of its own making; the prefix is validated by the settings.
 """
@@ -27,8 +28,8 @@ def key_segment(name: str) -> str:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
             out.append(_escape_byte(code - 0xDC00))
-        elif code < 0x20 or code == 0x7F or ch == "%":
-            out.append(_escape_byte(code))
+        elif code < 0x20 or 0x7F <= code <= 0x9F or ch == "%":  # C0 and C1 controls, DEL, the escape itself
+            out.extend(_escape_byte(b) for b in ch.encode("utf-8"))
         else:
             out.append(ch)
     return "".join(out)

@@ -265,7 +265,7 @@ class EntryPipeline:
             record.finish(OperationStatus.CANCELLED, error=f"{record.stage}: interrupted")
             await self._finalise()
             raise
-        await self._finalise()
+        await self._finalise(must_save=True)
         return record
 
     def _mark_failed(self, message: str, stage: str) -> None:
@@ -277,14 +277,25 @@ class EntryPipeline:
             rec.status = FileStatus.FAILED
             rec.error_message = message
 
-    async def _finalise(self) -> None:
-        """Stage 8 and the last save; shielded so that Ctrl-C cannot leave a staging file or a stale record."""
+    async def _finalise(self, *, must_save: bool = False) -> None:
+        """Stage 8 and the last save; shielded so that Ctrl-C cannot leave a staging file or a stale record.
+
+        With `must_save` (the entry ended by itself), a database that cannot take the record stops the run
+        (StoreError): a result nobody can look up later is not a result. On the way out of an error or a
+        cancellation, the save is best effort: the error already propagating says more."""
         with anyio.CancelScope(shield=True):
             await self._cleanup()
             self._report_remaining()
-            with anyio.move_on_after(SAVE_TIMEOUT), contextlib.suppress(StoreError):
-                await self._save()
-            self.ctx.reporter.entry_done(self.record)
+            try:
+                with anyio.fail_after(SAVE_TIMEOUT):
+                    await self._save()
+            except (StoreError, TimeoutError) as exc:
+                if must_save:
+                    if isinstance(exc, StoreError):
+                        raise
+                    raise StoreError(f"the metadata database did not take a record within {SAVE_TIMEOUT:g} s") from exc
+            finally:
+                self.ctx.reporter.entry_done(self.record)
 
     def _report_remaining(self) -> None:
         rest = self.record.original_size - self._reported

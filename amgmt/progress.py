@@ -77,7 +77,8 @@ class TqdmReporter(SilentReporter):
     def entry_done(self, record: UploadRecord) -> None:
         super().entry_done(record)
         detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
-        self._bar.write(f"{record.status:<9} {record.target_name}  {_human(record.original_size)}  {detail}")
+        line = f"{record.status:<9} {record.target_name}  {_human(record.original_size)}  {detail}"
+        self._bar.write("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line))
         self._bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=True)
 
     def close(self) -> None:

@@ -221,6 +221,8 @@ def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Ite
         if code in RUN_WIDE_CODES or status == 403 or (code == "404" and key is None):
             if code in ("NoSuchBucket", "404"):
                 text = f"bucket {bucket!r} does not exist (or is not visible with these credentials)"
+            elif status == 403 or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                text += " (check the AWS credentials or profile, and the bucket's permissions)"
             raise StorageError(text) from exc
         error = UploadError(text)
         error.transient = code in TRANSIENT_CODES or status >= 500

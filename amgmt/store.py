@@ -567,7 +567,12 @@ def _to_column(value: Any) -> Any:
         return _utc_iso(value)
     if isinstance(value, dict):
         # default=str: a value JSON cannot hold (a Path in command_args) is kept as text rather than failing a save.
-        return json.dumps(value, ensure_ascii=False, default=str)
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes of a file name (surrogates): JSON escapes keep them
+            text = json.dumps(value, ensure_ascii=True, default=str)
+        return text
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, StrEnum):

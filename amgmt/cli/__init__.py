@@ -7,6 +7,7 @@ Command modules load on first use (COMMANDS), so `amgmt --help` never imports bo
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -178,8 +179,15 @@ def _spare_workers_the_cli() -> None:
         del main_module.__file__
 
 
+def _quiet_worker_reaping() -> None:
+    # Python 3.11's child watcher logs "Unknown child process pid N" when anyio reaps a compression worker
+    # first: a harmless race at shutdown, not something to show the user.
+    logging.getLogger("asyncio").addFilter(lambda rec: "Unknown child process pid" not in rec.getMessage())
+
+
 def main() -> None:
     _spare_workers_the_cli()
+    _quiet_worker_reaping()
     # Python's own "Exception ignored" noise on a closed stdout (amgmt history | head) is not an error.
     try:
         cli(prog_name="amgmt", _anyio_backend="asyncio")

@@ -37,8 +37,21 @@ def local_time(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def printable(text: object) -> str:
+    """Text safe for a terminal: control characters (C0, DEL, C1, e.g. ESC) shown as escapes, never sent raw."""
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """One terminal-safe line: control characters (newlines included) escaped."""
+    return printable(text)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 48) -> str:

@@ -9,7 +9,7 @@ import asyncclick as click
 
 from amgmt.batch import BatchReport, list_entries, plan, resolve_names, upload_batch
 from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
-from amgmt.cli.render import human_duration, human_size, table, to_json
+from amgmt.cli.render import human_duration, human_size, one_line, table, to_json
 from amgmt.errors import ConfigError
 from amgmt.naming import display
 from amgmt.progress import SilentReporter, TqdmReporter
@@ -26,13 +26,13 @@ def summary_text(report: BatchReport) -> str:
         f"{human_size(speed)}/s" if speed else f"{human_size(report.bytes_in)} in",
     ]
     for note in report.ignored:
-        lines.append(f"ignored: {note}")
+        lines.append(f"ignored: {one_line(note)}")
     if report.failures:
         lines.append("not done:")
         for r in report.failures:
-            lines.append(f"  {r.status:<9} {r.target_name}: {' '.join((r.error_message or '').split())}")
+            lines.append(f"  {r.status:<9} {one_line(r.target_name)}: {one_line(r.error_message or '')}")
     if report.aborted:
-        lines.append(f"stopped early: {report.aborted}")
+        lines.append(f"stopped early: {one_line(report.aborted)}")
     if report.interrupted:
         lines.append("interrupted: entries in progress were cancelled and cleaned up; run again to finish")
     return "\n".join(lines)
@@ -77,12 +77,12 @@ async def upload(names: tuple[str, ...], concurrency: int | None, storage_class:
                  f"s3://{settings.bucket}/{p.key}") for p in planned]
         click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
         for note in ignored:
-            click.echo(f"ignored: {note}")
+            click.echo(f"ignored: {one_line(note)}")
         click.echo(f"{len(planned)} entries, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
         return
     show_bar = sys.stderr.isatty() if progress is None else progress
     reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
-    command_args = {"command": "upload", "names": list(names), "concurrency": settings.concurrency,
+    command_args = {"command": "upload", "names": [display(n) for n in names], "concurrency": settings.concurrency,
                     "overwrite": overwrite, "storage_class": settings.storage_class,
                     "part_size": settings.part_size, "local_dir": display(settings.local_dir)}
     report = BatchReport(ignored=ignored)
