@@ -267,7 +267,7 @@ async def recover_interrupted(
 
 
 async def _watch_signals(scope: anyio.CancelScope, report: BatchReport) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             if report.interrupted:
                 os._exit(int(ExitCode.INTERRUPTED))

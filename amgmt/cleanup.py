@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from amgmt.completed import plain_destination
+from amgmt.completed import plain_destination, tree_size
 from amgmt.errors import MoveError, NotFoundError
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display
@@ -73,6 +73,11 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
     except MoveError:
         return
     if os.path.lexists(source) or not os.path.lexists(destination):
+        return
+    try:
+        if tree_size(destination)[0] != record.original_size:
+            return  # something else holds that name (the entry may have gone under a duplicate name)
+    except OSError:
         return
     record.finish(OperationStatus.SUCCESS, error=None, when=record.completed_at)
     record.error_message = None

@@ -157,9 +157,9 @@ def _no_free_name(entry: Path) -> MoveError:
 NAME_MAX = 255  # bytes in one path component, on every filesystem amgmt expects
 
 
-def _fit_name(prefix: str, name: str) -> str:
-    """`prefix + name`, shortened in the middle of the name (keeping its extension) to fit NAME_MAX bytes."""
-    room = NAME_MAX - len(os.fsencode(prefix))
+def _fit_name(prefix: str, name: str, *, reserve: int = 0) -> str:
+    """`prefix + name`, the name shortened (keeping its extension) to fit NAME_MAX bytes less `reserve`."""
+    room = NAME_MAX - reserve - len(os.fsencode(prefix))
     raw = os.fsencode(name)
     if len(raw) <= room:
         return prefix + name
@@ -176,7 +176,8 @@ def _fit_name(prefix: str, name: str) -> str:
 
 def _hidden_name(prefix: str, name: str) -> str:
     # Bounded so that the temporary name stays under NAME_MAX (255) even for a long original name.
-    return _fit_name(prefix, name[:100]) + f"-{secrets.token_hex(4)}"
+    suffix = f"-{secrets.token_hex(4)}"
+    return _fit_name(prefix, name[:100], reserve=len(suffix)) + suffix
 
 
 # --- moving --------------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ amgmt's own errors. It knows nothing of entries, records or the completed dir.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,12 +26,14 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
     ProfileNotFound,
 )
 
-from amgmt.errors import AmgmtError, ConfigError, StorageError, UploadError
+from amgmt.errors import AmgmtError, ConfigError, StorageError, UploadError, VerificationError
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
 from amgmt.settings import Settings
 
@@ -74,6 +78,7 @@ TRANSIENT_CODES = frozenset(
 # What a store answers to a storage class it does not offer (AWS; radosgw says InvalidArgument, with no message).
 STORAGE_CLASS_CODES = frozenset({"InvalidStorageClass", "InvalidArgument"})
 READ_CHUNK = 1024 * 1024
+LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum per page
 ABORT_TIMEOUT = 15.0
 PART_ATTEMPTS = 5  # ours, around botocore's own retries (which cover most transient errors already)
 BACKOFF_BASE = 0.25
@@ -127,6 +132,50 @@ class ObjectInfo:
     last_modified: datetime | None = None
 
 
+
+
+# Storage classes whose objects must be restored (a temporary copy made readable) before a GET.
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+RESTORE_TIERS = ("Standard", "Bulk", "Expedited")
+_RESTORE_FIELD = re.compile(r'([a-z-]+)="([^"]*)"')
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+@dataclass(frozen=True)
+class RestoreState:
+    """An archived object's restore, from the `x-amz-restore` header of a HEAD."""
+
+    ongoing: bool  # True while the copy is being made; False once it is readable
+    expiry: datetime | None = None  # when the readable copy goes away again
+
+
+@dataclass(frozen=True)
+class ObjectHead(ObjectInfo):
+    """ObjectInfo plus what a download or a status needs: restore state, archive tier, content type."""
+
+    restore: RestoreState | None = None  # None: no restore was asked for (or it expired)
+    archive_status: str | None = None  # INTELLIGENT_TIERING archive tiers: ARCHIVE_ACCESS | DEEP_ARCHIVE_ACCESS
+    content_type: str | None = None
+
+    @property
+    def needs_restore(self) -> bool:
+        """True when a GET would fail until a restore completes (GLACIER, DEEP_ARCHIVE, archived tiering)."""
+        archived = self.storage_class in ARCHIVE_STORAGE_CLASSES or self.archive_status is not None
+        return archived and (self.restore is None or self.restore.ongoing)
+
+
+def parse_restore(header: str | None) -> RestoreState | None:
+    """`ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"` -> RestoreState; None if absent."""
+    if not header:
+        return None
+    fields = dict(_RESTORE_FIELD.findall(header))
+    expiry = None
+    if fields.get("expiry-date"):
+        with contextlib.suppress(TypeError, ValueError):
+            expiry = email.utils.parsedate_to_datetime(fields["expiry-date"])
+    return RestoreState(ongoing=fields.get("ongoing-request", "").lower() == "true", expiry=expiry)
+
+
 class ByteBudget:
     """The bytes of request bodies all uploads of a run may hold in memory at once (parts and single PUTs alike).
 
@@ -140,11 +189,13 @@ class ByteBudget:
         self.held = 0
         self.peak = 0
         self._changed = anyio.Condition()
+        self._turn = anyio.Lock()
 
     @contextlib.asynccontextmanager
     async def hold(self, nbytes: int) -> AsyncIterator[None]:
         need = min(max(nbytes, 1), self.limit)
-        async with self._changed:
+        # Bodies reserve in arrival order (anyio's Lock is fair): a large one cannot be starved by small ones.
+        async with self._turn, self._changed:
             while self.held + need > self.limit:
                 await self._changed.wait()
             self.held += need
@@ -357,6 +408,87 @@ class S3Bucket:
                     return found
                 kwargs["KeyMarker"] = resp.get("NextKeyMarker")
                 kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    async def describe_object(self, key: str) -> ObjectHead | None:
+        """HEAD with what a download or a status needs (restore state, archive tier, content type); None when there
+        is no such key."""
+        try:
+            with translate_errors("HEAD", bucket=self.bucket, key=key):
+                resp = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except UploadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause)[0] in _NOT_FOUND_CODES:
+                return None
+            raise
+        return ObjectHead(
+            key=key,
+            size=int(resp.get("ContentLength", 0)),
+            etag=normalise_etag(resp.get("ETag")),
+            storage_class=resp.get("StorageClass") or "STANDARD",
+            metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
+            last_modified=resp.get("LastModified"),
+            restore=parse_restore(resp.get("Restore")),
+            archive_status=resp.get("ArchiveStatus"),
+            content_type=resp.get("ContentType"),
+        )
+
+    async def first_part_size(self, key: str) -> tuple[int, int] | None:
+        """(size of part 1, number of parts) of a multipart object, from a HEAD of part 1; None when the server
+        does not say (a single-part object, or no PartNumber support)."""
+        try:
+            with translate_errors("HEAD part 1 of", bucket=self.bucket, key=key):
+                resp = await self._client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
+        except UploadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause)[0] in _NOT_FOUND_CODES:
+                return None
+            raise
+        parts = resp.get("PartsCount")
+        if not parts:
+            return None
+        return int(resp.get("ContentLength", 0)), int(parts)
+
+    async def get_range(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+        """`length` bytes of the object from `offset`; with `if_match` (an ETag), only from that very object."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={offset}-{offset + length - 1}"}
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        with translate_errors("GET", bucket=self.bucket, key=key):
+            resp = await self._client.get_object(**kwargs)
+            async with resp["Body"] as body:
+                data = await body.read()
+        if len(data) != length:
+            error = UploadError(
+                f"GET s3://{self.bucket}/{key} returned {len(data)} bytes for a range of {length} at {offset}"
+            )
+            error.transient = True
+            raise error
+        return bytes(data)
+
+    async def restore_object(self, key: str, *, tier: str, days: int | None) -> str:
+        """Ask for a readable copy of an archived object for `days` days (None for archived INTELLIGENT_TIERING,
+        which takes no Days). Returns "started" (HTTP 202), "restored" (200: a copy exists; its expiry is moved)
+        or "in-progress" (409 RestoreAlreadyInProgress)."""
+        if tier not in RESTORE_TIERS:
+            raise ConfigError(f"restore tier {tier!r}: expected one of {', '.join(RESTORE_TIERS)}")
+        request: dict[str, Any] = {"GlacierJobParameters": {"Tier": tier}}
+        if days is not None:
+            request["Days"] = days
+        try:
+            with translate_errors("restore", bucket=self.bucket, key=key):
+                resp = await self._client.restore_object(Bucket=self.bucket, Key=key, RestoreRequest=request)
+        except UploadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause)[0] == "RestoreAlreadyInProgress":
+                return "in-progress"
+            raise
+        status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 202)
+        return "restored" if status == 200 else "started"
+
+    async def delete_object(self, key: str) -> None:
+        """Delete the object (on a versioned bucket: add a delete marker). S3 answers success for a missing key."""
+        with translate_errors("DELETE", bucket=self.bucket, key=key):
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
 
     # -- uploads -----------------------------------------------------------------------------------------------
 
@@ -574,10 +706,44 @@ class S3Bucket:
         raise AssertionError("unreachable")
 
 
+def _is_not_found(exc: UploadError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, ClientError) and _error_code(cause)[0] in _NOT_FOUND_CODES
+
+
 def _botocore_retries(exc: BaseException | None) -> int:
     if isinstance(exc, ClientError):
         return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
     return 0
+
+
+def _refused_optional_attributes(exc: BaseException | None) -> bool:
+    """Whether a failed listing with OptionalObjectAttributes is worth asking again without it: an old botocore
+    that does not know the parameter, or a server that refuses it; not a missing bucket or bad credentials."""
+    if isinstance(exc, ParamValidationError):
+        return True
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        if code in TRANSIENT_CODES or status >= 500:
+            return False  # botocore's retries are spent: asking again differently would not help
+        return code == "AccessDenied" or status == 403 or code not in RUN_WIDE_CODES
+    return False
+
+
+def _listed_object(item: Mapping[str, Any]) -> ListedObject:
+    restore = item.get("RestoreStatus")
+    return ListedObject(
+        key=item["Key"],
+        size=int(item.get("Size", 0)),
+        storage_class=item.get("StorageClass") or "STANDARD",
+        last_modified=item.get("LastModified"),
+        etag=normalise_etag(item.get("ETag")),
+        restore=RestoreStatus(
+            in_progress=bool(restore.get("IsRestoreInProgress")), expires=restore.get("RestoreExpiryDate")
+        )
+        if restore
+        else None,
+    )
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:
@@ -601,9 +767,17 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
 
 def _read_file_range(path: str, offset: int, length: int) -> bytearray:
     buffer = bytearray(length)
+    view = memoryview(buffer)
+    got = 0
     with open(path, "rb", buffering=0) as f:
-        got = f.readinto(buffer) if f.seek(offset) == offset else 0
-    return buffer if got == length else buffer[: got or 0]
+        f.seek(offset)
+        while got < length:  # one read returns at most ~2 GiB on Linux
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    view.release()
+    return buffer if got == length else buffer[:got]
 
 
 async def _read_range(path: str, offset: int, length: int) -> bytearray:
