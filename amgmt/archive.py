@@ -10,12 +10,16 @@ import errno
 import hashlib
 import io
 import os
+import queue
 import stat
+import struct
 import tarfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
 
-from isal import igzip, isal_zlib
+from isal import isal_zlib
 
 from amgmt.errors import CompressionError
 from amgmt.parts import MiB
@@ -23,9 +27,21 @@ from amgmt.parts import MiB
 PARTIAL_SUFFIX = ".partial"
 ARCHIVE_MODE = 0o600
 
-# igzip at level >= 1 hands its output over in chunks of hundreds of KiB; level 0 in ~16 KiB ones. A buffer of this
-# size keeps the number of write syscalls low either way.
-_OUTPUT_BUFFER = 1 * MiB
+# The tar stream is deflated in blocks of this size (see _Deflater). igzip is much faster on big inputs than on
+# tarfile's 16 KiB copies (random data: ~1.9 CPU-s/GiB at 16 KiB, ~0.9 at 1 MiB; 2 and 4 MiB measured no better);
+# the block is also the read size. A call holds at most _BLOCKS blocks plus about as much compressed output.
+_BLOCK_SIZE = 1 * MiB
+_BLOCKS = 3  # one being filled, one queued, one being deflated
+_QUEUED_OUTPUTS = 1  # deflated blocks waiting for the writer thread
+# Deflate and write in two helper threads when a CPU is to spare (see _use_helper_threads); False: never. The bytes
+# written are the same either way.
+_HELPER_THREADS = True
+_SIBLING_IDLE = 10.0  # seconds: a partial archive written to less recently than this is not being compressed
+_THREADS_MIN_SIZE = 8 * MiB  # source bytes below which the threads' start and drain cost more than they save
+_WINDOW = 32 * 1024  # deflate's history: each block is compressed with the previous block's last 32 KiB as dictionary
+_FINAL_BLOCK = isal_zlib.compress(b"", wbits=-isal_zlib.MAX_WBITS)  # an empty last deflate block
+_NUL_BLOCK = bytes(tarfile.BLOCKSIZE)
+_WRITEBACK_STEP = 8 * MiB  # written archive bytes between calls to _start_writeback
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -49,13 +65,17 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     The archive holds one top-level member, the basename of `source`; a directory is walked recursively without
     following symlinks. Symlinks are stored as symlinks; FIFOs, sockets and devices are left out and listed in
     `skipped`. The same unchanged source always gives the same bytes: members sorted by their file-system bytes,
-    uid/gid 0 with empty names, mtime in whole seconds, PAX format, a gzip header with mtime 0 and no file name.
-    That holds for one Python and isal version: igzip's deflate output depends on how its input is chunked (tarfile's
-    16 KiB copies) and on its version, so a resume after an upgrade must compare the part MD5s before reusing parts.
+    uid/gid 0 with empty names, mtime in whole seconds, PAX format (the tar stream is byte for byte what tarfile
+    writes), a gzip header with mtime 0 and no file name. The tar stream is deflated in fixed 1 MiB blocks, each
+    ending on a byte boundary (a sync flush) and primed with the 32 KiB before it, so the bytes do not depend on
+    threads or timing; they do depend on the isal version (and on `_BLOCK_SIZE`), so a resume after an upgrade must
+    compare the part MD5s before reusing parts.
     Level 0 is fastest for compressible data but inflates incompressible data by about a quarter, beyond
     `parts.archive_size_bound`; levels 1-3 stay within it.
 
-    Digests are computed while the bytes stream through (no second read of the source or of the archive).
+    Digests are computed while the bytes stream through (no second read of the source or of the archive). When a
+    CPU is to spare (see _use_helper_threads), deflating and the archive's digests and writes run in two helper
+    threads (hashlib and isal release the GIL), the reads and the source digest in the calling thread.
     For a directory, `source_sha256` is the SHA-256 of its manifest: for every archived member, in archive order,
     the line
 
@@ -97,33 +117,33 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         raise _write_error(exc, archive_path, source) from exc
 
     try:
-        out = open(fd, "wb", buffering=_OUTPUT_BUFFER)  # closed by sink.finish() or the failure path below
+        # Unbuffered: the deflater hands over blocks of about _BLOCK_SIZE. Closed by sink.finish() or below.
+        out = open(fd, "wb", buffering=0)
     except BaseException:
         os.close(fd)
         os.unlink(partial)
         raise
     sink = _DigestingWriter(out, part_size, archive_path, source)
-    gz: igzip.IGzipFile | None = None
+    deflater: _Deflater | None = None
     try:
-        gz = igzip.IGzipFile(filename="", mode="wb", compresslevel=level, fileobj=sink, mtime=0)
-        tar = tarfile.TarFile(
-            fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
-        )
+        deflater = _Deflater(sink, level, use_threads=lambda: _use_helper_threads(partial))
+        deflater.start()
+        tar = _TarWriter(deflater)
         skipped: list[str] = []
         if is_directory:
             source_sha256, source_size, file_count = _add_tree(tar, source, name, skipped)
         else:
+            tar.expect(source_stat.st_size)
             source_sha256, source_size = _add_file(tar, name, source, source)
             file_count = 1
-        tar.close()  # end-of-archive blocks; leaves gz open
-        gz.close()  # deflate tail and gzip trailer
+        tar.close()  # end-of-archive blocks, the last block to the deflater
+        deflater.finish()  # every block written, then the deflate tail and gzip trailer
         sink.finish()
         os.replace(partial, archive_path)
     except BaseException as exc:
         sink.discard()
-        with contextlib.suppress(Exception):
-            if gz is not None:
-                gz.close()  # its trailer now goes nowhere; keeps IOBase.__del__ from writing later
+        if deflater is not None:
+            deflater.abort()  # its threads end before the file is closed
         with contextlib.suppress(OSError):
             out.close()
         with contextlib.suppress(OSError):
@@ -157,15 +177,49 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _add_tree(tar: tarfile.TarFile, root: str, name: str, skipped: list[str]) -> tuple[str, int, int]:
+def _use_helper_threads(partial: str) -> bool:
+    """Whether a call may deflate and write in helper threads: when a CPU would otherwise be idle.
+
+    On 2 idle CPUs they give 1.6-1.9x the MiB/s of one thread, but when every CPU is busy anyway they only cost:
+    2-7% more CPU-seconds (cache misses, context switches). The pipeline runs one compression per CPU when it has the
+    entries, each writing a partial archive into the staging directory: siblings written to within the last
+    _SIBLING_IDLE seconds count as busy CPUs.
+    """
+    cpus = _usable_cpus()
+    if not _HELPER_THREADS or cpus < 2:
+        return False
+    directory, own = os.path.split(partial)
+    busy = 1
+    now = time.time()
+    try:
+        with os.scandir(directory or ".") as entries:
+            for entry in entries:
+                if entry.name.endswith(PARTIAL_SUFFIX) and entry.name != own:
+                    with contextlib.suppress(OSError):
+                        busy += now - entry.stat(follow_symlinks=False).st_mtime < _SIBLING_IDLE
+    except OSError:
+        pass
+    return busy < cpus
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _add_tree(tar: _TarWriter, root: str, name: str, skipped: list[str]) -> tuple[str, int, int]:
     """Archive a directory's members in sorted order; returns (manifest SHA-256, bytes read, regular files)."""
     manifest = hashlib.sha256()
     total = 0
     count = 0
-    for key, member, path, st in sorted(_walk(root, name, skipped, entry=root), key=lambda m: m[0]):
+    members = sorted(_walk(root, name, skipped, entry=root), key=lambda m: m[0])
+    tar.expect(sum(st.st_size for _key, _member, _path, st in members if stat.S_ISREG(st.st_mode)))
+    for key, member, path, st in members:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            tar.addfile(_tarinfo(member, st, tarfile.DIRTYPE))
+            tar.add(_tarinfo(member, st, tarfile.DIRTYPE))
             fields = (b"dir", b"0", b"")
         elif stat.S_ISLNK(mode):
             try:
@@ -174,7 +228,7 @@ def _add_tree(tar: tarfile.TarFile, root: str, name: str, skipped: list[str]) ->
                 raise _read_error(exc, path, root) from exc
             info = _tarinfo(member, st, tarfile.SYMTYPE)
             info.linkname = target
-            tar.addfile(info)
+            tar.add(info)
             fields = (b"symlink", b"0", os.fsencode(target))
         else:
             digest, size = _add_file(tar, member, path, root)
@@ -212,7 +266,7 @@ def _walk(
     return members
 
 
-def _add_file(tar: tarfile.TarFile, member: str, path: str, entry: str) -> tuple[str, int]:
+def _add_file(tar: _TarWriter, member: str, path: str, entry: str) -> tuple[str, int]:
     """Stream one regular file into the archive; returns (hex SHA-256, size). Fails if it changes meanwhile."""
     try:
         # O_NOFOLLOW and O_NONBLOCK: a path swapped for a symlink or a FIFO since the walk must neither be followed
@@ -222,7 +276,7 @@ def _add_file(tar: tarfile.TarFile, member: str, path: str, entry: str) -> tuple
         if exc.errno == errno.ELOOP:
             raise _changed(path, entry) from exc
         raise _read_error(exc, path, entry) from exc
-    with open(fd, "rb") as f:
+    with open(fd, "rb", buffering=0) as f:
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
@@ -233,7 +287,7 @@ def _add_file(tar: tarfile.TarFile, member: str, path: str, entry: str) -> tuple
         info = _tarinfo(member, before, tarfile.REGTYPE)
         info.size = before.st_size
         reader = _DigestingReader(f, path, entry)
-        tar.addfile(info, reader)  # tarfile's default 16 KiB copy buffer: larger ones measured slower with igzip
+        tar.add(info, reader)  # reads straight into the deflater's blocks
         try:
             grew = f.read(1)
             after = os.fstat(fd)
@@ -259,32 +313,247 @@ def _tarinfo(member: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
 
 
 class _DigestingReader:
-    """The file object tarfile copies from: hashes and counts what it reads; a short read means the file shrank."""
+    """Reads a file into the archive's blocks: hashes and counts what it reads; an early end means the file shrank."""
 
-    def __init__(self, f: BinaryIO, path: str, entry: str) -> None:
+    def __init__(self, f: io.RawIOBase, path: str, entry: str) -> None:
         self._f = f
         self._path = path
         self._entry = entry
         self.sha256 = hashlib.sha256()
         self.size = 0
 
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._f.read(size)
-        except OSError as exc:
-            raise _read_error(exc, self._path, self._entry) from exc
-        if 0 <= size and len(data) < size:
-            raise _changed(self._path, self._entry)
-        self.sha256.update(data)
-        self.size += len(data)
-        return data
+    def readinto(self, view: memoryview) -> int:
+        """Fill all of `view` (short reads are retried); returns its length."""
+        want = len(view)
+        got = 0
+        while got < want:
+            try:
+                n = self._f.readinto(view[got:])
+            except OSError as exc:
+                raise _read_error(exc, self._path, self._entry) from exc
+            if not n:
+                raise _changed(self._path, self._entry)
+            got += n
+        self.sha256.update(view)
+        self.size += want
+        return want
+
+
+class _TarWriter:
+    """Lays out tar members as tarfile.TarFile.addfile and close do, straight into the deflater's blocks."""
+
+    def __init__(self, deflater: _Deflater) -> None:
+        self._deflater = deflater
+        self._block = deflater.take_block()
+        self._view = memoryview(self._block)
+        self._fill = 0  # bytes of the current block in use
+        self.offset = 0  # bytes of tar stream so far
+
+    def add(self, info: tarfile.TarInfo, reader: _DigestingReader | None = None) -> None:
+        """A member's header, then (for a regular file) info.size bytes from `reader`, padded to 512 bytes."""
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if reader is None:
+            return
+        remaining = info.size
+        while remaining:
+            room = self._view[self._fill : self._fill + remaining]  # never empty: a full block is passed on
+            n = reader.readinto(room)
+            remaining -= n
+            self._advance(n)
+        if tail := info.size % tarfile.BLOCKSIZE:
+            self._write(_NUL_BLOCK[tail:])
+
+    def expect(self, size: int) -> None:
+        """Tell the deflater how many file bytes are coming (whether its threads would pay off)."""
+        self._deflater.expected_size = size
+
+    def close(self) -> None:
+        """The two end-of-archive blocks, zeros up to a whole 10 KiB record, and the last block to the deflater."""
+        self._write(_NUL_BLOCK * 2)
+        if tail := self.offset % tarfile.RECORDSIZE:
+            self._write(bytes(tarfile.RECORDSIZE - tail))
+        if self._fill:
+            self._deflater.put_block(self._block, self._fill)
+        self._fill = 0
+
+    def _write(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            take = min(end - pos, _BLOCK_SIZE - self._fill)
+            self._view[self._fill : self._fill + take] = data[pos : pos + take]
+            pos += take
+            self._advance(take)
+
+    def _advance(self, n: int) -> None:
+        self._fill += n
+        self.offset += n
+        if self._fill == _BLOCK_SIZE:
+            self._deflater.put_block(self._block, _BLOCK_SIZE)
+            self._block = self._deflater.take_block()
+            self._view = memoryview(self._block)
+            self._fill = 0
+
+
+class _Deflater:
+    """Turns the tar stream's blocks into one gzip member written to the sink, in order.
+
+    Block i is deflated on its own with the last 32 KiB of block i-1 as preset dictionary and a sync flush at its
+    end (as isal's igzip_threaded does); the output depends only on the block contents. Threaded (for a source of
+    at least _THREADS_MIN_SIZE, if use_threads() says so at the first full block), the caller fills blocks (reads,
+    source SHA-256), a deflate thread compresses them and hashes the output (SHA-256), and a writer thread takes
+    the part MD5s and writes the file: on random data the three take about 0.8, 1.7 and 1.7 CPU-s/GiB, and hashlib
+    and isal release the GIL. Otherwise all of it runs inline. Blocks come from a fixed pool, which bounds memory
+    and makes the caller wait when the threads fall behind. After an error in a thread, the threads drop their work
+    until stopped, and the next take_block, put_block or finish raises it.
+    """
+
+    def __init__(self, sink: _DigestingWriter, level: int, *, use_threads: Callable[[], bool]) -> None:
+        self._sink = sink
+        # Output room for one block: deflate stores incompressible data with a few bytes per 64 KiB at levels 1-3;
+        # level 0 never stores, and uses at most 15 bits per byte.
+        room = 2 * _BLOCK_SIZE + 500 if level == 0 else _BLOCK_SIZE + max(_BLOCK_SIZE // 10, 500)
+        # isal's block compressor for igzip_threaded (private, but in every isal from 1.6 on): deflate with a preset
+        # dictionary and a sync flush, into a reused buffer, with the CRC32 of the input, outside the GIL.
+        self._compressor = isal_zlib._ParallelCompress(buffersize=room, level=level)
+        self._header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + (b"\x04" if level == 0 else b"\x00") + b"\xff"
+        self._crc = 0
+        self._length = 0
+        self._window = b""  # the dictionary for the next block
+        self._use_threads: Callable[[], bool] | None = use_threads  # asked at the first full block
+        self.expected_size = 0  # source bytes the caller expects to pass; below _THREADS_MIN_SIZE, no threads
+        self._workers: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        self._failed = False
+        self._stopped = False
+        self._blocks = [_take_spare_block()]  # every block this deflater holds
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._to_deflate: queue.SimpleQueue[tuple[bytearray, int, bytes] | None] = queue.SimpleQueue()
+        self._to_write: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_OUTPUTS)
+
+    def start(self) -> None:
+        self._sink.digest(self._header)
+        self._sink.write(self._header)
+
+    def take_block(self) -> bytearray:
+        """An unused block for the caller to fill."""
+        if not self._workers:
+            return self._blocks[0]
+        block = self._free.get()
+        self._check()
+        return block
+
+    def put_block(self, block: bytearray, length: int) -> None:
+        """The next `length` bytes of the stream, in `block`, which is the deflater's until take_block returns it."""
+        data = memoryview(block)[:length]
+        window, self._window = self._window, bytes(data[-_WINDOW:])
+        if not self._workers:
+            if length == _BLOCK_SIZE and self._use_threads and not self._stopped:  # a short block is the last one
+                if self.expected_size >= _THREADS_MIN_SIZE and self._use_threads():
+                    self._start_threads()
+                self._use_threads = None
+            if not self._workers:
+                self._sink.write(self._deflate(data, window))
+                return
+        self._to_deflate.put((block, length, window))
+        self._check()
+
+    def finish(self) -> None:
+        """Wait for every block, then write the deflate tail and the gzip trailer."""
+        self._stop()
+        self._check()
+        tail = _FINAL_BLOCK + struct.pack("<II", self._crc, self._length & 0xFFFFFFFF)
+        self._sink.digest(tail)
+        self._sink.write(tail)
+
+    def abort(self) -> None:
+        """Drop the work still queued and wait for the threads to end (no more writes to the sink after this)."""
+        self._failed = True
+        self._stop()
+
+    def _deflate(self, data: memoryview, window: bytes) -> bytes:
+        compressed, crc = self._compressor.compress_and_crc(data, window)
+        self._crc = isal_zlib.crc32_combine(self._crc, crc, len(data))
+        self._length += len(data)
+        self._sink.digest(compressed)
+        return compressed
+
+    def _start_threads(self) -> None:
+        for _ in range(_BLOCKS - 1):
+            block = _take_spare_block()
+            self._blocks.append(block)
+            self._free.put(block)
+        for target in (self._deflate_loop, self._write_loop):
+            worker = threading.Thread(target=target, name=f"amgmt-{target.__name__[1:-5]}", daemon=True)
+            self._workers.append(worker)  # before start(): _stop() joins every thread that started
+            worker.start()
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._to_deflate.put(None)  # the deflate thread passes it on to the writer thread
+        for worker in self._workers:
+            if worker.ident is not None:
+                worker.join()
+        _return_spare_blocks(self._blocks)  # no thread uses them now
+        self._blocks = []
+
+    def _deflate_loop(self) -> None:
+        while (item := self._to_deflate.get()) is not None:
+            block, length, window = item
+            compressed = b""
+            if not self._failed:
+                try:
+                    compressed = self._deflate(memoryview(block)[:length], window)
+                except BaseException as exc:
+                    self._fail(exc)
+            self._free.put(block)
+            self._to_write.put(compressed)
+        self._to_write.put(None)
+
+    def _write_loop(self) -> None:
+        while (compressed := self._to_write.get()) is not None:
+            if self._failed:
+                continue
+            try:
+                self._sink.write(compressed)
+            except BaseException as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._failed = True
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+# Blocks kept between calls (a worker process compresses one entry after another): a fresh 1 MiB block costs
+# ~0.5 ms of page faults, more than compressing a small file.
+_spare_blocks: list[bytearray] = []
+_spare_lock = threading.Lock()
+
+
+def _take_spare_block() -> bytearray:
+    with _spare_lock:
+        if _spare_blocks and len(_spare_blocks[-1]) == _BLOCK_SIZE:
+            return _spare_blocks.pop()
+    return bytearray(_BLOCK_SIZE)
+
+
+def _return_spare_blocks(blocks: list[bytearray]) -> None:
+    with _spare_lock:
+        room = _BLOCKS - len(_spare_blocks)
+        _spare_blocks.extend(block for block in blocks[:room] if len(block) == _BLOCK_SIZE)
 
 
 class _DigestingWriter:
-    """The file object gzip writes to: hashes the archive and splits MD5s at part boundaries as bytes pass."""
+    """Where the archive goes: hashes it and splits MD5s at part boundaries as bytes pass, and writes it."""
 
-    def __init__(self, out: io.BufferedWriter, part_size: int, archive_path: str, entry: str) -> None:
-        self._out: io.BufferedWriter | None = out
+    def __init__(self, out: io.RawIOBase, part_size: int, archive_path: str, entry: str) -> None:
+        self._out: io.RawIOBase | None = out
         self._archive_path = archive_path
         self._entry = entry
         self._part_size = part_size
@@ -293,19 +562,34 @@ class _DigestingWriter:
         self._md5s: list[str] = []
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self._flushed = 0  # bytes handed to _start_writeback
+
+    def digest(self, data: bytes) -> None:
+        """Add to the archive's SHA-256: every byte, in order (apart from write: on another thread)."""
+        self.sha256.update(data)
 
     def write(self, data: bytes) -> int:
+        """Add to the part MD5s and write to the file."""
         n = len(data)
         if n <= self._room:  # the usual case: the chunk stays inside the current part
             self._md5.update(data)
             self._room -= n
         else:
             self._split(data)
-        self.sha256.update(data)
         self.size += n
-        if self._out is not None:
+        out = self._out
+        if out is not None:
             try:
-                self._out.write(data)
+                view = memoryview(data)
+                written = 0
+                while written < n:  # a raw file may take less than all
+                    step = out.write(view[written:])
+                    if not step:
+                        raise OSError(errno.EIO, "the archive file took no bytes")
+                    written += step
+                if self.size - self._flushed >= _WRITEBACK_STEP:
+                    _start_writeback(out.fileno(), self._flushed, self.size - self._flushed)
+                    self._flushed = self.size
             except OSError as exc:
                 raise _write_error(exc, self._archive_path, self._entry) from exc
         return n
@@ -322,9 +606,6 @@ class _DigestingWriter:
             self._md5.update(view[pos : pos + take])
             self._room -= take
             pos += take
-
-    def flush(self) -> None:
-        pass  # the file is flushed and fsynced once, by finish()
 
     @property
     def part_md5s(self) -> tuple[str, ...]:
@@ -343,8 +624,28 @@ class _DigestingWriter:
             raise _write_error(exc, self._archive_path, self._entry) from exc
 
     def discard(self) -> None:
-        """Drop all later writes (the failure path closes gzip, whose trailer must not hit a full disk again)."""
+        """Drop all later writes."""
         self._out = None
+
+
+def _writeback_function() -> Callable[[int, int, int], object]:
+    """Linux's sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE), or a no-op where there is none.
+
+    It starts writing those dirty pages out without waiting, so the final fsync finds little left to do (for a 512
+    MiB archive it took ~200 ms of wall time otherwise); the fsync still guarantees durability.
+    """
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (ImportError, OSError, AttributeError):
+        return lambda fd, offset, length: None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return lambda fd, offset, length: function(fd, offset, length, 2)  # 2: SYNC_FILE_RANGE_WRITE; errors ignored
+
+
+_start_writeback = _writeback_function()
 
 
 def _show(path: str) -> str:

@@ -13,6 +13,9 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -290,17 +293,17 @@ def test_source_that_is_not_a_file_or_directory_fails(tmp_path: Path, kind: str)
 
 def patch_first_read(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: ignore[no-untyped-def]
     """Run `action(path)` on the real file just after compress_entry's first read of it."""
-    original = archive._DigestingReader.read
+    original = archive._DigestingReader.readinto
     done: set[str] = set()
 
-    def read(self: archive._DigestingReader, size: int = -1) -> bytes:
-        data = original(self, size)
+    def readinto(self: archive._DigestingReader, view: memoryview) -> int:
+        n = original(self, view)
         if self._path not in done:
             done.add(self._path)
             action(self._path)
-        return data
+        return n
 
-    monkeypatch.setattr(archive._DigestingReader, "read", read)
+    monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
 
 
 def append(path: str) -> None:
@@ -443,3 +446,276 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         compress(source, tmp_path, level=4)
     with pytest.raises(ValueError, match="part_size"):
         compress(source, tmp_path, part_size=0)
+
+
+# Multi-block archives: the tar stream is deflated in blocks of archive._BLOCK_SIZE (1 MiB); the tests shrink the
+# blocks so that small sources span many, and run with and without the helper threads.
+BLOCK = 64 * KiB
+
+
+@dataclass
+class Blocks:
+    threaded: bool  # helper threads allowed
+    starts: list[None]  # one item per start of the helper threads
+
+    def check(self, *, long_enough: bool = True) -> None:
+        """The helper threads ran if allowed and the source was long enough, and are gone."""
+        assert bool(self.starts) == (self.threaded and long_enough)
+        assert helper_threads() == []
+
+
+@pytest.fixture(params=["threaded", "inline"])
+def small_blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Blocks:
+    """64 KiB blocks, and helper threads for sources of 2 blocks or more, or none."""
+    monkeypatch.setattr(archive, "_BLOCK_SIZE", BLOCK)
+    monkeypatch.setattr(archive, "_THREADS_MIN_SIZE", 2 * BLOCK)
+    monkeypatch.setattr(archive, "_usable_cpus", lambda: 2)  # threads even on a one-CPU test machine
+    monkeypatch.setattr(archive, "_HELPER_THREADS", request.param == "threaded")
+    blocks = Blocks(request.param == "threaded", [])
+    start_threads = archive._Deflater._start_threads
+    monkeypatch.setattr(archive._Deflater, "_start_threads", lambda self: blocks.starts.append(start_threads(self)))
+    return blocks
+
+
+def mixed_data(size: int, seed: int = 0) -> bytes:
+    """Compressible text interleaved with random runs: both kinds of deflate block, within every block."""
+    text = b"".join(b"frame %d of the media file, seed %d\n" % (i, seed) for i in range(size // 30 + 1))
+    noise = os.urandom(size)
+    out = bytearray()
+    while len(out) < size:
+        out += text[len(out) : len(out) + 7000] + noise[len(out) : len(out) + 3000]
+    return bytes(out[:size])
+
+
+def helper_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("amgmt-")]
+
+
+def tarfile_stream(root: Path) -> bytes:
+    """The tar stream tarfile.addfile itself writes for the same members (what compress_entry must reproduce)."""
+    buf = io.BytesIO()
+    with tarfile.TarFile(
+        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        if root.is_dir():
+            members = archive._walk(str(root), root.name, [], entry=str(root))
+        else:
+            members = [(b"", root.name, str(root), os.lstat(root))]
+        for _key, member, path, st in sorted(members, key=lambda m: m[0]):
+            if stat.S_ISDIR(st.st_mode):
+                tar.addfile(archive._tarinfo(member, st, tarfile.DIRTYPE))
+            elif stat.S_ISLNK(st.st_mode):
+                info = archive._tarinfo(member, st, tarfile.SYMTYPE)
+                info.linkname = os.readlink(path)
+                tar.addfile(info)
+            else:
+                info = archive._tarinfo(member, st, tarfile.REGTYPE)
+                info.size = st.st_size
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def test_tar_stream_is_what_tarfile_writes(tmp_path: Path) -> None:
+    source = make_media(tmp_path)
+    make_file(source / "big.bin", mixed_data(3 * 1024 * KiB + 123))
+    make_file(source / "pax" / ("ü" * 60 + ".txt"), b"a name that needs a PAX header")
+
+    result = compress(source, tmp_path)
+    single = compress(source / "big.bin", tmp_path, name="single")
+
+    assert gzip.decompress(Path(result.archive_path).read_bytes()) == tarfile_stream(source)
+    assert gzip.decompress(Path(single.archive_path).read_bytes()) == tarfile_stream(source / "big.bin")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_threads_do_not_change_the_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: int) -> None:
+    monkeypatch.setattr(archive, "_BLOCK_SIZE", BLOCK)
+    monkeypatch.setattr(archive, "_THREADS_MIN_SIZE", 2 * BLOCK)
+    monkeypatch.setattr(archive, "_usable_cpus", lambda: 2)
+    source = make_file(tmp_path / "src" / "clip.mov", mixed_data(20 * BLOCK + 777))
+    started = []
+    start_threads = archive._Deflater._start_threads
+    monkeypatch.setattr(archive._Deflater, "_start_threads", lambda self: started.append(start_threads(self)))
+    results = {}
+    for threaded in (True, False):
+        monkeypatch.setattr(archive, "_HELPER_THREADS", threaded)
+        results[threaded] = compress(source, tmp_path, name=f"t{threaded}", level=level)
+        assert len(started) == 1  # the threaded run started them, the inline one did not
+
+    data = Path(results[True].archive_path).read_bytes()
+    assert data == Path(results[False].archive_path).read_bytes()
+    assert results[True] == ArchiveResult(**{**results[False].__dict__, "archive_path": results[True].archive_path})
+    assert gzip.decompress(data) == tarfile_stream(source)
+
+
+RECORD = tarfile.RECORDSIZE
+
+
+# Tar stream lengths (whole 10 KiB records): one short block; ending on a block boundary (5 blocks = 32 records);
+# a last block nearly full; a last block of one record, and of 2 KiB (shorter than deflate's 32 KiB window).
+@pytest.mark.parametrize("tar_size", [RECORD, 5 * BLOCK, 5 * BLOCK - RECORD, 5 * BLOCK + RECORD, 45 * RECORD])
+@pytest.mark.parametrize("slack", [1536, 10239])
+def test_streams_ending_near_a_block_boundary(tmp_path: Path, small_blocks: Blocks, tar_size: int, slack: int) -> None:
+    # A file of n bytes makes a tar stream of 512 + n rounded up to 512, + 1024, rounded up to 10240: with
+    # n = tar_size - slack for slack from 1536 to 10239 (to 11775 but for the first record), exactly tar_size.
+    size = tar_size - slack
+    data = mixed_data(size, seed=size)
+    source = make_file(tmp_path / "src" / "a.bin", data)
+
+    result = compress(source, tmp_path, part_size=5 * KiB + 3)
+
+    archive_bytes = Path(result.archive_path).read_bytes()
+    with gzip.open(result.archive_path) as f:
+        tar_bytes = f.read()  # checks the CRC and length in the trailer
+    assert len(tar_bytes) == tar_size
+    assert tar_bytes == tarfile_stream(source)
+    raw = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert raw.decompress(archive_bytes[10:]) == tar_bytes
+    assert raw.unused_data == archive_bytes[-8:]  # one deflate stream, then the trailer: no second gzip member
+    assert result.archive_sha256 == hashlib.sha256(archive_bytes).hexdigest()
+    slices = [archive_bytes[i : i + result.part_size] for i in range(0, len(archive_bytes), result.part_size)]
+    assert list(result.part_md5s) == [hashlib.md5(s).hexdigest() for s in slices]
+    assert result.source_sha256 == hashlib.sha256(data).hexdigest()
+    small_blocks.check(long_enough=tar_size > BLOCK)
+
+
+def test_multi_block_directory_round_trip(tmp_path: Path, small_blocks: Blocks) -> None:
+    source = make_media(tmp_path)
+    for i in range(12):
+        make_file(source / "logs" / f"{i:02d}.log", mixed_data(i * 9 * KiB + 5, seed=i))
+
+    result = compress(source, tmp_path)
+    again = compress(source, tmp_path, name="again")
+
+    assert Path(result.archive_path).read_bytes() == Path(again.archive_path).read_bytes()
+    dest = extract(result, tmp_path / "dest")
+    assert snapshot(dest / "album") == snapshot(source)
+    assert result.source_sha256 == expected_manifest_sha256(dest / "album")
+    if shutil.which("gzip"):
+        subprocess.run(["gzip", "-t", result.archive_path], check=True)
+    small_blocks.check()
+
+
+def test_file_changing_mid_stream_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks) -> None:
+    source = make_file(tmp_path / "src" / "clip.mov", mixed_data(30 * BLOCK))
+    original = archive._DigestingReader.readinto
+    reads = 0
+
+    def readinto(self: archive._DigestingReader, view: memoryview) -> int:
+        nonlocal reads
+        reads += 1
+        if reads == 10:
+            os.truncate(self._path, 5 * BLOCK)
+        return original(self, view)
+
+    monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
+
+    with pytest.raises(CompressionError, match="changed while being compressed"):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+    small_blocks.check()
+
+
+def test_keyboard_interrupt_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks) -> None:
+    source = make_file(tmp_path / "src" / "clip.mov", mixed_data(30 * BLOCK))
+    original = archive._DigestingReader.readinto
+    reads = 0
+
+    def readinto(self: archive._DigestingReader, view: memoryview) -> int:
+        nonlocal reads
+        reads += 1
+        if reads == 12:
+            raise KeyboardInterrupt
+        return original(self, view)
+
+    monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
+
+    with pytest.raises(KeyboardInterrupt):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+    small_blocks.check()
+
+
+def test_full_disk_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks) -> None:
+    real_open = open
+
+    class FillsUp(io.FileIO):
+        written = 0
+
+        def write(self, b: object) -> int:
+            if FillsUp.written > 4 * BLOCK:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            n = super().write(b)  # type: ignore[arg-type]
+            FillsUp.written += n or 0
+            return n  # type: ignore[return-value]
+
+    def open_filling(file, mode="r", buffering=-1, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if mode == "wb":
+            return FillsUp(file, "wb")
+        return real_open(file, mode, buffering, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "open", open_filling, raising=False)
+    source = make_file(tmp_path / "src" / "a.bin", os.urandom(40 * BLOCK))
+
+    with pytest.raises(CompressionError, match="no space left on device in staging dir"):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+    small_blocks.check()
+
+
+def test_deflate_error_is_raised_in_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks
+) -> None:
+    original = archive._Deflater._deflate
+    calls = 0
+
+    def deflate(self: archive._Deflater, data: memoryview, window: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise MemoryError("no room for a block")
+        return original(self, data, window)
+
+    monkeypatch.setattr(archive._Deflater, "_deflate", deflate)
+    source = make_file(tmp_path / "src" / "a.bin", mixed_data(25 * BLOCK))
+
+    with pytest.raises(MemoryError, match="no room for a block"):
+        compress(source, tmp_path)
+    assert_no_leftovers(tmp_path)
+    small_blocks.check()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "siblings", "size", "threads"),
+    [(1, [], 5, False), (2, [], 5, True), (2, [], 3, False), (2, ["other.tar.gz.partial"], 5, False),
+     (2, ["stale.tar.gz.partial"], 5, True), (2, ["done.tar.gz"], 5, True),
+     (4, ["a.tar.gz.partial", "b.tar.gz.partial"], 5, True),
+     (4, ["a.tar.gz.partial", "b.tar.gz.partial", "c.tar.gz.partial"], 5, False)],
+)
+@pytest.mark.parametrize("as_directory", [False, True])
+def test_helper_threads_only_with_a_cpu_to_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, siblings: list[str], size: int, threads: bool,
+    as_directory: bool,
+) -> None:
+    monkeypatch.setattr(archive, "_BLOCK_SIZE", BLOCK)
+    monkeypatch.setattr(archive, "_THREADS_MIN_SIZE", 4 * BLOCK)  # sources of 3 blocks stay inline
+    monkeypatch.setattr(archive, "_usable_cpus", lambda: cpus)
+    for name in siblings:  # other compressions in the same staging dir; a stale one was left by a killed worker
+        sibling = make_file(tmp_path / "staging" / name, b"partial")
+        if name.startswith("stale"):
+            os.utime(sibling, (1, 1))
+    started = []
+    start_threads = archive._Deflater._start_threads
+    monkeypatch.setattr(archive._Deflater, "_start_threads", lambda self: started.append(start_threads(self)))
+    if as_directory:
+        source = tmp_path / "src" / "dir"
+        for i in range(size):
+            make_file(source / f"{i}.bin", mixed_data(BLOCK, seed=i))
+    else:
+        source = make_file(tmp_path / "src" / "a.bin", mixed_data(size * BLOCK))
+
+    result = compress(source, tmp_path)
+
+    assert len(started) == threads
+    assert gzip.decompress(Path(result.archive_path).read_bytes()) == tarfile_stream(source)
