@@ -143,7 +143,7 @@ _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 @dataclass(frozen=True)
 class RestoreState:
-    """An archived object's restore, from the `x-amz-restore` header of a HEAD."""
+    """An archived object's restore, from the `x-amz-restore` header of a HEAD or a listing's RestoreStatus."""
 
     ongoing: bool  # True while the copy is being made; False once it is readable
     expiry: datetime | None = None  # when the readable copy goes away again
@@ -416,8 +416,7 @@ class S3Bucket:
             with translate_errors("HEAD", bucket=self.bucket, key=key):
                 resp = await self._client.head_object(Bucket=self.bucket, Key=key)
         except UploadError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and _error_code(cause)[0] in _NOT_FOUND_CODES:
+            if _is_not_found(exc):
                 return None
             raise
         return ObjectHead(
@@ -439,8 +438,7 @@ class S3Bucket:
             with translate_errors("HEAD part 1 of", bucket=self.bucket, key=key):
                 resp = await self._client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
         except UploadError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and _error_code(cause)[0] in _NOT_FOUND_CODES:
+            if _is_not_found(exc):
                 return None
             raise
         parts = resp.get("PartsCount")
@@ -453,10 +451,18 @@ class S3Bucket:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={offset}-{offset + length - 1}"}
         if if_match:
             kwargs["IfMatch"] = f'"{if_match}"'
-        with translate_errors("GET", bucket=self.bucket, key=key):
-            resp = await self._client.get_object(**kwargs)
-            async with resp["Body"] as body:
-                data = await body.read()
+        try:
+            with translate_errors("GET", bucket=self.bucket, key=key):
+                resp = await self._client.get_object(**kwargs)
+                async with resp["Body"] as body:
+                    data = await body.read()
+        except UploadError as exc:
+            cause = exc.__cause__
+            if if_match and isinstance(cause, ClientError) and _error_code(cause)[1] == 412:
+                raise VerificationError(
+                    f"s3://{self.bucket}/{key} changed during the download (its ETag is no longer {if_match})"
+                ) from cause
+            raise
         if len(data) != length:
             error = UploadError(
                 f"GET s3://{self.bucket}/{key} returned {len(data)} bytes for a range of {length} at {offset}"
@@ -489,6 +495,48 @@ class S3Bucket:
         """Delete the object (on a versioned bucket: add a delete marker). S3 answers success for a missing key."""
         with translate_errors("DELETE", bucket=self.bucket, key=key):
             await self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def list_objects(
+        self, prefix: str = "", *, limit: int | None = None, page_size: int = LIST_PAGE_SIZE
+    ) -> list[ObjectHead]:
+        """The objects under `prefix` in key order (at most `limit`), one ListObjectsV2 page after another: never a
+        request per object, so `metadata` and `content_type` stay empty.
+
+        The restore state comes with the listing where the server offers it (AWS: OptionalObjectAttributes
+        RestoreStatus); a server that refuses that attribute is asked again without it. moto and radosgw ignore
+        it, so their objects carry no restore state. Any failure stops the listing (StorageError).
+        """
+        if not 1 <= page_size <= LIST_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{LIST_PAGE_SIZE}, not {page_size}")
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxKeys": page_size,
+            "OptionalObjectAttributes": ["RestoreStatus"],
+        }
+        try:
+            resp = await self._list_page(kwargs)
+        except StorageError as exc:
+            if not _refused_optional_attributes(exc.__cause__):
+                raise
+            del kwargs["OptionalObjectAttributes"]
+            resp = await self._list_page(kwargs)
+        found: list[ObjectHead] = []
+        while True:
+            found.extend(_listed_object(item) for item in resp.get("Contents", []))
+            token = resp.get("NextContinuationToken")
+            if (limit is not None and len(found) >= limit) or not resp.get("IsTruncated") or not token:
+                return found if limit is None else found[:limit]
+            kwargs["ContinuationToken"] = token
+            resp = await self._list_page(kwargs)
+
+    async def _list_page(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with translate_errors("list objects in", bucket=self.bucket):
+                return await self._client.list_objects_v2(**kwargs)  # type: ignore[no-any-return]
+        except UploadError as exc:
+            # Nothing of a listing can be skipped and go on: whatever stopped it stops the command.
+            raise StorageError(str(exc)) from exc.__cause__
 
     # -- uploads -----------------------------------------------------------------------------------------------
 
@@ -730,19 +778,18 @@ def _refused_optional_attributes(exc: BaseException | None) -> bool:
     return False
 
 
-def _listed_object(item: Mapping[str, Any]) -> ListedObject:
-    restore = item.get("RestoreStatus")
-    return ListedObject(
+def _listed_object(item: Mapping[str, Any]) -> ObjectHead:
+    status = item.get("RestoreStatus")
+    restore = None
+    if status:
+        restore = RestoreState(ongoing=bool(status.get("IsRestoreInProgress")), expiry=status.get("RestoreExpiryDate"))
+    return ObjectHead(
         key=item["Key"],
         size=int(item.get("Size", 0)),
+        etag=normalise_etag(item.get("ETag")),
         storage_class=item.get("StorageClass") or "STANDARD",
         last_modified=item.get("LastModified"),
-        etag=normalise_etag(item.get("ETag")),
-        restore=RestoreStatus(
-            in_progress=bool(restore.get("IsRestoreInProgress")), expires=restore.get("RestoreExpiryDate")
-        )
-        if restore
-        else None,
+        restore=restore,
     )
 
 

@@ -333,7 +333,7 @@ _DEFAULTS: dict[str, object] = {
     "completed_enabled": True,
     "part_size": 8 * MiB,
     "multipart_threshold": 8 * MiB,
-    "parts_in_flight": 16,
+    "parts_in_flight": 8,
     "checksum_mode": "auto",
     "compression_level": 1,
     "profile": None,

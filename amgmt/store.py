@@ -143,6 +143,27 @@ class JournaledUpload:
     part_size: int
     part_count: int
     parts: tuple[JournaledPart, ...] = ()
+
+
+@dataclass(frozen=True)
+class UploadSummary:
+    """The columns of one upload that listings and statistics need, without its FileRecords."""
+
+    operation_id: str
+    target_name: str
+    target_path: str
+    status: str
+    stage: str | None
+    started_at: datetime
+    duration_seconds: float | None
+    original_size: int | None
+    compressed_size: int | None
+    s3_bucket: str | None
+    s3_object_key: str | None
+    error_message: str | None
+    source_modified_at: datetime | None  # the source's mtime when it was uploaded (its FileRecord's modified_at)
+
+
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
 
 _OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
@@ -351,6 +372,81 @@ class MetadataStore:
                 [bucket, key],
             )
         return [_as_upload(r) for r in found]
+
+    async def upload_summaries(
+        self,
+        *,
+        bucket: str | None = None,
+        key_prefix: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UploadSummary]:
+        """Every upload, oldest first (by started_at), to `bucket` (any when None) under `key_prefix`, started in
+        [since, until); one query of a dozen columns, so that tens of thousands of uploads stay cheap."""
+        clauses = ["o.operation_type = 'upload'"]
+        params: list[Any] = []
+        if bucket is not None:
+            clauses.append("o.s3_bucket = ?")
+            params.append(bucket)
+        if key_prefix:
+            clauses.append("substr(o.s3_object_key, 1, ?) = ?")
+            params += [len(key_prefix), key_prefix]
+        if since is not None:
+            clauses.append("o.started_at >= ?")
+            params.append(_utc_iso(since))
+        if until is not None:
+            clauses.append("o.started_at < ?")
+            params.append(_utc_iso(until))
+        columns = ", ".join(f"o.{f.name}" for f in dataclasses.fields(UploadSummary) if f.name != "source_modified_at")
+        sql = (
+            f"SELECT {columns}, f.modified_at AS source_modified_at FROM operations AS o"
+            " LEFT JOIN file_records AS f ON f.operation_id = o.operation_id AND f.role = 'source'"
+            f" WHERE {' AND '.join(clauses)} ORDER BY o.started_at, o.rowid"
+        )
+        db = self._require_open()
+        async with self._lock, self._transaction(db, "summarise uploads"):
+            rows = await db.execute_fetchall(sql, params)
+        try:
+            return [
+                UploadSummary(
+                    **{
+                        **dict(r),
+                        "started_at": datetime.fromisoformat(r["started_at"]),
+                        "source_modified_at": _decode_time(r["source_modified_at"]),
+                    }
+                )
+                for r in rows
+            ]
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"metadata database {self.path}: an upload has an unreadable row: {exc}") from exc
+
+    async def find_uploads_by_name(self, *, bucket: str, name: str) -> list[UploadRecord]:
+        """Every upload (any status) of an entry with this exact target name to this bucket, newest first."""
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"look up uploads of {name}"):
+            found = await self._select(
+                db,
+                f"WHERE operation_type = 'upload' AND s3_bucket = ? AND target_name = ? {_NEWEST_FIRST}",
+                [bucket, name],
+            )
+        return [_as_upload(r) for r in found]
+
+    async def find_operations_on(
+        self, *, bucket: str, key: str, target_path: str | None = None, target_name: str | None = None
+    ) -> list[OperationRecord]:
+        """Every operation (any type and status) on one object, newest first: uploads to bucket/key, and operations
+        whose target path is `target_path` or whose target name is `target_name` (when given)."""
+        clauses = ["(s3_bucket = ? AND s3_object_key = ?)"]
+        params: list[Any] = [bucket, key]
+        if target_path is not None:
+            clauses.append("target_path = ?")
+            params.append(target_path)
+        if target_name is not None:
+            clauses.append("target_name = ?")
+            params.append(target_name)
+        db = self._require_open()
+        async with self._lock, self._transaction(db, f"look up operations on s3://{bucket}/{key}"):
+            return await self._select(db, f"WHERE {' OR '.join(clauses)} {_NEWEST_FIRST}", params)
 
     # -- the multipart journal -------------------------------------------------------------------------------
 
@@ -585,6 +681,10 @@ def _utc_iso(value: datetime) -> str:
         raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: use an aware (UTC) datetime")
     # Fixed width (always microseconds, always +00:00), so that comparing the text compares the times.
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _decode_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
 
 
 def _fold(value: Any) -> str | None:

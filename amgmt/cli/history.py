@@ -1,7 +1,10 @@
-"""`amgmt history` and `amgmt show ID`: what the metadata store knows."""
+"""`amgmt history` (table, CSV or JSON) and `amgmt show ID`: what the metadata store knows."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -11,7 +14,7 @@ import asyncclick as click
 from amgmt.cli import settings_from, settings_options
 from amgmt.cli.render import human_duration, human_size, local_time, table, to_json
 from amgmt.errors import ConfigError, NotFoundError
-from amgmt.models import FileRole, OperationRecord, OperationStatus, UploadRecord
+from amgmt.models import UPLOAD_FIELDS, FileRole, Location, OperationRecord, OperationStatus, UploadRecord
 from amgmt.store import MetadataStore
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -33,7 +36,7 @@ def parse_when(text: str, *, option: str, now: datetime | None = None) -> dateti
     return value.astimezone(timezone.utc)
 
 
-async def _open_store(kwargs: dict[str, Any]) -> MetadataStore:
+async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
     settings = settings_from(kwargs, require_bucket=False)
     if not settings.db_path.exists():
         raise NotFoundError(f"no metadata database at {settings.db_path} (nothing uploaded from here yet?)")
@@ -45,6 +48,9 @@ def _ratio(record: OperationRecord) -> str:
     return f"{ratio:.2f}" if ratio else "-"
 
 
+FORMATS = ("table", "csv", "json")
+
+
 @click.command("history")
 @settings_options
 @click.option("--status", type=click.Choice([s.value for s in OperationStatus]), default=None, help="Only this status.")
@@ -52,21 +58,43 @@ def _ratio(record: OperationRecord) -> str:
 @click.option("--since", type=str, default=None, help="Started at or after: 2026-11-25, 2026-11-25T10:00, 2h, 7d.")
 @click.option("--until", type=str, default=None, help="Started before (same forms as --since).")
 @click.option("--target", type=str, default=None, help="Target name or path contains this (case-insensitive).")
+@click.option("--location", type=click.Choice([loc.value for loc in Location]), default=None,
+              help="Only operations with a file record there: local (the source), s3 (an object), completed (moved).")
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most this many; 0 = all.")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of operations with the UploadRecord field names.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default=None,
+              help="table (default), csv (a header of UploadRecord field names, one row per operation) or json.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json: a list of records with the UploadRecord field names.")
 async def history(status: str | None, operation_type: str | None, since: str | None, until: str | None,
-                  target: str | None, limit: int, as_json: bool, **kwargs: Any) -> None:
-    """Past operations, newest first: what was uploaded, where, when, how big, whether it verified."""
+                  target: str | None, location: str | None, limit: int, output_format: str | None, as_json: bool,
+                  **kwargs: Any) -> None:
+    """Past operations, newest first: what was uploaded, where, when, how big, whether it verified.
+
+    `--format csv` and `--format json` export the same records (without the four FileRecords, which `show` has);
+    they obey the filters and `-n` like the table, so `-n 0` exports everything. When more operations match than
+    `-n` lets through, a note on stderr says so.
+    """
+    if as_json and output_format not in (None, "json"):
+        raise ConfigError(f"--json and --format {output_format} contradict each other: give one of them")
+    output_format = "json" if as_json else output_format or "table"
     after = parse_when(since, option="--since") if since else None
     before = parse_when(until, option="--until") if until else None
-    async with await _open_store(kwargs) as store:
+    async with await open_store(kwargs) as store:
+        # One more than asked for, to tell the user when the limit cut the list.
         records = await store.list_operations(status=status, operation_type=operation_type, since=after,
-                                              until=before, target=target, limit=limit or None)
-    if as_json:
+                                              until=before, target=target, location=location,
+                                              limit=limit + 1 if limit else None)
+    if limit and len(records) > limit:
+        records = records[:limit]
+        click.echo(f"amgmt: showing the newest {limit} matching operations; -n 0 for all", err=True)
+    if output_format == "json":
         click.echo(to_json([_flat(r) for r in records]))
         return
+    if output_format == "csv":
+        click.echo(history_csv(records), nl=False)
+        return
     if not records:
-        click.echo("no operations recorded" + (" matching these filters" if any((status, operation_type, since, until, target)) else ""))
+        filtered = any((status, operation_type, since, until, target, location))
+        click.echo("no operations recorded" + (" matching these filters" if filtered else ""))
         return
     rows = []
     for r in records:
@@ -78,6 +106,26 @@ async def history(status: str | None, operation_type: str | None, since: str | N
                      human_duration(r.duration_seconds), size, packed, _ratio(r), key, note))
     click.echo(table(["ID", "TYPE", "TARGET", "STATUS", "STARTED", "TOOK", "SIZE", "PACKED", "RATIO", "KEY", "NOTE"],
                      rows, max_width=40))
+
+
+def history_csv(records: list[OperationRecord]) -> str:
+    """One row per operation under a header of the UploadRecord field names (those of `--json`); `metadata` and
+    `command_args` as JSON text, no value as an empty cell. Other operation types leave the upload columns empty."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=UPLOAD_FIELDS, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        row = _flat(record)
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
 
 
 def _flat(record: OperationRecord) -> dict[str, Any]:
@@ -94,7 +142,7 @@ def _flat(record: OperationRecord) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="The whole UploadRecord with its four FileRecords as JSON.")
 async def show(operation_id: str, as_json: bool, **kwargs: Any) -> None:
     """One operation in full. OPERATION_ID may be a unique prefix of the id (at least 4 characters)."""
-    async with await _open_store(kwargs) as store:
+    async with await open_store(kwargs) as store:
         record = await store.get_operation(operation_id)
     if as_json:
         click.echo(to_json(record.to_dict()))

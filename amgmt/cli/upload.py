@@ -8,7 +8,7 @@ from typing import Any
 import asyncclick as click
 
 from amgmt.batch import BatchReport, list_entries, plan, resolve_names, upload_batch
-from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
+from amgmt.cli import EXIT_CODES_HELP, complete_entry_names, settings_from, settings_options
 from amgmt.cli.render import human_duration, human_size, one_line, table, to_json
 from amgmt.errors import ConfigError
 from amgmt.naming import display
@@ -39,7 +39,7 @@ def summary_text(report: BatchReport) -> str:
 
 
 @click.command("upload", epilog=EXIT_CODES_HELP)
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_entry_names)
 @settings_options
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")

@@ -68,7 +68,7 @@ def test_defaults(sandbox: Env) -> None:
     assert settings.completed_enabled is True
     assert settings.duplicate_handling == "timestamp"
     assert settings.endpoint_url is None and settings.storage_class is None
-    assert settings.concurrency == 8 and settings.parts_in_flight == 16
+    assert settings.concurrency == 8 and settings.parts_in_flight == 8
     assert settings.part_size == 8 * MiB and settings.multipart_threshold == 8 * MiB
     assert settings.checksum_mode == "when_supported"
     assert settings.addressing_style == "auto"

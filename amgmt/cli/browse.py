@@ -1,0 +1,155 @@
+"""`amgmt ls`, `amgmt search KEYWORD` and `amgmt stats`: what is where, and what the uploads added up to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncclick as click
+
+from amgmt.cli import settings_from, settings_options
+from amgmt.cli.history import open_store, parse_when
+from amgmt.cli.render import human_duration, human_size, local_time, one_line, table, to_json
+from amgmt.listing import Listing, LocalEntry, RestoreState, Scope, build_listing, search as search_listing
+from amgmt.stats import UploadStatistics, upload_statistics
+
+_SCOPES = click.Choice([s.value for s in Scope])
+
+
+def _restore_text(state: str | None, expires: Any) -> str:
+    if state is None:
+        return "-"
+    if state == RestoreState.RESTORED and expires is not None:
+        return f"restored until {local_time(expires)}"
+    return str(state)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+def _upload_text(entry: LocalEntry) -> str:
+    if entry.upload_status is None:
+        return "never"
+    return f"{entry.upload_status}, changed since" if entry.changed_since else entry.upload_status
+
+
+def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
+    """The local table and the bucket table (whichever were listed), each under a one-line heading."""
+    matching = f" matching {one_line(keyword)!r}" if keyword is not None else ""
+    blocks: list[str] = []
+    if listing.local is not None:
+        total = sum(e.size for e in listing.local)
+        heading = f"local dir {one_line(listing.local_dir)}: {_count(len(listing.local), 'entry')}{matching}"
+        lines = [heading + (f", {human_size(total)}" if listing.local else "")]
+        if listing.local:
+            rows = [
+                (e.name, "dir" if e.is_directory else "file", human_size(e.size), _upload_text(e),
+                 local_time(e.last_attempt), "-" if e.in_s3 is None else "yes" if e.in_s3 else "no")
+                for e in listing.local
+            ]
+            lines.append(table(["NAME", "KIND", "SIZE", "UPLOAD", "TRIED", "IN S3"], rows, max_width=60))
+        lines += [f"ignored: {one_line(note)}" for note in listing.ignored]
+        blocks.append("\n".join(lines))
+    if listing.objects is not None:
+        total = sum(o.size for o in listing.objects)
+        where = f"s3://{listing.bucket}/{listing.prefix}"
+        heading = f"{one_line(where)}: {_count(len(listing.objects), 'object')}{matching}"
+        lines = [heading + (f", {human_size(total)}" if listing.objects else "")]
+        if listing.objects:
+            rows = [
+                (o.key, human_size(o.size), o.storage_class, _restore_text(o.restore, o.restore_expires),
+                 local_time(o.last_modified), o.operation_id[:8] if o.operation_id else "-")
+                for o in listing.objects
+            ]
+            lines.append(table(["KEY", "SIZE", "CLASS", "RESTORE", "MODIFIED", "UPLOAD"], rows, max_width=60))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+@click.command("ls")
+@click.argument("scope", type=_SCOPES, default=Scope.ALL.value, required=False)
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="The listing as JSON: `local` and `objects` lists.")
+async def ls(scope: str, as_json: bool, **kwargs: Any) -> None:
+    """List the local entries with their last upload, and the objects under the prefix.
+
+    SCOPE is `local` (the local dir only; needs no bucket), `s3` (the objects under MGMT_OBJECT_PREFIX/) or `all`
+    (the default). Local entries are what `upload all` would take, with the status of their newest upload to their
+    key; objects come from a paginated listing (no request per object), with their storage class, restore state
+    and the upload recorded here that made them.
+    """
+    settings = settings_from(kwargs, require_bucket=scope != Scope.LOCAL)
+    listing = await build_listing(settings, Scope(scope))
+    click.echo(to_json(listing.to_dict()) if as_json else render_listing(listing))
+
+
+@click.command("search")
+@click.argument("keyword")
+@click.argument("scope", type=_SCOPES, default=Scope.ALL.value, required=False)
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="The matches as JSON, shaped as `ls --json`.")
+async def search(keyword: str, scope: str, as_json: bool, **kwargs: Any) -> None:
+    """Find local entries and objects whose name contains KEYWORD (case-insensitive).
+
+    It matches the local entry names and the object keys below the prefix (also with their %XX escapes decoded),
+    from the same listing as `ls` (no request per object). SCOPE limits it to `local` or `s3`; default `all`.
+    """
+    settings = settings_from(kwargs, require_bucket=scope != Scope.LOCAL)
+    listing = await search_listing(settings, keyword, Scope(scope))
+    click.echo(to_json(listing.to_dict()) if as_json else render_listing(listing, keyword=keyword))
+
+
+def render_statistics(stats: UploadStatistics) -> str:
+    window = []
+    if stats.since:
+        window.append(f"since {local_time(stats.since)}")
+    if stats.until:
+        window.append(f"until {local_time(stats.until)}")
+    lines = [f"uploads {' '.join(window) or '(all recorded)'}: {stats.operations} operations"]
+    if not stats.operations:
+        return lines[0]
+    counts = ", ".join(f"{status} {n}" for status, n in stats.by_status.items())
+    ratio = f"{stats.compression_ratio:.2f}" if stats.compression_ratio else "-"
+    mean = f"{stats.mean_compression_ratio:.2f}" if stats.mean_compression_ratio else "-"
+    speed = f"{human_size(stats.throughput)}/s" if stats.throughput else "-"
+    lines += [
+        f"  statuses    {counts}",
+        f"  entries     {stats.entries} uploaded: {human_size(stats.original_bytes)} in, "
+        f"{human_size(stats.uploaded_bytes)} to S3",
+        f"  ratio       {ratio} overall, {mean} mean per entry",
+        f"  throughput  {speed} ({human_duration(stats.upload_seconds)} of entry time)",
+    ]
+    for title, periods in (("DAY", stats.per_day), ("WEEK", stats.per_week)):
+        rows = [(p.period, p.entries, human_size(p.original_bytes), human_size(p.uploaded_bytes), p.failures)
+                for p in periods]
+        lines += ["", table([title, "ENTRIES", "IN", "TO S3", "FAILURES"], rows)]
+    if stats.failures:
+        rows = [(f.count, f.status, f.reason, f.last_operation_id[:8]) for f in stats.failures]
+        lines += ["", table(["COUNT", "STATUS", "REASON", "LAST"], rows, max_width=80)]
+    return "\n".join(lines)
+
+
+@click.command("stats")
+@settings_options
+@click.option("--since", type=str, default=None, help="Uploads started at or after: 2026-11-25, 2h, 7d, 1w.")
+@click.option("--until", type=str, default=None, help="Uploads started before (same forms as --since).")
+@click.option("--json", "as_json", is_flag=True, help="The statistics as JSON (bytes, seconds, ratios as numbers).")
+async def stats(since: str | None, until: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Upload totals from the metadata database: bytes per day and week, ratio, throughput, failures by reason.
+
+    Days and ISO weeks are in local time, by the time an upload started. Bytes count the entries uploaded
+    (`success` or `partial`); throughput is their original bytes over their durations added up. Failures
+    (`failed`, `partial`, `cancelled`) are grouped by stage and the first words of their message, with names, keys,
+    paths and numbers taken out.
+    """
+    after = parse_when(since, option="--since") if since else None
+    before = parse_when(until, option="--until") if until else None
+    async with await open_store(kwargs) as store:
+        result = await upload_statistics(store, tz=None, since=after, until=before)
+    click.echo(to_json(result.to_dict()) if as_json else render_statistics(result))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(ls)
+    group.add_command(search)
+    group.add_command(stats)
