@@ -6,6 +6,7 @@ the store and the S3 connection for the run and stops the whole batch on a run-w
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
@@ -30,6 +31,8 @@ from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.settings import Settings
 from amgmt.runlock import RunLock
 from amgmt.store import MetadataStore
+
+log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 
 
 # -- choosing entries -----------------------------------------------------------------------------------------
@@ -336,6 +339,8 @@ class _BatchRun:
         settings, report = self.settings, self.report
         report.planned = len(self.entries)
         started = time.perf_counter()
+        log.info("batch start: %d entries, bucket %s, prefix %r, concurrency %d",
+                 report.planned, settings.bucket, settings.object_prefix, self.concurrency)
         options = ClientOptions.from_settings(
             settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
         )
@@ -353,12 +358,17 @@ class _BatchRun:
                         await self._run_workers(s3, store)
         except AmgmtError as exc:
             if report.aborted is None and not report.records:
+                log.error("batch stopped: %s", exc)
                 raise
             if report.aborted is None:
                 report.aborted, report.aborted_exit = str(exc), exc.exit_code
         finally:
             report.wall_seconds = time.perf_counter() - started
             self.reporter.close()
+        if report.aborted:
+            log.error("batch stopped: %s", report.aborted)
+        log.info("batch end: %s in %.1fs, exit %d%s", dict(sorted(report.counts().items())), report.wall_seconds,
+                 int(report.exit_code), " (interrupted)" if report.interrupted else "")
         return report
 
     async def _run_workers(self, s3: S3Bucket, store: MetadataStore) -> None:
@@ -388,6 +398,9 @@ class _BatchRun:
                         return
                     finally:
                         report.records.append(pipeline.record)
+                        rec = pipeline.record
+                        log.info("entry %s: %s %s -> %s%s", rec.operation_id, rec.status, rec.target_name,
+                                 rec.s3_object_key, f" ({rec.error_message})" if rec.error_message else "")
 
         async with anyio.create_task_group() as outer:
             if self.handle_signals:

@@ -357,16 +357,22 @@ class S3Bucket:
             if not (isinstance(cause, ClientError) and _error_code(cause)[0] == "BucketAlreadyOwnedByYou"):
                 raise
 
-    async def head_object(self, key: str) -> ObjectInfo | None:
-        """The object's size, ETag, storage class and metadata; None when there is no such key."""
+    async def _head(self, key: str) -> dict[str, Any] | None:
+        """The raw HEAD response; None when there is no such key."""
         try:
             with translate_errors("HEAD", bucket=self.bucket, key=key):
-                resp = await self._client.head_object(Bucket=self.bucket, Key=key)
+                resp: dict[str, Any] = await self._client.head_object(Bucket=self.bucket, Key=key)
         except UploadError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and _error_code(cause)[0] in ("404", "NoSuchKey", "NotFound"):
+            if _is_not_found(exc):
                 return None
             raise
+        return resp
+
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag, storage class and metadata; None when there is no such key."""
+        resp = await self._head(key)
+        if resp is None:
+            return None
         return ObjectInfo(
             key=key,
             size=int(resp.get("ContentLength", 0)),
@@ -412,13 +418,9 @@ class S3Bucket:
     async def describe_object(self, key: str) -> ObjectHead | None:
         """HEAD with what a download or a status needs (restore state, archive tier, content type); None when there
         is no such key."""
-        try:
-            with translate_errors("HEAD", bucket=self.bucket, key=key):
-                resp = await self._client.head_object(Bucket=self.bucket, Key=key)
-        except UploadError as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+        resp = await self._head(key)
+        if resp is None:
+            return None
         return ObjectHead(
             key=key,
             size=int(resp.get("ContentLength", 0)),

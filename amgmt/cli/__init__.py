@@ -82,8 +82,10 @@ COMMANDS: Mapping[str, LazyCommand] = {
     ),
     "config": LazyCommand(
         "amgmt.cli.config_cmd",
-        "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources.",
+        "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or "
+        "change them.",
     ),
+    "log": LazyCommand("amgmt.cli.log_cmd", "Print the last lines of amgmt's log file, and with --follow the new ones."),
     "local-s3": LazyCommand(
         "amgmt.cli.localserver_cmd",
         "Start a local S3 server (moto) on 127.0.0.1 and keep it running until Ctrl-C.",
@@ -144,6 +146,9 @@ class AmgmtGroup(click.Group):
         return items + click.Command.shell_complete(self, ctx, incomplete)  # the group's own options
 
     async def invoke(self, ctx: click.Context) -> Any:
+        words = [*ctx.protected_args, *ctx.args]
+        if words and not {"-h", "--help"} & set(words):
+            setup_logging(ctx.params.get("verbose", False), ctx.params.get("debug", False))
         try:
             return await super().invoke(ctx)
         except AmgmtError as exc:
@@ -152,6 +157,47 @@ class AmgmtGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("amgmt: interrupted", err=True)
             raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+LOG_MAX_BYTES = 5 * 1024 * 1024
+LOG_BACKUPS = 3
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_path(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_STATE_HOME/amgmt/amgmt.log, default ~/.local/state/amgmt/amgmt.log (a relative XDG path is ignored)."""
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(environ.get("HOME") or "~").expanduser() / ".local" / "state"
+    return base / "amgmt" / "amgmt.log"
+
+
+def setup_logging(verbose: bool = False, debug: bool = False) -> None:
+    """The `amgmt` logger writes INFO (DEBUG with --debug) to the rotating log file; -v/--debug also to stderr.
+    A log file that cannot be opened costs one warning, never the command."""
+    from logging.handlers import RotatingFileHandler
+
+    logger = logging.getLogger("amgmt")
+    for handler in [h for h in logger.handlers if getattr(h, "_amgmt", False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    formatter = logging.Formatter(_LOG_FORMAT)
+    handlers: list[logging.Handler] = []
+    path = log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handlers.append(RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8",
+                                            delay=True))
+    except OSError as exc:
+        click.echo(f"amgmt: warning: cannot open the log file {path}: {exc.strerror or exc}", err=True)
+    if verbose or debug:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler._amgmt = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 def settings_options(func: F) -> F:
@@ -228,7 +274,9 @@ def _bash_escape(name: str) -> str:
 @click.group(cls=AmgmtGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="amgmt")
-async def cli() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also print the log's INFO lines on stderr.")
+@click.option("--debug", is_flag=True, help="Log DEBUG lines too, and print them on stderr.")
+async def cli(verbose: bool, debug: bool) -> None:
     """Pack media entries as tar.gz, upload them to S3 concurrently, verify them, and keep a record.
 
     \b

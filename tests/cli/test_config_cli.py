@@ -65,3 +65,53 @@ def test_no_command_prints_the_secret(amgmt, make_media, tmp_path: Path, s3_clie
     assert [r.code for r in runs] == [0, 1, 0, 0, 3]
     assert json.loads(runs[0].stdout)["MGMT_CONCURRENCY"]["source"] == f"config {config}"
     assert all(SECRET not in r.stdout + r.stderr for r in runs)
+
+
+# -- config set / init --------------------------------------------------------------------------------------------
+
+
+def test_config_set_writes_replaces_and_keeps_comments(amgmt, tmp_path: Path) -> None:
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    run = amgmt("config", "set", "concurrency", "4")
+    assert run.code == 0, run
+    assert config.read_text() == "MGMT_CONCURRENCY=4\n"
+    assert config.stat().st_mode & 0o777 == 0o600 and config.parent.stat().st_mode & 0o777 == 0o700
+
+    config.write_text(f"# mine\nexport MGMT_CONCURRENCY=4\nAWS_SECRET_ACCESS_KEY={SECRET}\nMGMT_REGION=eu-west-1\n")
+    assert amgmt("config", "set", "MGMT_CONCURRENCY", "6").code == 0
+    assert amgmt("config", "set", "MGMT_OBJECT_PREFIX", "a b").code == 0
+    assert config.read_text() == (
+        f"# mine\nexport MGMT_CONCURRENCY=6\nAWS_SECRET_ACCESS_KEY={SECRET}\nMGMT_REGION=eu-west-1\n"
+        "MGMT_OBJECT_PREFIX=a b\n"
+    )
+    data = json.loads(amgmt("config", "show", "--json").stdout)
+    assert data["MGMT_CONCURRENCY"] == {"value": "6", "source": f"config {config}"}
+    assert data["MGMT_OBJECT_PREFIX"]["value"] == "a b"
+
+
+def test_config_set_rejects_bad_values_unknown_keys_and_secrets(amgmt, tmp_path: Path) -> None:
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text("# keep\nMGMT_CONCURRENCY=2\n")
+    for args in (("concurrency", "lots"), ("AWS_SECRET_ACCESS_KEY", "x"), ("aws_access_key_id", "x"),
+                 ("MGMT_NO_SUCH_KEY", "1"), ("local_dir", str(tmp_path / "missing"))):
+        run = amgmt("config", "set", *args)
+        assert run.code == 2, run
+        assert run.stderr.startswith("amgmt: error: ") and len(run.stderr.splitlines()) == 1, run
+        assert config.read_text() == "# keep\nMGMT_CONCURRENCY=2\n"
+    assert "credential" in amgmt("config", "set", "AWS_SECRET_ACCESS_KEY", "x").stderr
+
+
+def test_config_init_checks_the_bucket_and_writes(amgmt, tmp_path: Path, bucket: str, local_dir: Path) -> None:
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    run = amgmt("config", "init", "--bucket", "amgmt-missing-bucket-0", "--prefix", "p", "--local-dir", str(local_dir))
+    assert run.code == 3, run
+    assert not config.exists()
+
+    run = amgmt("config", "init", "--bucket", bucket, "--prefix", "media/", "--local-dir", str(local_dir))
+    assert run.code == 0, run
+    assert config.read_text() == (
+        f"MGMT_BUCKET={bucket}\nMGMT_OBJECT_PREFIX=media\nMGMT_LOCAL_DIR={local_dir}\n"
+    )
+    data = json.loads(amgmt("config", "--json", drop=("MGMT_BUCKET", "MGMT_LOCAL_DIR")).stdout)
+    assert data["MGMT_BUCKET"] == {"value": bucket, "source": f"config {config}"}
