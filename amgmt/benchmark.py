@@ -45,7 +45,15 @@ from amgmt.models import OperationStatus, Stage, UploadRecord, utcnow
 from amgmt.naming import object_key
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
 from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.settings import Settings, default_config_path, env_key, format_size, load_settings, parse_config_file
+from amgmt.settings import (
+    Settings,
+    config_home,
+    default_config_path,
+    env_key,
+    format_size,
+    load_settings,
+    parse_config_file,
+)
 
 ProgressCallback = Callable[[str], None]
 
@@ -1081,12 +1089,8 @@ def tuned_config_path(environ: Mapping[str, str], config_path: Path | None = Non
     """`config_path`, else $XDG_CONFIG_HOME (absolute) or $HOME/.config, then amgmt/config."""
     if config_path is not None:
         return Path(os.path.expanduser(config_path)).absolute()
-    xdg = environ.get("XDG_CONFIG_HOME", "")
-    if xdg and os.path.isabs(xdg):
-        base = Path(xdg)
-    elif environ.get("HOME"):
-        base = Path(environ["HOME"]) / ".config"
-    else:
+    base = config_home(environ)
+    if base is None:
         raise ConfigError("neither XDG_CONFIG_HOME nor HOME is set: give the config file with --config")
     return base / "amgmt" / "config"
 

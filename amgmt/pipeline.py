@@ -618,8 +618,3 @@ class EntryPipeline:
         elif removed:
             self.record.metadata["removed_partial_archive"] = True
         self._took(Stage.CLEANUP, started)
-
-
-async def upload_entry(ctx: PipelineContext, entry: Path) -> UploadRecord:
-    """Run one entry through every stage; see EntryPipeline."""
-    return await EntryPipeline(ctx, entry).run()

@@ -370,17 +370,7 @@ class S3Bucket:
 
     async def head_object(self, key: str) -> ObjectInfo | None:
         """The object's size, ETag, storage class and metadata; None when there is no such key."""
-        resp = await self._head(key)
-        if resp is None:
-            return None
-        return ObjectInfo(
-            key=key,
-            size=int(resp.get("ContentLength", 0)),
-            etag=normalise_etag(resp.get("ETag")),
-            storage_class=resp.get("StorageClass") or "STANDARD",
-            metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
-            last_modified=resp.get("LastModified"),
-        )
+        return await self.describe_object(key)
 
     async def object_sha256(self, key: str, *, on_progress: ProgressCallback | None = None) -> str:
         """Read the object back (streamed, bounded memory) and return its SHA-256."""

@@ -377,18 +377,24 @@ def _kind(path: Path) -> str | None:
         raise _Invalid(f"cannot examine the path: {exc.strerror or exc}") from None
 
 
+def config_home(environ: Mapping[str, str]) -> Path | None:
+    """$XDG_CONFIG_HOME when absolute (the XDG spec ignores a relative one), else $HOME/.config; None without HOME."""
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg)
+    if environ.get("HOME"):
+        return Path(environ["HOME"]) / ".config"
+    return None
+
+
 def default_config_path(environ: Mapping[str, str]) -> Path | None:
     """$XDG_CONFIG_HOME (or $HOME/.config)/amgmt/config if it exists, else the origin's .../mgmt/config, else None.
 
     Only `environ` is consulted (a relative XDG_CONFIG_HOME is ignored, as the XDG spec says); without HOME there is
     no default config file.
     """
-    xdg = environ.get("XDG_CONFIG_HOME", "")
-    if xdg and os.path.isabs(xdg):
-        base = Path(xdg)
-    elif environ.get("HOME"):
-        base = Path(environ["HOME"]) / ".config"
-    else:
+    base = config_home(environ)
+    if base is None:
         return None
     for app in ("amgmt", "mgmt"):
         candidate = base / app / "config"

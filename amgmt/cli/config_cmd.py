@@ -58,18 +58,16 @@ async def show(as_json: bool, **kwargs: Any) -> None:
 
 def config_target(environ: Any = None) -> Path:
     """The file `set` and `init` write: the config file in use, else $XDG_CONFIG_HOME (or ~/.config)/amgmt/config."""
-    from amgmt.settings import default_config_path
+    from amgmt.settings import config_home, default_config_path
 
     environ = os.environ if environ is None else environ
     found = default_config_path(environ)
     if found is not None:
         return found
-    xdg = environ.get("XDG_CONFIG_HOME", "")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "amgmt" / "config"
-    if not environ.get("HOME"):
+    base = config_home(environ)
+    if base is None:
         raise ConfigError("cannot tell where the config file goes: HOME is not set (give --config PATH)")
-    return Path(environ["HOME"]) / ".config" / "amgmt" / "config"
+    return base / "amgmt" / "config"
 
 
 def setting_name(key: str) -> str:
