@@ -41,6 +41,12 @@ _THREADS_MIN_SIZE = 8 * MiB  # source bytes below which the threads' start and d
 _WINDOW = 32 * 1024  # deflate's history: each block is compressed with the previous block's last 32 KiB as dictionary
 _FINAL_BLOCK = isal_zlib.compress(b"", wbits=-isal_zlib.MAX_WBITS)  # an empty last deflate block
 _NUL_BLOCK = bytes(tarfile.BLOCKSIZE)
+# A block is stored (deflate's uncompressed block type) instead of compressed when samples of it do not shrink:
+# video, photos and archives are already compressed, and igzip spends ~1 CPU-s/GiB finding that out. Two samples
+# of _SAMPLE bytes (start and middle) cost ~0.1 ms per 1 MiB block; the full attempt ~1 ms.
+_SAMPLE = 32 * 1024
+_STORE_ABOVE = 0.98  # compressed/original of the samples above which the block is stored
+_STORED_MAX = 0xFFFF  # bytes in one stored deflate block
 _WRITEBACK_STEP = 8 * MiB  # written archive bytes between calls to _start_writeback
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -415,6 +421,7 @@ class _Deflater:
         # isal's block compressor for igzip_threaded (private, but in every isal from 1.6 on): deflate with a preset
         # dictionary and a sync flush, into a reused buffer, with the CRC32 of the input, outside the GIL.
         self._compressor = isal_zlib._ParallelCompress(buffersize=room, level=level)
+        self._level = level
         self._header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + (b"\x04" if level == 0 else b"\x00") + b"\xff"
         self._crc = 0
         self._length = 0
@@ -471,7 +478,10 @@ class _Deflater:
         self._stop()
 
     def _deflate(self, data: memoryview, window: bytes) -> bytes:
-        compressed, crc = self._compressor.compress_and_crc(data, window)
+        if self._level and _incompressible(data):
+            compressed, crc = _stored_blocks(data), isal_zlib.crc32(data)
+        else:
+            compressed, crc = self._compressor.compress_and_crc(data, window)
         self._crc = isal_zlib.crc32_combine(self._crc, crc, len(data))
         self._length += len(data)
         self._sink.digest(compressed)
@@ -528,6 +538,29 @@ class _Deflater:
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _incompressible(data: memoryview) -> bool:
+    """Whether deflate would not shrink this block, judged from two samples (start and middle); only on content."""
+    if len(data) < 4 * _SAMPLE:
+        return False
+    middle = len(data) // 2
+    for sample in (data[:_SAMPLE], data[middle : middle + _SAMPLE]):
+        if len(isal_zlib.compress(sample, level=1, wbits=-isal_zlib.MAX_WBITS)) < _STORE_ABOVE * _SAMPLE:
+            return False
+    return True
+
+
+def _stored_blocks(data: memoryview) -> bytes:
+    """`data` as non-final stored deflate blocks (RFC 1951 3.2.4), starting on a byte boundary as every block here
+    does (each compressed block ends with a sync flush): per 65,535 bytes, a header byte (BFINAL 0, BTYPE 00,
+    padding), LEN and its one's complement NLEN, then the bytes as they are."""
+    pieces: list[bytes | memoryview] = []
+    for start in range(0, len(data), _STORED_MAX):
+        chunk = data[start : start + _STORED_MAX]
+        pieces.append(struct.pack("<BHH", 0, len(chunk), len(chunk) ^ 0xFFFF))
+        pieces.append(chunk)
+    return b"".join(pieces)
 
 
 # Blocks kept between calls (a worker process compresses one entry after another): a fresh 1 MiB block costs

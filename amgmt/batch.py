@@ -25,7 +25,14 @@ from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import PARTIAL_SUFFIX, display
 from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
 from amgmt.completed import tree_size
-from amgmt.pipeline import Compressor, EntryPipeline, PipelineContext, entry_key, process_pool_compressor
+from amgmt.pipeline import (
+    Compressor,
+    EntryPipeline,
+    KnownKeys,
+    PipelineContext,
+    entry_key,
+    process_pool_compressor,
+)
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.settings import Settings
@@ -110,6 +117,7 @@ def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
     return found
 
 
+LISTING_MIN_ENTRIES = 20  # entries per listing page allowed before the run lists its prefix instead of HEADs
 RETRYABLE = (OperationStatus.FAILED, OperationStatus.CANCELLED, OperationStatus.PARTIAL)
 
 
@@ -371,9 +379,22 @@ class _BatchRun:
                  int(report.exit_code), " (interrupted)" if report.interrupted else "")
         return report
 
+    async def _known_keys(self, s3: S3Bucket) -> KnownKeys:
+        """The keys under the prefix, listed once for a batch big enough that the listing costs fewer requests
+        than a HEAD per entry would (a page holds 1,000 keys and costs about as much to parse as 20 HEADs)."""
+        if len(self.entries) < LISTING_MIN_ENTRIES:
+            return KnownKeys(None)
+        prefix = f"{self.settings.object_prefix}/" if self.settings.object_prefix else ""
+        try:
+            return KnownKeys(await s3.list_keys(prefix, max_pages=len(self.entries) // LISTING_MIN_ENTRIES))
+        except StorageError as exc:  # e.g. no s3:ListBucket permission: every entry looks with a HEAD instead
+            log.info("listing s3://%s/%s failed, checking each key with HEAD: %s", s3.bucket, prefix, exc)
+            return KnownKeys(None)
+
     async def _run_workers(self, s3: S3Bucket, store: MetadataStore) -> None:
         settings, report = self.settings, self.report
         ctx = PipelineContext(
+            keys=await self._known_keys(s3),
             settings=settings,
             store=store,
             s3=s3,

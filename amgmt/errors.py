@@ -71,6 +71,11 @@ class UploadError(EntryError):
     transient: bool = False  # True when the same request may succeed if tried again (5xx, throttling, resets)
 
 
+class ObjectExistsError(UploadError):
+    """A create-if-absent PUT (If-None-Match: *) found the key taken: somebody, or an earlier attempt of ours whose
+    answer was lost, created the object since we looked."""
+
+
 class VerificationError(EntryError):
     stage = "verify"
 

@@ -29,6 +29,7 @@ from amgmt.errors import (
     CompressionError,
     EntryError,
     MoveError,
+    ObjectExistsError,
     StoreError,
     UploadError,
     ValidationError,
@@ -54,6 +55,7 @@ from amgmt.s3 import (
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,
     ByteBudget,
+    ObjectInfo,
     PartDone,
     S3Bucket,
     UploadStats,
@@ -92,6 +94,17 @@ def process_pool_compressor(limiter: anyio.CapacityLimiter) -> Compressor:
     return compress
 
 
+class KnownKeys:
+    """The keys under the run's prefix as listed when the run began (None: not listed, or too many to list)."""
+
+    def __init__(self, keys: frozenset[str] | None) -> None:
+        self._keys = keys
+
+    def absent(self, key: str) -> bool:
+        """True only when the listing was complete and `key` was not in it."""
+        return self._keys is not None and key not in self._keys
+
+
 @dataclass
 class PipelineContext:
     """Everything one entry's pipeline needs, passed explicitly (no globals)."""
@@ -103,6 +116,7 @@ class PipelineContext:
     compress: Compressor
     reporter: Reporter = field(default_factory=SilentReporter)
     overwrite: bool = False
+    keys: KnownKeys = field(default_factory=lambda: KnownKeys(None))
     command_args: dict[str, Any] = field(default_factory=dict)
     user: str | None = field(default_factory=current_user)
 
@@ -437,7 +451,12 @@ class EntryPipeline:
         record = self.record
         s3 = self.ctx.s3
         key = record.s3_object_key
-        existing = await s3.head_object(key)
+        single_put = len(self.archive.part_md5s) == 1
+        existing = None
+        # Overwriting needs no look; a single PUT of a key the run's listing did not hold is sent create-if-absent
+        # instead of after a HEAD (one request per entry less); a multipart upload still looks first.
+        if not self.ctx.overwrite and not (single_put and self.ctx.keys.absent(key)):
+            existing = await s3.head_object(key)
         record.s3_file_record = FileRecord(
             name=key.rsplit("/", 1)[-1],
             path=key,
@@ -454,47 +473,21 @@ class EntryPipeline:
                 "upload_operation_id": record.operation_id,
             },
         )
-        if existing is not None and not self.ctx.overwrite:
-            same_archive = (
-                existing.metadata.get(METADATA_ARCHIVE_SHA256) == self.archive.archive_sha256
-                and existing.size == self.archive.archive_size
-            )
-            if same_archive:
-                # This very archive is already there (an earlier run stopped before the move): prove it in verify
-                # instead of sending it again.
-                record.metadata["reused_existing_object"] = True
-                self._report_remaining()
-                return
-            if existing.metadata.get(METADATA_SOURCE_SHA256) != self.archive.source_sha256:
-                raise UploadError(
-                    f"s3://{record.s3_bucket}/{key} already exists with other content; use --overwrite to replace it"
-                )
-            # Same source content packed differently (other mtimes, part size or amgmt version): replacing it
-            # loses nothing, and the new object is verified like any other.
-            record.metadata["replaced_identical_content"] = True
+        if existing is not None and self._reuse_existing(existing):
+            return
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
         resume = await self._resumable_upload() if len(self.archive.part_md5s) > 1 else None
         stats = UploadStats()
         try:
-            result = await s3.upload_file(
-                key,
-                str(self.staging),
-                size=self.archive.archive_size,
-                part_size=self.archive.part_size,
-                part_md5s=self.archive.part_md5s,
-                metadata={
-                    METADATA_SOURCE_SHA256: self.archive.source_sha256,
-                    METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
-                    METADATA_SOURCE_SIZE: str(record.original_size),
-                },
-                storage_class=self.ctx.settings.storage_class,
-                budget=self.ctx.budget,
-                on_progress=self._progress,
-                journal=StoreJournal(self.ctx.store, record, self.archive),
-                resume_upload_id=resume,
-                stats=stats,
-            )
+            try:
+                result = await self._send(resume, stats, if_absent=existing is None and not self.ctx.overwrite)
+            except ObjectExistsError:
+                # Created since we looked: by somebody else, or by our own PUT whose answer was lost.
+                existing = await s3.head_object(key)
+                if existing is not None and self._reuse_existing(existing):
+                    return
+                result = await self._send(resume, stats, if_absent=existing is None)
         finally:
             record.metadata.update(
                 retries=stats.retries, parts_sent=stats.parts_sent, parts_reused=stats.parts_reused
@@ -504,6 +497,55 @@ class EntryPipeline:
         record.metadata["multipart"] = result.multipart
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
+
+    def _reuse_existing(self, existing: ObjectInfo) -> bool:
+        """Decide about an object already under our key: True when it is this very archive (nothing to send);
+        False when it holds the same source content packed otherwise (replaced); UploadError when it is other
+        content and --overwrite was not given."""
+        assert self.archive is not None
+        record = self.record
+        key = record.s3_object_key
+        same_archive = (
+            existing.metadata.get(METADATA_ARCHIVE_SHA256) == self.archive.archive_sha256
+            and existing.size == self.archive.archive_size
+        )
+        if same_archive:
+            # This very archive is already there (an earlier run stopped before the move): prove it in verify
+            # instead of sending it again.
+            record.metadata["reused_existing_object"] = True
+            self._report_remaining()
+            return True
+        if existing.metadata.get(METADATA_SOURCE_SHA256) != self.archive.source_sha256:
+            raise UploadError(
+                f"s3://{record.s3_bucket}/{key} already exists with other content; use --overwrite to replace it"
+            )
+        # Same source content packed differently (other mtimes, part size or amgmt version): replacing it
+        # loses nothing, and the new object is verified like any other.
+        record.metadata["replaced_identical_content"] = True
+        return False
+
+    async def _send(self, resume: str | None, stats: UploadStats, *, if_absent: bool) -> UploadResult:
+        assert self.archive is not None
+        record = self.record
+        return await self.ctx.s3.upload_file(
+            record.s3_object_key,
+            str(self.staging),
+            size=self.archive.archive_size,
+            part_size=self.archive.part_size,
+            part_md5s=self.archive.part_md5s,
+            metadata={
+                METADATA_SOURCE_SHA256: self.archive.source_sha256,
+                METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
+                METADATA_SOURCE_SIZE: str(record.original_size),
+            },
+            storage_class=self.ctx.settings.storage_class,
+            budget=self.ctx.budget,
+            on_progress=self._progress,
+            journal=StoreJournal(self.ctx.store, record, self.archive),
+            resume_upload_id=resume,
+            stats=stats,
+            if_absent=if_absent,
+        )
 
     async def _resumable_upload(self) -> str | None:
         """An interrupted multipart upload of this very archive to resume; stale ones of other content are aborted."""

@@ -71,6 +71,7 @@ class Settings:
     multipart_threshold: int
     parts_in_flight: int
     checksum_mode: str  # resolved: "when_supported" | "when_required"
+    payload_signing: bool  # SigV4 SHA-256 of every request body; off: UNSIGNED-PAYLOAD (Content-MD5 still checks data)
     compression_level: int
     profile: str | None
     region: str | None
@@ -315,6 +316,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "multipart_threshold": _size(0, None),
     "parts_in_flight": _integer(1, 1024),
     "checksum_mode": _choice(CHECKSUM_MODES),
+    "payload_signing": _parse_bool,
     "compression_level": _integer(1, 3),
     "profile": _parse_name,
     "region": _parse_name,
@@ -335,6 +337,7 @@ _DEFAULTS: dict[str, object] = {
     "multipart_threshold": 8 * MiB,
     "parts_in_flight": 8,
     "checksum_mode": "auto",
+    "payload_signing": False,
     "compression_level": 1,
     "profile": None,
     "region": None,

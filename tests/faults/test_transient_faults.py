@@ -354,3 +354,44 @@ async def test_bad_digest_on_every_send_fails_the_entry_after_the_retries(
     assert [str(e.outcome) for e in proxy.seen("UploadPart", part_number=2)] == ["bad_digest"] * PART_ATTEMPTS
     assert record.metadata["retries"] == PART_ATTEMPTS - 1
     assert proxy.seen("AbortMultipartUpload", key="big.bin.tar.gz")
+
+
+# -- create-if-absent PUTs -------------------------------------------------------------------------------------------
+
+
+async def test_a_put_whose_answer_is_lost_is_recognised_on_the_retry_not_sent_twice(
+    make_settings, make_media, proxy: FaultProxy, s3_client, bucket
+) -> None:
+    # 24 small entries: the run lists its prefix and PUTs each archive create-if-absent (If-None-Match: *). The
+    # server stores each first PUT but its answer is lost; the retried PUT finds the key taken (412), amgmt looks
+    # (HEAD), sees its own archive and verifies it: no entry fails, none is stored twice.
+    make_media({f"p{i:02d}.jpg": 3000 + i for i in range(24)})
+    settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT)
+    proxy.rules = [first_requests(Fault.LATE, "PutObject")]
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.counts() == {"success": 24}, report.to_dict()["failures"]
+    assert proxy.counts[Fault.LATE] == 24
+    for record in report.records:
+        assert record.metadata["reused_existing_object"] is True and record.verification_method == "etag"
+        puts = proxy.seen("PutObject", key=record.s3_object_key)
+        assert [e.status for e in puts] == [None, 412]  # the lost answer, then the precondition
+    assert [e.operation for e in proxy.events].count("HeadObject") == 2 * 24  # the look after 412 and the verify
+    assert len(object_keys(s3_client, bucket)) == 24
+
+
+async def test_an_endpoint_without_conditional_puts_gets_plain_ones(
+    make_settings, make_media, proxy: FaultProxy, s3_client, bucket
+) -> None:
+    make_media({f"p{i:02d}.jpg": 3000 + i for i in range(24)})
+    settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT, concurrency=1)
+    proxy.rules = [
+        lambda req: Injection(Fault.ERROR, 501, "NotImplemented") if "If-None-Match" in req.headers else None
+    ]
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.counts() == {"success": 24}, report.to_dict()["failures"]
+    assert proxy.counts[Fault.ERROR] == 1  # refused once; every later PUT came without the header
+    assert len(object_keys(s3_client, bucket)) == 24

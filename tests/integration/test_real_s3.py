@@ -351,3 +351,54 @@ async def test_resume_of_an_upload_the_server_no_longer_has_starts_afresh(
     assert record.metadata["parts_reused"] == 0 and record.metadata["parts_sent"] == 3
     assert record.verification_method == "etag"
     assert keys(real_client, real_bucket) == ["big.bin.tar.gz"] and open_uploads(real_client, real_bucket) == []
+
+
+def racing_compressor(real_client: Any, bucket: str, writes: dict[str, bytes | None]) -> Compressor:
+    """The real compressor, after which "somebody else" writes to the entry's key: after the run's listing and
+    before amgmt's PUT. A None value writes amgmt's own archive (as an earlier attempt whose answer was lost)."""
+    real = process_pool_compressor(anyio.CapacityLimiter(2))
+
+    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level)
+        name = os.path.basename(source)
+        if name in writes:
+            body = writes[name]
+            extra: dict[str, Any] = {}
+            if body is None:
+                body = Path(archive_path).read_bytes()
+                extra["Metadata"] = {"amgmt-archive-sha256": result.archive_sha256,
+                                     "amgmt-source-sha256": result.source_sha256}
+            await anyio.to_thread.run_sync(
+                lambda: real_client.put_object(Bucket=bucket, Key=f"{name}.tar.gz", Body=body, **extra)
+            )
+        return result
+
+    return compress
+
+
+async def test_a_key_taken_after_the_listing_is_never_overwritten(
+    real_client, real_bucket, make_real_settings, make_media, local_dir: Path
+) -> None:
+    # 25 entries: enough for the run to list its prefix once instead of a HEAD per entry. Two keys are written
+    # between that listing and amgmt's PUT: one with other content (amgmt's create-if-absent PUT must fail, the
+    # object and the original stay), one with amgmt's own archive (recognised and reused, not sent again).
+    make_media({f"photo{i:02d}.jpg": 2000 + i for i in range(25)})
+    settings = make_real_settings()
+    entries, _ = list_entries(settings)
+    writes: dict[str, bytes | None] = {"photo03.jpg": b"somebody else's photo", "photo07.jpg": None}
+
+    report = await upload_batch(settings, entries, compressor=racing_compressor(real_client, real_bucket, writes))
+
+    records = by_name(report)
+    taken = records["photo03.jpg"]
+    assert taken.status == OperationStatus.FAILED and "already exists with other content" in taken.error_message
+    get = real_client.get_object(Bucket=real_bucket, Key="photo03.jpg.tar.gz")["Body"].read()
+    assert get == b"somebody else's photo"
+    assert (local_dir / "photo03.jpg").is_file()
+    ours = records["photo07.jpg"]
+    assert ours.status == OperationStatus.SUCCESS and ours.metadata["reused_existing_object"] is True
+    assert ours.metadata["parts_sent"] == 0 and ours.verification_method == "etag"
+    others = [r for name, r in records.items() if name not in writes]
+    assert len(others) == 23 and all(r.status == OperationStatus.SUCCESS for r in others)
+    assert all("reused_existing_object" not in r.metadata for r in others)
+    assert len(keys(real_client, real_bucket)) == 25

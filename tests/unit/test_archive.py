@@ -719,3 +719,31 @@ def test_helper_threads_only_with_a_cpu_to_spare(
 
     assert len(started) == threads
     assert gzip.decompress(Path(result.archive_path).read_bytes()) == tarfile_stream(source)
+
+
+def test_incompressible_blocks_are_stored_not_deflated(tmp_path: Path) -> None:
+    # Random bytes (video-like) between two runs of text: the random 1 MiB blocks go out as stored deflate blocks
+    # (archive barely bigger than the source, no inflation), the text still shrinks, and every reader agrees.
+    text = b"2024-01-01T00:00:00,sensor-7,21.5,ok\n" * 60_000  # ~2.2 MiB
+    noise = os.urandom(5 * 1024 * KiB)
+    source = make_file(tmp_path / "clip.mp4", text + noise + text)
+    result = compress_entry(str(source), str(tmp_path / "clip.tar.gz"), part_size=8 * 1024 * KiB)
+    archive_path = tmp_path / "clip.tar.gz"
+    assert result.archive_size < len(noise) + len(text) // 10  # text compressed, noise not inflated
+    assert result.archive_size > len(noise)
+    with tarfile.open(archive_path) as tar:
+        assert tar.extractfile("clip.mp4").read() == source.read_bytes()  # type: ignore[union-attr]
+    subprocess.run(["gzip", "-t", str(archive_path)], check=True)
+    out = subprocess.run(["tar", "-xzOf", str(archive_path)], check=True, capture_output=True).stdout
+    assert hashlib.sha256(out).hexdigest() == result.source_sha256
+    again = compress_entry(str(source), str(tmp_path / "again.tar.gz"), part_size=8 * 1024 * KiB)
+    assert again.archive_sha256 == result.archive_sha256  # the choice depends on the content only
+
+
+def test_stored_blocks_are_valid_deflate_in_isolation() -> None:
+    data = memoryview(os.urandom(3 * 65_535 + 17))
+    stream = archive._stored_blocks(data) + archive._FINAL_BLOCK
+    assert zlib.decompress(stream, wbits=-zlib.MAX_WBITS) == bytes(data)
+    assert archive._incompressible(data) and archive._incompressible(memoryview(os.urandom(1024 * KiB)))
+    assert not archive._incompressible(memoryview(b"abc" * 400_000))
+    assert not archive._incompressible(memoryview(os.urandom(64 * KiB)))  # too short to judge: deflated
