@@ -2,17 +2,18 @@
 
     .venv/bin/python benchmarks/archive_speed.py                        # the current code, level 1
     .venv/bin/python benchmarks/archive_speed.py --baseline HEAD        # ... side by side with archive.py at HEAD
-    .venv/bin/python benchmarks/archive_speed.py --variants current,inline,nowriteback --levels 1,2 --rss
+    .venv/bin/python benchmarks/archive_speed.py --variants current,inline,block2m --levels 1,2 --rss
 
 Data sets (written once to a temp dir, so they are in the page cache): "video", one file of random bytes
 (--video-mib, 512), and "text", a directory of --files (400) log-like text files of --file-kib (128) KiB each.
-Every run compresses into a staging dir on the same file system (fsynced, as in amgmt) and deletes the archive;
+Every run compresses into a staging dir on the same file system (as amgmt does: not fsynced) and deletes the archive;
 one untimed call per variant comes first, as a worker process that has compressed before.
 
 Variants run alternately (run 1 of every variant, then run 2, ...), so drift on a shared, noisy machine hits them
 alike. Columns: MiB/s is source bytes over wall time; CPU s/GiB is user+sys of this whole process (every thread,
 getrusage RUSAGE_SELF) per GiB of source; "main" is the calling thread's share (RUSAGE_THREAD), the rest ran in
-compress_entry's helper threads; fsync is the wall time of the final fsync; ratio is source/archive bytes; others
+compress_entry's helper threads; fsync is the wall time of fsync calls (0 now; a --baseline from before they were
+dropped shows them); ratio is source/archive bytes; others
 is how many CPUs other processes kept busy meanwhile (from /proc/stat: wall times taken while others > ~0.1 are
 not comparable), and "quiet MiB/s (n)" the median over the n runs with others < 0.15; with --rss, the peak RSS
 growth over the call (VmRSS sampled every 5 ms, which slightly inflates CPU). CPU seconds are much steadier than
@@ -50,7 +51,6 @@ KNOBS: dict[str, dict[str, object]] = {
     "inline": {"_HELPER_THREADS": False},  # everything in the calling thread (what a 1-CPU machine does)
     "blocks4": {"_BLOCKS": 4},  # one more block in flight between the reading and the deflate thread
     "outputs2": {"_QUEUED_OUTPUTS": 2},  # one more deflated block waiting for the writer thread
-    "nowriteback": {"_WRITEBACK_STEP": 1 << 62},  # no early writeback: the final fsync writes the whole archive
     "block256k": {"_BLOCK_SIZE": 256 * 1024},
     "block512k": {"_BLOCK_SIZE": 512 * 1024},
     "block2m": {"_BLOCK_SIZE": 2 * MiB},

@@ -408,11 +408,21 @@ def test_full_staging_disk_while_writing(tmp_path: Path, monkeypatch: pytest.Mon
     assert_no_leftovers(tmp_path)
 
 
-def test_full_staging_disk_at_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fsync(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def test_full_staging_disk_reported_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Network file systems may report a full disk only when the file is closed.
+    real_close = io.FileIO.close
 
-    monkeypatch.setattr(archive.os, "fsync", fsync)
+    class FullAtClose(io.FileIO):
+        def close(self) -> None:
+            was_open = not self.closed
+            real_close(self)
+            if was_open:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def opener(fd: int, mode: str, buffering: int = -1) -> io.FileIO:
+        return FullAtClose(fd, mode) if "w" in mode else io.FileIO(fd, mode)  # the archive, not the sources
+
+    monkeypatch.setattr(archive, "open", opener, raising=False)
 
     with pytest.raises(CompressionError, match="no space left on device in staging dir"):
         compress(make_file(tmp_path / "src" / "a.bin", b"abc"), tmp_path)
