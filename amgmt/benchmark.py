@@ -52,7 +52,7 @@ from amgmt.settings import (
     env_key,
     format_size,
     load_settings,
-    parse_config_file,
+    write_config_values,
 )
 
 ProgressCallback = Callable[[str], None]
@@ -1095,71 +1095,19 @@ def tuned_config_path(environ: Mapping[str, str], config_path: Path | None = Non
     return base / "amgmt" / "config"
 
 
-def _line_key(line: str) -> tuple[str, str] | None:
-    """(prefix, KEY) of a `KEY=VALUE` line (the prefix keeps indentation and `export `), else None."""
-    match = re.match(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
-    return (match.group(1), match.group(2)) if match else None
-
-
 def save_tuned_settings(values: Mapping[str, str], *, environ: Mapping[str, str], config_path: Path | None = None,
                         now: datetime | None = None) -> SavedSettings:
-    """Write `values` (MGMT_* keys) into the config file, keeping every other line as it is.
+    """Write `values` (MGMT_* keys) into the config file with `settings.write_config_values`.
 
-    A key already in the file is replaced where it stands; new keys are appended under a comment. When amgmt's
-    own file does not exist yet but the origin's (~/.config/mgmt/config) does, the new file starts as a copy of it:
-    amgmt reads only the first config file it finds, so the origin's other settings would be lost otherwise. The
-    file is replaced atomically and keeps its mode (0600 when new).
+    Keys already in the file are replaced where they stand and every other line is kept; new keys are appended under
+    a "# tuned by" comment. Without `config_path`, when amgmt's own file does not exist yet but the origin's
+    (~/.config/mgmt/config) does, the new file starts as a copy of it: amgmt reads only the first config file it
+    finds, so the origin's other settings would be lost otherwise.
     """
-    unknown = [key for key in values if _line_key(f"{key}=") is None]
-    if unknown:
-        raise ValueError(f"not config keys: {unknown}")
     path = tuned_config_path(environ, config_path)
-    seeded_from: Path | None = None
-    source: Path | None = path if path.exists() else None
-    if source is None and config_path is None:
-        origin = default_config_path(environ)
-        if origin is not None and origin != path:
-            source = seeded_from = origin
-    lines: list[str] = []
-    mode = 0o600
-    if source is not None:
-        parse_config_file(source)  # a malformed file raises here and is left untouched
-        lines = source.read_text(encoding="utf-8-sig").splitlines()
-        if source == path:
-            mode = path.stat().st_mode & 0o7777
-    written: set[str] = set()
-    out: list[str] = []
-    for line in lines:
-        found = _line_key(line)
-        if found and found[1] in values:
-            prefix, key = found
-            out.append(f"{prefix}{key}={values[key]}")
-            written.add(key)
-        else:
-            out.append(line)
-    missing = [key for key in values if key not in written]
-    if missing:
-        when = (now or utcnow()).astimezone().strftime("%Y-%m-%d %H:%M")
-        if out and out[-1].strip():
-            out.append("")
-        out.append(f"# tuned by `amgmt benchmark --tune --save` on {when}")
-        out.extend(f"{key}={values[key]}" for key in missing)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(out) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise ConfigError(f"cannot write the config file {path}: {exc.strerror or exc}") from exc
+    when = (now or utcnow()).astimezone().strftime("%Y-%m-%d %H:%M")
+    seeded_from = write_config_values(path, values, comment=f"tuned by `amgmt benchmark --tune --save` on {when}",
+                                      seed_from=default_config_path(environ) if config_path is None else None)
     return SavedSettings(path=path, values=dict(values), seeded_from=seeded_from)
 
 

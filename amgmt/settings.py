@@ -1,17 +1,20 @@
 """Settings: CLI flags > MGMT_* environment > config file > defaults, validated once into a frozen value.
 
-Owns the config file format and every validation rule. It never reads or keeps AWS credentials and does no I/O at
-import; `load_settings` reads only the config file and checks that the configured directories make sense.
+Owns the config file format (reading it, and writing it with `write_config_values`) and every validation rule. It
+never reads, keeps or writes AWS credentials and does no I/O at import; `load_settings` reads only the config file
+and checks that the configured directories make sense.
 
 An empty value (``MGMT_ENDPOINT_URL=``, ``--endpoint-url ''``) resets a key to its default, overriding lower layers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,8 @@ _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _SIZE = re.compile(r"^([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "k": 1024, "m": MiB, "g": GiB}
 _CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A KEY=VALUE line as the writer sees it: (indentation and `export ` prefix, KEY).
+_CONFIG_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _MAX_SHOWN = 200
 
 
@@ -428,13 +433,19 @@ def parse_config_file(path: Path) -> dict[str, str]:
     around `=` are tolerated. Keys amgmt does not know (the origin's other keys, AWS credentials) are dropped here,
     so they never travel further. The last of repeated keys wins.
     """
-    shown = _show(path)
+    return _parse_config_text(_read_config_text(path), _show(path))
+
+
+def _read_config_text(path: Path) -> str:
     try:
-        content = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {shown}: not UTF-8 text") from None
+        raise ConfigError(f"config file {_show(path)}: not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"config file {shown}: cannot read it: {exc.strerror or exc}") from exc
+        raise ConfigError(f"config file {_show(path)}: cannot read it: {exc.strerror or exc}") from exc
+
+
+def _parse_config_text(content: str, shown: str) -> dict[str, str]:
     values: dict[str, str] = {}
     for number, line in enumerate(content.splitlines(), start=1):
         line = line.strip()
@@ -451,6 +462,93 @@ def parse_config_file(path: Path) -> dict[str, str]:
         if key in _CONFIG_KEYS:
             values[key] = value
     return values
+
+
+def _quote_value(value: str) -> str:
+    """`value` as the config file writes it: bare when `_unquote` reads it back unchanged, else in quotes."""
+    if not value.isprintable():
+        raise ConfigError("the value holds control characters")
+    if value == value.strip() and not re.search(r"\s#", value) and value[:1] not in ("'", '"'):
+        return value
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise ConfigError("the value holds both kinds of quotes")
+
+
+def _updated_config_text(text: str, quoted: Mapping[str, str], comment: str | None) -> str:
+    out: list[str] = []
+    written: set[str] = set()
+    for line in text.splitlines():
+        match = _CONFIG_LINE.match(line)
+        if match and match.group(2) in quoted:
+            prefix, key = match.groups()
+            out.append(f"{prefix}{key}={quoted[key]}")
+            written.add(key)
+        else:
+            out.append(line)
+    missing = [key for key in quoted if key not in written]
+    if missing and comment is not None:
+        if out and out[-1].strip():
+            out.append("")
+        out.append(f"# {comment}")
+    out += [f"{key}={quoted[key]}" for key in missing]
+    return "\n".join(out) + "\n"
+
+
+def _replace_file(path: Path, text: str, mode: int) -> None:
+    """Write `text` to a temp file beside `path`, fsync it, give it `mode`, and rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_config_values(path: Path, values: Mapping[str, str], *, comment: str | None = None,
+                        seed_from: Path | None = None) -> Path | None:
+    """Set `values` (MGMT_* keys) in the config file at `path`; return the file it was seeded from, else None.
+
+    - The file is parsed first: a malformed one raises ConfigError and is never rewritten.
+    - Every line of a key gets the new value where it stands, keeping its indentation and `export ` prefix; every
+      other line (comments, blank lines, other keys) is kept as it is. Keys not in the file are appended, under
+      `# comment` when given. Values are quoted only where `parse_config_file` needs it to read them back.
+    - When `path` does not exist yet and `seed_from` (another config file) is given, the new file starts as a copy of
+      it, checked the same way; `seed_from` itself is never changed.
+    - The file is replaced atomically through a temp file in its directory and keeps its permission bits; a new
+      file is 0600, in a 0700 directory when that is created. An OSError becomes a one-line ConfigError.
+
+    A key that is not an MGMT_* setting is a programming error (ValueError): credentials are never written.
+    """
+    unknown = sorted(key for key in values if key not in _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"not amgmt config keys: {unknown}")
+    if comment is not None and not comment.isprintable():
+        raise ValueError("the comment must be one line of printable text")
+    quoted = {key: _quote_value(value) for key, value in values.items()}
+    try:
+        exists = path.exists()
+        source = path if exists else (seed_from if seed_from is not None and seed_from != path else None)
+        text = ""
+        if source is not None:
+            text = _read_config_text(source)
+            _parse_config_text(text, _show(source))  # a malformed file is reported, never rewritten
+        if exists:
+            mode = path.stat().st_mode & 0o777
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            mode = 0o600
+        _replace_file(path, _updated_config_text(text, quoted, comment), mode)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the config file {_show(path)}: {exc.strerror or exc}") from exc
+    return None if exists else source
 
 
 def load_settings(

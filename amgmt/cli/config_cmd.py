@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from amgmt.errors import ConfigError
 
 # Keys that look like credentials: amgmt never stores them (they come from the standard AWS chain).
 _SECRET_LIKE = re.compile(r"^AWS_|SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
-_LINE_KEY = re.compile(r"^\s*(export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
 def _show_settings(kwargs: dict[str, Any], as_json: bool) -> None:
@@ -57,13 +55,11 @@ async def show(as_json: bool, **kwargs: Any) -> None:
 
 
 def config_target(environ: Any = None) -> Path:
-    """The file `set` and `init` write: the config file in use, else $XDG_CONFIG_HOME (or ~/.config)/amgmt/config."""
-    from amgmt.settings import config_home, default_config_path
+    """The file `set` and `init` write: $XDG_CONFIG_HOME (or ~/.config)/amgmt/config, never the origin's
+    ~/.config/mgmt/config (a new amgmt file starts as a copy of it instead: see `_write`)."""
+    from amgmt.settings import config_home
 
     environ = os.environ if environ is None else environ
-    found = default_config_path(environ)
-    if found is not None:
-        return found
     base = config_home(environ)
     if base is None:
         raise ConfigError("cannot tell where the config file goes: HOME is not set (give --config PATH)")
@@ -86,60 +82,14 @@ def setting_name(key: str) -> str:
     return name
 
 
-def _quoted(value: str) -> str:
-    if any(not ch.isprintable() for ch in value):
-        raise ConfigError("the value holds control characters")
-    if value == value.strip() and not re.search(r"\s#", value) and value[:1] not in ("'", '"'):
-        return value
-    for quote in ("'", '"'):
-        if quote not in value:
-            return f"{quote}{value}{quote}"
-    raise ConfigError("the value holds both kinds of quotes")
+def _write(path: Path, values: dict[str, str], *, seed_from_origin: bool) -> str:
+    """Write `values` into `path`; with `seed_from_origin` (no --config), a new file starts as a copy of the config
+    file amgmt reads now (the origin's), as `benchmark --tune --save` does. Returns the note about that copy, or ""."""
+    from amgmt.settings import default_config_path, write_config_values
 
-
-def updated_text(text: str, values: dict[str, str]) -> str:
-    """`text` with KEY=VALUE for each of `values`: the first line of a key replaced where it stands (keeping an
-    `export ` prefix), its later repeats dropped, new keys appended; every other line and comment kept."""
-    lines = text.splitlines()
-    out: list[str] = []
-    done: set[str] = set()
-    for line in lines:
-        match = _LINE_KEY.match(line)
-        key = match.group(2) if match else None
-        if key in values:
-            if key not in done:
-                out.append(f"{match.group(1) or ''}{key}={_quoted(values[key])}")  # type: ignore[union-attr]
-                done.add(key)
-            continue
-        out.append(line)
-    out += [f"{key}={_quoted(value)}" for key, value in values.items() if key not in done]
-    return "\n".join(out) + "\n"
-
-
-def write_config(path: Path, values: dict[str, str]) -> None:
-    """Write `values` into the config file at `path` atomically; a new file is 0600 in a 0700 directory."""
-    from amgmt.settings import parse_config_file
-
-    try:
-        if path.exists():
-            parse_config_file(path)  # a malformed file is reported, not rewritten
-            text = path.read_text(encoding="utf-8-sig")
-            mode = path.stat().st_mode & 0o777
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            text, mode = "", 0o600
-        new = updated_text(text, values)
-        fd, tmp = tempfile.mkstemp(prefix=".config.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(new)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise ConfigError(f"cannot write the config file {path}: {exc.strerror or exc}") from exc
+    seed = default_config_path(os.environ) if seed_from_origin else None
+    seeded_from = write_config_values(path, values, seed_from=seed)
+    return f" (started from a copy of {seeded_from})" if seeded_from else ""
 
 
 def _check_settings(config_path: Path | None, flags: dict[str, Any], *, require_bucket: bool,
@@ -155,7 +105,7 @@ def _check_settings(config_path: Path | None, flags: dict[str, Any], *, require_
 @click.argument("key")
 @click.argument("value")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="The config file to change. Default: the one in use, else ~/.config/amgmt/config.")
+              help="The config file to change. Default: ~/.config/amgmt/config.")
 async def set_(key: str, value: str, config_path: Path | None) -> None:
     """Write KEY=VALUE (an MGMT_* setting) into the config file, after checking the value; other lines stay."""
     name = setting_name(key)
@@ -164,8 +114,8 @@ async def set_(key: str, value: str, config_path: Path | None) -> None:
 
     # The value must load as the next run would read it; the environment of this shell does not count here.
     _check_settings(path if path.exists() else None, {name: value}, require_bucket=False, ignore_env=(name,))
-    write_config(path, {env_key(name): value})
-    click.echo(f"{env_key(name)}={value} written to {path}")
+    seeded = _write(path, {env_key(name): value}, seed_from_origin=config_path is None)
+    click.echo(f"{env_key(name)}={value} written to {path}{seeded}")
     if env_key(name) in os.environ:
         click.echo(f"note: {env_key(name)} is set in the environment, which overrides the config file", err=True)
 
@@ -177,7 +127,7 @@ async def set_(key: str, value: str, config_path: Path | None) -> None:
 @click.option("--yes", "-y", "assume_yes", is_flag=True,
               help="Ask nothing: what is not given keeps its current value.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="The config file to write. Default: the one in use, else ~/.config/amgmt/config.")
+              help="The config file to write. Default: ~/.config/amgmt/config.")
 async def init(bucket: str | None, object_prefix: str | None, local_dir: str | None, assume_yes: bool,
                config_path: Path | None) -> None:
     """Ask for the bucket, prefix and local dir, check the bucket is reachable, and write them to the config file."""
@@ -205,8 +155,8 @@ async def init(bucket: str | None, object_prefix: str | None, local_dir: str | N
 
     values = {env_key("bucket"): settings.bucket or "", env_key("object_prefix"): settings.object_prefix,
               env_key("local_dir"): str(settings.local_dir)}
-    write_config(path, values)
-    click.echo(f"bucket {settings.bucket} is reachable; wrote to {path}:")
+    seeded = _write(path, values, seed_from_origin=config_path is None)
+    click.echo(f"bucket {settings.bucket} is reachable; wrote to {path}{seeded}:")
     for key, value in values.items():
         click.echo(f"  {key}={value}")
 

@@ -89,6 +89,23 @@ def test_config_set_writes_replaces_and_keeps_comments(amgmt, tmp_path: Path) ->
     assert data["MGMT_OBJECT_PREFIX"]["value"] == "a b"
 
 
+def test_config_set_starts_amgmts_file_from_the_origins_and_leaves_the_origins_alone(amgmt, tmp_path: Path) -> None:
+    origin = tmp_path / "xdg" / "mgmt" / "config"
+    origin.parent.mkdir(parents=True)
+    origin.write_text("# the older tool's\nMGMT_REGION=eu-west-1\nMGMT_LEGACY_ONLY=1\n")
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    run = amgmt("config", "set", "concurrency", "4")
+    assert run.code == 0, run
+    assert run.stdout == f"MGMT_CONCURRENCY=4 written to {config} (started from a copy of {origin})\n"
+    assert config.read_text() == "# the older tool's\nMGMT_REGION=eu-west-1\nMGMT_LEGACY_ONLY=1\nMGMT_CONCURRENCY=4\n"
+    assert origin.read_text() == "# the older tool's\nMGMT_REGION=eu-west-1\nMGMT_LEGACY_ONLY=1\n"
+    data = json.loads(amgmt("config", "show", "--json").stdout)
+    assert data["MGMT_REGION"] == {"value": "eu-west-1", "source": f"config {config}"}
+
+    run = amgmt("config", "set", "concurrency", "5")  # amgmt's own file now exists: no second copy
+    assert run.stdout == f"MGMT_CONCURRENCY=5 written to {config}\n"
+
+
 def test_config_set_rejects_bad_values_unknown_keys_and_secrets(amgmt, tmp_path: Path) -> None:
     config = tmp_path / "xdg" / "amgmt" / "config"
     config.parent.mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 
 from amgmt.errors import ConfigError
 from amgmt.parts import GiB, MiB
-from amgmt.settings import Settings, default_config_path, load_settings, parse_config_file
+from amgmt.settings import Settings, default_config_path, load_settings, parse_config_file, write_config_values
 
 
 @dataclass
@@ -429,6 +429,126 @@ def test_default_config_path_honours_xdg_config_home(sandbox: Env, tmp_path: Pat
         sandbox.home / ".config" / "amgmt" / "config"
     )
     assert default_config_path({}) is None
+
+
+# --- writing the config file -------------------------------------------------------------------------------------
+
+
+def test_write_config_values_replaces_keys_where_they_stand_and_keeps_every_other_line(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("# mine\nMGMT_BUCKET=keep-me\n\n  export MGMT_CONCURRENCY = 2  # old\nAWS_PROFILE=work\n"
+                    "MGMT_REGION=eu-west-1\nMGMT_CONCURRENCY=3\nOTHER_TOOL=x # note")
+    assert write_config_values(path, {"MGMT_CONCURRENCY": "8", "MGMT_REGION": "us-east-2"}) is None
+    assert path.read_text() == ("# mine\nMGMT_BUCKET=keep-me\n\n  export MGMT_CONCURRENCY=8\nAWS_PROFILE=work\n"
+                                "MGMT_REGION=us-east-2\nMGMT_CONCURRENCY=8\nOTHER_TOOL=x # note\n")
+    assert parse_config_file(path) == {"MGMT_BUCKET": "keep-me", "MGMT_CONCURRENCY": "8", "MGMT_REGION": "us-east-2"}
+    assert [p.name for p in tmp_path.iterdir()] == ["config"]  # no temp file left
+
+
+def test_write_config_values_appends_missing_keys_under_the_comment(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("# mine\nMGMT_CONCURRENCY=2\n")
+    write_config_values(path, {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "8", "MGMT_PARTS_IN_FLIGHT": "32"},
+                        comment="tuned on Monday")
+    assert path.read_text() == ("# mine\nMGMT_CONCURRENCY=8\n\n# tuned on Monday\nMGMT_PART_SIZE=16MiB\n"
+                                "MGMT_PARTS_IN_FLIGHT=32\n")
+
+    write_config_values(path, {"MGMT_CONCURRENCY": "4"}, comment="not needed: nothing is appended")
+    write_config_values(path, {"MGMT_REGION": "eu-west-1"})  # no comment: appended as is
+    assert path.read_text() == ("# mine\nMGMT_CONCURRENCY=4\n\n# tuned on Monday\nMGMT_PART_SIZE=16MiB\n"
+                                "MGMT_PARTS_IN_FLIGHT=32\nMGMT_REGION=eu-west-1\n")
+
+
+def test_write_config_values_quotes_what_needs_quotes_so_values_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    values = {"MGMT_OBJECT_PREFIX": "a b", "MGMT_BUCKET": " padded ", "MGMT_PROFILE": "x #y",
+              "MGMT_REGION": "it's", "MGMT_STORAGE_CLASS": "'q'", "MGMT_ENDPOINT_URL": ""}
+    write_config_values(path, values)
+    assert path.read_text() == ("MGMT_OBJECT_PREFIX=a b\nMGMT_BUCKET=' padded '\nMGMT_PROFILE='x #y'\n"
+                                "MGMT_REGION=it's\nMGMT_STORAGE_CLASS=\"'q'\"\nMGMT_ENDPOINT_URL=\n")
+    assert parse_config_file(path) == values
+
+
+@pytest.mark.parametrize("text", ["not a setting line\n", "MGMT_BUCKET='unterminated\n"])
+def test_write_config_values_leaves_a_malformed_file_alone(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config"
+    path.write_text(text)
+    path.chmod(0o640)
+    with pytest.raises(ConfigError, match="line 1: expected KEY=VALUE"):
+        write_config_values(path, {"MGMT_CONCURRENCY": "8"}, comment="tuned")
+    assert path.read_text() == text
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["config"]
+
+
+def test_write_config_values_refuses_bad_values_and_foreign_keys_without_writing(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("MGMT_CONCURRENCY=2\n")
+    with pytest.raises(ConfigError, match="control characters"):
+        write_config_values(path, {"MGMT_BUCKET": "a\nMGMT_CONCURRENCY=99"})
+    with pytest.raises(ConfigError, match="both kinds of quotes"):
+        write_config_values(path, {"MGMT_BUCKET": " it's \"x\""})
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
+        write_config_values(path, {"AWS_SECRET_ACCESS_KEY": "x"})
+    with pytest.raises(ValueError, match="one line"):
+        write_config_values(path, {"MGMT_REGION": "x"}, comment="two\nlines")
+    assert path.read_text() == "MGMT_CONCURRENCY=2\n"
+
+
+def test_write_config_values_keeps_the_mode_and_creates_0600_in_a_0700_dir(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
+    kept.write_text("MGMT_CONCURRENCY=2\n")
+    kept.chmod(0o640)
+    write_config_values(kept, {"MGMT_CONCURRENCY": "3"})
+    assert kept.stat().st_mode & 0o777 == 0o640
+
+    new = tmp_path / "home" / "amgmt" / "config"
+    write_config_values(new, {"MGMT_CONCURRENCY": "3"})
+    assert new.read_text() == "MGMT_CONCURRENCY=3\n"
+    assert new.stat().st_mode & 0o777 == 0o600
+    assert new.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_write_config_values_starts_a_new_file_from_the_seed_and_never_changes_the_seed(tmp_path: Path) -> None:
+    origin = tmp_path / "mgmt" / "config"
+    origin.parent.mkdir()
+    origin_text = "# the origin's\nMGMT_BUCKET=from-origin\nMGMT_CONCURRENCY=2\nMGMT_LEGACY_ONLY=1\n"
+    origin.write_text(origin_text)
+    origin.chmod(0o644)
+    path = tmp_path / "amgmt" / "config"
+
+    assert write_config_values(path, {"MGMT_CONCURRENCY": "8", "MGMT_REGION": "eu-west-1"}, comment="tuned",
+                               seed_from=origin) == origin
+    assert path.read_text() == ("# the origin's\nMGMT_BUCKET=from-origin\nMGMT_CONCURRENCY=8\nMGMT_LEGACY_ONLY=1\n"
+                                "\n# tuned\nMGMT_REGION=eu-west-1\n")
+    assert path.stat().st_mode & 0o777 == 0o600  # not the seed's mode
+    assert origin.read_text() == origin_text
+
+    # Once the file exists, the seed is not read again.
+    origin.write_text("MGMT_BUCKET=changed-later\n")
+    assert write_config_values(path, {"MGMT_CONCURRENCY": "9"}, seed_from=origin) is None
+    assert parse_config_file(path)["MGMT_BUCKET"] == "from-origin"
+    assert parse_config_file(path)["MGMT_CONCURRENCY"] == "9"
+
+
+def test_write_config_values_does_not_create_a_file_from_a_malformed_seed(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    origin.write_text("MGMT_BUCKET=ok\nbroken line\n")
+    path = tmp_path / "amgmt" / "config"
+    with pytest.raises(ConfigError, match="line 2: expected KEY=VALUE"):
+        write_config_values(path, {"MGMT_CONCURRENCY": "8"}, seed_from=origin)
+    assert not path.parent.exists()
+    assert origin.read_text() == "MGMT_BUCKET=ok\nbroken line\n"
+
+
+def test_write_config_values_reports_os_errors_in_one_line(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(ConfigError) as info:
+        write_config_values(not_a_dir / "config", {"MGMT_CONCURRENCY": "8"})
+    message = str(info.value)
+    assert message.startswith(f"cannot write the config file {not_a_dir / 'config'}: ") and "\n" not in message
+    assert isinstance(info.value.__cause__, OSError)
 
 
 # --- describe -----------------------------------------------------------------------------------------------------
