@@ -15,12 +15,13 @@ from faultkit import Aftermath, S3Faults
 
 @pytest.fixture
 def s3_faults(monkeypatch: pytest.MonkeyPatch) -> S3Faults:
-    """Every S3Bucket that upload_batch connects gets the test's handlers registered on its client."""
+    """Every S3Bucket that upload_batch connects gets the test's handlers registered on its client. Its direct
+    HEAD/PUT path is left out, so that every request passes botocore's hooks (faultproxy tests cover that path)."""
     faults = S3Faults()
 
     class FaultyBucket(S3Bucket):
-        def __init__(self, client: Any, options: Any) -> None:
-            super().__init__(client, options)
+        def __init__(self, client: Any, options: Any, direct: Any = None) -> None:
+            super().__init__(client, options, None)
             faults.install(client)
 
     monkeypatch.setattr(amgmt.batch, "S3Bucket", FaultyBucket)

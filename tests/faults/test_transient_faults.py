@@ -198,14 +198,32 @@ async def test_retries_count_botocore_attempts_of_a_call_that_failed_too(
 ) -> None:
     # 5 SlowDowns in a row: botocore tries twice per call (quick_retries), so calls 1 and 2 fail after their own
     # retry, call 3 succeeds on its retry: 5 retries, of which botocore reported 2 only with the error responses.
+    make_media({"a.mp4": 11 * MiB})
+    settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT, part_size="5MiB")
+    proxy.rules = [first_requests(Fault.SLOWDOWN, "CreateMultipartUpload", count=5)]
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.exit_code == ExitCode.OK, report.to_dict()["failures"]
+    assert [str(e.outcome) for e in proxy.seen("CreateMultipartUpload")] == ["slowdown"] * 5 + ["forwarded"]
+    assert (await stored_records(settings))["a.mp4"].metadata["retries"] == 5
+
+
+async def test_a_direct_put_is_retried_by_amgmt_and_counted(make_settings, make_media, proxy: FaultProxy) -> None:
+    # A one-part PUT goes out directly (no botocore retries below amgmt's): 5 SlowDowns, then it is taken.
     make_media({"a.mp4": 5000})
     settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT)
-    proxy.rules = [first_requests(Fault.SLOWDOWN, "PutObject", count=5)]
+    senders: list[bool] = []
+    proxy.rules = [
+        lambda req: senders.append(_by_botocore(req)) if req.operation == "PutObject" else None,
+        first_requests(Fault.SLOWDOWN, "PutObject", count=5),
+    ]
 
     report = await upload_batch(settings, list_entries(settings)[0])
 
     assert report.exit_code == ExitCode.OK, report.to_dict()["failures"]
     assert [str(e.outcome) for e in proxy.seen("PutObject")] == ["slowdown"] * 5 + ["forwarded"]
+    assert senders == [False] * 6  # every attempt was amgmt's own, none botocore's
     assert (await stored_records(settings))["a.mp4"].metadata["retries"] == 5
 
 
@@ -395,3 +413,49 @@ async def test_an_endpoint_without_conditional_puts_gets_plain_ones(
     assert report.counts() == {"success": 24}, report.to_dict()["failures"]
     assert proxy.counts[Fault.ERROR] == 1  # refused once; every later PUT came without the header
     assert len(object_keys(s3_client, bucket)) == 24
+
+
+# -- the direct HEAD/PUT path ----------------------------------------------------------------------------------------
+
+
+def _by_botocore(req: ProxyRequest) -> bool:
+    return "Botocore" in req.headers.get("User-Agent", "")
+
+
+async def test_direct_requests_carry_the_small_entries(make_settings, make_media, proxy: FaultProxy) -> None:
+    make_media({f"p{i:02d}.jpg": 3000 + i for i in range(6)})
+    settings = make_settings(endpoint_url=proxy.url)
+    seen: list[tuple[str, bool]] = []
+    proxy.rules = [lambda req: seen.append((req.operation, _by_botocore(req))) and None]
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.counts() == {"success": 6}, report.to_dict()["failures"]
+    direct = [op for op, botocore in seen if not botocore]
+    assert direct.count("HeadBucket") == 1  # the probe
+    assert direct.count("PutObject") == 6 and direct.count("HeadObject") == 12  # look + verify per entry
+    assert all(botocore for op, botocore in seen if op not in ("HeadBucket", "PutObject", "HeadObject"))
+
+
+async def test_an_endpoint_refusing_the_direct_path_gets_botocore_only(
+    make_settings, make_media, proxy: FaultProxy, s3_client, bucket
+) -> None:
+    # Whatever makes the direct path fail its probe (another region, a private CA, a proxy that wants botocore):
+    # it is never used again, and the run goes through botocore as before.
+    make_media({f"p{i:02d}.jpg": 3000 + i for i in range(6)})
+    settings = make_settings(endpoint_url=proxy.url)
+    refused: list[str] = []
+
+    def only_botocore(req: ProxyRequest) -> Injection | None:
+        if _by_botocore(req):
+            return None
+        refused.append(req.operation)
+        return Injection(Fault.ERROR, 403, "AccessDenied")
+
+    proxy.rules = [only_botocore]
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.counts() == {"success": 6}, report.to_dict()["failures"]
+    assert refused == ["HeadBucket"]
+    assert len(object_keys(s3_client, bucket)) == 6
