@@ -341,8 +341,8 @@ class S3Bucket:
             retries={"mode": "standard", "total_max_attempts": options.max_attempts},
             request_checksum_calculation=options.checksum_mode,
             response_checksum_validation=options.checksum_mode,
-            # botocore hashes every body with SHA-256 for SigV4 over plain HTTP (~0.6 CPU-s/GiB on the event loop
-            # thread); unsigned, as botocore does over HTTPS, the body is still checked by its Content-MD5.
+            # botocore hashes every body with SHA-256 for SigV4 over plain HTTP (0.4-0.6 CPU-s/GiB on the event loop
+            # thread, measured); unsigned, as botocore does over HTTPS, the body is still checked by its Content-MD5.
             s3={"addressing_style": options.addressing_style, "payload_signing_enabled": options.payload_signing},
         )
         with translate_errors("connect to", bucket=options.bucket):
@@ -621,37 +621,10 @@ class S3Bucket:
             raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
         extra = self._extra_args(metadata, storage_class)
         if len(ranges) == 1:
-            if if_absent and self._conditional_put:
-                extra["IfNoneMatch"] = "*"
-            attempts = DIRECT_ATTEMPTS if self._direct is not None and await self._direct.usable() else PART_ATTEMPTS
             async with budget.hold(size):
                 data = await _read_range(path, 0, size)
-                try:
-                    resp = await self._retrying_create(
-                        storage_class,
-                        stats,
-                        "PUT",
-                        key,
-                        lambda: self._put_object(key, data, md5_base64(part_md5s[0]), extra),
-                        attempts=attempts,
-                    )
-                except UploadError as exc:
-                    code, status = _error_code(exc.__cause__) if isinstance(exc.__cause__, ClientError) else ("", 0)
-                    if "IfNoneMatch" in extra and (code == "PreconditionFailed" or status == 412):
-                        raise ObjectExistsError(f"s3://{self.bucket}/{key} was created meanwhile") from exc
-                    if "IfNoneMatch" not in extra or not (code == "NotImplemented" or status == 501):
-                        raise
-                    # An endpoint without conditional writes: plain PUTs from now on (the caller looked first).
-                    self._conditional_put = False
-                    del extra["IfNoneMatch"]
-                    resp = await self._retrying_create(
-                        storage_class,
-                        stats,
-                        "PUT",
-                        key,
-                        lambda: self._put_object(key, data, md5_base64(part_md5s[0]), extra),
-                        attempts=attempts,
-                    )
+                resp = await self._put_whole(key, data, md5_base64(part_md5s[0]), extra, storage_class, stats,
+                                             if_absent=if_absent)
             stats.parts_sent += 1
             stats.bytes_sent += size
             if on_progress:
@@ -758,6 +731,40 @@ class S3Bucket:
             etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(ranges), upload_id=upload_id
         )
 
+    async def _put_whole(
+        self,
+        key: str,
+        data: bytearray,
+        content_md5: str,
+        extra: Mapping[str, Any],
+        storage_class: str | None,
+        stats: UploadStats,
+        *,
+        if_absent: bool,
+    ) -> Any:
+        """The object in one PUT, retried; create-if-absent (If-None-Match: *) when asked, unless the endpoint has
+        answered 501 to that before (then a plain PUT, here and for the rest of the run)."""
+        attempts = DIRECT_ATTEMPTS if self._direct is not None and await self._direct.usable() else PART_ATTEMPTS
+
+        async def send(conditional: bool) -> Any:
+            fields = {**extra, "IfNoneMatch": "*"} if conditional else extra
+            return await self._retrying_create(
+                storage_class, stats, "PUT", key, lambda: self._put_object(key, data, content_md5, fields),
+                attempts=attempts,
+            )
+
+        conditional = if_absent and self._conditional_put
+        try:
+            return await send(conditional)
+        except UploadError as exc:
+            code, status = _error_code(exc.__cause__) if isinstance(exc.__cause__, ClientError) else ("", 0)
+            if conditional and (code == "PreconditionFailed" or status == 412):
+                raise ObjectExistsError(f"s3://{self.bucket}/{key} was created meanwhile") from exc
+            if not conditional or not (code == "NotImplemented" or status == 501):
+                raise
+        self._conditional_put = False  # an endpoint without conditional writes (the caller looked first)
+        return await send(False)
+
     async def _put_object(self, key: str, data: bytearray, content_md5: str, extra: Mapping[str, Any]) -> Any:
         direct = self._direct
         if direct is not None and await direct.usable():
@@ -835,8 +842,9 @@ class DirectRequests:
 
     botocore spends ~1.5-2 ms of CPU per call on the event loop thread (parameter validation, endpoint rules,
     event hooks, user agent, response parsing) for requests that are a few headers each way; on the `small` data
-    set those calls were most of amgmt's CPU. Measured here against radosgw, 500 x (PUT 64 KiB + HEAD) at
-    concurrency 8: botocore 3.6-4.0 ms of client CPU per pair, this path 0.7-0.8 ms.
+    set those calls were most of amgmt's CPU. A stand-alone comparison against radosgw (500 x (PUT 64 KiB + HEAD)
+    at concurrency 8, the same headers both ways): botocore 3.6-4.0 ms of client CPU per pair, plain aiohttp with
+    this signing 0.7-0.8 ms.
 
     Everything botocore decides is still botocore's: the URL of the bucket (path-style or virtual-hosted, from a
     presigned URL it builds), the region and the credentials (the same provider chain, refreshed by it). Before the
@@ -1033,8 +1041,8 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
 class _PartBody(bytearray):
     """A part's bytes as sent: a bytearray to botocore (validated, hashed and re-sent on a retry as it is) whose
     slices are memoryviews. aiohttp slices a body to its Content-Length before writing it, which for a plain
-    bytearray copies the whole part on the event loop thread (measured: ~1.3 of 4.6 CPU-s/GiB in the main process
-    with the unsigned payload, 129 -> 157 MiB/s on radosgw)."""
+    bytearray copies the whole part on the event loop thread (measured with `amgmt benchmark --repeat 3` on
+    radosgw, media set: the main process 4.3 -> 3.2 CPU-s per 1.05 GiB, 135 -> 157 MiB/s)."""
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):

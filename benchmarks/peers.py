@@ -15,6 +15,7 @@ import argparse
 import functools
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -220,15 +221,28 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         await session.warm_up()
         settings = session.run_settings(session.root, concurrency=args.concurrency)
 
-        if s5cmd:
-            progress("limit: s5cmd cp of archives built beforehand")
-            results.append(await run_limit(session, target, s5cmd, settings.part_size))
+        # The limit and amgmt alternate, round after round: drift on a shared machine hits both alike. Each row
+        # below is the run of median wall time; the note lists every round's ratio.
+        limits: list[RunResult] = []
+        amgmts: list[RunResult] = []
+        for round_number in range(1, args.repeat + 1):
+            if s5cmd:
+                progress(f"[{round_number}/{args.repeat}] limit: s5cmd cp of archives built beforehand")
+                limits.append(await run_limit(session, target, s5cmd, settings.part_size))
+            progress(f"[{round_number}/{args.repeat}] amgmt, concurrency {args.concurrency}")
+            amgmt = await session.run_amgmt(concurrency=args.concurrency)
+            amgmts.append(replace(amgmt, label=f"amgmt (concurrency {args.concurrency})"))
+        if limits:
+            results.append(_median_run(limits))
+            ratios = [a.mib_per_second / b.mib_per_second for a, b in zip(amgmts, limits, strict=True)]
+            notes.append(f"amgmt / limit per round: {', '.join(f'{r:.2f}' for r in ratios)}; median"
+                         f" {statistics.median(ratios):.2f} ({args.repeat} rounds)")
         else:
             notes.append("limit skipped: s5cmd not found (python benchmarks/peers.py setup)")
-
-        progress(f"amgmt, concurrency {args.concurrency}")
-        amgmt = await session.run_amgmt(concurrency=args.concurrency)
-        results.append(replace(amgmt, label=f"amgmt (concurrency {args.concurrency})"))
+        results.append(_median_run(amgmts))
+        if args.only_limit:
+            pigz = aws = None
+            notes.append("hand-built pipelines skipped (--only-limit)")
 
         if pigz and s5cmd:
             progress("tar + pigz + s5cmd cp, per entry")
@@ -258,6 +272,11 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         notes.extend(session.notes)
         notes.append(f"data set: {config.dataset.describe()}; target: {session.target.describe()}")
     return results, notes
+
+
+def _median_run(runs: Sequence[RunResult]) -> RunResult:
+    """The run of median wall time (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r.wall_seconds)[(len(runs) - 1) // 2]
 
 
 def _loop(local: Path, scratch: Path, prefix: str, *, compress: Callable[[Path, Path], list[str]],
@@ -311,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--server-pid", type=int, help="the server's pid on this machine, to measure its CPU")
     run.add_argument("--workdir", type=Path)
     run.add_argument("--output", type=Path, help="also write the Markdown table to this file")
+    run.add_argument("--repeat", type=int, default=1,
+                     help="rounds of (limit, amgmt), alternating; rows show the median run (default 1)")
+    run.add_argument("--only-limit", action="store_true",
+                     help="only the limit and amgmt, not the slow hand-built pipelines")
     args = parser.parse_args(argv)
     if args.command == "setup":
         return setup()
