@@ -611,8 +611,8 @@ class S3Bucket:
         aborted (shielded, time-bounded); on cancellation it is left open for a later run to resume (`amgmt
         cleanup` aborts what nobody resumes).
 
-        With `if_absent`, a single PUT only creates the object (If-None-Match: *, honoured by AWS, radosgw, MinIO
-        and moto) and raises ObjectExistsError when the key is taken; an endpoint that answers 501 to it gets plain
+        With `if_absent`, a single PUT only creates the object (If-None-Match: *: documented for AWS S3, tested
+        here on radosgw 16.2 and moto 5.2) and raises ObjectExistsError when the key is taken; an endpoint that answers 501 to it gets plain
         PUTs from then on. Multipart uploads ignore it.
         """
         stats = stats if stats is not None else UploadStats()
