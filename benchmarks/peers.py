@@ -221,17 +221,36 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         await session.warm_up()
         settings = session.run_settings(session.root, concurrency=args.concurrency)
 
-        # The limit and amgmt alternate, round after round: drift on a shared machine hits both alike. Each row
-        # below is the run of median wall time; the note lists every round's ratio.
+        # The limit and amgmt alternate, round after round, and take turns at going first (a server still busy
+        # with the previous run's deletes slows whoever follows): drift on a shared machine hits both alike. Each
+        # row below is the run of median wall time; the note lists every round's ratio. --between runs a command
+        # before every run (e.g. radosgw's garbage collection, so that deleted data is freed, not left to slow
+        # the next run down).
         limits: list[RunResult] = []
         amgmts: list[RunResult] = []
-        for round_number in range(1, args.repeat + 1):
+
+        async def limit_run(round_number: int) -> None:
             if s5cmd:
+                await between()
                 progress(f"[{round_number}/{args.repeat}] limit: s5cmd cp of archives built beforehand")
                 limits.append(await run_limit(session, target, s5cmd, settings.part_size))
+
+        async def amgmt_run(round_number: int) -> None:
+            await between()
             progress(f"[{round_number}/{args.repeat}] amgmt, concurrency {args.concurrency}")
             amgmt = await session.run_amgmt(concurrency=args.concurrency)
             amgmts.append(replace(amgmt, label=f"amgmt (concurrency {args.concurrency})"))
+
+        async def between() -> None:
+            if args.between:
+                await anyio.run_process(args.between, check=True)  # a string goes to the shell
+
+        for round_number in range(1, args.repeat + 1):
+            first, second = (limit_run, amgmt_run) if round_number % 2 else (amgmt_run, limit_run)
+            await first(round_number)
+            await second(round_number)
+        if args.between:
+            notes.append(f"before every run: {args.between}")
         if limits:
             results.append(_median_run(limits))
             ratios = [a.mib_per_second / b.mib_per_second for a, b in zip(amgmts, limits, strict=True)]
@@ -342,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--output", type=Path, help="also write the Markdown table to this file")
     run.add_argument("--repeat", type=int, default=1,
                      help="rounds of (limit, amgmt), alternating; rows show the median run (default 1)")
+    run.add_argument("--between", metavar="COMMAND",
+                     help="a shell command run before every run of --repeat, e.g. radosgw's"
+                          " `radosgw-admin -c DIR/ceph.conf gc process --include-all`")
     run.add_argument("--only-limit", action="store_true",
                      help="only the limit and amgmt, not the slow hand-built pipelines")
     args = parser.parse_args(argv)
