@@ -47,11 +47,11 @@ from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.settings import (
     Settings,
-    config_home,
     default_config_path,
     env_key,
     format_size,
     load_settings,
+    own_config_path,
     write_config_values,
 )
 
@@ -1089,10 +1089,7 @@ def tuned_config_path(environ: Mapping[str, str], config_path: Path | None = Non
     """`config_path`, else $XDG_CONFIG_HOME (absolute) or $HOME/.config, then amgmt/config."""
     if config_path is not None:
         return Path(os.path.expanduser(config_path)).absolute()
-    base = config_home(environ)
-    if base is None:
-        raise ConfigError("neither XDG_CONFIG_HOME nor HOME is set: give the config file with --config")
-    return base / "amgmt" / "config"
+    return own_config_path(environ)
 
 
 def save_tuned_settings(values: Mapping[str, str], *, environ: Mapping[str, str], config_path: Path | None = None,

@@ -395,6 +395,15 @@ def config_home(environ: Mapping[str, str]) -> Path | None:
     return None
 
 
+def own_config_path(environ: Mapping[str, str]) -> Path:
+    """The file amgmt writes its settings to: $XDG_CONFIG_HOME (or $HOME/.config)/amgmt/config, never the origin's
+    .../mgmt/config. ConfigError when neither variable says where that is."""
+    base = config_home(environ)
+    if base is None:
+        raise ConfigError("neither XDG_CONFIG_HOME nor HOME is set: give the config file with --config")
+    return base / "amgmt" / "config"
+
+
 def default_config_path(environ: Mapping[str, str]) -> Path | None:
     """$XDG_CONFIG_HOME (or $HOME/.config)/amgmt/config if it exists, else the origin's .../mgmt/config, else None.
 
@@ -523,7 +532,8 @@ def write_config_values(path: Path, values: Mapping[str, str], *, comment: str |
     - When `path` does not exist yet and `seed_from` (another config file) is given, the new file starts as a copy of
       it, checked the same way; `seed_from` itself is never changed.
     - The file is replaced atomically through a temp file in its directory and keeps its permission bits; a new
-      file is 0600, in a 0700 directory when that is created. An OSError becomes a one-line ConfigError.
+      file is 0600, in a 0700 directory when that is created. A symlink is followed: the file it points to is
+      replaced and the link stays. An OSError becomes a one-line ConfigError.
 
     A key that is not an MGMT_* setting is a programming error (ValueError): credentials are never written.
     """
@@ -534,6 +544,8 @@ def write_config_values(path: Path, values: Mapping[str, str], *, comment: str |
         raise ValueError("the comment must be one line of printable text")
     quoted = {key: _quote_value(value) for key, value in values.items()}
     try:
+        if path.is_symlink():  # a config kept elsewhere (a dotfiles repo): change the file, keep the link
+            path = Path(os.path.realpath(path))
         exists = path.exists()
         source = path if exists else (seed_from if seed_from is not None and seed_from != path else None)
         text = ""

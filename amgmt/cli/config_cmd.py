@@ -57,13 +57,9 @@ async def show(as_json: bool, **kwargs: Any) -> None:
 def config_target(environ: Any = None) -> Path:
     """The file `set` and `init` write: $XDG_CONFIG_HOME (or ~/.config)/amgmt/config, never the origin's
     ~/.config/mgmt/config (a new amgmt file starts as a copy of it instead: see `_write`)."""
-    from amgmt.settings import config_home
+    from amgmt.settings import own_config_path
 
-    environ = os.environ if environ is None else environ
-    base = config_home(environ)
-    if base is None:
-        raise ConfigError("cannot tell where the config file goes: HOME is not set (give --config PATH)")
-    return base / "amgmt" / "config"
+    return own_config_path(os.environ if environ is None else environ)
 
 
 def setting_name(key: str) -> str:

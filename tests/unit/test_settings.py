@@ -9,7 +9,14 @@ import pytest
 
 from amgmt.errors import ConfigError
 from amgmt.parts import GiB, MiB
-from amgmt.settings import Settings, default_config_path, load_settings, parse_config_file, write_config_values
+from amgmt.settings import (
+    Settings,
+    default_config_path,
+    load_settings,
+    own_config_path,
+    parse_config_file,
+    write_config_values,
+)
 
 
 @dataclass
@@ -443,6 +450,31 @@ def test_write_config_values_replaces_keys_where_they_stand_and_keeps_every_othe
                                 "MGMT_REGION=us-east-2\nMGMT_CONCURRENCY=8\nOTHER_TOOL=x # note\n")
     assert parse_config_file(path) == {"MGMT_BUCKET": "keep-me", "MGMT_CONCURRENCY": "8", "MGMT_REGION": "us-east-2"}
     assert [p.name for p in tmp_path.iterdir()] == ["config"]  # no temp file left
+
+
+def test_write_config_values_follows_a_symlink_and_keeps_it(tmp_path: Path) -> None:
+    # A config kept in a dotfiles repo and linked into ~/.config: the repo's file changes, the link stays a link.
+    real = tmp_path / "dotfiles" / "amgmt.conf"
+    real.parent.mkdir()
+    real.write_text("# tracked\nMGMT_CONCURRENCY=2\n")
+    real.chmod(0o640)
+    link = tmp_path / "home" / ".config" / "amgmt" / "config"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+
+    write_config_values(link, {"MGMT_CONCURRENCY": "8"})
+
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert real.read_text() == "# tracked\nMGMT_CONCURRENCY=8\n"
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in link.parent.iterdir()) == ["config"]  # no temp file left beside the link
+
+
+def test_own_config_path_is_amgmts_file_and_needs_a_home() -> None:
+    assert own_config_path({"HOME": "/h"}) == Path("/h/.config/amgmt/config")
+    assert own_config_path({"HOME": "/h", "XDG_CONFIG_HOME": "/x"}) == Path("/x/amgmt/config")
+    with pytest.raises(ConfigError, match="neither XDG_CONFIG_HOME nor HOME"):
+        own_config_path({"XDG_CONFIG_HOME": "relative/ignored"})
 
 
 def test_write_config_values_appends_missing_keys_under_the_comment(tmp_path: Path) -> None:
