@@ -9,8 +9,8 @@ import json
 import os
 import sqlite3
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
@@ -189,8 +189,9 @@ _T = TypeVar("_T")
 class MetadataStore:
     """The operations database at `path`: one aiosqlite connection, opened with `async with` or `open()`.
 
-    One store object is shared by every task of a run. All statements go through one lock: statements from
-    concurrent tasks on one connection would otherwise interleave inside each other's transactions.
+    One store object is shared by every task of a run. Every transaction runs whole, as one function, in the
+    connection's thread (`_run`), so transactions of concurrent tasks never interleave; the lock only gathers
+    concurrent saves into one transaction (group commit).
     """
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
@@ -352,24 +353,24 @@ class MetadataStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return await self._run("list operations", lambda conn: self._select(conn, sql, params))
+        return await self._query("list operations", sql, params)
 
     async def find_successful_upload(self, *, checksum_original: str) -> UploadRecord | None:
         """The newest successful upload of a source with this checksum, if any."""
-        found = await self._run("look up uploads by checksum", lambda conn: self._select(
-            conn,
+        found = await self._query(
+            "look up uploads by checksum",
             f"WHERE operation_type = 'upload' AND status = ? AND checksum_original = ? {_NEWEST_FIRST} LIMIT 1",
             [str(OperationStatus.SUCCESS), checksum_original],
-        ))
+        )
         return _as_upload(found[0]) if found else None
 
     async def find_uploads_by_key(self, *, bucket: str, key: str) -> list[UploadRecord]:
         """Every upload (any status) to this bucket and key, newest first."""
-        found = await self._run(f"look up uploads of s3://{bucket}/{key}", lambda conn: self._select(
-            conn,
+        found = await self._query(
+            f"look up uploads of s3://{bucket}/{key}",
             f"WHERE operation_type = 'upload' AND s3_bucket = ? AND s3_object_key = ? {_NEWEST_FIRST}",
             [bucket, key],
-        ))
+        )
         return [_as_upload(r) for r in found]
 
     async def upload_summaries(
@@ -419,11 +420,11 @@ class MetadataStore:
 
     async def find_uploads_by_name(self, *, bucket: str, name: str) -> list[UploadRecord]:
         """Every upload (any status) of an entry with this exact target name to this bucket, newest first."""
-        found = await self._run(f"look up uploads of {name}", lambda conn: self._select(
-            conn,
+        found = await self._query(
+            f"look up uploads of {name}",
             f"WHERE operation_type = 'upload' AND s3_bucket = ? AND target_name = ? {_NEWEST_FIRST}",
             [bucket, name],
-        ))
+        )
         return [_as_upload(r) for r in found]
 
     async def find_operations_on(
@@ -439,9 +440,8 @@ class MetadataStore:
         if target_name is not None:
             clauses.append("target_name = ?")
             params.append(target_name)
-        return await self._run(
-            f"look up operations on s3://{bucket}/{key}",
-            lambda conn: self._select(conn, f"WHERE {' OR '.join(clauses)} {_NEWEST_FIRST}", params),
+        return await self._query(
+            f"look up operations on s3://{bucket}/{key}", f"WHERE {' OR '.join(clauses)} {_NEWEST_FIRST}", params
         )
 
     # -- the multipart journal -------------------------------------------------------------------------------
@@ -504,9 +504,9 @@ class MetadataStore:
 
     async def mark_interrupted(self, *, target_prefix: str, reason: str) -> list[OperationRecord]:
         """Operations still 'pending' under `target_prefix` belong to a run that died: record them cancelled."""
-        stale = await self._run("find interrupted operations", lambda conn: self._select(
-            conn, "WHERE status = ? " + _NEWEST_FIRST, [str(OperationStatus.PENDING)]
-        ))
+        stale = await self._query(
+            "find interrupted operations", "WHERE status = ? " + _NEWEST_FIRST, [str(OperationStatus.PENDING)]
+        )
         stale = [r for r in stale if r.target_path == target_prefix or r.target_path.startswith(target_prefix + "/")]
         for record in stale:
             stage = getattr(record, "stage", "?")
@@ -536,7 +536,18 @@ class MetadataStore:
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         known = len(MIGRATIONS)
-        version = await self._user_version(db)
+
+        def step(conn: sqlite3.Connection) -> int:
+            # Read under the write lock (IMMEDIATE): another process may have migrated meanwhile.
+            version = _user_version(conn)
+            if version < known:
+                for statement in _split_statements(MIGRATIONS[version]):
+                    conn.execute(statement)
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version:d}")
+            return version
+
+        version = await self._run("read the schema version", _user_version, db=db)
         while True:
             if version > known:
                 raise StoreError(
@@ -545,55 +556,29 @@ class MetadataStore:
                 )
             if version == known:
                 return
-            async with self._transaction(db, f"migrate to schema version {version + 1}", immediate=True):
-                # Re-read under the write lock: another process may have migrated meanwhile.
-                version = await self._user_version(db)
-                if version < known:
-                    for statement in _split_statements(MIGRATIONS[version]):
-                        await db.execute(statement)
-                    version += 1
-                    await db.execute(f"PRAGMA user_version = {version:d}")
-
-    @staticmethod
-    async def _user_version(db: aiosqlite.Connection) -> int:
-        rows = await db.execute_fetchall("PRAGMA user_version")
-        return int(next(iter(rows))[0])
+            version = await self._run(f"migrate to schema version {version + 1}", step, immediate=True, db=db)
 
     def _require_open(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StoreError(f"metadata database {self.path} is not open")
         return self._db
 
-    @asynccontextmanager
-    async def _transaction(
-        self, db: aiosqlite.Connection, doing: str, *, immediate: bool = False
-    ) -> AsyncIterator[None]:
-        """One transaction (IMMEDIATE takes the write lock up front, so busy_timeout applies to it), errors mapped.
-
-        Reads use one too, so that an operation and its file records come from one snapshot.
-        """
-        with self._translate_errors(doing):
-            try:
-                await db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-                yield
-                await db.execute("COMMIT")
-            except BaseException:
-                # The connection runs queued statements in order even when their awaiter was cancelled, so this
-                # rollback comes after them; Connection.rollback is a no-op if no transaction is left open.
-                # A failed rollback is not raised: the original error says more, and a broken connection fails
-                # the next call loudly anyway.
-                with anyio.move_on_after(self.busy_timeout + 5, shield=True), suppress(sqlite3.Error, ValueError):
-                    await db.rollback()
-                raise
-
-    async def _run(self, doing: str, work: Callable[[sqlite3.Connection], _T], *, immediate: bool = False) -> _T:
+    async def _run(
+        self,
+        doing: str,
+        work: Callable[[sqlite3.Connection], _T],
+        *,
+        immediate: bool = False,
+        db: aiosqlite.Connection | None = None,
+    ) -> _T:
         """`work(connection)` as one transaction, run whole in the connection's thread: one hand-over between the
         event loop and that thread instead of one per statement (BEGIN, each statement, COMMIT). Under load each
         hand-over waits for a turn of the busy event loop: on `small` (2,000 x 64 KiB) a save took ~8 ms this way
         and most of an entry's time went to them. The thread runs one function at a time, so transactions never
         interleave; aiosqlite's `_execute` (private, the same in every version we allow) is what its own
-        `execute` uses. A cancelled caller does not stop the transaction: it commits or rolls back whole."""
-        db = self._require_open()
+        `execute` uses. A cancelled caller does not stop the transaction: it commits or rolls back whole.
+        `db` is for `open`, before the store counts as open."""
+        db = db or self._require_open()
 
         def transaction() -> _T:
             conn = db._conn
@@ -638,6 +623,10 @@ class MetadataStore:
         return f"metadata database {self.path}: cannot {doing}: {exc}"
 
     # -- rows -------------------------------------------------------------------------------------------------
+
+    async def _query(self, doing: str, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
+        """`_select` as a transaction of its own."""
+        return await self._run(doing, lambda conn: self._select(conn, tail, params))
 
     def _select(self, conn: sqlite3.Connection, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
         """Operations `SELECT * FROM operations <tail>`, uploads with their file records attached (in `_run`)."""
@@ -692,6 +681,10 @@ def _to_column(value: Any) -> Any:
     if isinstance(value, StrEnum):
         return value.value
     return value
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _utc_iso(value: datetime) -> str:
