@@ -993,6 +993,41 @@ def _stage_totals(records: Sequence[UploadRecord]) -> tuple[dict[str, float], fl
     return totals, sum(r.duration_seconds or 0.0 for r in records)
 
 
+def sequential_pipeline(
+    entries: Sequence[Path],
+    *,
+    compress: Callable[[Path, Path], object],
+    upload: Callable[[Path, Path], object],
+    move: Callable[[Path, Path], object],
+    completed_dir: Path,
+    scratch_dir: Path,
+    before_each: Callable[[], None] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """One entry after another: compress(entry, archive), upload(entry, archive), move(entry, completed/name), then
+    the archive deleted; the baseline and the hand-built peers (benchmarks/peers.py) are this loop with other
+    steps. Returns (archive bytes, seconds per stage)."""
+    completed_dir.mkdir(parents=True, exist_ok=True)
+    stages = {str(Stage.COMPRESS): 0.0, str(Stage.UPLOAD): 0.0, str(Stage.MOVE): 0.0, str(Stage.CLEANUP): 0.0}
+    archive_bytes = 0
+    for entry in entries:
+        if before_each:
+            before_each()
+        archive = scratch_dir / f"{entry.name}.tar.gz"
+        t0 = time.perf_counter()
+        compress(entry, archive)
+        t1 = time.perf_counter()
+        upload(entry, archive)
+        t2 = time.perf_counter()
+        move(entry, completed_dir / entry.name)
+        t3 = time.perf_counter()
+        archive_bytes += archive.stat().st_size
+        archive.unlink()
+        t4 = time.perf_counter()
+        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[stage] += seconds
+    return archive_bytes, stages
+
+
 @dataclass(frozen=True)
 class BaselineTotals:
     archive_bytes: int
@@ -1007,30 +1042,21 @@ def baseline_upload(client: Any, entries: Sequence[Path], *, bucket: str, prefix
     from botocore.exceptions import BotoCoreError, ClientError
     from boto3.exceptions import Boto3Error
 
-    completed_dir.mkdir(parents=True, exist_ok=True)
-    stages = {str(Stage.COMPRESS): 0.0, str(Stage.UPLOAD): 0.0, str(Stage.MOVE): 0.0, str(Stage.CLEANUP): 0.0}
-    archive_bytes = 0
-    for entry in entries:
-        if check:
-            check()
-        archive = scratch_dir / f"{entry.name}.tar.gz"
-        t0 = time.perf_counter()
-        with tarfile.open(archive, "w:gz") as tar:
-            tar.add(entry, arcname=entry.name)
-        t1 = time.perf_counter()
+    def upload(entry: Path, archive: Path) -> None:
         try:
             with open(archive, "rb") as f:
                 client.upload_fileobj(f, bucket, object_key(prefix, entry.name))
         except (BotoCoreError, ClientError, Boto3Error) as exc:
             raise StorageError(f"the baseline could not upload {entry.name}: {exc}") from exc
-        t2 = time.perf_counter()
-        os.rename(entry, completed_dir / entry.name)
-        t3 = time.perf_counter()
-        archive_bytes += archive.stat().st_size
-        archive.unlink()
-        t4 = time.perf_counter()
-        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            stages[stage] += seconds
+
+    def compress(entry: Path, archive: Path) -> None:
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(entry, arcname=entry.name)
+
+    archive_bytes, stages = sequential_pipeline(
+        entries, compress=compress, upload=upload, move=os.rename, completed_dir=completed_dir,
+        scratch_dir=scratch_dir, before_each=check,
+    )
     return BaselineTotals(archive_bytes=archive_bytes, stage_seconds=stages)
 
 

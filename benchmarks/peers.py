@@ -34,7 +34,9 @@ from amgmt.benchmark import (
     DatasetName,
     RunKind,
     RunResult,
+    RunSummary,
     dataset_spec,
+    sequential_pipeline,
 )
 from amgmt.completed import tree_size
 from amgmt.localserver import LOCAL_KEYS, LOCAL_REGION
@@ -94,31 +96,6 @@ def _run(args: Sequence[str], env: dict[str, str]) -> None:
                           check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(args[:3])}... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-
-
-def per_entry_pipeline(compress: Callable[[Path, Path], list[str]], upload: Callable[[Path, str], list[str]],
-                       entries: Sequence[Path], *, target: Target, prefix: str, completed: Path,
-                       scratch: Path) -> tuple[int, dict[str, float]]:
-    """A shell loop: for each entry compress, upload, mv into completed/, rm the archive. Returns (archive bytes,
-    seconds per stage)."""
-    completed.mkdir(parents=True, exist_ok=True)
-    stages = {"compress": 0.0, "upload": 0.0, "move": 0.0, "cleanup": 0.0}
-    archive_bytes = 0
-    for entry in entries:
-        archive = scratch / f"{entry.name}.tar.gz"
-        t0 = time.perf_counter()
-        _run(compress(entry, archive), target.env)
-        t1 = time.perf_counter()
-        _run(upload(archive, f"s3://{target.bucket}/{object_key(prefix, entry.name)}"), target.env)
-        t2 = time.perf_counter()
-        _run(["mv", str(entry), str(completed / entry.name)], target.env)
-        t3 = time.perf_counter()
-        archive_bytes += archive.stat().st_size
-        archive.unlink()
-        t4 = time.perf_counter()
-        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            stages[stage] += seconds
-    return archive_bytes, stages
 
 
 async def timed_peer(session: BenchmarkSession, label: str,
@@ -252,13 +229,13 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         if args.between:
             notes.append(f"before every run: {args.between}")
         if limits:
-            results.append(_median_run(limits))
+            results.append(RunSummary(tuple(limits)).median)
             ratios = [a.mib_per_second / b.mib_per_second for a, b in zip(amgmts, limits, strict=True)]
             notes.append(f"amgmt / limit per round: {', '.join(f'{r:.2f}' for r in ratios)}; median"
                          f" {statistics.median(ratios):.2f} ({args.repeat} rounds)")
         else:
             notes.append("limit skipped: s5cmd not found (python benchmarks/peers.py setup)")
-        results.append(_median_run(amgmts))
+        results.append(RunSummary(tuple(amgmts)).median)
         if args.only_limit:
             notes.append("hand-built pipelines skipped (--only-limit)")
         else:
@@ -303,16 +280,20 @@ async def hand_built(session: BenchmarkSession, target: Target, *, pigz: str | N
     return results
 
 
-def _median_run(runs: Sequence[RunResult]) -> RunResult:
-    """The run of median wall time (the lower middle one of an even count)."""
-    return sorted(runs, key=lambda r: r.wall_seconds)[(len(runs) - 1) // 2]
-
-
 def _loop(local: Path, scratch: Path, prefix: str, *, compress: Callable[[Path, Path], list[str]],
           upload: Callable[[Path, str], list[str]], target: Target) -> tuple[int, dict[str, float]]:
+    """A shell loop: for each entry compress, upload, mv into completed/, rm the archive."""
     entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
-    return per_entry_pipeline(compress, upload, entries, target=target, prefix=prefix, completed=local / "completed",
-                              scratch=scratch)
+    return sequential_pipeline(
+        entries,
+        compress=lambda entry, archive: _run(compress(entry, archive), target.env),
+        upload=lambda entry, archive: _run(
+            upload(archive, f"s3://{target.bucket}/{object_key(prefix, entry.name)}"), target.env
+        ),
+        move=lambda entry, dest: _run(["mv", str(entry), str(dest)], target.env),
+        completed_dir=local / "completed",
+        scratch_dir=scratch,
+    )
 
 
 def markdown(results: Sequence[RunResult], notes: Sequence[str]) -> str:
