@@ -74,6 +74,17 @@ def start_amgmt(run_id: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+def signal_and_wait(proc: subprocess.Popen[str], signum: int, *, to_group: bool, timeout: float) -> str:
+    """Send `signum` to the process (or to its whole group, as a terminal's Ctrl-C does) and wait for it to exit;
+    returns its stderr."""
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=timeout)
+    return stderr
+
+
 def read_until(proc: subprocess.Popen[str], pattern: str) -> re.Match[str]:
     assert proc.stdout is not None
     seen = []
@@ -98,11 +109,7 @@ def test_local_s3_stops_the_server_and_exits_0(run_id: str, tmp_path: Path, sign
         server_pid = int(read_until(proc, r"\(pid (\d+)\)").group(1))
         read_until(proc, "press Ctrl-C to stop")
         assert not port_is_free(port)
-        if to_group:
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=30)
+        stderr = signal_and_wait(proc, signum, to_group=to_group, timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -125,11 +132,7 @@ def test_demo_stops_the_upload_and_the_server_and_exits_130(run_id: str, tmp_pat
         port = int(read_until(proc, r"local S3 server: http://127\.0\.0\.1:(\d+)").group(1))
         # Signalled while `amgmt upload` compresses: its workers exist once its own signal handler is installed.
         wait_for(lambda: any("anyio.to_process" in cmd for _, cmd in marked_processes(run_id)), proc)
-        if to_group:
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=60)
+        stderr = signal_and_wait(proc, signum, to_group=to_group, timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -306,6 +306,21 @@ def patch_first_read(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: 
     monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
 
 
+def patch_nth_read(monkeypatch: pytest.MonkeyPatch, number: int, action) -> None:  # type: ignore[no-untyped-def]
+    """Run `action(path)` just before compress_entry's `number`-th read (counted over all files)."""
+    original = archive._DigestingReader.readinto
+    reads = 0
+
+    def readinto(self: archive._DigestingReader, view: memoryview) -> int:
+        nonlocal reads
+        reads += 1
+        if reads == number:
+            action(self._path)
+        return original(self, view)
+
+    monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
+
+
 def append(path: str) -> None:
     with open(path, "ab") as f:
         f.write(b"more")
@@ -609,17 +624,7 @@ def test_multi_block_directory_round_trip(tmp_path: Path, small_blocks: Blocks) 
 
 def test_file_changing_mid_stream_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks) -> None:
     source = make_file(tmp_path / "src" / "clip.mov", mixed_data(30 * BLOCK))
-    original = archive._DigestingReader.readinto
-    reads = 0
-
-    def readinto(self: archive._DigestingReader, view: memoryview) -> int:
-        nonlocal reads
-        reads += 1
-        if reads == 10:
-            os.truncate(self._path, 5 * BLOCK)
-        return original(self, view)
-
-    monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
+    patch_nth_read(monkeypatch, 10, lambda path: os.truncate(path, 5 * BLOCK))
 
     with pytest.raises(CompressionError, match="changed while being compressed"):
         compress(source, tmp_path)
@@ -629,17 +634,11 @@ def test_file_changing_mid_stream_fails(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_keyboard_interrupt_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks) -> None:
     source = make_file(tmp_path / "src" / "clip.mov", mixed_data(30 * BLOCK))
-    original = archive._DigestingReader.readinto
-    reads = 0
 
-    def readinto(self: archive._DigestingReader, view: memoryview) -> int:
-        nonlocal reads
-        reads += 1
-        if reads == 12:
-            raise KeyboardInterrupt
-        return original(self, view)
+    def interrupt(path: str) -> None:
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(archive._DigestingReader, "readinto", readinto)
+    patch_nth_read(monkeypatch, 12, interrupt)
 
     with pytest.raises(KeyboardInterrupt):
         compress(source, tmp_path)
