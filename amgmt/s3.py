@@ -19,7 +19,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aioboto3
@@ -833,6 +833,8 @@ class S3Bucket:
 
 _PROBE_KEY = "amgmt-probe"
 PROBE_ATTEMPTS = 3
+OFF_LOOP_BYTES = 1024 * 1024  # bodies from this size are hashed in a worker thread
+_R = TypeVar("_R")
 _ERROR_FIELD = re.compile(r"<(Code|Message)>(.*?)</\1>", re.DOTALL)
 _EXTRA_HEADERS = {"ContentType": "content-type", "StorageClass": "x-amz-storage-class", "IfNoneMatch": "if-none-match"}
 
@@ -934,27 +936,34 @@ class DirectRequests:
                 headers.update({f"x-amz-meta-{k.lower()}": str(v) for k, v in value.items()})
             else:
                 headers[_EXTRA_HEADERS[name]] = str(value)
-        if self._options.checksum_mode == "when_supported":  # what botocore adds to a PutObject in this mode
-            headers["x-amz-checksum-crc32"] = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        crc, payload = await _off_loop(self._body_digests, body)
+        if crc is not None:  # what botocore adds to a PutObject in this mode
+            headers["x-amz-checksum-crc32"] = crc
             headers["x-amz-sdk-checksum-algorithm"] = "CRC32"
-        status, answer, text = await self._send("PUT", self._object_path(key), headers, body)
+        status, answer, text = await self._send("PUT", self._object_path(key), headers, body, payload=payload)
         if status != 200:
             raise _client_error(status, text, "PutObject")
         return {"ETag": answer.get("ETag"), "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": 0}}
+
+    def _body_digests(self, body: bytearray) -> tuple[str | None, str]:
+        """(CRC32 header value or None, SigV4 payload hash) of a body, as the settings ask for them."""
+        crc = None
+        if self._options.checksum_mode == "when_supported":
+            crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        payload = hashlib.sha256(body).hexdigest() if self._options.payload_signing else UNSIGNED_PAYLOAD
+        return crc, payload
 
     def _object_path(self, key: str) -> str:
         return encode_path(f"{self._bucket_path}/{key}")
 
     async def _send(
-        self, method: str, path: str, headers: dict[str, str], body: bytearray | None = None
+        self, method: str, path: str, headers: dict[str, str], body: bytearray | None = None, *,
+        payload: str = EMPTY_SHA256,
     ) -> tuple[int, Any, bytes]:
         assert self._session is not None
         frozen = await self._credentials.get_frozen_credentials()
         keys = Keys(frozen.access_key, frozen.secret_key, frozen.token)
         headers["host"] = self._host
-        payload = UNSIGNED_PAYLOAD if body is not None else EMPTY_SHA256
-        if body is not None and self._options.payload_signing:
-            payload = hashlib.sha256(body).hexdigest()
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self._signer.sign(method, path, {}, headers, keys=keys, amz_date=amz_date, payload_hash=payload)
         url = yarl.URL(self._origin + path, encoded=True)
@@ -970,6 +979,14 @@ class DirectRequests:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _off_loop(function: Callable[[bytearray], _R], body: bytearray) -> _R:
+    """`function(body)` in a worker thread when the body is big enough for it to hold up the event loop (hashlib
+    and zlib release the GIL), else right here (a thread round trip costs more than hashing a small body)."""
+    if len(body) < OFF_LOOP_BYTES:
+        return function(body)
+    return await anyio.to_thread.run_sync(function, body)
 
 
 def _client_error(status: int, body: bytes, operation: str) -> ClientError:
