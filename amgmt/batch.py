@@ -381,7 +381,8 @@ class _BatchRun:
 
     async def _known_keys(self, s3: S3Bucket) -> KnownKeys:
         """The keys under the prefix, listed once for a batch big enough that the listing costs fewer requests
-        than a HEAD per entry would (a page holds 1,000 keys and costs about as much to parse as 20 HEADs)."""
+        than a HEAD per entry would: a page holds up to 1,000 keys, and the run allows one page per 20 entries (an
+        estimate of what botocore's parsing of a full page costs in HEADs, not a measurement)."""
         if len(self.entries) < LISTING_MIN_ENTRIES:
             return KnownKeys(None)
         prefix = f"{self.settings.object_prefix}/" if self.settings.object_prefix else ""
