@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from isal import isal_zlib
 
 from amgmt.errors import CompressionError
+from amgmt.identity import Identity, Member
 from amgmt.parts import MiB
 
 PARTIAL_SUFFIX = ".partial"
@@ -62,6 +63,7 @@ class ArchiveResult:
     file_count: int  # regular files archived
     is_directory: bool
     skipped: tuple[str, ...]  # relative paths of special files (FIFO, socket, device) left out of the archive
+    source_identity: Identity  # what the source was made of when packed (amgmt.identity), special files included
 
 
 def compress_entry(source: str, archive_path: str, *, part_size: int, level: int = 1) -> ArchiveResult:
@@ -78,7 +80,9 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     Level 0 is fastest for compressible data but inflates incompressible data by about a quarter, beyond
     `parts.archive_size_bound`; levels 1-3 stay within it.
 
-    Digests are computed while the bytes stream through (no second read of the source or of the archive). When a
+    Digests, and the source's identity (amgmt.identity: from the walk's lstat, and for each regular file from the
+    fstat after reading it, which must equal the one before, ctime included), are computed while the bytes stream
+    through (no second walk or read of the source or of the archive). When a
     CPU is to spare (see _use_helper_threads), deflating and the archive's digests and writes run in two helper
     threads (hashlib and isal release the GIL), the reads and the source digest in the calling thread.
     For a directory, `source_sha256` is the SHA-256 of its manifest: for every archived member, in archive order,
@@ -139,11 +143,13 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         deflater.start()
         tar = _TarWriter(deflater)
         skipped: list[str] = []
+        identity: list[Member] = []
         if is_directory:
-            source_sha256, source_size, file_count = _add_tree(tar, source, name, skipped)
+            source_sha256, source_size, file_count = _add_tree(tar, source, name, skipped, identity)
         else:
             tar.expect(source_stat.st_size)
-            source_sha256, source_size = _add_file(tar, name, source, source)
+            source_sha256, source_size, after = _add_file(tar, name, source, source)
+            identity.append(Member.of(b"", after))
             file_count = 1
         tar.close()  # end-of-archive blocks, the last block to the deflater
         deflater.finish()  # every block written, then the deflate tail and gzip trailer
@@ -172,6 +178,7 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         file_count=file_count,
         is_directory=is_directory,
         skipped=tuple(sorted(skipped, key=os.fsencode)),
+        source_identity=Identity.of_members(identity),
     )
 
 
@@ -218,15 +225,24 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _add_tree(tar: _TarWriter, root: str, name: str, skipped: list[str]) -> tuple[str, int, int]:
-    """Archive a directory's members in sorted order; returns (manifest SHA-256, bytes read, regular files)."""
+def _add_tree(
+    tar: _TarWriter, root: str, name: str, skipped: list[str], identity: list[Member]
+) -> tuple[str, int, int]:
+    """Archive a directory's members in sorted order; returns (manifest SHA-256, bytes read, regular files).
+
+    `identity` gets every member's identity, special files included (amgmt.identity)."""
     manifest = hashlib.sha256()
     total = 0
     count = 0
-    members = sorted(_walk(root, name, skipped, entry=root), key=lambda m: m[0])
+    specials: list[tuple[bytes, os.stat_result]] = []
+    members = sorted(_walk(root, name, skipped, entry=root, specials=specials), key=lambda m: m[0])
+    strip = len(os.fsencode(name)) + 1  # "name/": identity paths are relative to the root
+    identity.extend(Member.of(key[strip:], st) for key, st in specials)
     tar.expect(sum(st.st_size for _key, _member, _path, st in members if stat.S_ISREG(st.st_mode)))
     for key, member, path, st in members:
         mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            identity.append(Member.of(key[strip:], st))
         if stat.S_ISDIR(mode):
             tar.add(_tarinfo(member, st, tarfile.DIRTYPE))
             fields = (b"dir", b"0", b"")
@@ -240,18 +256,30 @@ def _add_tree(tar: _TarWriter, root: str, name: str, skipped: list[str]) -> tupl
             tar.add(info)
             fields = (b"symlink", b"0", os.fsencode(target))
         else:
-            digest, size = _add_file(tar, member, path, root)
+            digest, size, after = _add_file(tar, member, path, root)
+            identity.append(Member.of(key[strip:], after))
             total += size
             count += 1
             fields = (b"file", str(size).encode("ascii"), digest.encode("ascii"))
-        manifest.update(b"\0".join((key, *fields)) + b"\n")
+        manifest.update(manifest_line(key, *fields))
     return manifest.hexdigest(), total, count
 
 
+def manifest_line(relpath: bytes, kind: bytes, size: bytes, digest: bytes) -> bytes:
+    """One line of a directory's manifest (see compress_entry); completed.py recomputes it when copying."""
+    return b"\0".join((relpath, kind, size, digest)) + b"\n"
+
+
 def _walk(
-    root: str, name: str, skipped: list[str], *, entry: str
+    root: str,
+    name: str,
+    skipped: list[str],
+    *,
+    entry: str,
+    specials: list[tuple[bytes, os.stat_result]] | None = None,
 ) -> list[tuple[bytes, str, str, os.stat_result]]:
-    """(sort key, member name, path, lstat) of the root and everything below it; special files go to `skipped`."""
+    """(sort key, member name, path, lstat) of the root and everything below it; special files go to `skipped`
+    (their names) and `specials` (sort key, lstat)."""
     try:
         members = [(os.fsencode(name), name, root, os.lstat(root))]
     except OSError as exc:
@@ -270,13 +298,16 @@ def _walk(
                 pending.append((path, member))
             elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 skipped.append(member)
+                if specials is not None:
+                    specials.append((os.fsencode(member), st))
                 continue
             members.append((os.fsencode(member), member, path, st))
     return members
 
 
-def _add_file(tar: _TarWriter, member: str, path: str, entry: str) -> tuple[str, int]:
-    """Stream one regular file into the archive; returns (hex SHA-256, size). Fails if it changes meanwhile."""
+def _add_file(tar: _TarWriter, member: str, path: str, entry: str) -> tuple[str, int, os.stat_result]:
+    """Stream one regular file into the archive; returns (hex SHA-256, size, its fstat after the read). Fails if it
+    changes meanwhile (size, mtime or ctime)."""
     try:
         # O_NOFOLLOW and O_NONBLOCK: a path swapped for a symlink or a FIFO since the walk must neither be followed
         # nor block the worker; the fstat below then reports it as changed.
@@ -305,10 +336,11 @@ def _add_file(tar: _TarWriter, member: str, path: str, entry: str) -> tuple[str,
     if (
         grew
         or reader.size != before.st_size
-        or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        or (after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+        != (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
     ):
         raise _changed(path, entry)
-    return reader.sha256.hexdigest(), reader.size
+    return reader.sha256.hexdigest(), reader.size, after
 
 
 def _tarinfo(member: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:

@@ -118,7 +118,12 @@ def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
 
 
 LISTING_MIN_ENTRIES = 20  # entries per listing page allowed before the run lists its prefix instead of HEADs
-RETRYABLE = (OperationStatus.FAILED, OperationStatus.CANCELLED, OperationStatus.PARTIAL)
+RETRYABLE = (
+    OperationStatus.FAILED,
+    OperationStatus.CANCELLED,
+    OperationStatus.PARTIAL,
+    OperationStatus.CHANGED,  # the object holds the entry as packed; the new content is still to upload
+)
 
 
 async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> tuple[list[Path], list[str]]:
@@ -206,7 +211,8 @@ class BatchReport:
         return dict(Counter(str(r.status) for r in self.records))
 
     def _done(self) -> list[UploadRecord]:
-        return [r for r in self.records if r.status in (OperationStatus.SUCCESS, OperationStatus.PARTIAL)]
+        uploaded = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.CHANGED)
+        return [r for r in self.records if r.status in uploaded]
 
     @property
     def bytes_in(self) -> int:

@@ -6,7 +6,10 @@ on purpose: callers run these functions in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
+import itertools
 import os
 import secrets
 import shutil
@@ -15,13 +18,16 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from amgmt.errors import MoveError
+from amgmt.archive import manifest_line
+from amgmt.errors import MoveError, SourceChangedError
+from amgmt.identity import Identity, Member, describe_change, identity_of, kind_of, same_identity
 from amgmt.settings import DUPLICATE_MODES
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 MAX_NAME_ATTEMPTS = 1000
+# Temporaries are named PREFIX + the operation id's first 8 characters + "-" + (a bounded) name + "-" + random.
 MOVING_PREFIX = ".amgmt-moving-"  # a copy in progress, inside the destination dir
-REMOVING_PREFIX = ".amgmt-removing-"  # a copied original being deleted, beside the original
+REMOVING_PREFIX = ".amgmt-removing-"  # an original taken away (renamed beside itself) to be deleted once copied
 
 # link() errors meaning "this filesystem (or policy) gives no hard links", as opposed to "the name is taken".
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
@@ -44,51 +50,74 @@ def completed_destination(entry: Path, *, local_dir: Path, completed_dir: Path, 
 
 
 def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_structure: bool,
-                      duplicate_handling: str, now: datetime) -> Path:
-    """Move `entry` (file or directory) into the completed dir and return its final path.
+                      duplicate_handling: str, now: datetime, expected_identity: Identity | None = None,
+                      expected_digest: str | None = None, operation_id: str | None = None) -> Path:
+    """Move `entry` (file or directory) into the completed dir and return its final path, proving on the way that
+    what lands there is what was packed.
 
-    Parent directories are created. A name taken meanwhile (by anyone) moves on to the next duplicate name; nothing
-    existing is ever replaced. Across filesystems the entry is copied into a hidden sibling of the destination, renamed
-    into place, and only then is the original removed. Any failure raises MoveError with the original intact.
+    `expected_identity` is the entry's identity when it was packed (amgmt.identity) and `expected_digest` its
+    source SHA-256 (a directory: of its manifest, as archive.compress_entry defines it); without them the entry's
+    identity now is taken as the reference and a copy is not compared with anything. `operation_id` names the
+    temporaries (its first 8 characters), so that recovery knows whose they are.
+
+    Before moving, the entry must still have the expected identity; within one filesystem it is renamed (link +
+    unlink for a file, a claimed empty directory for a directory) and its identity checked again, the root's ctime
+    left out; a difference puts it back. Across filesystems it is copied beside the destination while every file
+    is hashed, the copy's digest must equal `expected_digest` and the source's identity as copied the expected
+    one; the original is then renamed away beside itself (`.amgmt-removing-...`), checked once more, the copy
+    installed, and only then the original removed. Parent directories are created. A name taken meanwhile (by
+    anyone) moves on to the next duplicate name; nothing existing is ever replaced.
+
+    Raises SourceChangedError when the entry changed or vanished (it stays, or is put back, in the local dir, under
+    its own name or, if that was taken meanwhile, NAME.amgmt-changed-OP8), MoveError for any other failure with
+    the original intact.
     """
+    tag = (operation_id or secrets.token_hex(4))[:8]
     try:
         is_dir = stat.S_ISDIR(os.lstat(entry).st_mode)
+    except FileNotFoundError as exc:
+        if expected_identity is not None:
+            raise _vanished(entry) from exc
+        raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
     except OSError as exc:
         raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
     plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
                                preserve_structure=preserve_structure)
     if is_dir and _inside(completed_dir, entry):
         raise MoveError(f"cannot move {_show(entry)}: the completed dir {_show(completed_dir)} is inside it")
+    expected = _unchanged(entry, expected_identity)
 
-    for candidate in _candidates(entry, plain, completed_dir=completed_dir, duplicate_handling=duplicate_handling,
-                                 now=now):
+    candidates = _candidates(entry, plain, completed_dir=completed_dir, duplicate_handling=duplicate_handling, now=now)
+    for candidate in candidates:
         if _taken(candidate):
             continue
+        _make_parent(entry, candidate)
         try:
-            candidate.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MoveError(
-                f"cannot move {_show(entry)}: cannot create {_show(candidate.parent)}: {_reason(exc)}"
-            ) from exc
-        try:
-            _place(entry, candidate, is_dir=is_dir)
+            (_install_dir if is_dir else _install_file)(entry, candidate)
         except FileExistsError as exc:
             if duplicate_handling == "error":
                 message = f"cannot move {_show(entry)}: {_show(candidate)} already exists in the completed dir"
                 raise MoveError(message) from exc
             continue  # taken between the check and the move: try the next name
         except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return _move_across(entry, itertools.chain([candidate], candidates), plain=plain, is_dir=is_dir,
+                                    expected=expected, expected_digest=expected_digest, tag=tag,
+                                    duplicate_handling=duplicate_handling)
             raise MoveError(f"cannot move {_show(entry)} to {_show(candidate)}: {_reason(exc)}") from exc
+        _check_moved(entry, candidate, expected=expected, tag=tag)
         return candidate
     raise _no_free_name(entry)
 
 
 def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_structure: bool) -> Path | None:
-    """The plain destination of `entry` if it already holds the same entry: same kind and same total size
-    (and, for a file, the same modification time, which a move keeps).
+    """The plain destination of `entry` if it is the very same file (same device and inode): a same-filesystem move
+    that was interrupted between its link() and its unlink(). Recovery finishes such moves from their records;
+    one found here has no record that proves it, and must not be moved or deleted.
 
-    A directory's size is the sum of its regular files, walked without following symlinks. Anything that cannot be
-    examined counts as "not there". Raises ValueError for an entry outside local_dir with preserve_structure.
+    Same name and size in the completed dir proves nothing (another take, a re-render): that entry is processed
+    normally. Anything that cannot be examined counts as "not there". Raises ValueError for an entry outside
+    local_dir with preserve_structure.
     """
     try:
         plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
@@ -97,16 +126,9 @@ def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserv
         raise ValueError(str(exc)) from None
     try:
         ours, theirs = os.lstat(entry), os.lstat(plain)
-        if stat.S_IFMT(ours.st_mode) != stat.S_IFMT(theirs.st_mode):
-            return None
-        if stat.S_ISDIR(ours.st_mode):
-            same = tree_size(entry) == tree_size(plain)
-        else:
-            # A move keeps the mtime: same size and same mtime (to the second) is the same file, moved earlier.
-            same = ours.st_size == theirs.st_size and int(ours.st_mtime) == int(theirs.st_mtime)
     except OSError:
         return None
-    return plain if same else None
+    return plain if (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino) else None
 
 
 # --- naming --------------------------------------------------------------------------------------------------------
@@ -183,17 +205,21 @@ def _hidden_name(prefix: str, name: str) -> str:
 # --- moving --------------------------------------------------------------------------------------------------------
 
 
-def _place(entry: Path, destination: Path, *, is_dir: bool) -> None:
-    """Give `entry` the name `destination`; FileExistsError if the name is taken, OSError otherwise."""
+def _make_parent(entry: Path, destination: Path) -> None:
     try:
-        if is_dir:
-            _install_dir(entry, destination)
-        else:
-            _install_file(entry, destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        _copy_across(entry, destination, is_dir=is_dir)
+        raise MoveError(
+            f"cannot move {_show(entry)}: cannot create {_show(destination.parent)}: {_reason(exc)}"
+        ) from exc
+
+
+def _install(source: Path, destination: Path) -> None:
+    """Rename `source` (file or directory) within one filesystem, never replacing: FileExistsError if taken."""
+    if stat.S_ISDIR(os.lstat(source).st_mode):
+        _install_dir(source, destination)
+    else:
+        _install_file(source, destination)
 
 
 def _install_file(source: Path, destination: Path) -> None:
@@ -234,61 +260,303 @@ def _claim_file(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _copy_across(entry: Path, destination: Path, *, is_dir: bool) -> None:
-    """Move `entry` to another filesystem: copy beside the destination, rename into place, then remove the original."""
-    _check_removable(entry, is_dir=is_dir)
-    temporary = destination.parent / _hidden_name(MOVING_PREFIX, destination.name)
+# --- proving that what moves is what was packed -------------------------------------------------------------------
+
+
+def _unchanged(entry: Path, expected: Identity | None) -> Identity:
+    """The entry's identity now, which must be `expected` (if given): SourceChangedError if not, MoveError if it
+    cannot be examined."""
     try:
-        if is_dir:
-            shutil.copytree(entry, temporary, symlinks=True, copy_function=shutil.copy2)
-            _install_dir(temporary, destination)
-        else:
-            shutil.copy2(entry, temporary, follow_symlinks=False)
-            _install_file(temporary, destination)
+        now = identity_of(entry)
+    except FileNotFoundError as exc:
+        if expected is None:
+            raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
+        raise _vanished(entry) from exc
+    except OSError as exc:
+        raise MoveError(f"cannot move {_show(entry)}: cannot examine it: {_reason(exc)}") from exc
+    if expected is not None and not same_identity(expected, now):
+        raise SourceChangedError(
+            f"{_show(entry)} changed after it was packed ({describe_change(expected, now)}); not moved;"
+            " the next run uploads it",
+            path=str(entry),
+        )
+    return now
+
+
+def _vanished(entry: Path) -> SourceChangedError:
+    return SourceChangedError(
+        f"{_show(entry)} was deleted from the local dir after it was packed; the object holds it as packed;"
+        " nothing moved",
+        path=str(entry),
+    )
+
+
+def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> None:
+    """After a same-filesystem move: `moved` must still be `expected` (its root's ctime aside, which the move
+    changed); otherwise it goes back to the local dir and SourceChangedError says where."""
+    try:
+        now: Identity | None = identity_of(moved)
+    except OSError:
+        now = None
+    if now is not None and same_identity(expected, now, ignore_root_ctime=True):
+        return
+    try:
+        back = put_back(moved, entry, tag=tag)
+    except OSError as exc:
+        raise MoveError(
+            f"{_show(entry)} changed while it was moved, and it could not be put back from {_show(moved)}:"
+            f" {_reason(exc)}"
+        ) from exc
+    where = "" if back == entry else f" as {_show(back)} (its name was taken meanwhile)"
+    raise SourceChangedError(
+        f"{_show(entry)} changed while it was moved ({describe_change(expected, now)}); moved back{where};"
+        " the next run uploads it",
+        path=str(entry),
+    )
+
+
+def put_back(moved: Path, original: Path, *, tag: str) -> Path:
+    """Give `moved` its original name again, or, when that name was taken meanwhile, a visible free name beside it
+    (NAME.amgmt-changed-TAG[-N]), never replacing anything. Returns the name used; OSError if none could be."""
+    names = [original] + [original.parent / _changed_name(original.name, tag, n) for n in range(MAX_NAME_ATTEMPTS)]
+    for name in names:
+        try:
+            _install(moved, name)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no free name to put it back under", str(original))
+
+
+def _changed_name(name: str, tag: str, attempt: int) -> str:
+    suffix = f".amgmt-changed-{tag}" + (f"-{attempt}" if attempt else "")
+    raw = os.fsencode(name)[: NAME_MAX - len(suffix)]
+    while raw and (raw[-1] & 0xC0) == 0x80:
+        raw = raw[:-1]
+    if raw and raw[-1] >= 0xC0:
+        raw = raw[:-1]
+    return os.fsdecode(raw) + suffix
+
+
+# --- across filesystems ---------------------------------------------------------------------------------------------
+
+
+def _move_across(entry: Path, candidates: Iterator[Path], *, plain: Path, is_dir: bool, expected: Identity,
+                 expected_digest: str | None, tag: str, duplicate_handling: str) -> Path:
+    """Copy, prove, take the original away, install the copy, remove the original (see move_to_completed)."""
+    try:
+        _check_removable(entry, is_dir=is_dir)
+    except OSError as exc:
+        raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
+    _make_parent(entry, plain)
+    temporary = plain.parent / _hidden_name(f"{MOVING_PREFIX}{tag}-", plain.name)
+    removing: Path | None = None
+    try:
+        try:
+            copied, digest = copy_entry(entry, temporary)
+        except OSError as exc:
+            raise MoveError(f"cannot move {_show(entry)} to {_show(plain.parent)}: {_reason(exc)}") from exc
+        if not same_identity(expected, copied):
+            raise SourceChangedError(
+                f"{_show(entry)} changed after it was packed ({describe_change(expected, copied)}); seen while"
+                " copying it to the completed dir's filesystem; nothing moved or removed; the next run uploads it",
+                path=str(entry),
+            )
+        if expected_digest is not None and digest != expected_digest:
+            raise SourceChangedError(
+                f"{_show(entry)} changed after it was packed (its content differs from the uploaded one, seen"
+                " while copying it); nothing moved or removed; the next run uploads it",
+                path=str(entry),
+            )
+        # One atomic rename takes the original away whole: nothing can be added under its name any more, and a
+        # crash from here on leaves a name recovery knows (the operation's tag).
+        removing = entry.parent / _hidden_name(f"{REMOVING_PREFIX}{tag}-", entry.name)
+        try:
+            os.rename(entry, removing)
+        except OSError as exc:
+            removing = None
+            raise MoveError(f"cannot move {_show(entry)}: cannot rename it away: {_reason(exc)}") from exc
+        _check_moved(entry, removing, expected=expected, tag=tag)
+        final = _install_copy(entry, temporary, candidates, duplicate_handling=duplicate_handling)
     except BaseException:
-        _remove_quietly(temporary)
+        if removing is not None and os.path.lexists(removing):
+            with contextlib.suppress(OSError):
+                put_back(removing, entry, tag=tag)
+        remove_tree_quietly(temporary)
         raise
     try:
-        _remove_original(entry, is_dir=is_dir)
-    except BaseException:
-        _remove_quietly(destination)
-        raise
+        _remove_original(removing, is_dir=is_dir)
+    except OSError as exc:
+        try:
+            untouched = same_identity(expected, identity_of(removing), ignore_root_ctime=True)
+        except OSError:
+            untouched = False
+        if not untouched:
+            # Part of it is gone, and the proven copy is in place: the move stands; recovery removes the rest.
+            return final
+        try:
+            put_back(removing, entry, tag=tag)
+        except OSError:
+            return final  # the copy is proven and installed; the original stays as a leftover for recovery
+        remove_tree_quietly(final)
+        raise MoveError(f"cannot move {_show(entry)}: the original could not be removed: {_reason(exc)}") from exc
+    return final
+
+
+def _install_copy(entry: Path, temporary: Path, candidates: Iterator[Path], *, duplicate_handling: str) -> Path:
+    for candidate in candidates:
+        if _taken(candidate):
+            continue
+        _make_parent(entry, candidate)
+        try:
+            _install(temporary, candidate)
+        except FileExistsError as exc:
+            if duplicate_handling == "error":
+                message = f"cannot move {_show(entry)}: {_show(candidate)} already exists in the completed dir"
+                raise MoveError(message) from exc
+            continue
+        except OSError as exc:
+            raise MoveError(f"cannot move {_show(entry)} to {_show(candidate)}: {_reason(exc)}") from exc
+        return candidate
+    raise _no_free_name(entry)
+
+
+def copy_entry(entry: Path, target: Path) -> tuple[Identity, str]:
+    """Copy a file or directory tree to `target` (which must not exist), iteratively, never following symlinks.
+
+    Returns the source's identity as it was copied (each regular file's from its fstat after the read) and the
+    content digest as archive.compress_entry defines source_sha256 (a file: SHA-256 of its bytes; a directory: of
+    its manifest). Symlinks are copied as symlinks; FIFOs, sockets and devices are recreated (mknod), never opened.
+    Modes and modification times are kept. OSError on any failure (the caller removes the partial copy).
+    """
+    root_st = os.lstat(entry)
+    if stat.S_ISREG(root_st.st_mode):
+        digest, _size, after = _copy_file(str(entry), str(target))
+        return Identity.of_members([Member.of(b"", after)]), digest
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file or directory", str(entry))
+    name = os.fsencode(entry.name)
+    os.mkdir(target, 0o700)
+    members = [Member.of(b"", root_st)]
+    lines = [(name, manifest_line(name, b"dir", b"0", b""))]
+    directories = [(str(target), root_st)]
+    pending: list[tuple[str, str, bytes]] = [(str(entry), str(target), b"")]
+    while pending:
+        source_dir, target_dir, prefix = pending.pop()
+        with os.scandir(source_dir) as it:
+            found = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in it]
+        for child_name, path, st in found:
+            relpath = prefix + os.fsencode(child_name)
+            key = name + b"/" + relpath
+            copy = os.path.join(target_dir, child_name)
+            kind = kind_of(st.st_mode)
+            if kind == "dir":
+                os.mkdir(copy, 0o700)
+                directories.append((copy, st))
+                pending.append((path, copy, relpath + b"/"))
+                lines.append((key, manifest_line(key, b"dir", b"0", b"")))
+            elif kind == "file":
+                digest, size, st = _copy_file(path, copy)
+                lines.append((key, manifest_line(key, b"file", str(size).encode("ascii"), digest.encode("ascii"))))
+            elif kind == "symlink":
+                link = os.readlink(path)
+                os.symlink(link, copy)
+                os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                lines.append((key, manifest_line(key, b"symlink", b"0", os.fsencode(link))))
+            else:  # FIFO, socket, device: recreated as such; reading one would block or never end
+                os.mknod(copy, st.st_mode, st.st_rdev)
+            members.append(Member.of(relpath, st))
+    manifest = hashlib.sha256()
+    for _key, line in sorted(lines):
+        manifest.update(line)
+    for path, st in reversed(directories):  # deepest first: setting times is the last change to each
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return Identity.of_members(members), manifest.hexdigest()
+
+
+_COPY_CHUNK = 1 << 20
+
+
+def _copy_file(source: str, target: str) -> tuple[str, int, os.stat_result]:
+    """Copy one regular file, hashing what is written; (hex SHA-256, bytes, the source's fstat after the read).
+
+    A source that is not a regular file any more (swapped since it was listed) is not read: its stat says so."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return "", 0, before
+        os.set_blocking(fd, True)
+        digest = hashlib.sha256()
+        size = 0
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            buffer = bytearray(_COPY_CHUNK)
+            view = memoryview(buffer)
+            while n := os.readv(fd, [buffer]):
+                digest.update(view[:n])
+                written = 0
+                while written < n:
+                    written += os.write(out, view[written:n])
+                size += n
+            os.fchmod(out, stat.S_IMODE(before.st_mode))
+            os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
+        finally:
+            os.close(out)
+        return digest.hexdigest(), size, os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_removable(entry: Path, *, is_dir: bool) -> None:
     """Refuse before copying when the original could not be deleted afterwards (a copy that cannot finish the move)."""
     directories = [entry.parent]
     if is_dir:
-        for root, _dirs, _files in os.walk(entry, onerror=_raise):
-            directories.append(Path(root))
+        pending = [entry]
+        while pending:
+            directory = pending.pop()
+            directories.append(directory)
+            with os.scandir(directory) as it:
+                pending.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
     for directory in directories:
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "the original could not be removed after copying", str(directory))
 
 
-def _raise(exc: OSError) -> None:
-    raise exc
-
-
 def _remove_original(entry: Path, *, is_dir: bool) -> None:
-    if not is_dir:
-        os.unlink(entry)
+    """Delete the original, already renamed away and proven copied; OSError at the first failure."""
+    remove_tree(entry)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or a directory tree, iteratively (any depth), never following symlinks; OSError if it fails."""
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
         return
-    # One atomic rename takes the original away whole; a deletion failing halfway must not leave it half gone.
-    doomed = entry.parent / _hidden_name(REMOVING_PREFIX, entry.name)
-    os.rename(entry, doomed)
-    # The move is complete and the copy verified in place: a leftover here only costs space, never data.
-    shutil.rmtree(doomed, ignore_errors=True)
+    pending = [str(path)]
+    emptied: list[str] = []
+    while pending:
+        directory = pending.pop()
+        emptied.append(directory)
+        with os.scandir(directory) as it:
+            children = list(it)
+        for child in children:
+            if child.is_dir(follow_symlinks=False):
+                pending.append(child.path)
+            else:
+                os.unlink(child.path)
+    for directory in reversed(emptied):
+        os.rmdir(directory)
+
+
+def remove_tree_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        remove_tree(path)
 
 
 def _remove_quietly(path: Path) -> None:
-    try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    except OSError:
-        pass
+    remove_tree_quietly(path)
 
 
 def _unlink_quietly(path: Path) -> None:

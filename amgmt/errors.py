@@ -6,7 +6,8 @@
     │   ├── ValidationError
     │   ├── CompressionError
     │   ├── UploadError
-    │   └── VerificationError
+    │   ├── VerificationError
+    │   └── SourceChangedError  the source changed or vanished after it was packed: not moved (recorded "changed")
     ├── MoveError          upload verified, original could not be moved: recorded as partial
     ├── StorageError       run-wide S3 trouble (no bucket, bad credentials, endpoint down): stop the batch
     ├── StoreError         metadata database trouble
@@ -78,6 +79,13 @@ class ObjectExistsError(UploadError):
 
 class VerificationError(EntryError):
     stage = "verify"
+
+
+class SourceChangedError(EntryError):
+    """The entry is no longer what was packed and uploaded (written, grown, replaced, members added or removed, or
+    deleted): it is not moved, or was moved back; the object holds it as packed; the next run uploads it again."""
+
+    stage = "move"
 
 
 class MoveError(AmgmtError):

@@ -36,6 +36,9 @@ class OperationStatus(StrEnum):
     PARTIAL = "partial"  # uploaded and verified, but the original could not be moved
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # (amgmt) a duplicate: nothing uploaded, nothing moved
+    # (amgmt) uploaded and verified, but the source changed (or vanished) after it was packed: the object holds it as
+    # packed, the original stays local (or was put back), and the next run uploads the new content
+    CHANGED = "changed"
 
 
 class Stage(StrEnum):

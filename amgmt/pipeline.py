@@ -30,6 +30,7 @@ from amgmt.errors import (
     EntryError,
     MoveError,
     ObjectExistsError,
+    SourceChangedError,
     StoreError,
     UploadError,
     ValidationError,
@@ -261,6 +262,11 @@ class EntryPipeline:
         record = self.record
         try:
             await self._stages()
+        except SourceChangedError as exc:
+            # Uploaded and verified as packed, but the original is no longer that: it stays (or is put back) local.
+            record.finish(OperationStatus.CHANGED, error=f"{exc.stage}: {exc}")
+            if record.source_file_record:
+                record.source_file_record.tags["changed"] = str(exc)
         except EntryError as exc:
             # An S3 error (UploadError) can come from any stage that talks to S3 (a HEAD in verify): name the stage.
             stage = str(record.stage) if isinstance(exc, UploadError) else exc.stage
@@ -334,9 +340,11 @@ class EntryPipeline:
                 preserve_structure=settings.preserve_structure,
             )
             if done is not None:
-                self._took(Stage.VALIDATE, started)
-                await self._skip(f"already in the completed dir as {display(done)}")
-                return
+                # Recovery (run before any entry) finishes such a move when a record proves it; none did.
+                raise ValidationError(
+                    f"{display(self.entry)} is the same file as {display(done)} in the completed dir (a move was"
+                    " interrupted, and no record proves what it held); nothing moved: check it, then remove one name"
+                )
             if settings.duplicate_handling == "error":
                 try:
                     completed_destination(
@@ -423,6 +431,7 @@ class EntryPipeline:
         record.compressed_size = result.archive_size
         record.compressed_file_path = display(self.staging)
         record.checksum_original = result.source_sha256
+        record.metadata["source_identity"] = result.source_identity.to_dict()
         record.checksum_compressed = result.archive_sha256
         record.part_size = result.part_size
         record.part_count = len(result.part_md5s)
@@ -602,7 +611,9 @@ class EntryPipeline:
             record.s3_file_record.tags["verified_by"] = method
 
     async def _move(self) -> str | None:
-        """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial)."""
+        """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial); raises
+        SourceChangedError when the original is no longer what was packed (it stays local; recorded "changed")."""
+        assert self.archive is not None
         settings = self.ctx.settings
         record = self.record
         try:
@@ -615,6 +626,9 @@ class EntryPipeline:
                     preserve_structure=settings.preserve_structure,
                     duplicate_handling=settings.duplicate_handling,
                     now=record.started_at,
+                    expected_identity=self.archive.source_identity,
+                    expected_digest=self.archive.source_sha256,
+                    operation_id=record.operation_id,
                 )
             )
         except MoveError as exc:

@@ -346,16 +346,16 @@ def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(dirs
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local / "shoot", {"1.mov": b"1" * 1000, "2.mov": b"2" * 1000, "3.mov": b"3" * 1000})
     before = snapshot(entry)
-    real_copy2 = shutil.copy2
+    real_copy = completed._copy_file
     copied: list[str] = []
 
-    def copy2(src: str, dst: str, **kwargs: object) -> object:
+    def copy_file(src: str, dst: str) -> object:
         if copied:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
         copied.append(src)
-        return real_copy2(src, dst, **kwargs)  # type: ignore[arg-type]
+        return real_copy(src, dst)
 
-    monkeypatch.setattr(completed.shutil, "copy2", copy2)
+    monkeypatch.setattr(completed, "_copy_file", copy_file)
 
     message = move_error(lambda: dirs.move(entry))
 
@@ -369,13 +369,13 @@ def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(dirs
 @pytest.mark.usefixtures("cross_device")
 def test_cross_filesystem_file_copy_failure(dirs: Dirs, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local, {"clip.mp4": b"x" * 1000}) / "clip.mp4"
-    real_copy2 = shutil.copy2
+    real_copy = completed._copy_file
 
-    def copy2(src: str, dst: str, **kwargs: object) -> object:
-        real_copy2(src, dst, **kwargs)  # type: ignore[arg-type]
+    def copy_file(src: str, dst: str) -> object:
+        real_copy(src, dst)
         raise OSError(errno.EIO, os.strerror(errno.EIO), dst)
 
-    monkeypatch.setattr(completed.shutil, "copy2", copy2)
+    monkeypatch.setattr(completed, "_copy_file", copy_file)
     move_error(lambda: dirs.move(entry))
     assert entry.read_bytes() == b"x" * 1000
     assert list(dirs.completed.iterdir()) == []
@@ -499,20 +499,22 @@ def test_permission_denied_in_the_completed_dir(dirs: Dirs, entry_kind: str, mon
 # --- find_completed ------------------------------------------------------------------------------------------------
 
 
-def test_find_completed_file(dirs: Dirs) -> None:
+def test_find_completed_is_only_the_same_file_left_by_an_interrupted_move(dirs: Dirs) -> None:
+    """Same name, size and mtime in the completed dir is another file (a re-render, another take): not "done".
+    Only the very same inode (a move killed between link and unlink) is found."""
     entry = make_media(dirs.local, {"clip.mp4": b"12345"}) / "clip.mp4"
     assert dirs.find(entry) is None
     make_media(dirs.completed, {"clip.mp4": b"abcde"})
-    assert dirs.find(entry) == dirs.completed / "clip.mp4"
-    (dirs.completed / "clip.mp4").write_bytes(b"abcdef")
+    os.utime(dirs.completed / "clip.mp4", ns=(entry.stat().st_atime_ns, entry.stat().st_mtime_ns))
     assert dirs.find(entry) is None
+    (dirs.completed / "clip.mp4").unlink()
+    os.link(entry, dirs.completed / "clip.mp4")
+    assert dirs.find(entry) == dirs.completed / "clip.mp4"
 
 
-def test_find_completed_directory_by_total_size(dirs: Dirs) -> None:
+def test_find_completed_directory_of_the_same_size_is_not_done(dirs: Dirs) -> None:
     entry = make_media(dirs.local / "shoot", {"a": b"a" * 10, "sub/b": b"b" * 5, "link": "a"})
     make_media(dirs.completed / "shoot", {"a": b"x" * 10, "sub/b": b"y" * 5, "other-link": "/etc/hostname"})
-    assert dirs.find(entry) == dirs.completed / "shoot"
-    (dirs.completed / "shoot" / "extra").write_bytes(b"!")
     assert dirs.find(entry) is None
 
 
@@ -524,15 +526,18 @@ def test_find_completed_kind_must_match(dirs: Dirs) -> None:
 
 def test_find_completed_with_preserve_structure(dirs: Dirs) -> None:
     entry = make_media(dirs.local / "2024", {"clip.mp4": b"xyz"}) / "clip.mp4"
-    make_media(dirs.completed, {"clip.mp4": b"xyz"})
+    dirs.completed.mkdir()
+    os.link(entry, dirs.completed / "clip.mp4")
     assert dirs.find(entry) == dirs.completed / "clip.mp4"
     assert dirs.find(entry, preserve_structure=True) is None
-    make_media(dirs.completed / "2024", {"clip.mp4": b"xyz"})
+    (dirs.completed / "2024").mkdir()
+    os.link(entry, dirs.completed / "2024" / "clip.mp4")
     assert dirs.find(entry, preserve_structure=True) == dirs.completed / "2024" / "clip.mp4"
 
 
 def test_find_completed_only_looks_at_the_plain_destination(dirs: Dirs) -> None:
     entry = make_media(dirs.local, {"clip.mp4": b"xyz"}) / "clip.mp4"
-    make_media(dirs.completed, {f"{STAMP}_clip.mp4": b"xyz"})
+    dirs.completed.mkdir()
+    os.link(entry, dirs.completed / f"{STAMP}_clip.mp4")
     assert dirs.find(entry) is None
     assert dirs.find(dirs.local / "missing.mp4") is None
