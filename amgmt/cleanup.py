@@ -5,14 +5,18 @@ Callers hold the run lock of the local dir, so nothing found here can belong to 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from amgmt.completed import plain_destination, tree_size
-from amgmt.errors import MoveError, NotFoundError
+import anyio.to_thread
+
+from amgmt.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back, recover_move, remove_tree_quietly
+from amgmt.errors import NotFoundError
+from amgmt.identity import Identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display
 from amgmt.runlock import RunLock
@@ -30,7 +34,9 @@ class Cleanup:
     interrupted_operations: list[str] = field(default_factory=list)
     staging_files: list[dict[str, Any]] = field(default_factory=list)
     multipart_uploads: list[dict[str, Any]] = field(default_factory=list)
+    move_leftovers: list[dict[str, str]] = field(default_factory=list)  # {"path", "action"} of move temporaries
     dry_run: bool = False
+    handled_tags: set[str] = field(default_factory=set, repr=False)  # operations whose moves were recovered
 
     @property
     def staging_bytes(self) -> int:
@@ -41,51 +47,116 @@ class Cleanup:
         return sum(u["size"] for u in self.multipart_uploads)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"staging_bytes": self.staging_bytes, "multipart_bytes": self.multipart_bytes}
+        out = asdict(self) | {"staging_bytes": self.staging_bytes, "multipart_bytes": self.multipart_bytes}
+        del out["handled_tags"]
+        return out
 
 
 async def close_interrupted(settings: Settings, store: MetadataStore, found: Cleanup) -> None:
-    """Pending records of this local dir belong to a run that died: record them cancelled, with the reason."""
+    """Pending records of this local dir belong to a run that died: record them cancelled, with the reason, and
+    finish or undo the moves they were in the middle of (a dry run only says what it would do)."""
     if found.dry_run:
         pending = await store.list_operations(status=OperationStatus.PENDING, limit=None)
         prefix = display(settings.local_dir)
-        found.interrupted_operations = [
-            r.operation_id for r in pending if r.target_path == prefix or r.target_path.startswith(prefix + "/")
-        ]
-        return
-    stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
-    found.interrupted_operations = [r.operation_id for r in stale]
+        stale = [r for r in pending if r.target_path == prefix or r.target_path.startswith(prefix + "/")]
+        found.interrupted_operations = [r.operation_id for r in stale]
+    else:
+        stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
+        found.interrupted_operations = [r.operation_id for r in stale]
     for record in stale:
-        await _finish_moved(settings, store, record)
+        await _finish_moved(settings, store, record, found)
+    await settle_move_leftovers(settings, store, found)
 
 
-async def _finish_moved(settings: Settings, store: MetadataStore, record: OperationRecord) -> None:
+async def _finish_moved(settings: Settings, store: MetadataStore, record: OperationRecord, found: Cleanup) -> None:
     """A run that died in stage 6 had already verified the object (the move starts only after verification).
-    If the original is gone from the local dir and sits at its destination in the completed dir, the move
-    happened: the operation succeeded, and the record says so (with how this was found out)."""
+    completed.recover_move finishes the move when it can prove it (the record then says success, with how this
+    was found out), undoes it otherwise, and records "changed" when the entry is no longer what was uploaded."""
     if not isinstance(record, UploadRecord) or record.stage != Stage.MOVE or not record.verification_method:
         return
     raw = record.metadata.get("target_path_hex")
     source = Path(os.fsdecode(bytes.fromhex(raw))) if raw else Path(record.target_path)
-    try:
-        destination = plain_destination(source, local_dir=settings.local_dir, completed_dir=settings.completed_dir,
-                                        preserve_structure=settings.preserve_structure)
-    except MoveError:
+    known = record.metadata.get("source_identity")
+    recovery = await anyio.to_thread.run_sync(
+        functools.partial(
+            recover_move,
+            source,
+            local_dir=settings.local_dir,
+            completed_dir=settings.completed_dir,
+            preserve_structure=settings.preserve_structure,
+            duplicate_handling=settings.duplicate_handling,
+            started=record.started_at,
+            operation_id=record.operation_id,
+            expected_identity=Identity.from_dict(known) if known else None,
+            expected_digest=record.checksum_original if known else None,
+            original_size=record.original_size,
+            dry_run=found.dry_run,
+        )
+    )
+    found.move_leftovers.extend(recovery.leftovers)
+    found.handled_tags.add(record.operation_id[:8])
+    if found.dry_run or not recovery.outcome:
         return
-    if os.path.lexists(source) or not os.path.lexists(destination):
+    record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
+    if recovery.outcome == "changed":
+        record.finish(OperationStatus.CHANGED, error=f"move: {recovery.message}", when=record.completed_at)
+        record.stage = Stage.DONE
+        await store.save_operation(record)
         return
-    try:
-        if tree_size(destination)[0] != record.original_size:
-            return  # something else holds that name (the entry may have gone under a duplicate name)
-    except OSError:
-        return
+    assert recovery.final is not None
     record.finish(OperationStatus.SUCCESS, error=None, when=record.completed_at)
     record.error_message = None
     record.stage = Stage.DONE
-    record.completed_dir_path = display(destination)
-    record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
-    record.metadata["recovered"] = "the run died right after moving the original; found in the completed dir"
+    record.completed_dir_path = display(recovery.final)
+    record.metadata["recovered"] = "the run died while moving the original; the move was finished and proven"
     await store.save_operation(record)
+
+
+async def settle_move_leftovers(settings: Settings, store: MetadataStore, found: Cleanup) -> None:
+    """Temporaries of moves whose records are not being recovered (directly in the completed dir and the local
+    dir): an unfinished copy (.amgmt-moving-*) is removed; an original taken away (.amgmt-removing-*) is removed
+    only when its operation succeeded (the copy was proven before it was installed), otherwise it is put back
+    under a visible name for the next run to upload. A dry run says the same without doing it."""
+    for directory, prefix in ((settings.completed_dir, MOVING_PREFIX), (settings.local_dir, REMOVING_PREFIX)):
+        try:
+            with os.scandir(directory) as it:
+                items = sorted(Path(e.path) for e in it if e.name.startswith(prefix))
+        except OSError:
+            continue
+        for path in items:
+            tag = path.name[len(prefix) : len(prefix) + 8]
+            if tag in found.handled_tags:
+                continue
+            try:
+                owner: OperationRecord | None = await store.get_operation(tag)
+            except NotFoundError:
+                owner = None
+            if owner is not None and owner.status == OperationStatus.PENDING:
+                continue  # another run's, in progress (a completed dir shared by local dirs)
+            if prefix == MOVING_PREFIX:
+                action = "removed (an unfinished copy)"
+                if not found.dry_run:
+                    remove_tree_quietly(path)
+            elif (
+                isinstance(owner, UploadRecord)
+                and owner.status == OperationStatus.SUCCESS
+                and owner.completed_dir_path
+                and os.path.lexists(owner.completed_dir_path)
+            ):
+                action = "removed (the move was complete)"
+                if not found.dry_run:
+                    remove_tree_quietly(path)
+            else:
+                name = owner.target_name if owner is not None else path.name[len(prefix) + 9 :].rsplit("-", 1)[0]
+                back = path.parent / name
+                if not found.dry_run:
+                    try:
+                        back = await anyio.to_thread.run_sync(functools.partial(put_back, path, back, tag=tag))
+                    except OSError:
+                        found.move_leftovers.append({"path": display(path), "action": "left: cannot put it back"})
+                        continue
+                action = f"put back as {display(back)}"
+            found.move_leftovers.append({"path": display(path), "action": action})
 
 
 async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: Cleanup) -> None:

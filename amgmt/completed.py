@@ -15,6 +15,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -129,6 +130,184 @@ def find_completed(entry: Path, *, local_dir: Path, completed_dir: Path, preserv
     except OSError:
         return None
     return plain if (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino) else None
+
+
+# --- recovery of a move that was interrupted -------------------------------------------------------------------------
+
+
+@dataclass
+class MoveRecovery:
+    """What recover_move found (and, unless a dry run, did) for one interrupted operation.
+
+    outcome: "moved" (the move is complete: `final` holds what was uploaded), "changed" (the entry is local again,
+    and is not what was packed), or "" (nothing proven: the entry is as an interrupted run leaves it, to redo).
+    `leftovers`: the temporaries it dealt with, {"path", "action"}."""
+
+    outcome: str = ""
+    final: Path | None = None
+    message: str = ""
+    leftovers: list[dict[str, str]] = field(default_factory=list)
+
+
+def recover_move(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_structure: bool,
+                 duplicate_handling: str, started: datetime, operation_id: str, expected_identity: Identity | None,
+                 expected_digest: str | None, original_size: int, dry_run: bool) -> MoveRecovery:
+    """Finish or undo the move of `entry` by operation `operation_id`, whose run died in stage 6 (the object was
+    verified). Synchronous; callers hold the run lock, so no move of this operation is in progress.
+
+    Killed between link() and unlink(): the local name and a completed name are one inode: the local one goes.
+    Killed across filesystems after the original was renamed to .amgmt-removing-TAG-*: it is removed once a
+    completed copy is proven equal to the upload, put back when it changed or no copy was installed. Incomplete
+    copies (.amgmt-moving-TAG-*) are removed. An entry gone from the local dir counts as moved when a completed
+    name holds it (same identity, or the same content digest). With `dry_run` nothing is changed; what would be
+    done is returned all the same."""
+    tag = operation_id[:8]
+    found = MoveRecovery()
+    try:
+        plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
+                                   preserve_structure=preserve_structure)
+    except MoveError:
+        return found
+    names = _existing_candidates(entry, plain, completed_dir=completed_dir, duplicate_handling=duplicate_handling,
+                                 now=started)
+
+    def proven(path: Path) -> bool:
+        return _holds(path, expected_identity, expected_digest, original_size)
+
+    removing = _tagged(entry.parent, REMOVING_PREFIX, tag)
+    if removing is not None:
+        final = next((name for name in names if proven(name)), None)
+        try:
+            unchanged = expected_identity is None or same_identity(
+                expected_identity, identity_of(removing), ignore_root_ctime=True)
+        except OSError:
+            unchanged = False
+        if final is not None and unchanged:
+            found.outcome, found.final = "moved", final
+            found.leftovers.append({"path": display_path(removing), "action": "removed (the move was complete)"})
+            if not dry_run:
+                remove_tree_quietly(removing)
+        else:
+            back = entry if dry_run or not os.path.lexists(entry) else None
+            if not dry_run:
+                try:
+                    back = put_back(removing, entry, tag=tag)
+                except OSError:
+                    back = None
+            action = f"put back as {display_path(back)}" if back else "left: it could not be put back"
+            found.leftovers.append({"path": display_path(removing), "action": action})
+            if not unchanged:
+                found.outcome = "changed"
+                found.message = (f"{_show(entry)} changed after it was packed (seen when recovering the interrupted"
+                                 f" move); {action}; the next run uploads it")
+    elif os.path.lexists(entry):
+        try:
+            ours = os.lstat(entry)
+        except OSError:
+            ours = None
+        twin = next((n for n in names if ours is not None and _same_inode(n, ours)), None)
+        if twin is not None and ours is not None and not stat.S_ISDIR(ours.st_mode):
+            try:
+                unchanged = expected_identity is None or same_identity(
+                    expected_identity, identity_of(entry), ignore_root_ctime=True)
+            except OSError:
+                unchanged = False
+            if unchanged:
+                found.outcome, found.final = "moved", twin
+                if not dry_run:
+                    os.unlink(entry)
+            else:
+                found.outcome = "changed"
+                found.message = (f"{_show(entry)} changed after it was packed (seen when recovering the interrupted"
+                                 f" move); its second name {_show(twin)} in the completed dir was removed; the next"
+                                 " run uploads it")
+                if not dry_run:
+                    os.unlink(twin)
+    else:
+        final = next((name for name in names if proven(name)), None)
+        if final is not None:
+            found.outcome, found.final = "moved", final
+        elif expected_identity is not None:
+            # Moved within the filesystem, then changed before it could be checked: it goes back to be uploaded.
+            moved = next((n for n in names if _is(n, expected_identity)), None)
+            if moved is not None:
+                back = entry
+                if not dry_run:
+                    back = put_back(moved, entry, tag=tag)
+                found.outcome = "changed"
+                found.message = (f"{_show(entry)} changed after it was packed (seen when recovering the interrupted"
+                                 f" move); moved back from the completed dir as {_show(back)}; the next run uploads"
+                                 " it")
+    moving = _tagged(plain.parent, MOVING_PREFIX, tag)
+    if moving is not None:
+        found.leftovers.append({"path": display_path(moving), "action": "removed (an unfinished copy)"})
+        if not dry_run:
+            remove_tree_quietly(moving)
+    return found
+
+
+def display_path(path: Path | None) -> str:
+    return _show(path) if path is not None else ""
+
+
+def _existing_candidates(entry: Path, plain: Path, *, completed_dir: Path, duplicate_handling: str,
+                         now: datetime) -> list[Path]:
+    """The destination names an operation started at `now` may have used: the first free one was taken, so every
+    name up to it exists."""
+    names: list[Path] = []
+    try:
+        for candidate in _candidates(entry, plain, completed_dir=completed_dir,
+                                     duplicate_handling=duplicate_handling, now=now):
+            if not os.path.lexists(candidate):
+                break
+            names.append(candidate)
+    except (MoveError, ValueError):
+        pass
+    return names
+
+
+def _tagged(directory: Path, prefix: str, tag: str) -> Path | None:
+    start = f"{prefix}{tag}-"
+    try:
+        with os.scandir(directory) as it:
+            return next((Path(e.path) for e in it if e.name.startswith(start)), None)
+    except OSError:
+        return None
+
+
+def _same_inode(path: Path, st: os.stat_result) -> bool:
+    try:
+        theirs = os.lstat(path)
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _is(path: Path, expected: Identity) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (expected.dev, expected.ino)
+
+
+def _holds(path: Path, expected: Identity | None, digest: str | None, size: int) -> bool:
+    """Whether `path` holds what was uploaded: the same identity (moved within the filesystem) or, for a copy,
+    the same content digest; for a record from before identities, the same total size."""
+    try:
+        if expected is not None and same_identity(expected, identity_of(path), ignore_root_ctime=True):
+            return True
+        if digest is not None:
+            return content_digest(path) == digest
+        return tree_size(path)[0] == size
+    except OSError:
+        return False
+
+
+def content_digest(path: Path) -> str:
+    """The source SHA-256 archive.compress_entry would compute for `path` (a directory: of its manifest); its bytes
+    are read (copied to nowhere)."""
+    return copy_entry(path, None)[1]
 
 
 # --- naming --------------------------------------------------------------------------------------------------------
@@ -421,8 +600,9 @@ def _install_copy(entry: Path, temporary: Path, candidates: Iterator[Path], *, d
     raise _no_free_name(entry)
 
 
-def copy_entry(entry: Path, target: Path) -> tuple[Identity, str]:
-    """Copy a file or directory tree to `target` (which must not exist), iteratively, never following symlinks.
+def copy_entry(entry: Path, target: Path | None) -> tuple[Identity, str]:
+    """Copy a file or directory tree to `target` (which must not exist; None: only hash it), iteratively, never
+    following symlinks.
 
     Returns the source's identity as it was copied (each regular file's from its fstat after the read) and the
     content digest as archive.compress_entry defines source_sha256 (a file: SHA-256 of its bytes; a directory: of
@@ -431,16 +611,18 @@ def copy_entry(entry: Path, target: Path) -> tuple[Identity, str]:
     """
     root_st = os.lstat(entry)
     if stat.S_ISREG(root_st.st_mode):
-        digest, _size, after = _copy_file(str(entry), str(target))
+        digest, _size, after = _copy_file(str(entry), None if target is None else str(target))
         return Identity.of_members([Member.of(b"", after)]), digest
     if not stat.S_ISDIR(root_st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file or directory", str(entry))
     name = os.fsencode(entry.name)
-    os.mkdir(target, 0o700)
     members = [Member.of(b"", root_st)]
     lines = [(name, manifest_line(name, b"dir", b"0", b""))]
-    directories = [(str(target), root_st)]
-    pending: list[tuple[str, str, bytes]] = [(str(entry), str(target), b"")]
+    directories: list[tuple[str, os.stat_result]] = []
+    if target is not None:
+        os.mkdir(target, 0o700)
+        directories.append((str(target), root_st))
+    pending: list[tuple[str, str | None, bytes]] = [(str(entry), None if target is None else str(target), b"")]
     while pending:
         source_dir, target_dir, prefix = pending.pop()
         with os.scandir(source_dir) as it:
@@ -448,11 +630,12 @@ def copy_entry(entry: Path, target: Path) -> tuple[Identity, str]:
         for child_name, path, st in found:
             relpath = prefix + os.fsencode(child_name)
             key = name + b"/" + relpath
-            copy = os.path.join(target_dir, child_name)
+            copy = None if target_dir is None else os.path.join(target_dir, child_name)
             kind = kind_of(st.st_mode)
             if kind == "dir":
-                os.mkdir(copy, 0o700)
-                directories.append((copy, st))
+                if copy is not None:
+                    os.mkdir(copy, 0o700)
+                    directories.append((copy, st))
                 pending.append((path, copy, relpath + b"/"))
                 lines.append((key, manifest_line(key, b"dir", b"0", b"")))
             elif kind == "file":
@@ -460,10 +643,11 @@ def copy_entry(entry: Path, target: Path) -> tuple[Identity, str]:
                 lines.append((key, manifest_line(key, b"file", str(size).encode("ascii"), digest.encode("ascii"))))
             elif kind == "symlink":
                 link = os.readlink(path)
-                os.symlink(link, copy)
-                os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                if copy is not None:
+                    os.symlink(link, copy)
+                    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
                 lines.append((key, manifest_line(key, b"symlink", b"0", os.fsencode(link))))
-            else:  # FIFO, socket, device: recreated as such; reading one would block or never end
+            elif copy is not None:  # FIFO, socket, device: recreated as such; reading one would block or never end
                 os.mknod(copy, st.st_mode, st.st_rdev)
             members.append(Member.of(relpath, st))
     manifest = hashlib.sha256()
@@ -478,7 +662,7 @@ def copy_entry(entry: Path, target: Path) -> tuple[Identity, str]:
 _COPY_CHUNK = 1 << 20
 
 
-def _copy_file(source: str, target: str) -> tuple[str, int, os.stat_result]:
+def _copy_file(source: str, target: str | None) -> tuple[str, int, os.stat_result]:
     """Copy one regular file, hashing what is written; (hex SHA-256, bytes, the source's fstat after the read).
 
     A source that is not a regular file any more (swapped since it was listed) is not read: its stat says so."""
@@ -490,20 +674,22 @@ def _copy_file(source: str, target: str) -> tuple[str, int, os.stat_result]:
         os.set_blocking(fd, True)
         digest = hashlib.sha256()
         size = 0
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        out = None if target is None else os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             buffer = bytearray(_COPY_CHUNK)
             view = memoryview(buffer)
             while n := os.readv(fd, [buffer]):
                 digest.update(view[:n])
-                written = 0
+                written = 0 if out is not None else n
                 while written < n:
-                    written += os.write(out, view[written:n])
+                    written += os.write(out, view[written:n])  # type: ignore[arg-type]
                 size += n
-            os.fchmod(out, stat.S_IMODE(before.st_mode))
-            os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
+            if out is not None:
+                os.fchmod(out, stat.S_IMODE(before.st_mode))
+                os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
         finally:
-            os.close(out)
+            if out is not None:
+                os.close(out)
         return digest.hexdigest(), size, os.fstat(fd)
     finally:
         os.close(fd)

@@ -74,6 +74,8 @@ async def cleanup(dry_run: bool, older_than: str, as_json: bool, **kwargs: Any) 
     click.echo(f"{verb} {len(found.multipart_uploads)} multipart uploads holding {human_size(found.multipart_bytes)}")
     click.echo(f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "
                f"{human_size(found.staging_bytes)}")
+    for leftover in found.move_leftovers:
+        click.echo(f"{'would be ' if dry_run else ''}{leftover['action']}: {leftover['path']}")
     if found.interrupted_operations:
         click.echo(f"{'would close' if dry_run else 'closed'} {len(found.interrupted_operations)} records of "
                    "interrupted runs as cancelled")
