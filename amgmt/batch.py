@@ -369,6 +369,11 @@ class _BatchRun:
                             report.recovery = await recover_interrupted(settings, store, s3, self.entries)
                         except UploadError as exc:  # before any entry: nothing else could do better
                             raise StorageError(f"the endpoint does not answer like S3: {exc}") from exc
+                        if report.recovery.finished_moves:
+                            # Recovery finished these entries' interrupted moves: nothing is left to do for them.
+                            done = set(report.recovery.finished_moves)
+                            self.entries = [e for e in self.entries if display(e) not in done]
+                            report.planned = len(self.entries)
                         await self._run_workers(s3, store)
         except AmgmtError as exc:
             if report.aborted is None and not report.records:

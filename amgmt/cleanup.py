@@ -35,6 +35,7 @@ class Cleanup:
     staging_files: list[dict[str, Any]] = field(default_factory=list)
     multipart_uploads: list[dict[str, Any]] = field(default_factory=list)
     move_leftovers: list[dict[str, str]] = field(default_factory=list)  # {"path", "action"} of move temporaries
+    finished_moves: list[str] = field(default_factory=list)  # target paths whose interrupted move was finished
     dry_run: bool = False
     handled_tags: set[str] = field(default_factory=set, repr=False)  # operations whose moves were recovered
 
@@ -110,6 +111,7 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
     record.completed_dir_path = display(recovery.final)
     record.metadata["recovered"] = "the run died while moving the original; the move was finished and proven"
     await store.save_operation(record)
+    found.finished_moves.append(record.target_path)
 
 
 async def settle_move_leftovers(settings: Settings, store: MetadataStore, found: Cleanup) -> None:
