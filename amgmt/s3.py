@@ -630,7 +630,8 @@ class S3Bucket:
         is taken); `takeover` names the owner of an earlier reservation the caller has proven its own. Before
         CompleteMultipartUpload the key must still hold that reservation (else UploadError: somebody else wrote it,
         and it is not overwritten), and the complete is sent If-Match its ETag where the server honours that (AWS).
-        A failed upload removes its own reservation again.
+        A failed or cancelled upload removes its reservation again; one killed with SIGKILL leaves it for the next
+        run to take over (or `amgmt cleanup` to remove).
         """
         stats = stats if stats is not None else UploadStats()
         ranges = part_ranges(size, part_size)
@@ -669,7 +670,7 @@ class S3Bucket:
                         if on_progress:
                             on_progress(length)
         reserved_by = {owner, takeover} - {None, ""} if (if_absent or takeover) else set()
-        if if_absent and upload_id is None:
+        if if_absent:  # a resumed upload too: its reservation was released when it was cancelled
             await self._reserve(key, owner, stats)
         if upload_id is None:
             created = await self._retrying_create(
@@ -740,7 +741,12 @@ class S3Bucket:
                 ),
             )
         except anyio.get_cancelled_exc_class():
-            raise  # left open and journaled: a later run resumes it (the reservation stays with it)
+            # Left open and journaled: a later run resumes it (and reserves the key again). The key is not left
+            # holding an empty object meanwhile.
+            with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
+                with contextlib.suppress(Exception):
+                    await self.release_reservation(key, reserved_by)
+            raise
         except BaseException:
             with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
                 with contextlib.suppress(Exception):
@@ -749,7 +755,7 @@ class S3Bucket:
                     with contextlib.suppress(Exception):
                         await journal.finished(upload_id, "aborted")
                 with contextlib.suppress(Exception):
-                    await self._release(key, reserved_by)
+                    await self.release_reservation(key, reserved_by)
             raise
         if journal:
             await journal.finished(upload_id, "completed")
@@ -808,8 +814,9 @@ class S3Bucket:
             )
         return str(head.get("ETag") or "")
 
-    async def _release(self, key: str, owners: set[str]) -> None:
-        """Remove our reservation of `key` after a failed upload (only if it still is ours)."""
+    async def release_reservation(self, key: str, owners: set[str]) -> None:
+        """Remove the reservation of `key` by one of `owners` (after a failed or cancelled upload; `amgmt cleanup`
+        after a crash), only if the key still holds it."""
         if not owners:
             return
         head = await self._head(key)

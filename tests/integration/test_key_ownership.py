@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +295,29 @@ async def test_a_staging_archive_removed_under_the_upload_fails_that_entry_in_on
     assert "\n" not in (big.error_message or "") and "internal error" not in (big.error_message or "")
     assert (local_dir / "big.bin").exists()
 
+
+
+KILLPOINT = Path(__file__).parents[1] / "faults" / "killpoint.py"
+
+
+async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(make_settings, local_dir: Path,
+                                                                                 cli_env: dict[str, str],
+                                                                                 s3_client: Any, bucket: str) -> None:
+    """SIGKILL right after the key was reserved (before the multipart upload exists): the key holds our empty
+    reservation; the next run recognises its own dead attempt, takes the key over and finishes."""
+    source = write_random(local_dir / "clip.bin", 11 * MiB, seed=11)
+    env = dict(cli_env, MGMT_PART_SIZE="5MiB",
+               AMGMT_KILL_AT=f"amgmt.s3.S3Bucket._reserve|{KEY}|1|after")
+    killed = subprocess.run([sys.executable, str(KILLPOINT), "upload", "all", "--no-progress"], env=env,
+                            capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert s3_client.head_object(Bucket=bucket, Key=KEY)["Metadata"].get(METADATA_RESERVATION)
+    assert source.exists()
+
+    settings = make_settings(part_size="5MiB")
+    record = _only(await upload_batch(settings, [source]))
+
+    assert record.status == OperationStatus.SUCCESS, record.error_message
+    assert _object_sha256(s3_client, bucket, KEY) == record.checksum_compressed
+    assert METADATA_RESERVATION not in s3_client.head_object(Bucket=bucket, Key=KEY)["Metadata"]
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
