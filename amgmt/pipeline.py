@@ -29,6 +29,7 @@ from amgmt.errors import (
     CompressionError,
     EntryError,
     MoveError,
+    NotFoundError,
     ObjectExistsError,
     SourceChangedError,
     StoreError,
@@ -55,10 +56,12 @@ from amgmt.s3 import (
     METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,
+    METADATA_RESERVATION,
     ByteBudget,
     ObjectInfo,
     PartDone,
     S3Bucket,
+    UploadResult,
     UploadStats,
 )
 from amgmt.settings import Settings
@@ -66,6 +69,7 @@ from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
 
 Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
 SAVE_TIMEOUT = 10.0
+_REUSE = object()  # _judge_existing: the object at the key is this very archive
 
 
 SMALL_FILE = 1024 * 1024  # packed in a thread of the main process, not in a worker process
@@ -118,6 +122,8 @@ class PipelineContext:
     reporter: Reporter = field(default_factory=SilentReporter)
     overwrite: bool = False
     keys: KnownKeys = field(default_factory=lambda: KnownKeys(None))
+    # Keys taken by entries of this run (key -> the entry's path): two entries of one run never write one key.
+    claimed_keys: dict[str, str] = field(default_factory=dict)
     command_args: dict[str, Any] = field(default_factory=dict)
     user: str | None = field(default_factory=current_user)
 
@@ -332,6 +338,7 @@ class EntryPipeline:
         source, file_count = source_record(self.entry, settings.local_dir)
         record.source_file_record = source
         record.original_size = source.size
+        self._claim_key()
         if settings.completed_enabled:
             done = find_completed(
                 self.entry,
@@ -380,8 +387,21 @@ class EntryPipeline:
 
         # 5. verify
         started = await self._enter(Stage.VERIFY)
-        await self._verify()
+        try:
+            await self._verify()
+        except VerificationError as exc:
+            if not record.metadata.get("reused_existing_object"):
+                raise
+            # An earlier attempt's object claims this archive but does not hold it (corrupted in transit on a
+            # server that does not check Content-MD5): it is ours, so it is replaced, and verified again.
+            record.metadata["reused_existing_object"] = False
+            record.metadata["replaced_unverifiable_object"] = str(exc)
+            await self._enter(Stage.UPLOAD)
+            await self._send_counted(None, if_absent=False, takeover=None)
+            await self._enter(Stage.VERIFY)
+            await self._verify()
         self._took(Stage.VERIFY, started)
+        await self._supersede_replaced()
 
         # 6. move (only now: the object is verified)
         status = OperationStatus.SUCCESS
@@ -397,6 +417,18 @@ class EntryPipeline:
         record.stage = Stage.DONE
         record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
         record.finish(status, error=warning)
+
+    def _claim_key(self) -> None:
+        """Reserve the entry's key for this run: a second entry with the same key (`upload a/clip.mp4
+        b/clip.mp4`) fails instead of replacing the first one's verified object."""
+        key, claimed = self.record.s3_object_key, self.ctx.claimed_keys
+        holder = claimed.setdefault(key, self.record.target_path)
+        if holder != self.record.target_path:
+            raise ValidationError(
+                f"{self.record.target_path} would be uploaded as s3://{self.record.s3_bucket}/{key}, the key of"
+                f" {holder} in this run; upload it in a run of its own (it then meets that object as existing)"
+                " or set MGMT_PRESERVE_STRUCTURE"
+            )
 
     async def _skip(self, reason: str) -> None:
         record = self.record
@@ -482,58 +514,130 @@ class EntryPipeline:
                 "upload_operation_id": record.operation_id,
             },
         )
-        if existing is not None and self._reuse_existing(existing):
-            return
+        takeover = None
+        if existing is not None:
+            decision = await self._judge_existing(existing)
+            if decision is _REUSE:
+                return
+            takeover = decision
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
         resume = await self._resumable_upload() if len(self.archive.part_md5s) > 1 else None
-        stats = UploadStats()
         try:
-            try:
-                result = await self._send(resume, stats, if_absent=existing is None and not self.ctx.overwrite)
-            except ObjectExistsError:
-                # Created since we looked: by somebody else, or by our own PUT whose answer was lost.
-                existing = await s3.head_object(key)
-                if existing is not None and self._reuse_existing(existing):
-                    return
-                result = await self._send(resume, stats, if_absent=existing is None)
-        finally:
-            record.metadata.update(
-                retries=stats.retries, parts_sent=stats.parts_sent, parts_reused=stats.parts_reused
+            result = await self._send_counted(
+                resume, if_absent=existing is None and not self.ctx.overwrite, takeover=takeover
             )
-            if stats.resumed_upload_id:
-                record.metadata["resumed_upload_id"] = stats.resumed_upload_id
+        except ObjectExistsError:
+            # Created since we looked: by somebody else, or by our own PUT whose answer was lost.
+            existing = await s3.head_object(key)
+            takeover = None
+            if existing is not None:
+                decision = await self._judge_existing(existing)
+                if decision is _REUSE:
+                    return
+                takeover = decision
+            result = await self._send_counted(resume, if_absent=existing is None, takeover=takeover)
         record.metadata["multipart"] = result.multipart
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
 
-    def _reuse_existing(self, existing: ObjectInfo) -> bool:
-        """Decide about an object already under our key: True when it is this very archive (nothing to send);
-        False when it holds the same source content packed otherwise (replaced); UploadError when it is other
-        content and --overwrite was not given."""
+    async def _judge_existing(self, existing: ObjectInfo) -> object:
+        """Decide about an object already under our key. _REUSE: it is this very archive (nothing to send);
+        an owner id: it is a reservation of ours (this attempt's, or a dead attempt's) that the upload takes over;
+        None: it may be replaced (the same source content packed otherwise, or an earlier attempt's object that no
+        original in the completed dir depends on). UploadError for anything else unless --overwrite was given:
+        another run's reservation, or other content."""
         assert self.archive is not None
         record = self.record
-        key = record.s3_object_key
-        same_archive = (
+        where = f"s3://{record.s3_bucket}/{record.s3_object_key}"
+        holder = existing.metadata.get(METADATA_RESERVATION)
+        if holder is not None and existing.size == 0:
+            if holder == record.operation_id or await self._operation_ended(holder):
+                return holder
+            raise UploadError(
+                f"{where} is being uploaded by another amgmt run (operation {holder[:8]}); it is not"
+                " overwritten (if no run is uploading it, use --overwrite)"
+            )
+        if (
             existing.metadata.get(METADATA_ARCHIVE_SHA256) == self.archive.archive_sha256
             and existing.size == self.archive.archive_size
-        )
-        if same_archive:
+        ):
             # This very archive is already there (an earlier run stopped before the move): prove it in verify
             # instead of sending it again.
             record.metadata["reused_existing_object"] = True
             self._report_remaining()
-            return True
-        if existing.metadata.get(METADATA_SOURCE_SHA256) != self.archive.source_sha256:
-            raise UploadError(
-                f"s3://{record.s3_bucket}/{key} already exists with other content; use --overwrite to replace it"
-            )
-        # Same source content packed differently (other mtimes, part size or amgmt version): replacing it
-        # loses nothing, and the new object is verified like any other.
-        record.metadata["replaced_identical_content"] = True
-        return False
+            return _REUSE
+        claimed = existing.metadata.get(METADATA_SOURCE_SHA256)
+        if claimed == self.archive.source_sha256:
+            # Same source content packed differently (other mtimes, part size or amgmt version): replacing it
+            # loses nothing, and the new object is verified like any other.
+            record.metadata["replaced_identical_content"] = True
+            return None
+        if claimed is not None and await self._unconfirmed_upload_of_ours(claimed):
+            # Our own earlier attempt of other content that never completed a move (its source changed, or the
+            # move failed): nothing in the completed dir holds it, and the entry now holds this content.
+            record.metadata["replaced_unconfirmed_object"] = True
+            return None
+        raise UploadError(f"{where} already exists with other content; use --overwrite to replace it")
 
-    async def _send(self, resume: str | None, stats: UploadStats, *, if_absent: bool) -> UploadResult:
+    async def _operation_ended(self, operation_id: str) -> bool:
+        """Whether `operation_id` is an operation of this database that is not in progress (a dead attempt)."""
+        try:
+            owner = await self.ctx.store.get_operation(operation_id)
+        except NotFoundError:
+            return False
+        return owner.operation_id == operation_id and owner.status != OperationStatus.PENDING
+
+    async def _unconfirmed_upload_of_ours(self, source_sha256: str) -> bool:
+        """Whether the object of `source_sha256` at our key was put there by an upload of ours that never succeeded,
+        none of ours with that content having succeeded (no original in the completed dir depends on it)."""
+        record = self.record
+        uploads = await self.ctx.store.find_uploads_by_key(bucket=record.s3_bucket, key=record.s3_object_key)
+        ours = [u for u in uploads if u.checksum_original == source_sha256 and u.operation_id != record.operation_id]
+        return bool(ours) and all(u.status not in (OperationStatus.SUCCESS, OperationStatus.PENDING) for u in ours)
+
+    async def _supersede_replaced(self) -> None:
+        """After an object was replaced at our key, the older uploads of other archives there say so (as `delete`
+        does): their content is no longer in S3."""
+        record = self.record
+        metadata = record.metadata
+        replaced = self.ctx.overwrite or any(
+            metadata.get(flag)
+            for flag in ("replaced_identical_content", "replaced_unconfirmed_object", "replaced_unverifiable_object")
+        )
+        if not replaced or metadata.get("reused_existing_object"):
+            return
+        for older in await self.ctx.store.find_uploads_by_key(bucket=record.s3_bucket, key=record.s3_object_key):
+            s3_file = older.s3_file_record
+            if (
+                older.operation_id == record.operation_id
+                or older.checksum_compressed == record.checksum_compressed
+                or s3_file is None
+                or s3_file.status != FileStatus.COMPLETED
+            ):
+                continue
+            s3_file.status = FileStatus.DELETED
+            s3_file.tags["superseded_by_operation_id"] = record.operation_id
+            s3_file.tags["superseded_at"] = utcnow().isoformat()
+            await self.ctx.store.save_operation(older)
+
+    async def _send_counted(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
+        """The archive sent (or its upload resumed), what it cost counted into the record."""
+        stats = UploadStats()
+        record = self.record
+        try:
+            return await self._send(resume, stats, if_absent=if_absent, takeover=takeover)
+        finally:
+            metadata = record.metadata
+            metadata["retries"] = metadata.get("retries", 0) + stats.retries
+            metadata["parts_sent"] = metadata.get("parts_sent", 0) + stats.parts_sent
+            metadata["parts_reused"] = metadata.get("parts_reused", 0) + stats.parts_reused
+            if stats.resumed_upload_id:
+                metadata["resumed_upload_id"] = stats.resumed_upload_id
+
+    async def _send(
+        self, resume: str | None, stats: UploadStats, *, if_absent: bool, takeover: str | None
+    ) -> UploadResult:
         assert self.archive is not None
         record = self.record
         return await self.ctx.s3.upload_file(
@@ -554,6 +658,8 @@ class EntryPipeline:
             resume_upload_id=resume,
             stats=stats,
             if_absent=if_absent,
+            owner=record.operation_id,
+            takeover=takeover,
         )
 
     async def _resumable_upload(self) -> str | None:
@@ -562,6 +668,8 @@ class EntryPipeline:
         record = self.record
         resume = None
         for journaled in await self.ctx.store.open_multiparts(bucket=record.s3_bucket, key=record.s3_object_key):
+            if not await self._operation_ended(journaled.operation_id):
+                continue  # a run in progress elsewhere (sharing this database) owns it: never touched
             same = (journaled.archive_sha256, journaled.part_size) == (
                 self.archive.archive_sha256,
                 self.archive.part_size,

@@ -68,6 +68,10 @@ RUN_WIDE_CODES = frozenset(
 METADATA_SOURCE_SHA256 = "amgmt-source-sha256"
 METADATA_ARCHIVE_SHA256 = "amgmt-archive-sha256"
 METADATA_SOURCE_SIZE = "amgmt-source-size"
+# An empty object that holds a key while its multipart upload runs: its value is the owning operation id. Made with a
+# create-if-absent PUT (honoured by AWS, moto and radosgw 16.2, unlike If-None-Match on CompleteMultipartUpload,
+# which radosgw ignores), so of two uploads to one key only one gets to send its parts.
+METADATA_RESERVATION = "amgmt-reservation"
 # Errors worth another attempt of the same request: throttling, server hiccups, a body corrupted in transit.
 TRANSIENT_CODES = frozenset(
     {
@@ -368,8 +372,14 @@ class S3Bucket:
 
     async def check_bucket(self) -> None:
         """Fail fast (StorageError) when the bucket is missing, the credentials are wrong or the endpoint is down."""
-        with translate_errors("access", bucket=self.bucket):
-            await self._client.head_bucket(Bucket=self.bucket)
+        try:
+            with translate_errors("access", bucket=self.bucket):
+                await self._client.head_bucket(Bucket=self.bucket)
+        except UploadError as exc:
+            # The run's first request: whatever stops it (a read timeout, a 400 without a body for a refused session
+            # token, a server that does not speak S3) would stop every entry alike.
+            hint = " (check the endpoint, the AWS credentials and session token, and MGMT_READ_TIMEOUT)"
+            raise StorageError(f"{exc}{hint}") from exc.__cause__
 
     async def create_bucket(self) -> None:
         """Create the bucket (used for the embedded local server); an existing bucket of ours is fine."""
@@ -598,6 +608,8 @@ class S3Bucket:
         resume_upload_id: str | None = None,
         stats: UploadStats | None = None,
         if_absent: bool = False,
+        owner: str = "",
+        takeover: str | None = None,
     ) -> UploadResult:
         """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
@@ -612,8 +624,14 @@ class S3Bucket:
         cleanup` aborts what nobody resumes).
 
         With `if_absent`, a single PUT only creates the object (If-None-Match: *: documented for AWS S3, tested
-        here on radosgw 16.2 and moto 5.2) and raises ObjectExistsError when the key is taken; an endpoint that answers 501 to it gets plain
-        PUTs from then on. Multipart uploads ignore it.
+        here on radosgw 16.2 and moto 5.2) and raises ObjectExistsError when the key is taken; an endpoint that
+        answers 501 to it gets plain PUTs from then on. A multipart upload with `if_absent` first reserves the key
+        for `owner` (an empty object made create-if-absent, see METADATA_RESERVATION; ObjectExistsError when the key
+        is taken); `takeover` names the owner of an earlier reservation the caller has proven its own. Before
+        CompleteMultipartUpload the key must still hold that reservation (else UploadError: somebody else wrote it,
+        and it is not overwritten), and the complete is sent If-Match its ETag where the server honours that (AWS).
+        A failed or cancelled upload removes its reservation again; one killed with SIGKILL leaves it for the next
+        run to take over (or `amgmt cleanup` to remove).
         """
         stats = stats if stats is not None else UploadStats()
         ranges = part_ranges(size, part_size)
@@ -651,6 +669,9 @@ class S3Bucket:
                         stats.parts_reused += 1
                         if on_progress:
                             on_progress(length)
+        reserved_by = {owner, takeover} - {None, ""} if (if_absent or takeover) else set()
+        if if_absent:  # a resumed upload too: its reservation was released when it was cancelled
+            await self._reserve(key, owner, stats)
         if upload_id is None:
             created = await self._retrying_create(
                 storage_class,
@@ -704,6 +725,9 @@ class S3Bucket:
                             tg.start_soon(send_part, number, offset, length)
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
+            condition: dict[str, str] = {}
+            if reserved_by:
+                condition["IfMatch"] = await self._reservation_etag(key, reserved_by)
             done = await self._retrying(
                 stats,
                 "complete multipart upload of",
@@ -713,10 +737,16 @@ class S3Bucket:
                     Key=key,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": [completed[n] for n in sorted(completed)]},
+                    **condition,
                 ),
             )
         except anyio.get_cancelled_exc_class():
-            raise  # left open and journaled: a later run resumes it
+            # Left open and journaled: a later run resumes it (and reserves the key again). The key is not left
+            # holding an empty object meanwhile.
+            with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
+                with contextlib.suppress(Exception):
+                    await self.release_reservation(key, reserved_by)
+            raise
         except BaseException:
             with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
                 with contextlib.suppress(Exception):
@@ -724,6 +754,8 @@ class S3Bucket:
                 if journal:
                     with contextlib.suppress(Exception):
                         await journal.finished(upload_id, "aborted")
+                with contextlib.suppress(Exception):
+                    await self.release_reservation(key, reserved_by)
             raise
         if journal:
             await journal.finished(upload_id, "completed")
@@ -764,6 +796,33 @@ class S3Bucket:
                 raise
         self._conditional_put = False  # an endpoint without conditional writes (the caller looked first)
         return await send(False)
+
+    async def _reserve(self, key: str, owner: str, stats: UploadStats) -> None:
+        """Hold `key` for `owner` with an empty object made create-if-absent; ObjectExistsError when it is taken."""
+        await self._put_whole(key, bytearray(), md5_base64(_EMPTY_MD5), {"Metadata": {METADATA_RESERVATION: owner}},
+                              None, stats, if_absent=True)
+
+    async def _reservation_etag(self, key: str, owners: set[str]) -> str:
+        """The ETag of the reservation of one of `owners` at `key`; UploadError when the key holds anything else
+        (another client wrote it while our parts were sent: it is not overwritten)."""
+        head = await self._head(key)
+        holder = ((head or {}).get("Metadata") or {}).get(METADATA_RESERVATION)
+        if head is None or holder not in owners or int(head.get("ContentLength", 0)) != 0:
+            raise UploadError(
+                f"s3://{self.bucket}/{key} was written by another client while this upload ran; it is not"
+                " overwritten (use --overwrite to replace it)"
+            )
+        return str(head.get("ETag") or "")
+
+    async def release_reservation(self, key: str, owners: set[str]) -> None:
+        """Remove the reservation of `key` by one of `owners` (after a failed or cancelled upload; `amgmt cleanup`
+        after a crash), only if the key still holds it."""
+        if not owners:
+            return
+        head = await self._head(key)
+        holder = ((head or {}).get("Metadata") or {}).get(METADATA_RESERVATION)
+        if head is not None and holder in owners and int(head.get("ContentLength", 0)) == 0:
+            await self.delete_object(key)
 
     async def _put_object(self, key: str, data: bytearray, content_md5: str, extra: Mapping[str, Any]) -> Any:
         direct = self._direct
@@ -832,6 +891,7 @@ class S3Bucket:
 
 
 _PROBE_KEY = "amgmt-probe"
+_EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 PROBE_ATTEMPTS = 3
 OFF_LOOP_BYTES = 1024 * 1024  # bodies from this size are hashed in a worker thread
 _R = TypeVar("_R")
@@ -1089,7 +1149,10 @@ async def _read_range(path: str, offset: int, length: int) -> bytearray:
     (BytesIO.getbuffer unshares it) on the event loop thread; a bytearray goes out as it is. Open, read and close
     happen in one thread call, which anyio waits for even when cancelled, so no file is left open.
     """
-    data = await anyio.to_thread.run_sync(_read_file_range, path, offset, length)
+    try:
+        data = await anyio.to_thread.run_sync(_read_file_range, path, offset, length)
+    except OSError as exc:  # the staging archive was removed or became unreadable under the upload
+        raise UploadError(f"cannot read the staging archive {path}: {exc.strerror or exc}") from exc
     if len(data) != length:
         raise UploadError(f"{path}: staging archive is shorter than recorded ({offset + len(data)} bytes)")
     return data

@@ -2,9 +2,10 @@
 
     AMGMT_KILL_AT="os.unlink|/media/|1|before" python tests/faults/killpoint.py upload all --no-progress
 
-The spec is `FUNCTION|SUBSTRING|NTH|WHEN`: FUNCTION is a dotted name of a module-level function to wrap (`os.link`,
-`os.unlink`, `os.rename`, `shutil.copy2`, `amgmt.completed.move_to_completed`, ...); the NTH call (1-based) whose
-arguments, as text, contain SUBSTRING kills the process with SIGKILL, `before` the call runs or `after` it returned.
+The spec is `FUNCTION|SUBSTRING|NTH|WHEN`: FUNCTION is a dotted name of a function or method to wrap (`os.link`,
+`os.unlink`, `os.rename`, `amgmt.completed.move_to_completed`, `amgmt.s3.S3Bucket.upload_file`; coroutine functions
+too); the NTH call (1-based) whose arguments, as text, contain SUBSTRING kills the process with SIGKILL, `before`
+the call runs or `after` it returned.
 Only the main process is patched (compression workers are not), which is where moves, saves and uploads happen.
 Several points may be given, separated by `;`. Without AMGMT_KILL_AT the CLI runs unchanged.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -27,30 +29,60 @@ def _kill() -> None:
 def _wrap(function: Callable[..., Any], substring: str, nth: int, when: str) -> Callable[..., Any]:
     seen = 0
 
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def hit(args: tuple[Any, ...]) -> bool:
         nonlocal seen
         text = " ".join(os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args)
-        if substring in text:
-            seen += 1
-            if seen == nth and when == "before":
+        if substring not in text:
+            return False
+        seen += 1
+        return seen == nth
+
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = hit(args)
+            if chosen and when == "before":
                 _kill()
-            result = function(*args, **kwargs)
-            if seen == nth and when == "after":
+            result = await function(*args, **kwargs)
+            if chosen and when == "after":
                 _kill()
             return result
-        return function(*args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = hit(args)
+        if chosen and when == "before":
+            _kill()
+        result = function(*args, **kwargs)
+        if chosen and when == "after":
+            _kill()
+        return result
 
     return wrapper
+
+
+def _resolve(target: str) -> tuple[Any, str]:
+    """(the object holding the attribute, its name) for a dotted name: a module's function or a class's method."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            holder: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:-1]:
+            holder = getattr(holder, name)
+        return holder, parts[-1]
+    raise ValueError(f"cannot resolve {target!r}")
 
 
 def install(spec: str) -> None:
     for point in filter(None, (p.strip() for p in spec.split(";"))):
         target, substring, nth, when = point.split("|")
-        module_name, _, attribute = target.rpartition(".")
-        module = importlib.import_module(module_name)
-        original = getattr(module, attribute)
-        setattr(module, attribute, _wrap(original, substring, int(nth), when))
+        holder, attribute = _resolve(target)
+        setattr(holder, attribute, _wrap(getattr(holder, attribute), substring, int(nth), when))
 
 
 def main() -> None:
