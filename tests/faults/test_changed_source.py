@@ -89,11 +89,12 @@ async def test_a_file_changed_after_packing_is_recorded_changed_and_the_next_run
     # The object holds the file as packed.
     assert object_member(s3_client, bucket, record.s3_object_key, "clip.mp4") == b"v" * 20_000
 
-    # The next run uploads the new content. Its key holds the old object: until the rule for a key holding an
-    # earlier version of the same entry is settled (another change), this run passes overwrite=True.
-    second = await upload_batch(settings, list_entries(settings)[0], overwrite=True)
+    # The next run uploads the new content. Its key holds the old object, which no original in the completed dir
+    # depends on (its only upload ended "changed"): it is replaced without --overwrite.
+    second = await upload_batch(settings, list_entries(settings)[0])
     [again] = second.records
     assert again.status == OperationStatus.SUCCESS, again.to_dict()
+    assert again.metadata.get("replaced_unconfirmed_object") is True
     assert not clip.exists()
     assert (settings.completed_dir / "clip.mp4").read_bytes() == new_bytes
     assert object_member(s3_client, bucket, again.s3_object_key, "clip.mp4") == new_bytes

@@ -321,3 +321,24 @@ async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(
     assert _object_sha256(s3_client, bucket, KEY) == record.checksum_compressed
     assert METADATA_RESERVATION not in s3_client.head_object(Bucket=bucket, Key=KEY)["Metadata"]
     assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_an_object_replaced_between_verify_and_move_stops_the_move(make_settings, local_dir: Path,
+                                                                         s3_client: Any, bucket: str,
+                                                                         monkeypatch) -> None:
+    """Somebody overwrites the key right after stage 5 proved it: the original is not moved."""
+    source = write_random(local_dir / "clip.bin", 4000, seed=12)
+    original_verify = amgmt.pipeline.EntryPipeline._verify
+
+    async def verify_then_intrude(self: amgmt.pipeline.EntryPipeline) -> None:
+        await original_verify(self)
+        await anyio.to_thread.run_sync(
+            lambda: s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"written after the verification")
+        )
+
+    monkeypatch.setattr(amgmt.pipeline.EntryPipeline, "_verify", verify_then_intrude)
+    record = _only(await upload_batch(make_settings(), [source]))
+
+    assert record.status == OperationStatus.FAILED
+    assert "changed after it was verified" in (record.error_message or "")
+    assert source.exists() and not (local_dir / "completed" / "clip.bin").exists()
