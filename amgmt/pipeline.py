@@ -702,7 +702,8 @@ class EntryPipeline:
             method = "etag"
         else:
             # The endpoint's ETag is not the predicted MD5 scheme (other part size, SSE, R2...): read it back.
-            digest = await self.ctx.s3.object_sha256(key)
+            # Read exactly the object just HEADed (If-Match): one written meanwhile fails the read, not the check.
+            digest = await self.ctx.s3.object_sha256(key, if_match=info.etag)
             if digest != self.archive.archive_sha256:
                 raise VerificationError(
                     f"s3://{record.s3_bucket}/{key} does not match the archive (read-back SHA-256 differs)"
@@ -718,30 +719,12 @@ class EntryPipeline:
             record.s3_file_record.modified_at = info.last_modified or utcnow()
             record.s3_file_record.tags["verified_by"] = method
 
-    async def _still_verified(self) -> None:
-        """Just before the move: the key still holds the object verified in stage 5 (same size, ETag and archive
-        checksum), not one somebody wrote since; else VerificationError, and the original stays."""
-        assert self.archive is not None
-        record = self.record
-        info = await self.ctx.s3.head_object(record.s3_object_key)
-        if (
-            info is None
-            or info.size != self.archive.archive_size
-            or info.etag != record.checksum_s3_etag
-            or info.metadata.get(METADATA_ARCHIVE_SHA256) not in (None, self.archive.archive_sha256)
-        ):
-            raise VerificationError(
-                f"s3://{record.s3_bucket}/{record.s3_object_key} changed after it was verified"
-                f" ({'deleted' if info is None else 'another object is there now'}); the original stays in place"
-            )
-
     async def _move(self) -> str | None:
         """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial); raises
         SourceChangedError when the original is no longer what was packed (it stays local; recorded "changed")."""
         assert self.archive is not None
         settings = self.ctx.settings
         record = self.record
-        await self._still_verified()
         try:
             final = await anyio.to_thread.run_sync(
                 functools.partial(

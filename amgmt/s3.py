@@ -413,11 +413,15 @@ class S3Bucket:
         """The object's size, ETag, storage class and metadata; None when there is no such key."""
         return await self.describe_object(key)
 
-    async def object_sha256(self, key: str, *, on_progress: ProgressCallback | None = None) -> str:
-        """Read the object back (streamed, bounded memory) and return its SHA-256."""
+    async def object_sha256(
+        self, key: str, *, on_progress: ProgressCallback | None = None, if_match: str | None = None
+    ) -> str:
+        """Read the object back (streamed, bounded memory) and return its SHA-256; with `if_match` (an ETag) only
+        that very object (UploadError if the key holds another one now)."""
         digest = hashlib.sha256()
+        condition = {"IfMatch": f'"{if_match}"'} if if_match else {}
         with translate_errors("read back", bucket=self.bucket, key=key):
-            resp = await self._client.get_object(Bucket=self.bucket, Key=key)
+            resp = await self._client.get_object(Bucket=self.bucket, Key=key, **condition)
             body = resp["Body"]
             async with body:
                 async for chunk in body.iter_chunks(READ_CHUNK):

@@ -42,16 +42,23 @@ async def test_identical_content_under_a_new_name_is_skipped(
     assert stored.status == "skipped" and stored.s3_file_record is None and stored.completed_file_record is None
 
 
-async def test_same_name_and_size_in_completed_is_skipped(make_settings, make_media, local_dir: Path, s3view) -> None:
+async def test_same_name_and_size_in_completed_is_not_taken_for_done(make_settings, make_media, local_dir: Path,
+                                                                      s3view) -> None:
+    """A name and size already in the completed dir prove nothing (another take with the same name; here other
+    bytes): before, such entries were skipped forever and never uploaded. Now they are uploaded and moved under a
+    duplicate name; what was in the completed dir stays as it was."""
     make_media({"c.mp4": 1000, "album/x.jpg": 10, "completed/c.mp4": 1000, "completed/album/x.jpg": 10})
+    earlier = {p: (local_dir / "completed" / p).read_bytes() for p in ("c.mp4", "album/x.jpg")}
+    local = (local_dir / "c.mp4").read_bytes()
     settings = make_settings()
     report = await upload_batch(settings, list_entries(settings)[0])
-    assert report.counts() == {"skipped": 2} and report.exit_code == 0
-    for r in report.records:
-        assert "already in the completed dir" in r.error_message
-        assert r.compressed_file_record is None and r.checksum_original is None
-    assert s3view.keys() == []
-    assert (local_dir / "c.mp4").is_file() and (local_dir / "album/x.jpg").is_file()
+    assert report.counts() == {"success": 2} and report.exit_code == 0
+    assert sorted(s3view.keys()) == ["album.tar.gz", "c.mp4.tar.gz"]
+    assert not (local_dir / "c.mp4").exists() and not (local_dir / "album").exists()
+    for rel, data in earlier.items():
+        assert (local_dir / "completed" / rel).read_bytes() == data
+    moved = {r.target_name: Path(r.completed_dir_path or "") for r in report.records}
+    assert moved["c.mp4"] != local_dir / "completed" / "c.mp4" and moved["c.mp4"].read_bytes() == local
 
 
 async def test_other_object_at_the_key_fails_then_overwrite_replaces_it(

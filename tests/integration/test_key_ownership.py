@@ -323,22 +323,24 @@ async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(
     assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
-async def test_an_object_replaced_between_verify_and_move_stops_the_move(make_settings, local_dir: Path,
-                                                                         s3_client: Any, bucket: str,
-                                                                         monkeypatch) -> None:
-    """Somebody overwrites the key right after stage 5 proved it: the original is not moved."""
+
+async def test_a_read_back_reads_only_the_object_it_verifies(make_settings, local_dir: Path, s3_client: Any,
+                                                             bucket: str, monkeypatch) -> None:
+    """When the ETag cannot be predicted, the object is read back: an object written at the key between that
+    HEAD and the read (If-Match) fails the verification instead of being hashed in its place."""
     source = write_random(local_dir / "clip.bin", 4000, seed=12)
-    original_verify = amgmt.pipeline.EntryPipeline._verify
+    monkeypatch.setattr(amgmt.pipeline, "expected_etag", lambda parts, multipart: "unpredictable")
+    real_read_back = amgmt.s3.S3Bucket.object_sha256
 
-    async def verify_then_intrude(self: amgmt.pipeline.EntryPipeline) -> None:
-        await original_verify(self)
+    async def intruding(self: amgmt.s3.S3Bucket, key: str, **kwargs: Any) -> str:
         await anyio.to_thread.run_sync(
-            lambda: s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"written after the verification")
+            lambda: s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"written after the HEAD of verify")
         )
+        return await real_read_back(self, key, **kwargs)
 
-    monkeypatch.setattr(amgmt.pipeline.EntryPipeline, "_verify", verify_then_intrude)
+    monkeypatch.setattr(amgmt.s3.S3Bucket, "object_sha256", intruding)
     record = _only(await upload_batch(make_settings(), [source]))
 
-    assert record.status == OperationStatus.FAILED
-    assert "changed after it was verified" in (record.error_message or "")
+    assert record.status == OperationStatus.FAILED, record.error_message
+    assert "read back" in (record.error_message or "")
     assert source.exists() and not (local_dir / "completed" / "clip.bin").exists()
