@@ -14,7 +14,7 @@ from typing import Any
 from amgmt.completed import plain_destination, tree_size
 from amgmt.errors import MoveError, NotFoundError
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
-from amgmt.naming import display
+from amgmt.naming import display, staging_operation_id
 from amgmt.runlock import RunLock
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.settings import Settings
@@ -89,18 +89,30 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
 
 
 async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: Cleanup) -> None:
-    """Staging archives whose operation is not in progress (crash leftovers) are removed."""
+    """Staging archives amgmt made for an operation that is no longer in progress (crash leftovers) are removed.
+
+    Only regular files named as `staging_name` names them (or their `.partial`) whose operation id is one of the
+    store's records are candidates: whatever else shares the dir (originals, other programs' files, archives of
+    another database's runs) is never touched. A record still `pending` belongs to a live run sharing the dir,
+    unless it is one of `found.interrupted_operations` (a dry run has not closed those yet: it must see the same).
+    """
     try:
-        items = list(os.scandir(staging_dir))
+        items = sorted(os.scandir(staging_dir), key=lambda e: e.name)
     except OSError:
         return
+    interrupted = set(found.interrupted_operations)
     for item in items:
+        operation_id = staging_operation_id(item.name)
+        if operation_id is None:
+            continue
         try:
-            owner = await store.get_operation(item.name[:36])
-            if owner.status == OperationStatus.PENDING:
-                continue  # a run sharing this staging dir is using it
-        except NotFoundError:
-            pass
+            if not item.is_file(follow_symlinks=False):
+                continue
+            owner = await store.get_operation(operation_id)
+        except (OSError, NotFoundError):
+            continue  # not amgmt's record: not amgmt's file
+        if owner.status == OperationStatus.PENDING and owner.operation_id not in interrupted:
+            continue  # a run sharing this staging dir is using it
         try:
             size = item.stat(follow_symlinks=False).st_size
             if not found.dry_run:

@@ -12,9 +12,22 @@ import amgmt.pipeline
 from amgmt.batch import list_entries, retry_targets, upload_batch
 from amgmt.cleanup import cleanup
 from amgmt.errors import BusyError, MoveError
-from amgmt.models import OperationStatus
+from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MiB
 from amgmt.runlock import RunLock
+from amgmt.settings import Settings
+from amgmt.store import MetadataStore
+
+
+async def save_record(settings: Settings, operation_id: str, name: str, status: str) -> UploadRecord:
+    """An upload record of `name` in the local dir, as a run of amgmt leaves it."""
+    record = UploadRecord(operation_id=operation_id, target_path=str(settings.local_dir / name), target_name=name,
+                          started_at=utcnow(), s3_bucket=settings.bucket or "", s3_object_key=f"{name}.tar.gz")
+    if status != OperationStatus.PENDING:
+        record.finish(OperationStatus(status), error="compress: interrupted")
+    async with MetadataStore(settings.db_path) as store:
+        await store.save_operation(record)
+    return record
 
 
 async def test_retry_failed_finishes_a_partial_upload_without_sending_it_again(
@@ -72,6 +85,8 @@ async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
     settings.staging_dir.mkdir(parents=True)
     stale = settings.staging_dir / "00000000-0000-0000-0000-000000000000-lost.mp4.tar.gz.partial"
     stale.write_bytes(b"y" * 1000)
+    # Only archives of amgmt's own records are removed: this one's operation ended cancelled.
+    await save_record(settings, "00000000-0000-0000-0000-000000000000", "lost.mp4", OperationStatus.CANCELLED)
 
     # (moto reports every upload as initiated in 2010, so the --older-than age rule cannot be shown here.)
     preview = await cleanup(settings, dry_run=True, older_than=timedelta(0))
