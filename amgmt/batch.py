@@ -353,7 +353,7 @@ class _BatchRun:
             settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
         )
         try:
-            with RunLock(settings.local_dir, settings.db_path.parent):
+            with RunLock(settings.local_dir):
                 async with S3Bucket.connect(options) as s3:
                     await s3.check_bucket()  # before anything is created on disk
                     _private_dir(settings.db_path.parent)

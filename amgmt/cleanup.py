@@ -173,7 +173,7 @@ async def cleanup(
     the open multipart uploads under the prefix that are ours (journaled) or older than `older_than`, saying how
     many bytes they held."""
     found = Cleanup(dry_run=dry_run)
-    with RunLock(settings.local_dir, settings.db_path.parent):
+    with RunLock(settings.local_dir):
         async with MetadataStore(settings.db_path) as store, S3Bucket.connect(
             ClientOptions.from_settings(settings)
         ) as s3:

@@ -106,7 +106,7 @@ async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
 async def test_a_second_run_on_the_same_local_dir_is_refused(make_settings, make_media, local_dir: Path) -> None:
     make_media({"a.mp4": 100})
     settings = make_settings()
-    with RunLock(settings.local_dir, settings.db_path.parent):
+    with RunLock(settings.local_dir):
         with pytest.raises(BusyError, match="another amgmt run .* is uploading from"):
             await upload_batch(settings, list_entries(settings)[0])
     assert (local_dir / "a.mp4").exists()
