@@ -143,6 +143,7 @@ class JournaledUpload:
     part_size: int
     part_count: int
     parts: tuple[JournaledPart, ...] = ()
+    created_at: datetime | None = None  # when it was journaled (this machine's clock); None before it is
 
 
 @dataclass(frozen=True)
@@ -524,6 +525,7 @@ class MetadataStore:
                         JournaledPart(p["part_number"], p["size"], p["md5"], p["etag"], p["checksum"])
                         for p in parts
                     ),
+                    created_at=_decode_time(row["created_at"]),
                 )
             )
         return found

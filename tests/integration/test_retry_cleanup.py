@@ -10,13 +10,13 @@ import pytest
 
 import amgmt.pipeline
 from amgmt.batch import list_entries, retry_targets, upload_batch
-from amgmt.cleanup import cleanup
+from amgmt.cleanup import KEPT_IN_PROGRESS, cleanup
 from amgmt.errors import BusyError, MoveError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MiB
 from amgmt.runlock import RunLock
 from amgmt.settings import Settings
-from amgmt.store import MetadataStore
+from amgmt.store import JournaledUpload, MetadataStore
 
 
 async def save_record(settings: Settings, operation_id: str, name: str, status: str) -> UploadRecord:
@@ -112,3 +112,25 @@ async def test_a_second_run_on_the_same_local_dir_is_refused(make_settings, make
     assert (local_dir / "a.mp4").exists()
     report = await upload_batch(settings, list_entries(settings)[0])
     assert report.counts() == {"success": 1}
+
+
+async def test_cleanup_never_aborts_an_upload_whose_operation_is_in_progress_on_another_local_dir(
+    make_settings, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    live = await save_record(settings, "55555555-5555-4555-8555-555555555555", "live.mp4", OperationStatus.PENDING)
+    live.target_path = str(tmp_path / "other-media" / "live.mp4")  # a run on another local dir, still going
+    dead = await save_record(settings, "66666666-6666-4666-8666-666666666666", "dead.mp4", OperationStatus.CANCELLED)
+    async with MetadataStore(settings.db_path) as store:
+        await store.save_operation(live)
+        for record in (live, dead):
+            started = s3_client.create_multipart_upload(Bucket=bucket, Key=record.s3_object_key)
+            await store.journal_multipart(JournaledUpload(
+                upload_id=started["UploadId"], operation_id=record.operation_id, bucket=bucket,
+                key=record.s3_object_key, archive_sha256="ab" * 32, part_size=5 * MiB, part_count=2))
+
+    found = await cleanup(settings, older_than=timedelta(0), include_resumable=True)
+
+    assert [u["key"] for u in found.multipart_uploads] == ["dead.mp4.tar.gz"]
+    assert [(u["key"], u["reason"]) for u in found.kept_multipart_uploads] == [("live.mp4.tar.gz", KEPT_IN_PROGRESS)]
+    assert [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]] == ["live.mp4.tar.gz"]
