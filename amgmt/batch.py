@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError, StorageError, UploadError
-from amgmt.models import OperationStatus, UploadRecord, utcnow
+from amgmt.models import OperationRecord, OperationStatus, UploadRecord, utcnow
 from amgmt.naming import PARTIAL_SUFFIX, display
 from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
 from amgmt.completed import tree_size
@@ -128,23 +128,38 @@ RETRYABLE = (
 
 async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> tuple[list[Path], list[str]]:
     """`amgmt retry`: the entries of the named operations, or (`failed`) of every upload whose latest attempt
-    failed, was cancelled or is partial, when they are still in the local dir; plus notes on those left out."""
+    failed, was cancelled, is partial or was interrupted, when they are still in the local dir; plus notes on those
+    left out.
+
+    The local dir's lock is held while the records are read: no run is working on it, so its uploads still
+    `pending` belong to a run that was killed (the next run's recovery records them cancelled) and are retried too.
+    BusyError (exit 5) while a run holds it, as the upload itself would be refused."""
     if not settings.db_path.exists():
         raise NotFoundError(f"no metadata database at {display(settings.db_path)} (nothing uploaded from here yet?)")
-    async with MetadataStore(settings.db_path) as store:
-        chosen = [await store.get_operation(op_id) for op_id in ids]
-        if failed:
-            latest: dict[str, Any] = {}
-            for record in await store.list_operations(operation_type="upload", limit=None):
-                latest.setdefault(record.target_path, record)  # newest first
-            chosen += [r for r in latest.values() if r.status in RETRYABLE]
+    local = display(settings.local_dir)
+
+    def interrupted(record: OperationRecord) -> bool:
+        return record.status == OperationStatus.PENDING and (
+            record.target_path == local or record.target_path.startswith(local + "/")
+        )
+
+    with RunLock(settings.local_dir):
+        async with MetadataStore(settings.db_path) as store:
+            chosen = [await store.get_operation(op_id) for op_id in ids]
+            if failed:
+                latest: dict[str, Any] = {}
+                for record in await store.list_operations(operation_type="upload", limit=None):
+                    latest.setdefault(record.target_path, record)  # newest first
+                chosen += [r for r in latest.values() if r.status in RETRYABLE or interrupted(r)]
     paths: list[Path] = []
     notes: list[str] = []
     for record in chosen:
         short = record.operation_id[:8]
         if record.operation_type != "upload":
             notes.append(f"{short}: a {record.operation_type} operation, not an upload")
-        elif record.status not in RETRYABLE:
+        elif record.status == OperationStatus.PENDING and not interrupted(record):
+            notes.append(f"{short} {record.target_name}: in progress in a run on another local dir, not retried")
+        elif record.status not in RETRYABLE and not interrupted(record):
             notes.append(f"{short} {record.target_name}: {record.status}, nothing to retry")
         else:
             raw = record.metadata.get("target_path_hex")
@@ -359,7 +374,7 @@ class _BatchRun:
             settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
         )
         try:
-            with RunLock(settings.local_dir, settings.db_path.parent):
+            with RunLock(settings.local_dir):
                 async with S3Bucket.connect(options) as s3:
                     await s3.check_bucket()  # before anything is created on disk
                     _private_dir(settings.db_path.parent)

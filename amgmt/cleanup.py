@@ -18,11 +18,11 @@ from amgmt.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back, recover_mo
 from amgmt.errors import NotFoundError
 from amgmt.identity import Identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
-from amgmt.naming import display
+from amgmt.naming import display, staging_operation_id
 from amgmt.runlock import RunLock
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.settings import Settings
-from amgmt.store import MetadataStore
+from amgmt.store import JournaledUpload, MetadataStore
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
 
@@ -36,6 +36,7 @@ class Cleanup:
     multipart_uploads: list[dict[str, Any]] = field(default_factory=list)
     move_leftovers: list[dict[str, str]] = field(default_factory=list)  # {"path", "action"} of move temporaries
     finished_moves: list[str] = field(default_factory=list)  # target paths whose interrupted move was finished
+    kept_multipart_uploads: list[dict[str, Any]] = field(default_factory=list)  # each with the reason it was kept
     dry_run: bool = False
     handled_tags: set[str] = field(default_factory=set, repr=False)  # operations whose moves were recovered
 
@@ -162,18 +163,30 @@ async def settle_move_leftovers(settings: Settings, store: MetadataStore, found:
 
 
 async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: Cleanup) -> None:
-    """Staging archives whose operation is not in progress (crash leftovers) are removed."""
+    """Staging archives amgmt made for an operation that is no longer in progress (crash leftovers) are removed.
+
+    Only regular files named as `staging_name` names them (or their `.partial`) whose operation id is one of the
+    store's records are candidates: whatever else shares the dir (originals, other programs' files, archives of
+    another database's runs) is never touched. A record still `pending` belongs to a live run sharing the dir,
+    unless it is one of `found.interrupted_operations` (a dry run has not closed those yet: it must see the same).
+    """
     try:
-        items = list(os.scandir(staging_dir))
+        items = sorted(os.scandir(staging_dir), key=lambda e: e.name)
     except OSError:
         return
+    interrupted = set(found.interrupted_operations)
     for item in items:
+        operation_id = staging_operation_id(item.name)
+        if operation_id is None:
+            continue
         try:
-            owner = await store.get_operation(item.name[:36])
-            if owner.status == OperationStatus.PENDING:
-                continue  # a run sharing this staging dir is using it
-        except NotFoundError:
-            pass
+            if not item.is_file(follow_symlinks=False):
+                continue
+            owner = await store.get_operation(operation_id)
+        except (OSError, NotFoundError):
+            continue  # not amgmt's record: not amgmt's file
+        if owner.status == OperationStatus.PENDING and owner.operation_id not in interrupted:
+            continue  # a run sharing this staging dir is using it
         try:
             size = item.stat(follow_symlinks=False).st_size
             if not found.dry_run:
@@ -181,6 +194,10 @@ async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: C
         except OSError:
             continue
         found.staging_files.append({"path": display(item.path), "size": size})
+
+
+KEPT_IN_PROGRESS = "in progress: its operation is pending in a run that is still going (another local dir)"
+KEPT_RESUMABLE = "resumable: journaled within --older-than; `amgmt retry --failed` or the next upload resumes it"
 
 
 async def abort_stale_multiparts(
@@ -192,49 +209,82 @@ async def abort_stale_multiparts(
     keys: set[str] | None,
     keep_journaled: bool,
     unknown_older_than: timedelta | None = None,
+    resumable_for: timedelta | None = None,
 ) -> None:
     """Open multipart uploads under `prefix/` (only to `keys`, if given) are aborted.
 
-    With `keep_journaled`, those the journal knows are kept for the entry to resume (an upload run); without it
-    (`amgmt cleanup`) every journaled one is aborted and its journal entry closed. Uploads the journal does not
-    know may be another machine's, in progress: with `unknown_older_than` only those started longer ago go.
+    With `keep_journaled`, those the journal knows are kept for the entry to resume (an upload run). Without it
+    (`amgmt cleanup`) a journaled one is aborted and its journal entry closed, except when its operation is still in
+    progress (pending, and not one of `found.interrupted_operations`: a live run on another local dir sharing the
+    database), or when `resumable_for` is given and it was journaled less than that long ago; those are listed in
+    `found.kept_multipart_uploads`. Uploads the journal does not know may be another machine's, in progress: with
+    `unknown_older_than` only those started longer ago go.
     """
-    journaled = {u.upload_id for u in await store.open_multiparts(bucket=s3.bucket)}
+    journaled = {u.upload_id: u for u in await store.open_multiparts(bucket=s3.bucket)}
+    interrupted = set(found.interrupted_operations)
     now = datetime.now(timezone.utc)
     for upload in await s3.list_multipart_uploads(f"{prefix}/" if prefix else ""):
         if keys is not None and upload["key"] not in keys:
             continue
-        known = upload["upload_id"] in journaled
-        if keep_journaled and known:
+        journal = journaled.get(upload["upload_id"])
+        if keep_journaled and journal is not None:
             continue
         initiated = upload.get("initiated")
-        if not known and unknown_older_than is not None and initiated and now - initiated < unknown_older_than:
+        if journal is None and unknown_older_than is not None and initiated and now - initiated < unknown_older_than:
             continue
+        kept = None
+        if journal is not None:
+            kept = await _keep_journaled(store, journal, interrupted, now, resumable_for)
         parts = await s3.list_parts(upload["key"], upload["upload_id"]) or {}
         size = sum(int(p.get("Size", 0)) for p in parts.values())
+        found_upload = {
+            "key": upload["key"],
+            "upload_id": upload["upload_id"],
+            "initiated": initiated.isoformat() if initiated else None,
+            "parts": len(parts),
+            "size": size,
+        }
+        if kept is not None:
+            found.kept_multipart_uploads.append(found_upload | {"operation_id": journal.operation_id, "reason": kept})
+            continue
         if not found.dry_run:
             await s3.abort_multipart(upload["key"], upload["upload_id"])
-            if upload["upload_id"] in journaled:
+            if journal is not None:
                 await store.journal_multipart_state(upload["upload_id"], "aborted")
-        found.multipart_uploads.append(
-            {
-                "key": upload["key"],
-                "upload_id": upload["upload_id"],
-                "initiated": initiated.isoformat() if initiated else None,
-                "parts": len(parts),
-                "size": size,
-            }
-        )
+                # The key reservation the killed upload held (s3.METADATA_RESERVATION) goes with it.
+                await s3.release_reservation(upload["key"], {journal.operation_id})
+        found.multipart_uploads.append(found_upload)
+
+
+async def _keep_journaled(store: MetadataStore, journal: JournaledUpload, interrupted: set[str], now: datetime,
+                          resumable_for: timedelta | None) -> str | None:
+    """Why a journaled upload must stay (KEPT_IN_PROGRESS, KEPT_RESUMABLE), or None when it may be aborted."""
+    try:
+        owner = await store.get_operation(journal.operation_id)
+    except NotFoundError:
+        owner = None
+    if owner is not None and owner.status == OperationStatus.PENDING and owner.operation_id not in interrupted:
+        return KEPT_IN_PROGRESS
+    if resumable_for is not None and journal.created_at is not None and now - journal.created_at < resumable_for:
+        return KEPT_RESUMABLE
+    return None
 
 
 async def cleanup(
-    settings: Settings, *, dry_run: bool = False, older_than: timedelta = timedelta(hours=1)
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    older_than: timedelta = timedelta(hours=1),
+    include_resumable: bool = False,
 ) -> Cleanup:
     """`amgmt cleanup`: with the run lock held, close dead runs' records, remove stale staging archives, and abort
-    the open multipart uploads under the prefix that are ours (journaled) or older than `older_than`, saying how
-    many bytes they held."""
+    the open multipart uploads under the prefix older than `older_than`, saying how many bytes they held.
+
+    Uploads amgmt journaled less than `older_than` ago are kept for a retry to resume, unless `include_resumable`;
+    those of operations still in progress (a run on another local dir) are always kept. A dry run finds exactly
+    what the run would remove and abort."""
     found = Cleanup(dry_run=dry_run)
-    with RunLock(settings.local_dir, settings.db_path.parent):
+    with RunLock(settings.local_dir):
         async with MetadataStore(settings.db_path) as store, S3Bucket.connect(
             ClientOptions.from_settings(settings)
         ) as s3:
@@ -249,5 +299,6 @@ async def cleanup(
                 keys=None,
                 keep_journaled=False,
                 unknown_older_than=older_than,
+                resumable_for=None if include_resumable else older_than,
             )
     return found

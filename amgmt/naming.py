@@ -10,9 +10,16 @@ never holds a `..` segment of its own making; the prefix is validated by the set
 from __future__ import annotations
 
 import os
+import re
 
 ARCHIVE_SUFFIX = ".tar.gz"
 PARTIAL_SUFFIX = ".partial"
+# What `staging_name` makes (and the archiver's `.partial` of it): an operation id (a UUID), '-', the readable name.
+_STAGING_NAME = re.compile(
+    r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[^/]*"
+    + re.escape(ARCHIVE_SUFFIX) + "(?:" + re.escape(PARTIAL_SUFFIX) + ")?$",
+    re.DOTALL,
+)
 
 
 def _escape_byte(b: int) -> str:
@@ -51,3 +58,9 @@ def staging_name(operation_id: str, name: str) -> str:
     # 80 bytes, not characters: NAME_MAX (255) counts bytes, and a CJK character is 3 of them.
     readable = key_segment(name).encode()[:80].decode(errors="ignore").replace("/", "_")
     return f"{operation_id}-{readable}{ARCHIVE_SUFFIX}"
+
+
+def staging_operation_id(file_name: str) -> str | None:
+    """The operation id in a name `staging_name` made (or in the `.partial` of one); None for any other name."""
+    match = _STAGING_NAME.match(file_name)
+    return match.group(1) if match else None

@@ -73,6 +73,8 @@ _REUSE = object()  # _judge_existing: the object at the key is this very archive
 
 
 SMALL_FILE = 1024 * 1024  # packed in a thread of the main process, not in a worker process
+# Outcomes whose entry counts as processed in full on the progress bar (a skipped one needs no more work).
+_FILLS_THE_BAR = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.SKIPPED)
 
 
 def _is_small_file(path: str) -> bool:
@@ -311,7 +313,8 @@ class EntryPipeline:
         cancellation, the save is best effort: the error already propagating says more."""
         with anyio.CancelScope(shield=True):
             await self._cleanup()
-            self._report_remaining()
+            if self.record.status in _FILLS_THE_BAR:
+                self._report_remaining()  # a failed or cancelled entry's bytes were not processed: no jump to 100%
             try:
                 with anyio.fail_after(SAVE_TIMEOUT):
                     await self._save()

@@ -49,37 +49,49 @@ def _human(n: float) -> str:
 
 
 class TqdmReporter(SilentReporter):
-    """A byte progress bar over all entries (source bytes), and one line per entry as it finishes."""
+    """A byte progress bar over all entries (source bytes), and one line per entry as it finishes.
+
+    The bar is drawn from the first `add_work`, which a batch calls once it holds the run lock and has recovered
+    what a dead run left: a run refused at the start shows no bar at all."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
-        self._bar = tqdm(
-            total=0,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=stream or sys.stderr,
-            dynamic_ncols=True,
-            desc="upload",
-            leave=True,
-        )
+        self._stream = stream
+        self._bar: tqdm | None = None  # type: ignore[type-arg]
+
+    def _shown(self) -> tqdm:  # type: ignore[type-arg]
+        if self._bar is None:
+            self._bar = tqdm(
+                total=0,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self._stream or sys.stderr,
+                dynamic_ncols=True,
+                desc="upload",
+                leave=True,
+            )
+        return self._bar
 
     def add_work(self, entries: int, nbytes: int) -> None:
         super().add_work(entries, nbytes)
-        self._bar.total = self.total_bytes
-        self._bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=False)
-        self._bar.refresh()
+        bar = self._shown()
+        bar.total = self.total_bytes
+        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=False)
+        bar.refresh()
 
     def advance(self, nbytes: int) -> None:
         super().advance(nbytes)
-        self._bar.update(nbytes)
+        self._shown().update(nbytes)
 
     def entry_done(self, record: UploadRecord) -> None:
         super().entry_done(record)
+        bar = self._shown()
         detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
         line = f"{record.status:<9} {record.target_name}  {_human(record.original_size)}  {detail}"
-        self._bar.write("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line))
-        self._bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=True)
+        bar.write("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line))
+        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=True)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()

@@ -143,6 +143,7 @@ class JournaledUpload:
     part_size: int
     part_count: int
     parts: tuple[JournaledPart, ...] = ()
+    created_at: datetime | None = None  # when it was journaled (this machine's clock); None before it is
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ class MetadataStore:
         self._pending: dict[str, tuple[list[Any], list[list[Any]]]] = {}
         self._queued = 0  # saves queued so far
         self._written = 0  # saves durably written so far (queue order)
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the database file opened
 
     async def __aenter__(self) -> MetadataStore:
         await self.open()
@@ -235,9 +237,34 @@ class MetadataStore:
             with anyio.CancelScope(shield=True):
                 await db.close()
             raise
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+            raise StoreError(f"metadata database {self.path}: cannot examine it: {exc.strerror or exc}") from exc
+        self._identity = (st.st_dev, st.st_ino)
         self._db = db
 
+    def check_alive(self) -> None:
+        """Raise StoreError (exit 4) when the database file opened is no longer at its path (deleted, or replaced
+        by another file): SQLite would go on writing into the unlinked file, and every record would be lost.
+
+        Every write checks it; a stage about to do something irreversible (the move) calls it first too."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+            alive = (st.st_dev, st.st_ino) == self._identity
+        except FileNotFoundError:
+            alive = False
+        except OSError as exc:
+            raise StoreError(f"metadata database {self.path}: cannot examine it: {exc.strerror or exc}") from exc
+        if not alive:
+            raise StoreError(f"the metadata database {self.path} was deleted or replaced during the run")
+
     async def close(self) -> None:
+        self._identity = None
         db, self._db = self._db, None
         if db is None:
             return
@@ -498,6 +525,7 @@ class MetadataStore:
                         JournaledPart(p["part_number"], p["size"], p["md5"], p["etag"], p["checksum"])
                         for p in parts
                     ),
+                    created_at=_decode_time(row["created_at"]),
                 )
             )
         return found
@@ -579,6 +607,8 @@ class MetadataStore:
         `execute` uses. A cancelled caller does not stop the transaction: it commits or rolls back whole.
         `db` is for `open`, before the store counts as open."""
         db = db or self._require_open()
+        if immediate:
+            self.check_alive()  # a write into a deleted database would be lost without a word
 
         def transaction() -> _T:
             conn = db._conn

@@ -138,7 +138,7 @@ async def init(bucket: str | None, object_prefix: str | None, local_dir: str | N
             if assume_yes:
                 given[name] = defaults[name]
             else:
-                given[name] = click.prompt(labels[name], default=defaults[name], show_default=True)
+                given[name] = await click.prompt(labels[name], default=defaults[name], show_default=True)
     if not given["bucket"]:
         raise ConfigError("a bucket is needed: give --bucket")
     settings = _check_settings(path if path.exists() else None, given, require_bucket=True)

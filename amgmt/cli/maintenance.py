@@ -9,10 +9,11 @@ from typing import Any
 import asyncclick as click
 
 from amgmt.batch import BatchReport, retry_targets, upload_batch
+from amgmt.cleanup import KEPT_RESUMABLE
 from amgmt.cleanup import cleanup as run_cleanup
 from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
 from amgmt.cli.history import parse_when
-from amgmt.cli.render import human_size, table, to_json
+from amgmt.cli.render import human_size, one_line, table, to_json
 from amgmt.cli.upload import summary_text
 from amgmt.errors import ConfigError
 from amgmt.progress import SilentReporter, TqdmReporter
@@ -21,7 +22,8 @@ from amgmt.progress import SilentReporter, TqdmReporter
 @click.command("retry", epilog=EXIT_CODES_HELP)
 @click.argument("operation_ids", nargs=-1)
 @settings_options
-@click.option("--failed", is_flag=True, help="Every upload whose latest attempt failed, was cancelled or is partial.")
+@click.option("--failed", is_flag=True,
+              help="Every upload whose latest attempt failed, was cancelled or interrupted (killed), or is partial.")
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
@@ -52,17 +54,22 @@ async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int |
 @settings_options
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed or aborted.")
 @click.option("--older-than", type=str, default="1h", show_default=True,
-              help="Abort uploads amgmt has no record of only when started this long ago (30m, 2h, 7d, 0).")
+              help="Abort uploads only when started this long ago (30m, 2h, 7d, 0): those amgmt has no record of, "
+                   "and those it journaled, which a retry could still resume.")
+@click.option("--include-resumable", is_flag=True,
+              help="Also abort the uploads amgmt journaled within --older-than (a retry can no longer resume them).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was found as JSON.")
-async def cleanup(dry_run: bool, older_than: str, as_json: bool, **kwargs: Any) -> None:
+async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_json: bool, **kwargs: Any) -> None:
     """Abort unfinished multipart uploads under the prefix, remove stale staging archives, and close the records
     of runs that died; says how many bytes they held. Refuses while an upload runs on the same local dir.
 
-    Uploads amgmt journaled (interrupted runs of this local dir) are aborted at once; others under the prefix
-    (possibly another machine's, in progress) only when older than --older-than."""
+    An upload amgmt journaled (an interrupted run's, which `amgmt retry --failed` resumes) is kept while younger
+    than --older-than, unless --include-resumable; one whose operation is still in progress (a run on another
+    local dir sharing the database) is always kept. Others under the prefix (possibly another machine's, in
+    progress) are aborted only when older than --older-than. Only the staging archives amgmt made are removed."""
     settings = settings_from(kwargs, require_bucket=True)
     age = datetime.now(timezone.utc) - parse_when(older_than, option="--older-than") if older_than != "0" else timedelta(0)
-    found = await run_cleanup(settings, dry_run=dry_run, older_than=age)
+    found = await run_cleanup(settings, dry_run=dry_run, older_than=age, include_resumable=include_resumable)
     if as_json:
         click.echo(to_json(found.to_dict()))
         return
@@ -72,6 +79,13 @@ async def cleanup(dry_run: bool, older_than: str, as_json: bool, **kwargs: Any) 
                          [(u["key"], u["upload_id"][:16], u["initiated"] or "-", u["parts"], human_size(u["size"]))
                           for u in found.multipart_uploads], max_width=60))
     click.echo(f"{verb} {len(found.multipart_uploads)} multipart uploads holding {human_size(found.multipart_bytes)}")
+    if found.kept_multipart_uploads:
+        kept = found.kept_multipart_uploads
+        click.echo(f"kept {len(kept)} multipart uploads holding {human_size(sum(u['size'] for u in kept))}:")
+        for u in kept:
+            click.echo(f"  {one_line(u['key'])} ({u['parts']} parts, {human_size(u['size'])}): {u['reason']}")
+        if any(u["reason"] == KEPT_RESUMABLE for u in kept):
+            click.echo("  (--include-resumable aborts the resumable ones too)")
     click.echo(f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "
                f"{human_size(found.staging_bytes)}")
     for leftover in found.move_leftovers:

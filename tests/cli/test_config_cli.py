@@ -132,3 +132,23 @@ def test_config_init_checks_the_bucket_and_writes(amgmt, tmp_path: Path, bucket:
     )
     data = json.loads(amgmt("config", "--json", drop=("MGMT_BUCKET", "MGMT_LOCAL_DIR")).stdout)
     assert data["MGMT_BUCKET"] == {"value": bucket, "source": f"config {config}"}
+
+
+def test_config_init_asks_on_stdin_and_writes_the_answers(cli_env: dict[str, str], tmp_path: Path, bucket: str,
+                                                          local_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "xdg" / "amgmt" / "config"
+    env = {k: v for k, v in cli_env.items() if k not in ("MGMT_BUCKET", "MGMT_LOCAL_DIR")}
+    env.update(AWS_SECRET_ACCESS_KEY=SECRET, XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+               XDG_STATE_HOME=str(tmp_path / "state"))
+    done = subprocess.run([sys.executable, "-m", "amgmt", "config", "init"], env=env, cwd=tmp_path,
+                          input=f"{bucket}\nmedia/2026/\n{local_dir}\n", capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done
+    assert "coroutine" not in done.stdout + done.stderr and "Traceback" not in done.stderr, done
+    assert "S3 bucket:" in done.stdout and "Key prefix (empty for none)" in done.stdout, done
+    assert "Local dir [" in done.stdout, done  # the current value is offered as the default
+    assert config.read_text() == f"MGMT_BUCKET={bucket}\nMGMT_OBJECT_PREFIX=media/2026\nMGMT_LOCAL_DIR={local_dir}\n"
+    assert SECRET not in done.stdout + done.stderr

@@ -10,11 +10,24 @@ import pytest
 
 import amgmt.pipeline
 from amgmt.batch import list_entries, retry_targets, upload_batch
-from amgmt.cleanup import cleanup
+from amgmt.cleanup import KEPT_IN_PROGRESS, cleanup
 from amgmt.errors import BusyError, MoveError
-from amgmt.models import OperationStatus
+from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MiB
 from amgmt.runlock import RunLock
+from amgmt.settings import Settings
+from amgmt.store import JournaledUpload, MetadataStore
+
+
+async def save_record(settings: Settings, operation_id: str, name: str, status: str) -> UploadRecord:
+    """An upload record of `name` in the local dir, as a run of amgmt leaves it."""
+    record = UploadRecord(operation_id=operation_id, target_path=str(settings.local_dir / name), target_name=name,
+                          started_at=utcnow(), s3_bucket=settings.bucket or "", s3_object_key=f"{name}.tar.gz")
+    if status != OperationStatus.PENDING:
+        record.finish(OperationStatus(status), error="compress: interrupted")
+    async with MetadataStore(settings.db_path) as store:
+        await store.save_operation(record)
+    return record
 
 
 async def test_retry_failed_finishes_a_partial_upload_without_sending_it_again(
@@ -72,6 +85,8 @@ async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
     settings.staging_dir.mkdir(parents=True)
     stale = settings.staging_dir / "00000000-0000-0000-0000-000000000000-lost.mp4.tar.gz.partial"
     stale.write_bytes(b"y" * 1000)
+    # Only archives of amgmt's own records are removed: this one's operation ended cancelled.
+    await save_record(settings, "00000000-0000-0000-0000-000000000000", "lost.mp4", OperationStatus.CANCELLED)
 
     # (moto reports every upload as initiated in 2010, so the --older-than age rule cannot be shown here.)
     preview = await cleanup(settings, dry_run=True, older_than=timedelta(0))
@@ -91,9 +106,31 @@ async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
 async def test_a_second_run_on_the_same_local_dir_is_refused(make_settings, make_media, local_dir: Path) -> None:
     make_media({"a.mp4": 100})
     settings = make_settings()
-    with RunLock(settings.local_dir, settings.db_path.parent):
+    with RunLock(settings.local_dir):
         with pytest.raises(BusyError, match="another amgmt run .* is uploading from"):
             await upload_batch(settings, list_entries(settings)[0])
     assert (local_dir / "a.mp4").exists()
     report = await upload_batch(settings, list_entries(settings)[0])
     assert report.counts() == {"success": 1}
+
+
+async def test_cleanup_never_aborts_an_upload_whose_operation_is_in_progress_on_another_local_dir(
+    make_settings, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    live = await save_record(settings, "55555555-5555-4555-8555-555555555555", "live.mp4", OperationStatus.PENDING)
+    live.target_path = str(tmp_path / "other-media" / "live.mp4")  # a run on another local dir, still going
+    dead = await save_record(settings, "66666666-6666-4666-8666-666666666666", "dead.mp4", OperationStatus.CANCELLED)
+    async with MetadataStore(settings.db_path) as store:
+        await store.save_operation(live)
+        for record in (live, dead):
+            started = s3_client.create_multipart_upload(Bucket=bucket, Key=record.s3_object_key)
+            await store.journal_multipart(JournaledUpload(
+                upload_id=started["UploadId"], operation_id=record.operation_id, bucket=bucket,
+                key=record.s3_object_key, archive_sha256="ab" * 32, part_size=5 * MiB, part_count=2))
+
+    found = await cleanup(settings, older_than=timedelta(0), include_resumable=True)
+
+    assert [u["key"] for u in found.multipart_uploads] == ["dead.mp4.tar.gz"]
+    assert [(u["key"], u["reason"]) for u in found.kept_multipart_uploads] == [("live.mp4.tar.gz", KEPT_IN_PROGRESS)]
+    assert [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]] == ["live.mp4.tar.gz"]

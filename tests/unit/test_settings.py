@@ -628,3 +628,47 @@ def test_settings_is_frozen_and_sources_read_only(sandbox: Env) -> None:
     with pytest.raises(TypeError):
         settings.sources["concurrency"] = "flag"  # type: ignore[index]
 
+
+
+# --- where the local, completed, metadata and staging locations may be --------------------------------------------
+
+# (MGMT_COMPLETED_DIR, MGMT_DB_PATH, MGMT_STAGING_DIR) relative to the sandbox's tmp dir ("media" is the local dir;
+# "" keeps the default), and the key the refusal names (None: allowed).
+LAYOUTS = {
+    "defaults": ("", "", "", None),
+    "staging-is-the-local-dir": ("", "", "media", "MGMT_STAGING_DIR"),
+    "staging-holds-the-local-dir": ("", "", ".", "MGMT_STAGING_DIR"),
+    "staging-in-an-entry": ("", "", "media/films/staging", "MGMT_STAGING_DIR"),
+    "staging-directly-in-the-local-dir": ("", "", "media/.staging", None),
+    "staging-in-the-metadata-dir-elsewhere": ("", "meta/ops.db", "meta/staging", None),
+    "staging-is-the-completed-dir": ("", "", "media/completed", "MGMT_STAGING_DIR"),
+    "staging-holds-the-completed-dir": ("done/completed", "", "done", "MGMT_STAGING_DIR"),
+    "staging-shared-folder-outside": ("", "", "shared", None),
+    "staging-is-the-metadata-dir": ("", "meta/ops.db", "meta", None),
+    "db-directly-in-the-local-dir": ("", "media/ops.db", "", "MGMT_DB_PATH"),
+    "db-in-an-entry": ("", "media/films/meta/ops.db", "", "MGMT_DB_PATH"),
+    "db-in-a-dir-of-the-local-dir": ("", "media/.amgmt/ops.db", "", "MGMT_DB_PATH"),
+    "db-in-a-completed-dir-elsewhere": ("done", "done/meta/ops.db", "", None),
+    "db-beside-the-local-dir": ("", "ops.db", "", None),
+    "db-in-the-completed-dir": ("", "media/completed/ops.db", "", None),
+    "completed-holds-the-local-dir": (".", "", "", "MGMT_COMPLETED_DIR"),
+    "completed-in-an-entry": ("media/films/completed", "", "", "MGMT_COMPLETED_DIR"),
+    "completed-elsewhere": ("done", "", "", None),
+}
+
+
+@pytest.mark.parametrize(("completed", "db", "staging", "refused"), LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_dangerous_overlaps_of_the_local_completed_metadata_and_staging_dirs_are_refused(
+    sandbox: Env, completed: str, db: str, staging: str, refused: str | None
+) -> None:
+    base = sandbox.media.parent
+    env = {key: str(base / rel) for key, rel in
+           (("MGMT_COMPLETED_DIR", completed), ("MGMT_DB_PATH", db), ("MGMT_STAGING_DIR", staging)) if rel}
+    flags = {"local_dir": str(sandbox.media)}
+    if refused is None:
+        settings = sandbox.load(flags=flags, env=env)
+        assert settings.local_dir == sandbox.media.resolve()
+        return
+    message = config_error(sandbox, flags=flags, env=env)
+    assert message.startswith(f"{refused}="), message
+    assert "(from env)" in message and "must not" in message

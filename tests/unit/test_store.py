@@ -493,3 +493,29 @@ async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(db
         assert again.status == OperationStatus.CANCELLED and "process died" in (again.error_message or "")
         assert (await store.get_operation(outside.operation_id)).status == OperationStatus.PENDING
         assert (await store.get_operation(done.operation_id)).status == OperationStatus.SUCCESS
+
+
+# -- the database file deleted or replaced under an open store ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_database_deleted_or_replaced_during_the_run_stops_every_write(
+    store: MetadataStore, db_path: Path, how: str
+) -> None:
+    first = make_upload(name="a.mp4")
+    await store.save_operation(first)
+    store.check_alive()  # unchanged: nothing to say
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        path.unlink(missing_ok=True)
+    if how == "replaced":
+        async with MetadataStore(db_path):
+            pass  # another database now at the same path
+
+    message = f"the metadata database {db_path} was deleted or replaced during the run"
+    with pytest.raises(StoreError, match="was deleted or replaced during the run") as checked:
+        store.check_alive()
+    assert str(checked.value) == message
+    with pytest.raises(StoreError, match="was deleted or replaced during the run"):
+        await store.save_operation(make_upload(name="b.mp4"))
+    with pytest.raises(StoreError, match="was deleted or replaced during the run"):
+        await store.journal_multipart_state("upload-1", "aborted")
