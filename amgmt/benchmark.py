@@ -790,13 +790,14 @@ class BenchmarkSession:
         """amgmt's settings for a run in `run_dir`: everything that locates data is forced (a user's
         MGMT_COMPLETED_DIR must never receive benchmark files); tuning keys come from flags, env and config."""
         local = run_dir / "local"
+        local.mkdir(parents=True, exist_ok=True)  # settings need the local dir to exist (and to hold completed/)
         metadata = local / "completed" / ".metadata"
         flags: dict[str, object] = dict(self.config.settings_flags)
         flags.update(
             bucket=self.target.bucket,
             endpoint_url=self.target.endpoint_url or "",  # "" resets a MGMT_ENDPOINT_URL of the environment
             object_prefix=prefix or "",
-            local_dir=str(local if local.exists() else run_dir),
+            local_dir=str(local),
             completed_dir=str(local / "completed"),
             db_path=str(metadata / "operations.db"),
             staging_dir=str(metadata / "staging"),
