@@ -21,8 +21,9 @@ from pathlib import Path
 
 from amgmt.archive import manifest_line
 from amgmt.errors import MoveError, SourceChangedError
-from amgmt.identity import Identity, Member, describe_change, identity_of, kind_of, same_identity
+from amgmt.identity import Identity, Member, describe_change, identity_of, kind_of, members_of, same_identity
 from amgmt.settings import DUPLICATE_MODES
+from amgmt.writers import Writer, writers_of
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 MAX_NAME_ATTEMPTS = 1000
@@ -472,13 +473,20 @@ def _vanished(entry: Path) -> SourceChangedError:
 
 def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> None:
     """After a same-filesystem move: `moved` must still be `expected` (its root's ctime aside, which the move
-    changed); otherwise it goes back to the local dir and SourceChangedError says where."""
+    changed), and no process may hold one of its files open for writing (its next write would land in the
+    completed dir, unseen by this check); otherwise it goes back to the local dir and SourceChangedError says
+    where and why."""
     try:
-        now: Identity | None = identity_of(moved)
+        members = members_of(moved)
+        now: Identity | None = Identity.of_members(members)
     except OSError:
-        now = None
+        members, now = [], None
+    writers: list[Writer] = []
     if now is not None and same_identity(expected, now, ignore_root_ctime=True):
-        return
+        # Scanned after the move: a writer can no longer open the files by their old names.
+        writers = writers_of((m.dev, m.ino) for m in members if m.kind == "file")
+        if not writers:
+            return
     try:
         back = put_back(moved, entry, tag=tag)
     except OSError as exc:
@@ -487,6 +495,13 @@ def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> N
             f" {_reason(exc)}"
         ) from exc
     where = "" if back == entry else f" as {_show(back)} (its name was taken meanwhile)"
+    if writers:
+        who = ", ".join(f"pid {w.pid} ({_show(w.command)})" for w in writers[:3])
+        raise SourceChangedError(
+            f"{_show(entry)} is still open for writing by {who}; moved back{where}; the next run takes it once"
+            " it is closed",
+            path=str(entry),
+        )
     raise SourceChangedError(
         f"{_show(entry)} changed while it was moved ({describe_change(expected, now)}); moved back{where};"
         " the next run uploads it",

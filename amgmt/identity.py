@@ -115,6 +115,11 @@ def identity_of(path: str | os.PathLike[str]) -> Identity:
     """The identity of the entry at `path` now, walked iteratively (any depth) without following symlinks.
 
     Raises OSError (FileNotFoundError if it is gone, ENAMETOOLONG, EACCES...) with the path that failed."""
+    return Identity.of_members(members_of(path))
+
+
+def members_of(path: str | os.PathLike[str]) -> list[Member]:
+    """The members of the entry at `path` now (see identity_of), the root first."""
     root = os.fspath(path)
     members = [Member.of(b"", os.lstat(root))]
     if members[0].kind == "dir":
@@ -128,7 +133,7 @@ def identity_of(path: str | os.PathLike[str]) -> Identity:
                 members.append(member)
                 if member.kind == "dir":
                     pending.append((child, relpath + b"/"))
-    return Identity.of_members(members)
+    return members
 
 
 def same_identity(expected: Identity, actual: Identity, *, ignore_root_ctime: bool = False) -> bool:
