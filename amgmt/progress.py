@@ -8,6 +8,7 @@ from typing import Protocol, TextIO
 from tqdm import tqdm
 
 from amgmt.models import UploadRecord
+from amgmt.text import human_size
 
 
 class Reporter(Protocol):
@@ -38,14 +39,6 @@ class SilentReporter:
 
     def close(self) -> None:
         pass
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class TqdmReporter(SilentReporter):
@@ -88,7 +81,7 @@ class TqdmReporter(SilentReporter):
         super().entry_done(record)
         bar = self._shown()
         detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
-        line = f"{record.status:<9} {record.target_name}  {_human(record.original_size)}  {detail}"
+        line = f"{record.status:<9} {record.target_name}  {human_size(record.original_size)}  {detail}"
         bar.write("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line))
         bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=True)
 

@@ -1,4 +1,4 @@
-"""Speed of `amgmt.archive.compress_entry` on generated data: MiB/s (wall) and CPU-seconds per GiB, median of N runs.
+"""Speed of `amgmt.local.archive.compress_entry` on generated data: MiB/s (wall) and CPU-seconds per GiB, median of N runs.
 
     .venv/bin/python benchmarks/archive_speed.py                        # the current code, level 1
     .venv/bin/python benchmarks/archive_speed.py --baseline HEAD        # ... side by side with archive.py at HEAD
@@ -17,7 +17,7 @@ dropped shows them); ratio is source/archive bytes; others
 is how many CPUs other processes kept busy meanwhile (from /proc/stat: wall times taken while others > ~0.1 are
 not comparable), and "quiet MiB/s (n)" the median over the n runs with others < 0.15; with --rss, the peak RSS
 growth over the call (VmRSS sampled every 5 ms, which slightly inflates CPU). CPU seconds are much steadier than
-wall time when other processes compete for the cores. A variant sets module attributes of amgmt.archive (KNOBS).
+wall time when other processes compete for the cores. A variant sets module attributes of amgmt.local.archive (KNOBS).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from amgmt import archive
+from amgmt.local import archive
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -32,7 +32,7 @@ from typing import Any
 
 import boto3
 
-from amgmt.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
 
 MiB = 1024 * 1024
 BUCKET = "kill-loop"

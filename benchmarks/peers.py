@@ -27,8 +27,8 @@ import anyio
 import anyio.to_process
 import anyio.to_thread
 
-from amgmt.archive import compress_entry
-from amgmt.benchmark import (
+from amgmt.local.archive import compress_entry
+from amgmt.bench.runner import (
     BenchmarkConfig,
     BenchmarkSession,
     DatasetName,
@@ -38,8 +38,8 @@ from amgmt.benchmark import (
     dataset_spec,
     sequential_pipeline,
 )
-from amgmt.completed import tree_size
-from amgmt.localserver import LOCAL_KEYS, LOCAL_REGION
+from amgmt.local.completed import tree_size
+from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
 from amgmt.naming import object_key
 
 HERE = Path(__file__).resolve().parent

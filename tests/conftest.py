@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from amgmt.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
-from amgmt.settings import Settings, load_settings
+from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from amgmt.config.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +139,7 @@ from dataclasses import dataclass  # noqa: E402
 
 from botocore.config import Config  # noqa: E402
 
-from amgmt.localserver import free_port  # noqa: E402
+from amgmt.bench.localserver import free_port  # noqa: E402
 
 RGW_SCRIPT = Path(__file__).parent / "tools" / "rgw_up.sh"
 RGW_KEYS = ("testkey", "testsecret")

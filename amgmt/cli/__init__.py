@@ -23,7 +23,7 @@ from amgmt.errors import AmgmtError, ExitCode
 if TYPE_CHECKING:
     from asyncclick.shell_completion import CompletionItem
 
-    from amgmt.settings import Settings
+    from amgmt.config.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -228,7 +228,7 @@ SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endp
 
 def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
     """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
-    from amgmt.settings import load_settings  # not needed by `amgmt --help`
+    from amgmt.config.settings import load_settings  # not needed by `amgmt --help`
 
     flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
     flags.update(extra or {})
@@ -241,7 +241,7 @@ def complete_entry_names(ctx: click.Context, param: click.Parameter, incomplete:
     file) whose name starts with what is typed, and `all`; names already on the line are left out."""
     from asyncclick.shell_completion import CompletionItem
 
-    from amgmt.batch import list_entries  # not needed by `amgmt --help`
+    from amgmt.upload.batch import list_entries  # not needed by `amgmt --help`
 
     given = set(ctx.params.get(param.name or "", None) or ())
     params = {k: v for k, v in ctx.params.items() if k in SETTINGS_FLAGS or k == "config_path"}
@@ -291,7 +291,7 @@ async def cli(verbose: bool, debug: bool) -> None:
 def _spare_workers_the_cli() -> None:
     """Before its first job, each of anyio's worker processes (the compression pool) re-runs the file of the parent's
     `__main__` module (anyio/to_process.py, "init"). Here that file is the `amgmt` console script or
-    amgmt/__main__.py, which import this CLI; a worker needs only what unpickling its job imports (amgmt.archive).
+    amgmt/__main__.py, which import this CLI; a worker needs only what unpickling its job imports (amgmt.local.archive).
     Without a `__file__`, anyio skips that step, as it does for `python -c`. The process is the CLI's from here on."""
     main_module = sys.modules.get("__main__")
     if main_module is not None and hasattr(main_module, "__file__"):

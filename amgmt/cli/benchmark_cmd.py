@@ -1,4 +1,4 @@
-"""`amgmt benchmark`: parse the sweep, call amgmt.benchmark, render its report (table, --json, --plot, --save)."""
+"""`amgmt benchmark`: parse the sweep, call amgmt.bench.runner, render its report (table, --json, --plot, --save)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.benchmark import (
+from amgmt.bench.runner import (
     DEFAULT_TUNE_PART_SIZES,
     OTHER,
     STAGES,
@@ -22,10 +22,11 @@ from amgmt.benchmark import (
     run_benchmark,
     save_tuned_settings,
 )
-from amgmt.cli.render import human_size, table, to_json
+from amgmt.cli.render import table, to_json
+from amgmt.text import human_size
 from amgmt.errors import ConfigError
 from amgmt.parts import MiB
-from amgmt.settings import format_size, parse_size
+from amgmt.config.settings import format_size, parse_size
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:

@@ -8,9 +8,10 @@ import asyncclick as click
 
 from amgmt.cli import settings_from, settings_options
 from amgmt.cli.history import open_store, parse_when
-from amgmt.cli.render import human_duration, human_size, local_time, one_line, table, to_json
-from amgmt.listing import Listing, LocalEntry, RestoreState, Scope, build_listing, search as search_listing
-from amgmt.stats import UploadStatistics, upload_statistics
+from amgmt.cli.render import local_time, table, to_json
+from amgmt.text import human_duration, human_size, printable
+from amgmt.objects.listing import Listing, LocalEntry, RestoreState, Scope, build_listing, search as search_listing
+from amgmt.objects.stats import UploadStatistics, upload_statistics
 
 _SCOPES = click.Choice([s.value for s in Scope])
 
@@ -35,11 +36,11 @@ def _upload_text(entry: LocalEntry) -> str:
 
 def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
     """The local table and the bucket table (whichever were listed), each under a one-line heading."""
-    matching = f" matching {one_line(keyword)!r}" if keyword is not None else ""
+    matching = f" matching {printable(keyword)!r}" if keyword is not None else ""
     blocks: list[str] = []
     if listing.local is not None:
         total = sum(e.size for e in listing.local)
-        heading = f"local dir {one_line(listing.local_dir)}: {_count(len(listing.local), 'entry')}{matching}"
+        heading = f"local dir {printable(listing.local_dir)}: {_count(len(listing.local), 'entry')}{matching}"
         lines = [heading + (f", {human_size(total)}" if listing.local else "")]
         if listing.local:
             rows = [
@@ -48,12 +49,12 @@ def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
                 for e in listing.local
             ]
             lines.append(table(["NAME", "KIND", "SIZE", "UPLOAD", "TRIED", "IN S3"], rows, max_width=60))
-        lines += [f"ignored: {one_line(note)}" for note in listing.ignored]
+        lines += [f"ignored: {printable(note)}" for note in listing.ignored]
         blocks.append("\n".join(lines))
     if listing.objects is not None:
         total = sum(o.size for o in listing.objects)
         where = f"s3://{listing.bucket}/{listing.prefix}"
-        heading = f"{one_line(where)}: {_count(len(listing.objects), 'object')}{matching}"
+        heading = f"{printable(where)}: {_count(len(listing.objects), 'object')}{matching}"
         lines = [heading + (f", {human_size(total)}" if listing.objects else "")]
         if listing.objects:
             rows = [

@@ -15,9 +15,9 @@ import asyncclick as click
 from anyio.abc import Process
 
 from amgmt.cli.localserver_cmd import STOP_SIGNALS, create_local_bucket
-from amgmt.datasets import make_demo_media
+from amgmt.bench.datasets import make_demo_media
 from amgmt.errors import AmgmtError, ConfigError, ExitCode
-from amgmt.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
 
 MARKER = ".amgmt-demo"
 BUCKET = "amgmt-demo"

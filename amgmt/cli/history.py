@@ -12,10 +12,11 @@ from typing import Any
 import asyncclick as click
 
 from amgmt.cli import settings_from, settings_options
-from amgmt.cli.render import human_duration, human_size, local_time, table, to_json
+from amgmt.cli.render import local_time, table, to_json
+from amgmt.text import human_duration, human_size
 from amgmt.errors import ConfigError, NotFoundError
 from amgmt.models import UPLOAD_FIELDS, FileRole, Location, OperationRecord, OperationStatus, UploadRecord
-from amgmt.store import MetadataStore
+from amgmt.store.sqlite import MetadataStore
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

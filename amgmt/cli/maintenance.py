@@ -8,12 +8,13 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.batch import BatchReport, retry_targets, upload_batch
-from amgmt.cleanup import KEPT_RESUMABLE
-from amgmt.cleanup import cleanup as run_cleanup
+from amgmt.upload.batch import BatchReport, retry_targets, upload_batch
+from amgmt.upload.recovery import KEPT_RESUMABLE
+from amgmt.upload.recovery import cleanup as run_cleanup
 from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
 from amgmt.cli.history import parse_when
-from amgmt.cli.render import human_size, one_line, table, to_json
+from amgmt.cli.render import table, to_json
+from amgmt.text import human_size, printable
 from amgmt.cli.upload import summary_text
 from amgmt.errors import ConfigError
 from amgmt.progress import SilentReporter, TqdmReporter
@@ -83,7 +84,7 @@ async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_js
         kept = found.kept_multipart_uploads
         click.echo(f"kept {len(kept)} multipart uploads holding {human_size(sum(u['size'] for u in kept))}:")
         for u in kept:
-            click.echo(f"  {one_line(u['key'])} ({u['parts']} parts, {human_size(u['size'])}): {u['reason']}")
+            click.echo(f"  {printable(u['key'])} ({u['parts']} parts, {human_size(u['size'])}): {u['reason']}")
         if any(u["reason"] == KEPT_RESUMABLE for u in kept):
             click.echo("  (--include-resumable aborts the resumable ones too)")
     click.echo(f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "

@@ -1,6 +1,6 @@
 """`amgmt download`, `amgmt status` and `amgmt delete`: one object of the bucket, named by KEY or entry NAME.
 
-Parse, call amgmt.download, render (text or --json); progress and prompts go to stderr.
+Parse, call amgmt.objects.service, render (text or --json); progress and prompts go to stderr.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import asyncclick as click
 from tqdm import tqdm
 
 from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
-from amgmt.cli.render import human_duration, human_size, local_time, one_line, table, to_json
-from amgmt.download import (
+from amgmt.cli.render import local_time, table, to_json
+from amgmt.text import human_duration, human_size, printable
+from amgmt.objects.service import (
     DEFAULT_POLL_SECONDS,
     DEFAULT_RESTORE_DAYS,
     RESTORE_TIMES,
@@ -33,7 +34,7 @@ from amgmt.download import (
 )
 from amgmt.errors import ConfigError, ExitCode
 from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
-from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState, first_error
+from amgmt.s3.client import RESTORE_TIERS, ObjectHead, RestoreState, first_error
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -132,7 +133,7 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
                  f"{'; usually ' + usual if usual else ''})",
                  "nothing downloaded yet: run the same command again when the restore is done, or add --wait "
                  f"(exit code {RESTORE_PENDING_EXIT})"]
-        return "\n".join(one_line(line) for line in lines)
+        return "\n".join(printable(line) for line in lines)
     took = human_duration(outcome.seconds)
     if outcome.extracted:
         x = outcome.extracted
@@ -149,7 +150,7 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
                      "cannot be recomputed): only its size was checked")
     if outcome.restore_waited_seconds:
         lines.append(f"waited {human_duration(outcome.restore_waited_seconds)} for the restore")
-    return "\n".join(one_line(line) for line in lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 @click.command("download", epilog=f"{EXIT_CODES_HELP} {RESTORE_PENDING_EXIT} a restore is under way, nothing was "
@@ -248,7 +249,7 @@ def _status_text(found: ObjectStatus, text: str) -> str:
         lines.append(_operations_table(found.operations))
     else:
         lines.append("operations: none recorded")
-    return "\n".join(one_line(line) if "\n" not in line else line for line in lines)
+    return "\n".join(printable(line) if "\n" not in line else line for line in lines)
 
 
 @click.command("status")
@@ -286,7 +287,7 @@ def _plan_text(plan: DeletePlan) -> str:
     if len(plan.uploads) > 5:
         lines.append(f"  {''.ljust(14)}  and {len(plan.uploads) - 5} older upload records")
     lines.append("the records stay (marked deleted); the object cannot be recovered unless the bucket keeps versions")
-    return "\n".join(one_line(line) for line in lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 @click.command("delete", epilog=EXIT_CODES_HELP)
@@ -322,7 +323,7 @@ async def delete(target: str, yes: bool, as_json: bool, **kwargs: Any) -> None:
                             "operation_id": record.operation_id,
                             "upload_records_marked_deleted": marked}))
         return
-    click.echo(one_line(f"deleted {plan.target.url}; {_count(marked, 'upload record')} marked deleted; "
+    click.echo(printable(f"deleted {plan.target.url}; {_count(marked, 'upload record')} marked deleted; "
                         f"operation {record.operation_id[:8]}"))
 
 

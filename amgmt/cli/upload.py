@@ -7,9 +7,10 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.batch import BatchReport, list_entries, plan, resolve_names, upload_batch
+from amgmt.upload.batch import BatchReport, list_entries, plan, resolve_names, upload_batch
 from amgmt.cli import EXIT_CODES_HELP, complete_entry_names, settings_from, settings_options
-from amgmt.cli.render import human_duration, human_size, one_line, table, to_json
+from amgmt.cli.render import table, to_json
+from amgmt.text import human_duration, human_size, printable
 from amgmt.errors import ConfigError
 from amgmt.naming import display
 from amgmt.progress import SilentReporter, TqdmReporter
@@ -26,13 +27,13 @@ def summary_text(report: BatchReport) -> str:
         f"{human_size(speed)}/s" if speed else f"{human_size(report.bytes_in)} in",
     ]
     for note in report.ignored:
-        lines.append(f"ignored: {one_line(note)}")
+        lines.append(f"ignored: {printable(note)}")
     if report.failures:
         lines.append("not done:")
         for r in report.failures:
-            lines.append(f"  {r.status:<9} {one_line(r.target_name)}: {one_line(r.error_message or '')}")
+            lines.append(f"  {r.status:<9} {printable(r.target_name)}: {printable(r.error_message or '')}")
     if report.aborted:
-        lines.append(f"stopped early: {one_line(report.aborted)}")
+        lines.append(f"stopped early: {printable(report.aborted)}")
     if report.interrupted:
         lines.append("interrupted: entries in progress were cancelled and cleaned up; run again to finish")
     return "\n".join(lines)
@@ -77,7 +78,7 @@ async def upload(names: tuple[str, ...], concurrency: int | None, storage_class:
                  f"s3://{settings.bucket}/{p.key}") for p in planned]
         click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
         for note in ignored:
-            click.echo(f"ignored: {one_line(note)}")
+            click.echo(f"ignored: {printable(note)}")
         click.echo(f"{len(planned)} entries, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
         return
     show_bar = sys.stderr.isatty() if progress is None else progress

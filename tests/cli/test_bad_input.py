@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.localserver import free_port
+from amgmt.bench.localserver import free_port
 from clikit import snapshot
 
 

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from amgmt.benchmark import dataset_spec
-from amgmt.localserver import LocalS3Server
-from amgmt.settings import format_size, parse_config_file
+from amgmt.bench.runner import dataset_spec
+from amgmt.bench.localserver import LocalS3Server
+from amgmt.config.settings import format_size, parse_config_file
 
 
 def _amgmt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -37,15 +37,15 @@ from typing import Any, Literal
 import anyio
 import pytest
 
-from amgmt import batch
-from amgmt.archive import ArchiveResult
-from amgmt.batch import BatchReport, list_entries, upload_batch
+from amgmt.upload import batch
+from amgmt.local.archive import ArchiveResult
+from amgmt.upload.batch import BatchReport, list_entries, upload_batch
 from amgmt.cli.upload import summary_text
-from amgmt.localserver import free_port
+from amgmt.bench.localserver import free_port
 from amgmt.naming import object_key
-from amgmt.pipeline import Compressor, process_pool_compressor
-from amgmt.settings import Settings
-from amgmt.store import MetadataStore
+from amgmt.upload.pipeline import Compressor, process_pool_compressor
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import MetadataStore
 from clikit import SECRET, snapshot
 
 # A stray line that the CLI sometimes prints on stderr as it exits (CPython 3.11's ThreadedChildWatcher racing anyio's

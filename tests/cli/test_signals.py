@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.localserver import free_port
+from amgmt.bench.localserver import free_port
 
 MARKER = "AMGMT_TEST_SIGNALS_RUN"
 pytestmark = pytest.mark.timeout(120)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-import amgmt.batch
-from amgmt.s3 import S3Bucket
-from amgmt.settings import Settings
+import amgmt.upload.batch
+from amgmt.s3.client import S3Bucket
+from amgmt.config.settings import Settings
 from faultkit import Aftermath, S3Faults
 
 
@@ -24,7 +24,7 @@ def s3_faults(monkeypatch: pytest.MonkeyPatch) -> S3Faults:
             super().__init__(client, options, None)
             faults.install(client)
 
-    monkeypatch.setattr(amgmt.batch, "S3Bucket", FaultyBucket)
+    monkeypatch.setattr(amgmt.upload.batch, "S3Bucket", FaultyBucket)
     return faults
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from amgmt.batch import BatchReport
+from amgmt.upload.batch import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
-from amgmt.settings import Settings
-from amgmt.store import MetadataStore
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import MetadataStore
 
 # handler(request_dict) -> None to let the request through, or a (status, error code) to answer it with that error.
 Handler = Callable[[dict[str, Any]], Awaitable[tuple[int, str] | None]]

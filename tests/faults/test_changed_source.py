@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-import amgmt.completed
-import amgmt.pipeline
-from amgmt.batch import list_entries, upload_batch
+import amgmt.local.completed
+import amgmt.upload.pipeline
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus
-from amgmt.store import MetadataStore
+from amgmt.store.sqlite import MetadataStore
 
 KILLPOINT = Path(__file__).parent / "killpoint.py"
 
@@ -38,7 +38,7 @@ def object_member(s3_client: Any, bucket: str, key: str, member: str) -> bytes:
 
 def change_after_packing(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
     """Run `change` once, after the archive is built and before it is uploaded (the upload stage starts)."""
-    real_upload = amgmt.pipeline.EntryPipeline._upload
+    real_upload = amgmt.upload.pipeline.EntryPipeline._upload
     done: list[bool] = []
 
     async def upload(self: Any) -> None:
@@ -47,7 +47,7 @@ def change_after_packing(monkeypatch: pytest.MonkeyPatch, change: Callable[[], N
             change()
         await real_upload(self)
 
-    monkeypatch.setattr(amgmt.pipeline.EntryPipeline, "_upload", upload)
+    monkeypatch.setattr(amgmt.upload.pipeline.EntryPipeline, "_upload", upload)
 
 
 def _append(path: Path) -> None:
@@ -150,14 +150,14 @@ async def test_cross_fs_a_file_appended_during_the_copy_is_recorded_changed(
     clip = local_dir / "clip.mp4"
     clip.write_bytes(b"v" * 300_000)
     settings = make_settings(completed_dir=str(shm_completed))
-    real_copy = amgmt.completed._copy_file
+    real_copy = amgmt.local.completed._copy_file
 
     def copy_file(src: str, dst: str | None) -> object:
         result = real_copy(src, dst)
         _append(Path(src))
         return result
 
-    monkeypatch.setattr(amgmt.completed, "_copy_file", copy_file)
+    monkeypatch.setattr(amgmt.local.completed, "_copy_file", copy_file)
     report = await upload_batch(settings, list_entries(settings)[0])
 
     [record] = report.records

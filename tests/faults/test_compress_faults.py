@@ -6,10 +6,10 @@ from pathlib import Path
 
 import anyio
 
-from amgmt.archive import ArchiveResult
-from amgmt.batch import list_entries, upload_batch
+from amgmt.local.archive import ArchiveResult
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.errors import CompressionError
-from amgmt.pipeline import Compressor, process_pool_compressor
+from amgmt.upload.pipeline import Compressor, process_pool_compressor
 
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello", "bad.mov": 300_000}
 OTHERS = ["a.mp4", "dir"]

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from amgmt.batch import list_entries, upload_batch
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
-from amgmt.store import MetadataStore
+from amgmt.store.sqlite import MetadataStore
 
 
 def _count(db: Path, sql: str) -> int:

@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import amgmt.pipeline
-from amgmt.batch import list_entries, upload_batch
-from amgmt.completed import move_to_completed
+import amgmt.upload.pipeline
+from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.completed import move_to_completed
 from amgmt.errors import ExitCode, MoveError
 from amgmt.models import OperationStatus
 from faultkit import open_multipart_uploads, staging_leftovers, stored_records
@@ -32,7 +32,7 @@ async def test_move_error_for_one_entry_is_partial(make_settings, make_media, af
             raise MoveError(f"cannot move {entry}: Read-only file system")
         return move_to_completed(entry, **kwargs)
 
-    monkeypatch.setattr(amgmt.pipeline, "move_to_completed", move)
+    monkeypatch.setattr(amgmt.upload.pipeline, "move_to_completed", move)
     report = await upload_batch(settings, list_entries(settings)[0])
 
     record = await aftermath(settings).check(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.batch import list_entries, upload_batch
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus
-from amgmt.writers import writers_of
+from amgmt.local.writers import writers_of
 
 HOLD_OPEN = "import sys; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); sys.stdin.read()"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.batch import list_entries, upload_batch
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.errors import StorageError
-from amgmt.localserver import free_port
-from amgmt.s3 import ClientOptions
+from amgmt.bench.localserver import free_port
+from amgmt.s3.client import ClientOptions
 from faultkit import staging_leftovers, stored_records
 
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello"}

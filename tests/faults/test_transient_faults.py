@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-import amgmt.s3
-from amgmt.batch import list_entries, upload_batch
+import amgmt.s3.client
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.errors import ExitCode, StorageError
-from amgmt.localserver import LocalS3Server
+from amgmt.bench.localserver import LocalS3Server
 from amgmt.models import OperationStatus, UploadRecord
-from amgmt.s3 import PART_ATTEMPTS, ClientOptions
+from amgmt.s3.client import PART_ATTEMPTS, ClientOptions
 from faultkit import object_keys, open_multipart_uploads, staging_leftovers, stored_records
 from faultproxy import Fault, FaultProxy, FaultRates, Injection, ProxyRequest
 
@@ -113,11 +113,11 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """For a fault that never clears: the same retry loops with short sleeps. botocore makes 2 attempts per call
     instead of 6 (its backoff is up to 1+2+4+8+16 s per call, and amgmt makes PART_ATTEMPTS calls); amgmt's own
     backoff base goes from 0.25 s to 0.01 s."""
-    real_config = amgmt.s3.AioConfig
+    real_config = amgmt.s3.client.AioConfig
     monkeypatch.setattr(
-        amgmt.s3, "AioConfig", lambda **kw: real_config(**{**kw, "retries": {"mode": "standard", "max_attempts": 1}})
+        amgmt.s3.client, "AioConfig", lambda **kw: real_config(**{**kw, "retries": {"mode": "standard", "max_attempts": 1}})
     )
-    monkeypatch.setattr(amgmt.s3, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(amgmt.s3.client, "BACKOFF_BASE", 0.01)
 
 
 def test_timeouts_reach_the_client_options(make_settings) -> None:
@@ -359,7 +359,7 @@ async def test_bad_digest_on_the_first_send_of_each_part_is_retried(
 async def test_bad_digest_on_every_send_fails_the_entry_after_the_retries(
     make_settings, make_media, proxy: FaultProxy, aftermath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amgmt.s3, "BACKOFF_BASE", 0.01)  # the same retries, minus up to 7.5 s of sleeping
+    monkeypatch.setattr(amgmt.s3.client, "BACKOFF_BASE", 0.01)  # the same retries, minus up to 7.5 s of sleeping
     make_media({"big.bin": 16 * MiB, "small.mp4": 4000})
     settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT, part_size="5MiB")
     proxy.operations = {"UploadPart"}

@@ -9,10 +9,10 @@ from typing import Any
 
 import anyio
 
-from amgmt.store import MetadataStore
-from amgmt.batch import BatchReport, list_entries, upload_batch
+from amgmt.store.sqlite import MetadataStore
+from amgmt.upload.batch import BatchReport, list_entries, upload_batch
 from amgmt.models import OperationStatus
-from amgmt.s3 import _read_range
+from amgmt.s3.client import _read_range
 from faultkit import object_keys, open_multipart_uploads, query, staging_leftovers, stored_records
 
 MiB = 1024 * 1024

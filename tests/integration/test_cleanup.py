@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.batch import list_entries, upload_batch
-from amgmt.store import MetadataStore
+from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.store.sqlite import MetadataStore
 
 
 def _deep_dir(base: Path, length: int) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from amgmt.batch import list_entries, upload_batch
-from amgmt.store import MetadataStore
+from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.store.sqlite import MetadataStore
 
 ENTRIES = 30
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from amgmt.archive import ArchiveResult, compress_entry
-from amgmt.batch import list_entries, upload_batch
+from amgmt.local.archive import ArchiveResult, compress_entry
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.errors import ExitCode
 
 

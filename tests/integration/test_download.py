@@ -1,4 +1,4 @@
-"""amgmt.download against the real local server: ranged downloads verified against the upload record, corrupted and
+"""amgmt.objects.service against the real local server: ranged downloads verified against the upload record, corrupted and
 replaced objects refused, safe extraction (a table of hostile archives), no overwrite without --force, a GLACIER
 object through restore and --wait, and the records every operation leaves."""
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from amgmt.batch import list_entries, upload_batch
-from amgmt.download import (
+from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.objects.service import (
     DownloadOptions,
     DownloadState,
     Objects,
@@ -30,8 +30,8 @@ from amgmt.download import (
 from amgmt.errors import ConfigError, NotFoundError, UploadError, ValidationError, VerificationError
 from amgmt.models import FileStatus, OperationStatus
 from amgmt.parts import MiB
-from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.store import MetadataStore
+from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
+from amgmt.store.sqlite import MetadataStore
 
 
 def listing(root: Path) -> list[str]:

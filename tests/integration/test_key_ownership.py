@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import amgmt.pipeline
-import amgmt.s3
-from amgmt.archive import compress_entry
-from amgmt.batch import BatchReport, resolve_names, upload_batch
+import amgmt.upload.pipeline
+import amgmt.s3.client
+from amgmt.local.archive import compress_entry
+from amgmt.upload.batch import BatchReport, resolve_names, upload_batch
 from amgmt.models import FileStatus, OperationStatus, UploadRecord
 from amgmt.parts import MiB
-from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
-from amgmt.settings import load_settings
-from amgmt.store import MetadataStore
+from amgmt.s3.client import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
+from amgmt.config.settings import load_settings
+from amgmt.store.sqlite import MetadataStore
 
 
 KEY = "clip.bin.tar.gz"
-METADATA_RESERVATION = "amgmt-reservation"  # amgmt.s3.METADATA_RESERVATION, spelled out as a foreign writer would
+METADATA_RESERVATION = "amgmt-reservation"  # amgmt.s3.client.METADATA_RESERVATION, spelled out as a foreign writer would
 
 
 def write_random(path: Path, size: int, seed: int) -> Path:
@@ -82,15 +82,15 @@ async def test_two_runs_racing_for_one_key_leave_the_first_verified_object_intac
     write_random(first / "clip.bin", 11 * MiB, seed=1)
     write_random(second / "clip.bin", 11 * MiB, seed=2)
     a_looked, b_done = anyio.Event(), anyio.Event()
-    original = amgmt.pipeline.EntryPipeline._resumable_upload
+    original = amgmt.upload.pipeline.EntryPipeline._resumable_upload
 
-    async def paused(self: amgmt.pipeline.EntryPipeline) -> str | None:
+    async def paused(self: amgmt.upload.pipeline.EntryPipeline) -> str | None:
         if self.ctx.settings.local_dir == first:
             a_looked.set()
             await b_done.wait()
         return await original(self)
 
-    monkeypatch.setattr(amgmt.pipeline.EntryPipeline, "_resumable_upload", paused)
+    monkeypatch.setattr(amgmt.upload.pipeline.EntryPipeline, "_resumable_upload", paused)
     settings_a = _settings(real_s3, real_bucket, first)
     settings_b = _settings(real_s3, real_bucket, second)
     reports: dict[str, BatchReport] = {}
@@ -130,10 +130,10 @@ async def test_an_object_written_during_a_multipart_upload_is_not_overwritten(re
     sent, the upload is aborted, the other object stays, our original stays."""
     local = tmp_path / "media"
     write_random(local / "clip.bin", 11 * MiB, seed=3)
-    original_part_done = amgmt.pipeline.StoreJournal.part_done
+    original_part_done = amgmt.upload.pipeline.StoreJournal.part_done
     intruded = False
 
-    async def intruding(self: amgmt.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
+    async def intruding(self: amgmt.upload.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
         nonlocal intruded
         await original_part_done(self, upload_id, part)
         if not intruded:
@@ -142,7 +142,7 @@ async def test_an_object_written_during_a_multipart_upload_is_not_overwritten(re
                 lambda: real_client.put_object(Bucket=real_bucket, Key=KEY, Body=b"somebody else's object")
             )
 
-    monkeypatch.setattr(amgmt.pipeline.StoreJournal, "part_done", intruding)
+    monkeypatch.setattr(amgmt.upload.pipeline.StoreJournal, "part_done", intruding)
     report = await upload_batch(_settings(real_s3, real_bucket, local), [local / "clip.bin"])
 
     record = _only(report)
@@ -164,15 +164,15 @@ async def test_a_run_never_aborts_the_live_multipart_upload_of_another_run_shari
     write_random(second / "clip.bin", 11 * MiB, seed=5)
     db = tmp_path / "shared" / "operations.db"
     a_started, b_done = anyio.Event(), anyio.Event()
-    original_part_done = amgmt.pipeline.StoreJournal.part_done
+    original_part_done = amgmt.upload.pipeline.StoreJournal.part_done
 
-    async def paused(self: amgmt.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
+    async def paused(self: amgmt.upload.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
         await original_part_done(self, upload_id, part)
         if Path(self.record.target_path).parent == first and not a_started.is_set():
             a_started.set()
             await b_done.wait()
 
-    monkeypatch.setattr(amgmt.pipeline.StoreJournal, "part_done", paused)
+    monkeypatch.setattr(amgmt.upload.pipeline.StoreJournal, "part_done", paused)
     settings_a = make_settings(local_dir=str(first), db_path=str(db), part_size="5MiB", concurrency=1)
     settings_b = make_settings(local_dir=str(second), db_path=str(db), part_size="5MiB", concurrency=1)
     reports: dict[str, BatchReport] = {}
@@ -277,14 +277,14 @@ async def test_a_staging_archive_removed_under_the_upload_fails_that_entry_in_on
     make_settings, make_media, local_dir: Path, monkeypatch
 ) -> None:
     make_media({"big.bin": 11 * MiB, "small.bin": 2000})
-    real_read = amgmt.s3._read_file_range
+    real_read = amgmt.s3.client._read_file_range
 
     def vanishing(path: str, offset: int, length: int) -> bytearray:
         if "big.bin" in path and offset > 0 and os.path.exists(path):
             os.unlink(path)  # removed from under the upload, after its first part was read
         return real_read(path, offset, length)
 
-    monkeypatch.setattr(amgmt.s3, "_read_file_range", vanishing)
+    monkeypatch.setattr(amgmt.s3.client, "_read_file_range", vanishing)
     report = await upload_batch(make_settings(part_size="5MiB"), [local_dir / "big.bin", local_dir / "small.bin"])
 
     by_name = {r.target_name: r for r in report.records}
@@ -307,7 +307,7 @@ async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(
     reservation; the next run recognises its own dead attempt, takes the key over and finishes."""
     source = write_random(local_dir / "clip.bin", 11 * MiB, seed=11)
     env = dict(cli_env, MGMT_PART_SIZE="5MiB",
-               AMGMT_KILL_AT=f"amgmt.s3.S3Bucket._reserve|{KEY}|1|after")
+               AMGMT_KILL_AT=f"amgmt.s3.client.S3Bucket._reserve|{KEY}|1|after")
     killed = subprocess.run([sys.executable, str(KILLPOINT), "upload", "all", "--no-progress"], env=env,
                             capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -329,16 +329,16 @@ async def test_a_read_back_reads_only_the_object_it_verifies(make_settings, loca
     """When the ETag cannot be predicted, the object is read back: an object written at the key between that
     HEAD and the read (If-Match) fails the verification instead of being hashed in its place."""
     source = write_random(local_dir / "clip.bin", 4000, seed=12)
-    monkeypatch.setattr(amgmt.pipeline, "expected_etag", lambda parts, multipart: "unpredictable")
-    real_read_back = amgmt.s3.S3Bucket.object_sha256
+    monkeypatch.setattr(amgmt.upload.pipeline, "expected_etag", lambda parts, multipart: "unpredictable")
+    real_read_back = amgmt.s3.client.S3Bucket.object_sha256
 
-    async def intruding(self: amgmt.s3.S3Bucket, key: str, **kwargs: Any) -> str:
+    async def intruding(self: amgmt.s3.client.S3Bucket, key: str, **kwargs: Any) -> str:
         await anyio.to_thread.run_sync(
             lambda: s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"written after the HEAD of verify")
         )
         return await real_read_back(self, key, **kwargs)
 
-    monkeypatch.setattr(amgmt.s3.S3Bucket, "object_sha256", intruding)
+    monkeypatch.setattr(amgmt.s3.client.S3Bucket, "object_sha256", intruding)
     record = _only(await upload_batch(make_settings(), [source]))
 
     assert record.status == OperationStatus.FAILED, record.error_message

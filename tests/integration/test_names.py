@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.batch import list_entries, resolve_names, upload_batch
+from amgmt.upload.batch import list_entries, resolve_names, upload_batch
 from amgmt.errors import ConfigError, NotFoundError
 
 

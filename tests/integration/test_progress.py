@@ -12,11 +12,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from amgmt.archive import ArchiveResult, compress_entry
-from amgmt.batch import list_entries, upload_batch
+from amgmt.local.archive import ArchiveResult, compress_entry
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.errors import BusyError
 from amgmt.progress import SilentReporter, TqdmReporter
-from amgmt.runlock import RunLock
+from amgmt.local.runlock import RunLock
 
 
 async def _thread_compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:

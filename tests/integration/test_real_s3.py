@@ -26,15 +26,15 @@ from typing import Any
 import anyio
 import pytest
 
-import amgmt.pipeline
-from amgmt.archive import ArchiveResult
-from amgmt.batch import BatchReport, list_entries, upload_batch
+import amgmt.upload.pipeline
+from amgmt.local.archive import ArchiveResult
+from amgmt.upload.batch import BatchReport, list_entries, upload_batch
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.parts import MiB, expected_etag
-from amgmt.pipeline import Compressor, process_pool_compressor
-from amgmt.s3 import PART_ATTEMPTS
-from amgmt.store import MetadataStore
+from amgmt.upload.pipeline import Compressor, process_pool_compressor
+from amgmt.s3.client import PART_ATTEMPTS
+from amgmt.store.sqlite import MetadataStore
 
 # A small mixed local dir: files, a nested directory (with an empty file and an empty dir), an empty file, and one
 # entry big enough for three 5 MiB parts.
@@ -282,16 +282,16 @@ async def _interrupted_upload(
 ) -> BatchReport:
     """upload_batch, cancelled (as by Ctrl-C) as soon as the first part of its multipart upload is journaled."""
     report = BatchReport()
-    original = amgmt.pipeline.StoreJournal.part_done
+    original = amgmt.upload.pipeline.StoreJournal.part_done
     journaled: list[int] = []
     with anyio.move_on_after(120) as scope:
 
-        async def part_done(self: amgmt.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
+        async def part_done(self: amgmt.upload.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
             await original(self, upload_id, part)
             journaled.append(part.number)
             scope.cancel()  # a no-op once the scope is left: the re-run is not interrupted
 
-        monkeypatch.setattr(amgmt.pipeline.StoreJournal, "part_done", part_done)
+        monkeypatch.setattr(amgmt.upload.pipeline.StoreJournal, "part_done", part_done)
         await upload_batch(settings, entries, report=report)
     assert journaled and scope.cancelled_caught, "the upload was not interrupted after its first part"
     return report

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-import amgmt.pipeline
-from amgmt.batch import list_entries, retry_targets, upload_batch
-from amgmt.cleanup import KEPT_IN_PROGRESS, cleanup
+import amgmt.upload.pipeline
+from amgmt.upload.batch import list_entries, retry_targets, upload_batch
+from amgmt.upload.recovery import KEPT_IN_PROGRESS, cleanup
 from amgmt.errors import BusyError, MoveError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MiB
-from amgmt.runlock import RunLock
-from amgmt.settings import Settings
-from amgmt.store import JournaledUpload, MetadataStore
+from amgmt.local.runlock import RunLock
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import JournaledUpload, MetadataStore
 
 
 async def save_record(settings: Settings, operation_id: str, name: str, status: str) -> UploadRecord:
@@ -40,7 +40,7 @@ async def test_retry_failed_finishes_a_partial_upload_without_sending_it_again(
         raise MoveError("completed dir is on a read-only disk")
 
     with monkeypatch.context() as patch:
-        patch.setattr(amgmt.pipeline, "move_to_completed", refuse)
+        patch.setattr(amgmt.upload.pipeline, "move_to_completed", refuse)
         first = await upload_batch(settings, list_entries(settings)[0])
     assert first.counts() == {"partial": 2}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.batch import list_entries, upload_batch
+from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.parts import MiB
-from amgmt.store import MetadataStore
+from amgmt.store.sqlite import MetadataStore
 
 NON_UTF8 = os.fsdecode(b"raw\xffbyte.bin")
 # name on disk -> the key the naming rules give it

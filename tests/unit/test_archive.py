@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt import archive
-from amgmt.archive import ArchiveResult, compress_entry, sha256_file
+from amgmt.local import archive
+from amgmt.local.archive import ArchiveResult, compress_entry, sha256_file
 from amgmt.errors import CompressionError
 
 KiB = 1024

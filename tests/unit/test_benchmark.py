@@ -1,4 +1,4 @@
-"""amgmt.benchmark without S3: data set specs, the CPU/RSS meter on real child processes, the report's medians and
+"""amgmt.bench.runner without S3: data set specs, the CPU/RSS meter on real child processes, the report's medians and
 best point, and writing tuned settings into a config file."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.benchmark import (
+from amgmt.bench.runner import (
     BenchmarkReport,
     DatasetSpec,
     ResourceMeter,
@@ -24,7 +24,7 @@ from amgmt.benchmark import (
 from amgmt.errors import ConfigError
 from amgmt.models import utcnow
 from amgmt.parts import GiB, MiB
-from amgmt.settings import parse_config_file
+from amgmt.config.settings import parse_config_file
 
 # A child that burns `pre` CPU seconds, says "ready", waits for a line, burns `during` seconds, says "done", and
 # waits for stdin to close.

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from amgmt import completed
-from amgmt.archive import ArchiveResult, compress_entry
-from amgmt.completed import move_to_completed, recover_move
+from amgmt.local import completed
+from amgmt.local.archive import ArchiveResult, compress_entry
+from amgmt.local.completed import move_to_completed, recover_move
 from amgmt.errors import MoveError, SourceChangedError
-from amgmt.identity import identity_of, same_identity
+from amgmt.local.identity import identity_of, same_identity
 
 NOW = datetime(2024, 1, 2, 3, 4, 5)
 OP = "0123abcd-0000-4000-8000-000000000000"

@@ -15,7 +15,7 @@ import pytest
 import amgmt.cli
 from amgmt.cli import COMMANDS, EXIT_CODES_HELP, AmgmtGroup
 
-HEAVY = ("aioboto3", "aiobotocore", "botocore", "boto3", "moto", "aiosqlite", "amgmt.s3", "amgmt.batch")
+HEAVY = ("aioboto3", "aiobotocore", "botocore", "boto3", "moto", "aiosqlite", "amgmt.s3.client", "amgmt.upload.batch")
 
 
 def registered_commands() -> dict[str, tuple[str, click.Command]]:

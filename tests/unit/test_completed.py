@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt import completed
-from amgmt.completed import completed_destination, find_completed, move_to_completed
+from amgmt.local import completed
+from amgmt.local.completed import completed_destination, find_completed, move_to_completed
 from amgmt.errors import MoveError
 
 NOW = datetime(2024, 1, 2, 3, 4, 5)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from amgmt import runlock
+from amgmt.local import runlock
 from amgmt.errors import BusyError
-from amgmt.runlock import RunLock, lock_holder
+from amgmt.local.runlock import RunLock, lock_holder
 
 
 def test_the_holder_is_named_from_proc_locks(tmp_path: Path) -> None:

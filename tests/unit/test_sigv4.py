@@ -1,4 +1,4 @@
-"""amgmt.sigv4 signs exactly as botocore does: the same request, the same Authorization header."""
+"""amgmt.s3.sigv4 signs exactly as botocore does: the same request, the same Authorization header."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from botocore.config import Config
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from amgmt.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
+from amgmt.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
 
 AMZ_DATE = "20261125T101112Z"
 KEYS = Keys("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")

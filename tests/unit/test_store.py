@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from amgmt import store as store_module
+from amgmt.store import sqlite as store_module
 from amgmt.errors import NotFoundError, StoreError
 from amgmt.models import (
     UPLOAD_FIELDS,
@@ -29,7 +29,7 @@ from amgmt.models import (
     UploadRecord,
     new_operation_id,
 )
-from amgmt.store import MetadataStore
+from amgmt.store.sqlite import MetadataStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -461,7 +461,7 @@ async def test_a_file_in_the_way_of_the_directory_gives_store_error(tmp_path: Pa
 
 
 async def test_multipart_journal_round_trip(db_path: Path) -> None:
-    from amgmt.store import JournaledPart, JournaledUpload
+    from amgmt.store.sqlite import JournaledPart, JournaledUpload
 
     upload = JournaledUpload("up-1", "op-1", "b", "k.tar.gz", "ab" * 32, 5 * 2**20, 3)
     async with MetadataStore(db_path) as store:

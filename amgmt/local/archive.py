@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from isal import isal_zlib
 
+from amgmt.text import printable
 from amgmt.errors import CompressionError
-from amgmt.identity import Identity, Member
+from amgmt.local.identity import Identity, Member
 from amgmt.parts import MiB
 
 PARTIAL_SUFFIX = ".partial"
@@ -63,7 +64,7 @@ class ArchiveResult:
     file_count: int  # regular files archived
     is_directory: bool
     skipped: tuple[str, ...]  # relative paths of special files (FIFO, socket, device) left out of the archive
-    source_identity: Identity  # what the source was made of when packed (amgmt.identity), special files included
+    source_identity: Identity  # what the source was made of when packed (amgmt.local.identity), special files included
 
 
 def compress_entry(source: str, archive_path: str, *, part_size: int, level: int = 1) -> ArchiveResult:
@@ -80,7 +81,7 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     Level 0 is fastest for compressible data but inflates incompressible data by about a quarter, beyond
     `parts.archive_size_bound`; levels 1-3 stay within it.
 
-    Digests, and the source's identity (amgmt.identity: from the walk's lstat, and for each regular file from the
+    Digests, and the source's identity (amgmt.local.identity: from the walk's lstat, and for each regular file from the
     fstat after reading it, which must equal the one before, ctime included), are computed while the bytes stream
     through (no second walk or read of the source or of the archive). When a
     CPU is to spare (see _use_helper_threads), deflating and the archive's digests and writes run in two helper
@@ -111,7 +112,7 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     source = source.rstrip(os.sep) or source
     name = os.path.basename(source)
     if name in ("", ".", ".."):
-        raise CompressionError(f"cannot archive {_show(source)}: it has no usable base name", path=source)
+        raise CompressionError(f"cannot archive {printable(source)}: it has no usable base name", path=source)
     try:
         source_stat = os.lstat(source)
     except OSError as exc:
@@ -119,7 +120,7 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     is_directory = stat.S_ISDIR(source_stat.st_mode)
     if not (is_directory or stat.S_ISREG(source_stat.st_mode)):
         kind = "a symlink" if stat.S_ISLNK(source_stat.st_mode) else "not a regular file or directory"
-        raise CompressionError(f"cannot archive {_show(source)}: it is {kind}", path=source)
+        raise CompressionError(f"cannot archive {printable(source)}: it is {kind}", path=source)
 
     partial = archive_path + PARTIAL_SUFFIX
     with contextlib.suppress(FileNotFoundError):
@@ -230,7 +231,7 @@ def _add_tree(
 ) -> tuple[str, int, int]:
     """Archive a directory's members in sorted order; returns (manifest SHA-256, bytes read, regular files).
 
-    `identity` gets every member's identity, special files included (amgmt.identity)."""
+    `identity` gets every member's identity, special files included (amgmt.local.identity)."""
     manifest = hashlib.sha256()
     total = 0
     count = 0
@@ -690,24 +691,18 @@ class _DigestingWriter:
         self._out = None
 
 
-def _show(path: str) -> str:
-    """A path as one line of printable text: itself when printable, else its repr (escapes, surrogates)."""
-    text = os.fsdecode(path)
-    return text if text.isprintable() else repr(text)
-
-
 def _read_error(exc: OSError, path: str, entry: str) -> CompressionError:
     if isinstance(exc, FileNotFoundError):
-        return CompressionError(f"{_show(path)} vanished before it could be compressed", path=entry)
-    return CompressionError(f"cannot read {_show(path)}: {exc.strerror or exc}", path=entry)
+        return CompressionError(f"{printable(path)} vanished before it could be compressed", path=entry)
+    return CompressionError(f"cannot read {printable(path)}: {exc.strerror or exc}", path=entry)
 
 
 def _changed(path: str, entry: str) -> CompressionError:
-    return CompressionError(f"{_show(path)} changed while being compressed", path=entry)
+    return CompressionError(f"{printable(path)} changed while being compressed", path=entry)
 
 
 def _write_error(exc: OSError, archive_path: str, entry: str) -> CompressionError:
     staging = os.path.dirname(os.path.abspath(archive_path))
     if exc.errno in _NO_SPACE:
-        return CompressionError(f"no space left on device in staging dir {_show(staging)}", path=entry)
-    return CompressionError(f"cannot write {_show(archive_path)}: {exc.strerror or exc}", path=entry)
+        return CompressionError(f"no space left on device in staging dir {printable(staging)}", path=entry)
+    return CompressionError(f"cannot write {printable(archive_path)}: {exc.strerror or exc}", path=entry)

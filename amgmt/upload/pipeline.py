@@ -22,8 +22,8 @@ import anyio
 import anyio.to_process
 import anyio.to_thread
 
-from amgmt.archive import ArchiveResult, compress_entry
-from amgmt.completed import completed_destination, find_completed, move_to_completed, tree_size
+from amgmt.local.archive import ArchiveResult, compress_entry
+from amgmt.local.completed import completed_destination, find_completed, move_to_completed, tree_size
 from amgmt.errors import (
     AmgmtError,
     CompressionError,
@@ -52,7 +52,7 @@ from amgmt.models import (
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import (
+from amgmt.s3.client import (
     METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,
@@ -64,8 +64,8 @@ from amgmt.s3 import (
     UploadResult,
     UploadStats,
 )
-from amgmt.settings import Settings
-from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import JournaledPart, JournaledUpload, MetadataStore
 
 Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
 SAVE_TIMEOUT = 10.0
@@ -88,7 +88,7 @@ def _is_small_file(path: str) -> bool:
 def process_pool_compressor(limiter: anyio.CapacityLimiter) -> Compressor:
     """Compression in anyio's worker processes (kept warm between entries), at most `limiter` at a time.
 
-    A worker imports what unpickling the job needs (amgmt.archive, which stays free of anyio and boto), plus the file
+    A worker imports what unpickling the job needs (amgmt.local.archive, which stays free of anyio and boto), plus the file
     of the parent's `__main__` module unless it has none: the CLI removes it (amgmt.cli._spare_workers_the_cli)."""
 
     async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from amgmt.text import printable
 from amgmt.errors import ConfigError
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
 
@@ -146,10 +147,8 @@ class _Layers:
 
 
 def _show(value: object) -> str:
-    """A value as one readable line: control characters escaped, very long values cut."""
-    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    if not text.isprintable():
-        text = repr(text)[1:-1]
+    """A value as one readable line (text.printable), very long values cut."""
+    text = printable(value)
     if len(text) > _MAX_SHOWN:
         text = text[:_MAX_SHOWN] + "..."
     return text

@@ -43,8 +43,8 @@ from botocore.exceptions import (
 
 from amgmt.errors import AmgmtError, ConfigError, ObjectExistsError, StorageError, UploadError, VerificationError
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
-from amgmt.settings import Settings
-from amgmt.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
+from amgmt.config.settings import Settings
+from amgmt.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
 
 log = logging.getLogger(__name__)
 
@@ -904,7 +904,7 @@ _EXTRA_HEADERS = {"ContentType": "content-type", "StorageClass": "x-amz-storage-
 
 
 class DirectRequests:
-    """HEAD and single-part PUT of objects straight over aiohttp, signed with amgmt.sigv4.
+    """HEAD and single-part PUT of objects straight over aiohttp, signed with amgmt.s3.sigv4.
 
     botocore spends ~1.5-2 ms of CPU per call on the event loop thread (parameter validation, endpoint rules,
     event hooks, user agent, response parsing) for requests that are a few headers each way; on the `small` data

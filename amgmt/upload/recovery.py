@@ -14,15 +14,15 @@ from typing import Any
 
 import anyio.to_thread
 
-from amgmt.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back, recover_move, remove_tree_quietly
+from amgmt.local.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back, recover_move, remove_tree_quietly
 from amgmt.errors import NotFoundError
-from amgmt.identity import Identity
+from amgmt.local.identity import Identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
-from amgmt.runlock import RunLock
-from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.settings import Settings
-from amgmt.store import JournaledUpload, MetadataStore
+from amgmt.local.runlock import RunLock
+from amgmt.s3.client import ClientOptions, S3Bucket
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import JournaledUpload, MetadataStore
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from amgmt.archive import manifest_line
+from amgmt.local.archive import manifest_line
+from amgmt.text import printable
 from amgmt.errors import MoveError, SourceChangedError
-from amgmt.identity import Identity, Member, describe_change, identity_of, kind_of, members_of, same_identity
-from amgmt.settings import DUPLICATE_MODES
-from amgmt.writers import Writer, writers_of
+from amgmt.local.identity import Identity, Member, describe_change, identity_of, kind_of, members_of, same_identity
+from amgmt.config.settings import DUPLICATE_MODES
+from amgmt.local.writers import Writer, writers_of
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 MAX_NAME_ATTEMPTS = 1000
@@ -57,7 +58,7 @@ def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, pres
     """Move `entry` (file or directory) into the completed dir and return its final path, proving on the way that
     what lands there is what was packed.
 
-    `expected_identity` is the entry's identity when it was packed (amgmt.identity) and `expected_digest` its
+    `expected_identity` is the entry's identity when it was packed (amgmt.local.identity) and `expected_digest` its
     source SHA-256 (a directory: of its manifest, as archive.compress_entry defines it); without them the entry's
     identity now is taken as the reference and a copy is not compared with anything. `operation_id` names the
     temporaries (its first 8 characters), so that recovery knows whose they are.
@@ -80,13 +81,13 @@ def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, pres
     except FileNotFoundError as exc:
         if expected_identity is not None:
             raise _vanished(entry) from exc
-        raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
+        raise MoveError(f"cannot move {printable(entry)}: {_reason(exc)}") from exc
     except OSError as exc:
-        raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
+        raise MoveError(f"cannot move {printable(entry)}: {_reason(exc)}") from exc
     plain = plain_destination(entry, local_dir=local_dir, completed_dir=completed_dir,
                                preserve_structure=preserve_structure)
     if is_dir and _inside(completed_dir, entry):
-        raise MoveError(f"cannot move {_show(entry)}: the completed dir {_show(completed_dir)} is inside it")
+        raise MoveError(f"cannot move {printable(entry)}: the completed dir {printable(completed_dir)} is inside it")
     expected = _unchanged(entry, expected_identity)
 
     candidates = _candidates(entry, plain, completed_dir=completed_dir, duplicate_handling=duplicate_handling, now=now)
@@ -98,7 +99,7 @@ def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, pres
             (_install_dir if is_dir else _install_file)(entry, candidate)
         except FileExistsError as exc:
             if duplicate_handling == "error":
-                message = f"cannot move {_show(entry)}: {_show(candidate)} already exists in the completed dir"
+                message = f"cannot move {printable(entry)}: {printable(candidate)} already exists in the completed dir"
                 raise MoveError(message) from exc
             continue  # taken between the check and the move: try the next name
         except OSError as exc:
@@ -106,7 +107,7 @@ def move_to_completed(entry: Path, *, local_dir: Path, completed_dir: Path, pres
                 return _move_across(entry, itertools.chain([candidate], candidates), plain=plain, is_dir=is_dir,
                                     expected=expected, expected_digest=expected_digest, tag=tag,
                                     duplicate_handling=duplicate_handling)
-            raise MoveError(f"cannot move {_show(entry)} to {_show(candidate)}: {_reason(exc)}") from exc
+            raise MoveError(f"cannot move {printable(entry)} to {printable(candidate)}: {_reason(exc)}") from exc
         _check_moved(entry, candidate, expected=expected, tag=tag)
         return candidate
     raise _no_free_name(entry)
@@ -199,7 +200,7 @@ def recover_move(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_
             found.leftovers.append({"path": display_path(removing), "action": action})
             if not unchanged:
                 found.outcome = "changed"
-                found.message = (f"{_show(entry)} changed after it was packed (seen when recovering the interrupted"
+                found.message = (f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
                                  f" move); {action}; the next run uploads it")
     elif os.path.lexists(entry):
         try:
@@ -219,8 +220,8 @@ def recover_move(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_
                     os.unlink(entry)
             else:
                 found.outcome = "changed"
-                found.message = (f"{_show(entry)} changed after it was packed (seen when recovering the interrupted"
-                                 f" move); its second name {_show(twin)} in the completed dir was removed; the next"
+                found.message = (f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
+                                 f" move); its second name {printable(twin)} in the completed dir was removed; the next"
                                  " run uploads it")
                 if not dry_run:
                     os.unlink(twin)
@@ -236,8 +237,8 @@ def recover_move(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_
                 if not dry_run:
                     back = put_back(moved, entry, tag=tag)
                 found.outcome = "changed"
-                found.message = (f"{_show(entry)} changed after it was packed (seen when recovering the interrupted"
-                                 f" move); moved back from the completed dir as {_show(back)}; the next run uploads"
+                found.message = (f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
+                                 f" move); moved back from the completed dir as {printable(back)}; the next run uploads"
                                  " it")
     moving = _tagged(plain.parent, MOVING_PREFIX, tag)
     if moving is not None:
@@ -248,7 +249,7 @@ def recover_move(entry: Path, *, local_dir: Path, completed_dir: Path, preserve_
 
 
 def display_path(path: Path | None) -> str:
-    return _show(path) if path is not None else ""
+    return printable(path) if path is not None else ""
 
 
 def _existing_candidates(entry: Path, plain: Path, *, completed_dir: Path, duplicate_handling: str,
@@ -319,12 +320,12 @@ def plain_destination(entry: Path, *, local_dir: Path, completed_dir: Path, pres
         try:
             relative = entry.relative_to(local_dir)
         except ValueError:
-            raise MoveError(f"cannot move {_show(entry)}: it is not inside the local dir {_show(local_dir)}") from None
+            raise MoveError(f"cannot move {printable(entry)}: it is not inside the local dir {printable(local_dir)}") from None
         if not relative.parts:
-            raise MoveError(f"cannot move {_show(entry)}: it is the local dir itself")
+            raise MoveError(f"cannot move {printable(entry)}: it is the local dir itself")
         return completed_dir / relative
     if not entry.name:
-        raise MoveError(f"cannot move {_show(entry)}: it has no name")
+        raise MoveError(f"cannot move {printable(entry)}: it has no name")
     return completed_dir / entry.name
 
 
@@ -335,7 +336,7 @@ def _candidates(entry: Path, plain: Path, *, completed_dir: Path, duplicate_hand
         raise ValueError(f"unknown duplicate handling {duplicate_handling!r}")
     yield plain
     if duplicate_handling == "error":
-        raise MoveError(f"cannot move {_show(entry)}: {_show(plain)} already exists in the completed dir")
+        raise MoveError(f"cannot move {printable(entry)}: {printable(plain)} already exists in the completed dir")
     stamp = now.strftime(STAMP_FORMAT)
     relative = plain.relative_to(completed_dir)
     for attempt in range(MAX_NAME_ATTEMPTS):
@@ -353,7 +354,7 @@ def _taken(path: Path) -> bool:
 
 
 def _no_free_name(entry: Path) -> MoveError:
-    return MoveError(f"cannot move {_show(entry)}: no free name in the completed dir after {MAX_NAME_ATTEMPTS} tries")
+    return MoveError(f"cannot move {printable(entry)}: no free name in the completed dir after {MAX_NAME_ATTEMPTS} tries")
 
 
 NAME_MAX = 255  # bytes in one path component, on every filesystem amgmt expects
@@ -390,7 +391,7 @@ def _make_parent(entry: Path, destination: Path) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MoveError(
-            f"cannot move {_show(entry)}: cannot create {_show(destination.parent)}: {_reason(exc)}"
+            f"cannot move {printable(entry)}: cannot create {printable(destination.parent)}: {_reason(exc)}"
         ) from exc
 
 
@@ -450,13 +451,13 @@ def _unchanged(entry: Path, expected: Identity | None) -> Identity:
         now = identity_of(entry)
     except FileNotFoundError as exc:
         if expected is None:
-            raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
+            raise MoveError(f"cannot move {printable(entry)}: {_reason(exc)}") from exc
         raise _vanished(entry) from exc
     except OSError as exc:
-        raise MoveError(f"cannot move {_show(entry)}: cannot examine it: {_reason(exc)}") from exc
+        raise MoveError(f"cannot move {printable(entry)}: cannot examine it: {_reason(exc)}") from exc
     if expected is not None and not same_identity(expected, now):
         raise SourceChangedError(
-            f"{_show(entry)} changed after it was packed ({describe_change(expected, now)}); not moved;"
+            f"{printable(entry)} changed after it was packed ({describe_change(expected, now)}); not moved;"
             " the next run uploads it",
             path=str(entry),
         )
@@ -465,7 +466,7 @@ def _unchanged(entry: Path, expected: Identity | None) -> Identity:
 
 def _vanished(entry: Path) -> SourceChangedError:
     return SourceChangedError(
-        f"{_show(entry)} was deleted from the local dir after it was packed; the object holds it as packed;"
+        f"{printable(entry)} was deleted from the local dir after it was packed; the object holds it as packed;"
         " nothing moved",
         path=str(entry),
     )
@@ -491,19 +492,19 @@ def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> N
         back = put_back(moved, entry, tag=tag)
     except OSError as exc:
         raise MoveError(
-            f"{_show(entry)} changed while it was moved, and it could not be put back from {_show(moved)}:"
+            f"{printable(entry)} changed while it was moved, and it could not be put back from {printable(moved)}:"
             f" {_reason(exc)}"
         ) from exc
-    where = "" if back == entry else f" as {_show(back)} (its name was taken meanwhile)"
+    where = "" if back == entry else f" as {printable(back)} (its name was taken meanwhile)"
     if writers:
-        who = ", ".join(f"pid {w.pid} ({_show(w.command)})" for w in writers[:3])
+        who = ", ".join(f"pid {w.pid} ({printable(w.command)})" for w in writers[:3])
         raise SourceChangedError(
-            f"{_show(entry)} is still open for writing by {who}; moved back{where}; the next run takes it once"
+            f"{printable(entry)} is still open for writing by {who}; moved back{where}; the next run takes it once"
             " it is closed",
             path=str(entry),
         )
     raise SourceChangedError(
-        f"{_show(entry)} changed while it was moved ({describe_change(expected, now)}); moved back{where};"
+        f"{printable(entry)} changed while it was moved ({describe_change(expected, now)}); moved back{where};"
         " the next run uploads it",
         path=str(entry),
     )
@@ -541,7 +542,7 @@ def _move_across(entry: Path, candidates: Iterator[Path], *, plain: Path, is_dir
     try:
         _check_removable(entry, is_dir=is_dir)
     except OSError as exc:
-        raise MoveError(f"cannot move {_show(entry)}: {_reason(exc)}") from exc
+        raise MoveError(f"cannot move {printable(entry)}: {_reason(exc)}") from exc
     _make_parent(entry, plain)
     temporary = plain.parent / _hidden_name(f"{MOVING_PREFIX}{tag}-", plain.name)
     removing: Path | None = None
@@ -549,16 +550,16 @@ def _move_across(entry: Path, candidates: Iterator[Path], *, plain: Path, is_dir
         try:
             copied, digest = copy_entry(entry, temporary)
         except OSError as exc:
-            raise MoveError(f"cannot move {_show(entry)} to {_show(plain.parent)}: {_reason(exc)}") from exc
+            raise MoveError(f"cannot move {printable(entry)} to {printable(plain.parent)}: {_reason(exc)}") from exc
         if not same_identity(expected, copied):
             raise SourceChangedError(
-                f"{_show(entry)} changed after it was packed ({describe_change(expected, copied)}); seen while"
+                f"{printable(entry)} changed after it was packed ({describe_change(expected, copied)}); seen while"
                 " copying it to the completed dir's filesystem; nothing moved or removed; the next run uploads it",
                 path=str(entry),
             )
         if expected_digest is not None and digest != expected_digest:
             raise SourceChangedError(
-                f"{_show(entry)} changed after it was packed (its content differs from the uploaded one, seen"
+                f"{printable(entry)} changed after it was packed (its content differs from the uploaded one, seen"
                 " while copying it); nothing moved or removed; the next run uploads it",
                 path=str(entry),
             )
@@ -569,7 +570,7 @@ def _move_across(entry: Path, candidates: Iterator[Path], *, plain: Path, is_dir
             os.rename(entry, removing)
         except OSError as exc:
             removing = None
-            raise MoveError(f"cannot move {_show(entry)}: cannot rename it away: {_reason(exc)}") from exc
+            raise MoveError(f"cannot move {printable(entry)}: cannot rename it away: {_reason(exc)}") from exc
         _check_moved(entry, removing, expected=expected, tag=tag)
         final = _install_copy(entry, temporary, candidates, duplicate_handling=duplicate_handling)
     except BaseException:
@@ -593,7 +594,7 @@ def _move_across(entry: Path, candidates: Iterator[Path], *, plain: Path, is_dir
         except OSError:
             return final  # the copy is proven and installed; the original stays as a leftover for recovery
         remove_tree_quietly(final)
-        raise MoveError(f"cannot move {_show(entry)}: the original could not be removed: {_reason(exc)}") from exc
+        raise MoveError(f"cannot move {printable(entry)}: the original could not be removed: {_reason(exc)}") from exc
     return final
 
 
@@ -606,11 +607,11 @@ def _install_copy(entry: Path, temporary: Path, candidates: Iterator[Path], *, d
             _install(temporary, candidate)
         except FileExistsError as exc:
             if duplicate_handling == "error":
-                message = f"cannot move {_show(entry)}: {_show(candidate)} already exists in the completed dir"
+                message = f"cannot move {printable(entry)}: {printable(candidate)} already exists in the completed dir"
                 raise MoveError(message) from exc
             continue
         except OSError as exc:
-            raise MoveError(f"cannot move {_show(entry)} to {_show(candidate)}: {_reason(exc)}") from exc
+            raise MoveError(f"cannot move {printable(entry)} to {printable(candidate)}: {_reason(exc)}") from exc
         return candidate
     raise _no_free_name(entry)
 
@@ -805,10 +806,6 @@ def _reason(exc: OSError) -> str:
             text = f"{text}: {os.fsdecode(exc.filename)}"
     else:
         text = str(exc)
-    return _show(text)
+    return printable(text)
 
 
-def _show(value: object) -> str:
-    """One line: newlines and other control characters in names are escaped."""
-    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    return text if text.isprintable() else repr(text)[1:-1]

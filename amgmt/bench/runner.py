@@ -36,16 +36,17 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from amgmt.batch import list_entries, upload_batch
-from amgmt.completed import tree_size
-from amgmt.datasets import make_media_set, make_photo_set
+from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.completed import tree_size
+from amgmt.bench.datasets import make_media_set, make_photo_set
 from amgmt.errors import ConfigError, StorageError
-from amgmt.localserver import LOCAL_KEYS, LOCAL_REGION, LocalS3Server
+from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION, LocalS3Server
+from amgmt.text import human_size
 from amgmt.models import OperationStatus, Stage, UploadRecord, utcnow
 from amgmt.naming import object_key
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
-from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.settings import (
+from amgmt.s3.client import ClientOptions, S3Bucket
+from amgmt.config.settings import (
     Settings,
     default_config_path,
     env_key,
@@ -107,13 +108,13 @@ class DatasetSpec:
     def describe(self) -> str:
         parts = []
         if self.videos:
-            parts.append(f"{self.videos} x {_size_text(self.video_size)} video")
+            parts.append(f"{self.videos} x {human_size(self.video_size)} video")
         if self.texts:
-            parts.append(f"1 dir of {self.texts} x {_size_text(self.text_size)} CSV")
+            parts.append(f"1 dir of {self.texts} x {human_size(self.text_size)} CSV")
         if self.photos:
-            parts.append(f"{self.photos} x {_size_text(self.photo_size)} photo")
+            parts.append(f"{self.photos} x {human_size(self.photo_size)} photo")
         scale = "" if self.scale == 1 else f", scale {self.scale:g}"
-        return f"{self.name}{scale}: {' + '.join(parts)} = {self.entries} entries, {_size_text(self.total_bytes)}"
+        return f"{self.name}{scale}: {' + '.join(parts)} = {self.entries} entries, {human_size(self.total_bytes)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,13 +167,6 @@ def generate_dataset(spec: DatasetSpec, root: Path) -> Path:
         make_photo_set(root, count=spec.photos, size=spec.photo_size, seed=spec.seed + 1)
     return root
 
-
-def _size_text(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.4g} {unit}"
-        n /= 1024
-    return f"{n:.4g} GiB"
 
 
 # -- measuring CPU and memory ---------------------------------------------------------------------------------
@@ -742,8 +736,8 @@ class BenchmarkSession:
         need = int(config.dataset.total_bytes * _PEAK_DISK_FACTOR)
         free = shutil.disk_usage(self.root).free
         if free < need:
-            raise ConfigError(f"the work dir {self.root.parent} has {_size_text(free)} free; this data set needs "
-                              f"about {_size_text(need)} (use --workdir or a smaller --scale)")
+            raise ConfigError(f"the work dir {self.root.parent} has {human_size(free)} free; this data set needs "
+                              f"about {human_size(need)} (use --workdir or a smaller --scale)")
         keys = config.credentials
         if self.target.embedded:
             self.on_progress("starting the embedded S3 server (moto) on 127.0.0.1")

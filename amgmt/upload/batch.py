@@ -23,9 +23,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError, StorageError, UploadError
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord, utcnow
 from amgmt.naming import PARTIAL_SUFFIX, display
-from amgmt.cleanup import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
-from amgmt.completed import tree_size
-from amgmt.pipeline import (
+from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
+from amgmt.local.completed import tree_size
+from amgmt.upload.pipeline import (
     Compressor,
     EntryPipeline,
     KnownKeys,
@@ -34,10 +34,10 @@ from amgmt.pipeline import (
     process_pool_compressor,
 )
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.settings import Settings
-from amgmt.runlock import RunLock
-from amgmt.store import MetadataStore
+from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
+from amgmt.config.settings import Settings
+from amgmt.local.runlock import RunLock
+from amgmt.store.sqlite import MetadataStore
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 

@@ -16,13 +16,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from amgmt.batch import PlannedEntry, list_entries, plan
+from amgmt.upload.batch import PlannedEntry, list_entries, plan
 from amgmt.errors import ConfigError
 from amgmt.models import OperationStatus
 from amgmt.naming import display
-from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket, first_error
-from amgmt.settings import Settings
-from amgmt.store import MetadataStore, UploadSummary
+from amgmt.s3.client import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket, first_error
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import MetadataStore, UploadSummary
 
 # The statuses after which the object at the key is the upload's own.
 _UPLOADED = frozenset({OperationStatus.SUCCESS, OperationStatus.PARTIAL})

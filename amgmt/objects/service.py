@@ -36,7 +36,7 @@ from amgmt.models import (
 )
 from amgmt.naming import ARCHIVE_SUFFIX, PARTIAL_SUFFIX, display, object_key
 from amgmt.parts import MiB, expected_etag, is_md5_style_etag, part_ranges
-from amgmt.s3 import (
+from amgmt.s3.client import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     METADATA_ARCHIVE_SHA256,
@@ -48,8 +48,8 @@ from amgmt.s3 import (
     S3Bucket,
     first_error,
 )
-from amgmt.settings import Settings
-from amgmt.store import MetadataStore
+from amgmt.config.settings import Settings
+from amgmt.store.sqlite import MetadataStore
 
 DEFAULT_RESTORE_DAYS = 3
 DEFAULT_POLL_SECONDS = 60.0

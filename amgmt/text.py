@@ -1,0 +1,54 @@
+"""Text for people: one printable line for any name or message, human sizes and durations. Pure functions.
+
+The one place that decides how a name with control characters or undecodable bytes is shown (records store
+`naming.display`; terminals, logs and error messages show `printable`)."""
+
+from __future__ import annotations
+
+import os
+
+from amgmt.naming import display
+
+
+def printable(value: object) -> str:
+    """One terminal-safe line: a path (str, bytes or PathLike) as `naming.display` gives it, and every control
+    character (C0 with newlines, DEL, C1 such as ESC's 8-bit twin) escaped, never sent raw."""
+    if isinstance(value, (bytes, os.PathLike)):
+        text = display(value)
+    else:
+        text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F or not ch.isprintable():
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def human_size(n: float | None) -> str:
+    """`512 B`, `1.5 KiB`, `3.2 GiB` (powers of 1024); `-` for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_duration(seconds: float | None) -> str:
+    """`4.2s`, `3m05s`, `2h07m`; `-` for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
