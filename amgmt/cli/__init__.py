@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncclick as click
 from asyncclick.utils import make_default_short_help
 
 from amgmt import __version__
+from amgmt.cli.common import EXIT_CODES_HELP, log_path
+# Until every command module imports these from common (compatibility only):
+from amgmt.cli.common import complete_entry_names, settings_from, settings_options  # noqa: F401
 from amgmt.errors import AmgmtError, ExitCode
 
 if TYPE_CHECKING:
     from asyncclick.shell_completion import CompletionItem
 
-    from amgmt.config.settings import Settings
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_CODES_HELP = (
-    "Exit codes: 0 all done; 1 an entry failed or is partial; 2 bad input or configuration; "
-    "3 S3 unreachable/unusable (run stopped); 4 metadata database unusable; 5 another run holds the local dir; 130 interrupted."
-)
 
 
 class LazyCommand(NamedTuple):
@@ -164,14 +158,6 @@ LOG_BACKUPS = 3
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def log_path(environ: Mapping[str, str] | None = None) -> Path:
-    """$XDG_STATE_HOME/amgmt/amgmt.log, default ~/.local/state/amgmt/amgmt.log (a relative XDG path is ignored)."""
-    environ = os.environ if environ is None else environ
-    xdg = environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(environ.get("HOME") or "~").expanduser() / ".local" / "state"
-    return base / "amgmt" / "amgmt.log"
-
-
 def setup_logging(verbose: bool = False, debug: bool = False) -> None:
     """The `amgmt` logger writes INFO (DEBUG with --debug) to the rotating log file; -v/--debug also to stderr.
     A log file that cannot be opened costs one warning, never the command."""
@@ -198,77 +184,6 @@ def setup_logging(verbose: bool = False, debug: bool = False) -> None:
         handler.setFormatter(formatter)
         handler._amgmt = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-
-
-def settings_options(func: F) -> F:
-    """The options every command shares; they override MGMT_* variables and the config file."""
-    options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-                     help="Config file (KEY=VALUE lines). Default: ~/.config/amgmt/config, else ~/.config/mgmt/config."),
-        click.option("--local-dir", type=str, default=None, help="Folder holding the entries [MGMT_LOCAL_DIR, default: .]."),
-        click.option("--completed-dir", type=str, default=None,
-                     help="Where originals go once verified [MGMT_COMPLETED_DIR, default: LOCAL_DIR/completed]."),
-        click.option("--bucket", type=str, default=None, help="Destination bucket [MGMT_BUCKET]."),
-        click.option("--prefix", "object_prefix", type=str, default=None, help="Key prefix [MGMT_OBJECT_PREFIX]."),
-        click.option("--endpoint-url", type=str, default=None,
-                     help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 [MGMT_ENDPOINT_URL]."),
-        click.option("--profile", type=str, default=None, help="AWS profile for credentials [MGMT_PROFILE]."),
-        click.option("--region", type=str, default=None, help="AWS region [MGMT_REGION]."),
-        click.option("--db", "db_path", type=str, default=None,
-                     help="Metadata database [MGMT_DB_PATH, default: COMPLETED_DIR/.metadata/operations.db]."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endpoint_url", "profile", "region",
-                  "db_path")
-
-
-def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
-    """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
-    from amgmt.config.settings import load_settings  # not needed by `amgmt --help`
-
-    flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
-    flags.update(extra or {})
-    config_path = kwargs.pop("config_path", None)
-    return load_settings(flags=flags, environ=os.environ, config_path=config_path, require_bucket=require_bucket)
-
-
-def complete_entry_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """Shell completion of NAMES: the entries of the local dir (from the flags typed so far, MGMT_* and the config
-    file) whose name starts with what is typed, and `all`; names already on the line are left out."""
-    from asyncclick.shell_completion import CompletionItem
-
-    from amgmt.upload.batch import list_entries  # not needed by `amgmt --help`
-
-    given = set(ctx.params.get(param.name or "", None) or ())
-    params = {k: v for k, v in ctx.params.items() if k in SETTINGS_FLAGS or k == "config_path"}
-    try:
-        entries, _ = list_entries(settings_from(params, require_bucket=False))
-    except Exception:  # noqa: BLE001 -- a completion must never print a traceback into the user's prompt
-        return []
-    # A name holding control characters or undecodable bytes cannot travel through the completion protocol's lines.
-    names = [path.name for path in entries if path.name.isprintable()] + ([] if given else ["all"])
-    # bash inserts the value as it is: escape what its parser would split or expand; zsh and fish quote themselves.
-    bash = os.environ.get(COMPLETE_VAR, "").startswith("bash")
-    return [
-        CompletionItem(_bash_escape(name) if bash else name)
-        for name in names
-        if name.startswith(incomplete) and name not in given
-    ]
-
-
-COMPLETE_VAR = "_AMGMT_COMPLETE"
-_BASH_SPECIAL = frozenset(" '\"\\$`!&|;()<>*?[]{}~#")
-
-
-def _bash_escape(name: str) -> str:
-    """The name as bash must see it on the command line, twice escaped: click's bash script reads each completion
-    with `read` (without -r), which takes one level of backslashes away."""
-    escaped = "".join("\\" + ch if ch in _BASH_SPECIAL else ch for ch in name)
-    return escaped.replace("\\", "\\\\")
 
 
 @click.group(cls=AmgmtGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},

@@ -14,7 +14,7 @@ import anyio
 import asyncclick as click
 from anyio.abc import Process
 
-from amgmt.cli.localserver_cmd import STOP_SIGNALS, create_local_bucket
+from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
 from amgmt.bench.datasets import make_demo_media
 from amgmt.errors import AmgmtError, ConfigError, ExitCode
 from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server

@@ -5,44 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli import settings_from, settings_options
+from amgmt.cli.common import open_store, parse_when, settings_options
 from amgmt.cli.render import local_time, table, to_json
 from amgmt.text import human_duration, human_size
-from amgmt.errors import ConfigError, NotFoundError
+from amgmt.errors import ConfigError
 from amgmt.models import UPLOAD_FIELDS, FileRole, Location, OperationRecord, OperationStatus, UploadRecord
-from amgmt.store.sqlite import MetadataStore
-
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_when(text: str, *, option: str, now: datetime | None = None) -> datetime:
-    """An ISO date/time (local time when no zone is given) or a relative age like 30m, 2h, 7d, 1w."""
-    now = now or datetime.now(timezone.utc)
-    match = _RELATIVE.match(text.strip().lower())
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected a date like 2026-11-25, 2026-11-25T10:00 or an age like 2h, 7d") from None
-    if value.tzinfo is None:
-        value = value.astimezone()  # naive = local time
-    return value.astimezone(timezone.utc)
-
-
-async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
-    settings = settings_from(kwargs, require_bucket=False)
-    if not settings.db_path.exists():
-        raise NotFoundError(f"no metadata database at {settings.db_path} (nothing uploaded from here yet?)")
-    return MetadataStore(settings.db_path)
-
 
 def _ratio(record: OperationRecord) -> str:
     ratio = getattr(record, "compression_ratio", None)

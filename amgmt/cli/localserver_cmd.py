@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 
 import anyio
 import asyncclick as click
 
-from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_KEYS, LOCAL_REGION, LocalS3Server
-
-# The server runs in its own session (a Ctrl-C in the terminal does not reach it), so every way this command can be
-# told to stop must stop it: Ctrl-C, `kill`, and the terminal closing.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-async def create_local_bucket(endpoint_url: str, bucket: str) -> None:
-    from amgmt.s3.client import ClientOptions, S3Bucket  # aioboto3 loads only when a server runs, not for --help
-
-    options = ClientOptions(bucket=bucket, endpoint_url=endpoint_url, region=LOCAL_REGION,
-                            checksum_mode="when_required", addressing_style="path", max_connections=2,
-                            local_credentials=LOCAL_KEYS)
-    async with S3Bucket.connect(options) as s3:
-        await s3.create_bucket()
-
+from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
+from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
 
 @click.command("local-s3")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 [default: a free one].")

@@ -8,16 +8,16 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.upload.batch import BatchReport, retry_targets, upload_batch
+from amgmt.upload.batch import retry_targets, upload_batch
+from amgmt.upload.report import BatchReport
 from amgmt.upload.recovery import KEPT_RESUMABLE
 from amgmt.upload.recovery import cleanup as run_cleanup
-from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
-from amgmt.cli.history import parse_when
+from amgmt.cli.common import EXIT_CODES_HELP, parse_when, run_stoppable, settings_from, settings_options, summary_text
+from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.text import human_size, printable
-from amgmt.cli.upload import summary_text
 from amgmt.errors import ConfigError
-from amgmt.progress import SilentReporter, TqdmReporter
+from amgmt.progress import SilentReporter
 
 
 @click.command("retry", epilog=EXIT_CODES_HELP)
@@ -43,9 +43,10 @@ async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int |
     if entries:
         show_bar = sys.stderr.isatty() if progress is None else progress
         reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
-        await upload_batch(settings, entries, reporter=reporter, report=report, handle_signals=True,
-                           command_args={"command": "retry", "operation_ids": list(operation_ids),
-                                         "failed": failed, "concurrency": settings.concurrency})
+        args = {"command": "retry", "operation_ids": list(operation_ids), "failed": failed,
+                "concurrency": settings.concurrency}
+        await run_stoppable(lambda stop: upload_batch(settings, entries, reporter=reporter, report=report,
+                                                      command_args=args, stop=stop))
     click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
     if report.exit_code:
         raise click.exceptions.Exit(int(report.exit_code))

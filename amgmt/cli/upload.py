@@ -7,36 +7,16 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.upload.batch import BatchReport, list_entries, plan, resolve_names, upload_batch
-from amgmt.cli import EXIT_CODES_HELP, complete_entry_names, settings_from, settings_options
+from amgmt.local.entries import list_entries, plan, resolve_names
+from amgmt.upload.batch import upload_batch
+from amgmt.upload.report import BatchReport
+from amgmt.cli.common import EXIT_CODES_HELP, complete_entry_names, run_stoppable, settings_from, settings_options, summary_text
+from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
-from amgmt.text import human_duration, human_size, printable
+from amgmt.text import human_size, printable
 from amgmt.errors import ConfigError
 from amgmt.naming import display
-from amgmt.progress import SilentReporter, TqdmReporter
-
-
-def summary_text(report: BatchReport) -> str:
-    data = report.to_dict()
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts().items())) or "nothing done"
-    ratio = f"{data['compression_ratio']:.2f}" if data["compression_ratio"] else "-"
-    speed = data["throughput_bytes_per_second"]
-    lines = [
-        f"{report.planned} entries in {human_duration(report.wall_seconds)}: {counts}",
-        f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), "
-        f"{human_size(speed)}/s" if speed else f"{human_size(report.bytes_in)} in",
-    ]
-    for note in report.ignored:
-        lines.append(f"ignored: {printable(note)}")
-    if report.failures:
-        lines.append("not done:")
-        for r in report.failures:
-            lines.append(f"  {r.status:<9} {printable(r.target_name)}: {printable(r.error_message or '')}")
-    if report.aborted:
-        lines.append(f"stopped early: {printable(report.aborted)}")
-    if report.interrupted:
-        lines.append("interrupted: entries in progress were cancelled and cleaned up; run again to finish")
-    return "\n".join(lines)
+from amgmt.progress import SilentReporter
 
 
 @click.command("upload", epilog=EXIT_CODES_HELP)
@@ -87,8 +67,8 @@ async def upload(names: tuple[str, ...], concurrency: int | None, storage_class:
                     "overwrite": overwrite, "storage_class": settings.storage_class,
                     "part_size": settings.part_size, "local_dir": display(settings.local_dir)}
     report = BatchReport(ignored=ignored)
-    await upload_batch(settings, entries, reporter=reporter, overwrite=overwrite, command_args=command_args,
-                       report=report, handle_signals=True)
+    await run_stoppable(lambda stop: upload_batch(settings, entries, reporter=reporter, overwrite=overwrite,
+                                                  command_args=command_args, report=report, stop=stop))
     click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
     code = int(report.exit_code)
     if code:

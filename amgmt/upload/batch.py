@@ -8,31 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import stat
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError, StorageError, UploadError
-from amgmt.models import OperationRecord, OperationStatus, UploadRecord, utcnow
-from amgmt.naming import PARTIAL_SUFFIX, display
+from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, UploadError
+from amgmt.models import OperationRecord, OperationStatus
+from amgmt.naming import display
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
-from amgmt.local.completed import tree_size
-from amgmt.upload.pipeline import (
-    Compressor,
-    EntryPipeline,
-    KnownKeys,
-    PipelineContext,
-    entry_key,
-    process_pool_compressor,
-)
+from amgmt.local.entries import PlannedEntry, entry_key, list_entries, plan, resolve_names  # noqa: F401 (compat until all callers import local.entries)
+from amgmt.upload.report import BatchReport
+from amgmt.upload.pipeline import Compressor, EntryPipeline, KnownKeys, PipelineContext, process_pool_compressor
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
 from amgmt.config.settings import Settings
@@ -40,81 +30,6 @@ from amgmt.local.runlock import RunLock
 from amgmt.store.sqlite import MetadataStore
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
-
-
-# -- choosing entries -----------------------------------------------------------------------------------------
-
-
-def _reserved(settings: Settings) -> set[Path]:
-    return {settings.completed_dir, settings.db_path.parent, settings.staging_dir}
-
-
-def list_entries(settings: Settings) -> tuple[list[Path], list[str]]:
-    """`upload all`: regular files and directories directly in the local dir, sorted; plus what was ignored and why.
-
-    Left out: the completed, metadata and staging dirs, hidden entries, partial archives, and anything that is not
-    a regular file or directory (symlinks, FIFOs, devices), which are reported as ignored.
-    """
-    reserved = _reserved(settings)
-    entries: list[Path] = []
-    ignored: list[str] = []
-    try:
-        items = sorted(os.scandir(settings.local_dir), key=lambda e: os.fsencode(e.name))
-    except OSError as exc:
-        raise ConfigError(f"cannot list the local dir {display(settings.local_dir)}: {exc.strerror}") from exc
-    for item in items:
-        path = Path(item.path)
-        if path in reserved or item.name.startswith(".") or item.name.endswith(PARTIAL_SUFFIX):
-            continue
-        try:
-            mode = item.stat(follow_symlinks=False).st_mode
-        except OSError:
-            continue  # vanished while listing
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-            entries.append(path)
-        elif stat.S_ISLNK(mode):
-            ignored.append(f"{display(item.name)}: symbolic link (upload its target instead)")
-        else:
-            ignored.append(f"{display(item.name)}: not a regular file or directory")
-    return entries, ignored
-
-
-def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
-    """`upload NAME...`: each NAME must be a regular file or directory inside the local dir (not in reserved dirs)."""
-    local = settings.local_dir
-    reserved = _reserved(settings)
-    found: list[Path] = []
-    for name in names:
-        if not name or "\x00" in name:
-            raise ConfigError(f"invalid entry name {name!r}")
-        raw = Path(name)  # the shell expands ~; an entry may be named `~`
-        path = raw if raw.is_absolute() else local / raw
-        try:
-            parent = path.parent.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise NotFoundError(f"{display(name)}: no such file or directory in {display(local)}") from None
-        path = parent / path.name
-        if path.name in ("", ".", "..") or path == local:
-            raise ConfigError(f"{display(name)}: name an entry inside {display(local)}, not the directory itself")
-        try:
-            path.relative_to(local)
-        except ValueError:
-            raise ConfigError(f"{display(name)}: outside the local dir {display(local)}") from None
-        if any(path == r or r in path.parents for r in reserved):
-            raise ConfigError(f"{display(name)}: inside amgmt's completed/metadata/staging dirs")
-        try:
-            mode = path.lstat().st_mode
-        except FileNotFoundError:
-            raise NotFoundError(f"{display(name)}: no such file or directory in {display(local)}") from None
-        except OSError as exc:
-            raise ConfigError(f"{display(name)}: {exc.strerror}") from None
-        if stat.S_ISLNK(mode):
-            raise ConfigError(f"{display(name)}: is a symbolic link; amgmt uploads files and directories only")
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise ConfigError(f"{display(name)}: not a regular file or directory")
-        if path not in found:
-            found.append(path)
-    return found
 
 
 LISTING_MIN_ENTRIES = 20  # entries per listing page allowed before the run lists its prefix instead of HEADs
@@ -174,112 +89,6 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
     return paths, notes
 
 
-@dataclass(frozen=True)
-class PlannedEntry:
-    path: Path
-    key: str
-    size: int
-    is_directory: bool
-
-    def to_dict(self, bucket: str | None) -> dict[str, Any]:
-        return {
-            "target_name": display(self.path.name),
-            "target_path": display(self.path),
-            "is_directory": self.is_directory,
-            "original_size": self.size,
-            "s3_bucket": bucket,
-            "s3_object_key": self.key,
-        }
-
-
-def plan(settings: Settings, entries: list[Path]) -> list[PlannedEntry]:
-    """What `--dry-run` shows: each entry, its size and its key."""
-    planned = []
-    for path in entries:
-        try:
-            size, _ = tree_size(path)
-            is_dir = path.is_dir() and not path.is_symlink()
-        except OSError:
-            size, is_dir = 0, False
-        planned.append(PlannedEntry(path, entry_key(settings, path), size, is_dir))
-    return planned
-
-
-# -- the report -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BatchReport:
-    """What happened to every entry of one run, and the run as a whole."""
-
-    records: list[UploadRecord] = field(default_factory=list)
-    started_at: datetime = field(default_factory=utcnow)
-    wall_seconds: float = 0.0
-    aborted: str | None = None  # the run-wide error that stopped the batch
-    aborted_exit: ExitCode = ExitCode.STORAGE  # and its exit code
-    interrupted: bool = False
-    ignored: list[str] = field(default_factory=list)
-    planned: int = 0
-    recovery: Cleanup | None = None
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(str(r.status) for r in self.records))
-
-    def _done(self) -> list[UploadRecord]:
-        uploaded = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.CHANGED)
-        return [r for r in self.records if r.status in uploaded]
-
-    @property
-    def bytes_in(self) -> int:
-        return sum(r.original_size for r in self._done())
-
-    @property
-    def bytes_out(self) -> int:
-        return sum(r.compressed_size or 0 for r in self._done())
-
-    @property
-    def failures(self) -> list[UploadRecord]:
-        return [r for r in self.records if r.status not in (OperationStatus.SUCCESS, OperationStatus.SKIPPED)]
-
-    @property
-    def exit_code(self) -> ExitCode:
-        if self.interrupted:
-            return ExitCode.INTERRUPTED
-        if self.aborted:
-            return self.aborted_exit
-        if self.failures or len(self.records) < self.planned:
-            return ExitCode.ENTRY_FAILED
-        return ExitCode.OK
-
-    def to_dict(self) -> dict[str, Any]:
-        wall = self.wall_seconds or 0.0
-        return {
-            "started_at": self.started_at.isoformat(),
-            "wall_seconds": round(wall, 3),
-            "entries": self.planned,
-            "counts": self.counts(),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "compression_ratio": round(self.bytes_in / self.bytes_out, 4) if self.bytes_out else None,
-            "throughput_bytes_per_second": round(self.bytes_in / wall, 1) if wall else None,
-            "aborted": self.aborted,
-            "interrupted": self.interrupted,
-            "ignored": self.ignored,
-            "recovered": self.recovery.to_dict() if self.recovery else None,
-            "exit_code": int(self.exit_code),
-            "failures": [
-                {
-                    "operation_id": r.operation_id,
-                    "target_name": r.target_name,
-                    "status": str(r.status),
-                    "error_message": r.error_message,
-                }
-                for r in self.failures
-            ],
-            "operations": [r.to_dict() for r in self.records],
-        }
-
-
 # -- the run --------------------------------------------------------------------------------------------------
 
 
@@ -298,13 +107,10 @@ async def recover_interrupted(
     return found
 
 
-async def _watch_signals(scope: anyio.CancelScope, report: BatchReport) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for _ in signals:
-            if report.interrupted:
-                os._exit(int(ExitCode.INTERRUPTED))
-            report.interrupted = True
-            scope.cancel()
+async def _stop_when(stop: anyio.Event, scope: anyio.CancelScope, report: BatchReport) -> None:
+    await stop.wait()
+    report.interrupted = True
+    scope.cancel()
 
 
 def _private_dir(path: Path) -> None:
@@ -327,14 +133,13 @@ async def upload_batch(
     command_args: dict[str, Any] | None = None,
     compressor: Compressor | None = None,
     report: BatchReport | None = None,
-    handle_signals: bool = False,
+    stop: anyio.Event | None = None,
 ) -> BatchReport:
     """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how.
 
-    With `handle_signals` (the CLI), SIGINT/SIGTERM stop taking entries and cancel those in flight: each leaves
-    its multipart upload open and journaled (the next run resumes it), removes its staging archive and is recorded
-    "cancelled"; a second signal exits at once (originals are never moved before verification, so that is safe;
-    the next run or `amgmt cleanup` repairs what it leaves).
+    When `stop` is set (the CLI sets it on SIGINT/SIGTERM/SIGHUP), the batch stops taking entries and cancels those
+    in flight: each leaves its multipart upload open and journaled (the next run resumes it), removes its staging
+    archive and is recorded "cancelled"; the report says `interrupted`.
     """
     run = _BatchRun(
         settings=settings,
@@ -344,7 +149,7 @@ async def upload_batch(
         overwrite=overwrite,
         command_args=command_args or {},
         compressor=compressor,
-        handle_signals=handle_signals,
+        stop=stop,
     )
     return await run.execute()
 
@@ -358,7 +163,7 @@ class _BatchRun:
     overwrite: bool
     command_args: dict[str, Any]
     compressor: Compressor | None
-    handle_signals: bool
+    stop: anyio.Event | None
 
     @property
     def concurrency(self) -> int:
@@ -451,8 +256,8 @@ class _BatchRun:
                                  rec.s3_object_key, f" ({rec.error_message})" if rec.error_message else "")
 
         async with anyio.create_task_group() as outer:
-            if self.handle_signals:
-                outer.start_soon(_watch_signals, outer.cancel_scope, report)
+            if self.stop is not None:
+                outer.start_soon(_stop_when, self.stop, outer.cancel_scope, report)
             async with anyio.create_task_group() as tg:
                 for _ in range(self.concurrency):
                     tg.start_soon(worker, receive.clone(), tg.cancel_scope)
@@ -460,4 +265,4 @@ class _BatchRun:
                 async with send:
                     for entry in self.entries:
                         await send.send(entry)
-            outer.cancel_scope.cancel()  # the workers are done: stop watching signals
+            outer.cancel_scope.cancel()  # the workers are done: stop waiting for a stop

@@ -23,6 +23,7 @@ import anyio.to_process
 import anyio.to_thread
 
 from amgmt.local.archive import ArchiveResult, compress_entry
+from amgmt.local.entries import entry_key
 from amgmt.local.completed import completed_destination, find_completed, move_to_completed, tree_size
 from amgmt.errors import (
     AmgmtError,
@@ -49,7 +50,7 @@ from amgmt.models import (
     new_operation_id,
     utcnow,
 )
-from amgmt.naming import PARTIAL_SUFFIX, display, object_key, staging_name
+from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3.client import (
@@ -160,17 +161,6 @@ class StoreJournal:
 
     async def finished(self, upload_id: str, state: str) -> None:
         await self.store.journal_multipart_state(upload_id, state)
-
-
-def entry_key(settings: Settings, entry: Path) -> str:
-    """`[prefix/]NAME.tar.gz`; with MGMT_PRESERVE_STRUCTURE, NAME is the entry's path inside the local dir, so
-    `s1/ep1.mkv` and `s2/ep1.mkv` get different keys."""
-    if settings.preserve_structure:
-        try:
-            return object_key(settings.object_prefix, *entry.relative_to(settings.local_dir).parts)
-        except ValueError:
-            pass
-    return object_key(settings.object_prefix, entry.name)
 
 
 def _dt(ts: float) -> datetime:

@@ -39,8 +39,10 @@ import pytest
 
 from amgmt.upload import batch
 from amgmt.local.archive import ArchiveResult
-from amgmt.upload.batch import BatchReport, list_entries, upload_batch
-from amgmt.cli.upload import summary_text
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
+from amgmt.upload.report import BatchReport
+from amgmt.cli.common import summary_text
 from amgmt.bench.localserver import free_port
 from amgmt.naming import object_key
 from amgmt.upload.pipeline import Compressor, process_pool_compressor

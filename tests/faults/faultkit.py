@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from amgmt.upload.batch import BatchReport
+from amgmt.upload.report import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.config.settings import Settings

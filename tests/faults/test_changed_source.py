@@ -3,7 +3,6 @@ the original is never moved unless it is what S3 holds, the record says what hap
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,8 @@ import pytest
 
 import amgmt.local.completed
 import amgmt.upload.pipeline
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus
 from amgmt.store.sqlite import MetadataStore
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import anyio
 
 from amgmt.local.archive import ArchiveResult
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import CompressionError
 from amgmt.upload.pipeline import Compressor, process_pool_compressor
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import sqlite3
@@ -15,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
 from amgmt.store.sqlite import MetadataStore

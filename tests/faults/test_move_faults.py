@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import amgmt.upload.pipeline
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.local.completed import move_to_completed
 from amgmt.errors import ExitCode, MoveError
 from amgmt.models import OperationStatus

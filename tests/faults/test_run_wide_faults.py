@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import StorageError
 from amgmt.bench.localserver import free_port
 from amgmt.s3.client import ClientOptions

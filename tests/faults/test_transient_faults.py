@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 import amgmt.s3.client
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import ExitCode, StorageError
 from amgmt.bench.localserver import LocalS3Server
 from amgmt.models import OperationStatus, UploadRecord

@@ -10,7 +10,9 @@ from typing import Any
 import anyio
 
 from amgmt.store.sqlite import MetadataStore
-from amgmt.upload.batch import BatchReport, list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
+from amgmt.upload.report import BatchReport
 from amgmt.models import OperationStatus
 from amgmt.s3.client import _read_range
 from faultkit import object_keys, open_multipart_uploads, query, staging_leftovers, stored_records

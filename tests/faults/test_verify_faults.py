@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.models import FileStatus, OperationStatus
 from amgmt.s3.client import ObjectInfo, S3Bucket
 from faultkit import object_keys, stored_records

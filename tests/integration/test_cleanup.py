@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.store.sqlite import MetadataStore
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import anyio.to_thread
 
 from amgmt.local.archive import ArchiveResult, compress_entry
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import ExitCode
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.objects.service import (
     DownloadOptions,
     DownloadState,

@@ -6,7 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
 from amgmt.store.sqlite import MetadataStore

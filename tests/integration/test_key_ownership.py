@@ -20,7 +20,9 @@ import anyio
 import amgmt.upload.pipeline
 import amgmt.s3.client
 from amgmt.local.archive import compress_entry
-from amgmt.upload.batch import BatchReport, resolve_names, upload_batch
+from amgmt.local.entries import resolve_names
+from amgmt.upload.batch import upload_batch
+from amgmt.upload.report import BatchReport
 from amgmt.models import FileStatus, OperationStatus, UploadRecord
 from amgmt.parts import MiB
 from amgmt.s3.client import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE

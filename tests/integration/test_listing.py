@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import ConfigError, StorageError
 from amgmt.objects.listing import RestoreState as Shown, Scope, build_listing, search
 from amgmt.models import OperationStatus, Stage, UploadRecord, new_operation_id

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.upload.batch import list_entries, resolve_names, upload_batch
+from amgmt.local.entries import list_entries, resolve_names
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import ConfigError, NotFoundError
 
 

@@ -13,9 +13,11 @@ import anyio.to_thread
 import pytest
 
 from amgmt.local.archive import ArchiveResult, compress_entry
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.errors import BusyError
-from amgmt.progress import SilentReporter, TqdmReporter
+from amgmt.cli.progress_bar import TqdmReporter
+from amgmt.progress import SilentReporter
 from amgmt.local.runlock import RunLock
 
 

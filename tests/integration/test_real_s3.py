@@ -28,7 +28,9 @@ import pytest
 
 import amgmt.upload.pipeline
 from amgmt.local.archive import ArchiveResult
-from amgmt.upload.batch import BatchReport, list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
+from amgmt.upload.report import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.parts import MiB, expected_etag

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import amgmt.upload.pipeline
-from amgmt.upload.batch import list_entries, retry_targets, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import retry_targets, upload_batch
 from amgmt.upload.recovery import KEPT_IN_PROGRESS, cleanup
 from amgmt.errors import BusyError, MoveError
 from amgmt.models import OperationStatus, UploadRecord, utcnow

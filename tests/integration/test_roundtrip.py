@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.parts import MiB

@@ -9,7 +9,8 @@ import re
 import zlib
 from pathlib import Path
 
-from amgmt.upload.batch import list_entries, resolve_names, upload_batch
+from amgmt.local.entries import list_entries, resolve_names
+from amgmt.upload.batch import upload_batch
 from amgmt.parts import MiB
 from amgmt.store.sqlite import MetadataStore
 

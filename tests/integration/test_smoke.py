@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from amgmt.upload.batch import list_entries, upload_batch
+from amgmt.local.entries import list_entries
+from amgmt.upload.batch import upload_batch
 
 
 async def test_upload_all_moves_and_records(make_settings, make_media, local_dir: Path, s3_client, bucket) -> None:

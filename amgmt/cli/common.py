@@ -1,0 +1,206 @@
+"""What the command modules share: the settings options, time parsing, the store opener, the upload summary,
+stop signals, and the one signal watcher. Command modules import this, never each other."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import asyncclick as click
+
+from amgmt.errors import ConfigError, ExitCode, NotFoundError
+from amgmt.text import human_duration, human_size, printable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from asyncclick.shell_completion import CompletionItem
+
+    from amgmt.config.settings import Settings
+    from amgmt.store.sqlite import MetadataStore
+    from amgmt.upload.report import BatchReport
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all done; 1 an entry failed or is partial; 2 bad input or configuration; "
+    "3 S3 unreachable/unusable (run stopped); 4 metadata database unusable; 5 another run holds the local dir; 130 interrupted."
+)
+
+# The server runs in its own session (a Ctrl-C in the terminal does not reach it), so every way this command can be
+# told to stop must stop it: Ctrl-C, `kill`, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def watch_stop_signals(on_first: Callable[[], None]) -> None:
+    """The one signal watcher: the first SIGINT/SIGTERM/SIGHUP calls `on_first` (the command then stops cleanly:
+    its cleanups run, its records say cancelled); a second one exits at once with 130 (safe: nothing is ever
+    moved before verification, and the next run repairs what is left)."""
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        stopping = False
+        async for _ in signals:
+            if stopping:
+                os._exit(int(ExitCode.INTERRUPTED))
+            stopping = True
+            on_first()
+
+
+async def run_stoppable(work: Callable[[anyio.Event], Awaitable[T]]) -> T:
+    """`work(stop)` with the signal watcher setting `stop` on the first signal (a batch stops taking entries and
+    cancels those in flight when it is set)."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_stop_signals, stop.set)
+        result = await work(stop)
+        tg.cancel_scope.cancel()
+    return result
+
+
+def log_path(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_STATE_HOME/amgmt/amgmt.log, default ~/.local/state/amgmt/amgmt.log (a relative XDG path is ignored)."""
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(environ.get("HOME") or "~").expanduser() / ".local" / "state"
+    return base / "amgmt" / "amgmt.log"
+
+
+def settings_options(func: F) -> F:
+    """The options every command shares; they override MGMT_* variables and the config file."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                     help="Config file (KEY=VALUE lines). Default: ~/.config/amgmt/config, else ~/.config/mgmt/config."),
+        click.option("--local-dir", type=str, default=None, help="Folder holding the entries [MGMT_LOCAL_DIR, default: .]."),
+        click.option("--completed-dir", type=str, default=None,
+                     help="Where originals go once verified [MGMT_COMPLETED_DIR, default: LOCAL_DIR/completed]."),
+        click.option("--bucket", type=str, default=None, help="Destination bucket [MGMT_BUCKET]."),
+        click.option("--prefix", "object_prefix", type=str, default=None, help="Key prefix [MGMT_OBJECT_PREFIX]."),
+        click.option("--endpoint-url", type=str, default=None,
+                     help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 [MGMT_ENDPOINT_URL]."),
+        click.option("--profile", type=str, default=None, help="AWS profile for credentials [MGMT_PROFILE]."),
+        click.option("--region", type=str, default=None, help="AWS region [MGMT_REGION]."),
+        click.option("--db", "db_path", type=str, default=None,
+                     help="Metadata database [MGMT_DB_PATH, default: COMPLETED_DIR/.metadata/operations.db]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endpoint_url", "profile", "region",
+                  "db_path")
+
+
+def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
+    """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
+    from amgmt.config.settings import load_settings  # not needed by `amgmt --help`
+
+    flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
+    flags.update(extra or {})
+    config_path = kwargs.pop("config_path", None)
+    return load_settings(flags=flags, environ=os.environ, config_path=config_path, require_bucket=require_bucket)
+
+
+def complete_entry_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of NAMES: the entries of the local dir (from the flags typed so far, MGMT_* and the config
+    file) whose name starts with what is typed, and `all`; names already on the line are left out."""
+    from asyncclick.shell_completion import CompletionItem
+
+    from amgmt.local.entries import list_entries
+
+    given = set(ctx.params.get(param.name or "", None) or ())
+    params = {k: v for k, v in ctx.params.items() if k in SETTINGS_FLAGS or k == "config_path"}
+    try:
+        entries, _ = list_entries(settings_from(params, require_bucket=False))
+    except Exception:  # noqa: BLE001 -- a completion must never print a traceback into the user's prompt
+        return []
+    # A name holding control characters or undecodable bytes cannot travel through the completion protocol's lines.
+    names = [path.name for path in entries if path.name.isprintable()] + ([] if given else ["all"])
+    # bash inserts the value as it is: escape what its parser would split or expand; zsh and fish quote themselves.
+    bash = os.environ.get(COMPLETE_VAR, "").startswith("bash")
+    return [
+        CompletionItem(_bash_escape(name) if bash else name)
+        for name in names
+        if name.startswith(incomplete) and name not in given
+    ]
+
+
+COMPLETE_VAR = "_AMGMT_COMPLETE"
+_BASH_SPECIAL = frozenset(" '\"\\$`!&|;()<>*?[]{}~#")
+
+
+def _bash_escape(name: str) -> str:
+    """The name as bash must see it on the command line, twice escaped: click's bash script reads each completion
+    with `read` (without -r), which takes one level of backslashes away."""
+    escaped = "".join("\\" + ch if ch in _BASH_SPECIAL else ch for ch in name)
+    return escaped.replace("\\", "\\\\")
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str, *, option: str, now: datetime | None = None) -> datetime:
+    """An ISO date/time (local time when no zone is given) or a relative age like 30m, 2h, 7d, 1w."""
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(text.strip().lower())
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected a date like 2026-11-25, 2026-11-25T10:00 or an age like 2h, 7d") from None
+    if value.tzinfo is None:
+        value = value.astimezone()  # naive = local time
+    return value.astimezone(timezone.utc)
+
+
+async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
+    from amgmt.store.sqlite import MetadataStore  # not needed by `amgmt --help`
+
+    settings = settings_from(kwargs, require_bucket=False)
+    if not settings.db_path.exists():
+        raise NotFoundError(f"no metadata database at {settings.db_path} (nothing uploaded from here yet?)")
+    return MetadataStore(settings.db_path)
+
+
+def summary_text(report: BatchReport) -> str:
+    """The text summary of an upload or retry run."""
+    data = report.to_dict()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts().items())) or "nothing done"
+    ratio = f"{data['compression_ratio']:.2f}" if data["compression_ratio"] else "-"
+    speed = data["throughput_bytes_per_second"]
+    lines = [
+        f"{report.planned} entries in {human_duration(report.wall_seconds)}: {counts}",
+        f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), "
+        f"{human_size(speed)}/s" if speed else f"{human_size(report.bytes_in)} in",
+    ]
+    for note in report.ignored:
+        lines.append(f"ignored: {printable(note)}")
+    if report.failures:
+        lines.append("not done:")
+        for r in report.failures:
+            lines.append(f"  {r.status:<9} {printable(r.target_name)}: {printable(r.error_message or '')}")
+    if report.aborted:
+        lines.append(f"stopped early: {printable(report.aborted)}")
+    if report.interrupted:
+        lines.append("interrupted: entries in progress were cancelled and cleaned up; run again to finish")
+    return "\n".join(lines)
+
+
+async def create_local_bucket(endpoint_url: str, bucket: str) -> None:
+    # aioboto3 loads only when a server runs, not for --help
+    from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
+    from amgmt.s3.client import ClientOptions, S3Bucket
+
+    options = ClientOptions(bucket=bucket, endpoint_url=endpoint_url, region=LOCAL_REGION,
+                            checksum_mode="when_required", addressing_style="path", max_connections=2,
+                            local_credentials=LOCAL_KEYS)
+    async with S3Bucket.connect(options) as s3:
+        await s3.create_bucket()

@@ -1,0 +1,130 @@
+"""Choosing entries: what `upload all` lists, what `upload NAME...` names, their keys and sizes for a plan.
+
+Synchronous and read-only: lstat, scandir and the settings; never opens a file's contents, never touches S3."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amgmt.config.settings import Settings
+from amgmt.errors import ConfigError, NotFoundError
+from amgmt.local.completed import tree_size
+from amgmt.naming import PARTIAL_SUFFIX, display, object_key
+
+
+def _reserved(settings: Settings) -> set[Path]:
+    return {settings.completed_dir, settings.db_path.parent, settings.staging_dir}
+
+
+def list_entries(settings: Settings) -> tuple[list[Path], list[str]]:
+    """`upload all`: regular files and directories directly in the local dir, sorted; plus what was ignored and why.
+
+    Left out: the completed, metadata and staging dirs, hidden entries, partial archives, and anything that is not
+    a regular file or directory (symlinks, FIFOs, devices), which are reported as ignored.
+    """
+    reserved = _reserved(settings)
+    entries: list[Path] = []
+    ignored: list[str] = []
+    try:
+        items = sorted(os.scandir(settings.local_dir), key=lambda e: os.fsencode(e.name))
+    except OSError as exc:
+        raise ConfigError(f"cannot list the local dir {display(settings.local_dir)}: {exc.strerror}") from exc
+    for item in items:
+        path = Path(item.path)
+        if path in reserved or item.name.startswith(".") or item.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            mode = item.stat(follow_symlinks=False).st_mode
+        except OSError:
+            continue  # vanished while listing
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            entries.append(path)
+        elif stat.S_ISLNK(mode):
+            ignored.append(f"{display(item.name)}: symbolic link (upload its target instead)")
+        else:
+            ignored.append(f"{display(item.name)}: not a regular file or directory")
+    return entries, ignored
+
+
+def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
+    """`upload NAME...`: each NAME must be a regular file or directory inside the local dir (not in reserved dirs)."""
+    local = settings.local_dir
+    reserved = _reserved(settings)
+    found: list[Path] = []
+    for name in names:
+        if not name or "\x00" in name:
+            raise ConfigError(f"invalid entry name {name!r}")
+        raw = Path(name)  # the shell expands ~; an entry may be named `~`
+        path = raw if raw.is_absolute() else local / raw
+        try:
+            parent = path.parent.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise NotFoundError(f"{display(name)}: no such file or directory in {display(local)}") from None
+        path = parent / path.name
+        if path.name in ("", ".", "..") or path == local:
+            raise ConfigError(f"{display(name)}: name an entry inside {display(local)}, not the directory itself")
+        try:
+            path.relative_to(local)
+        except ValueError:
+            raise ConfigError(f"{display(name)}: outside the local dir {display(local)}") from None
+        if any(path == r or r in path.parents for r in reserved):
+            raise ConfigError(f"{display(name)}: inside amgmt's completed/metadata/staging dirs")
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            raise NotFoundError(f"{display(name)}: no such file or directory in {display(local)}") from None
+        except OSError as exc:
+            raise ConfigError(f"{display(name)}: {exc.strerror}") from None
+        if stat.S_ISLNK(mode):
+            raise ConfigError(f"{display(name)}: is a symbolic link; amgmt uploads files and directories only")
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ConfigError(f"{display(name)}: not a regular file or directory")
+        if path not in found:
+            found.append(path)
+    return found
+
+
+def entry_key(settings: Settings, entry: Path) -> str:
+    """`[prefix/]NAME.tar.gz`; with MGMT_PRESERVE_STRUCTURE, NAME is the entry's path inside the local dir, so
+    `s1/ep1.mkv` and `s2/ep1.mkv` get different keys."""
+    if settings.preserve_structure:
+        try:
+            return object_key(settings.object_prefix, *entry.relative_to(settings.local_dir).parts)
+        except ValueError:
+            pass
+    return object_key(settings.object_prefix, entry.name)
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    path: Path
+    key: str
+    size: int
+    is_directory: bool
+
+    def to_dict(self, bucket: str | None) -> dict[str, Any]:
+        return {
+            "target_name": display(self.path.name),
+            "target_path": display(self.path),
+            "is_directory": self.is_directory,
+            "original_size": self.size,
+            "s3_bucket": bucket,
+            "s3_object_key": self.key,
+        }
+
+
+def plan(settings: Settings, entries: list[Path]) -> list[PlannedEntry]:
+    """What `--dry-run` shows: each entry, its size and its key."""
+    planned = []
+    for path in entries:
+        try:
+            size, _ = tree_size(path)
+            is_dir = path.is_dir() and not path.is_symlink()
+        except OSError:
+            size, is_dir = 0, False
+        planned.append(PlannedEntry(path, entry_key(settings, path), size, is_dir))
+    return planned
