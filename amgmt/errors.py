@@ -114,3 +114,23 @@ class NotFoundError(AmgmtError):
     """A thing the user named (an operation id, an entry, a key) does not exist, or a prefix is ambiguous."""
 
     exit_code = ExitCode.USAGE
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The most telling leaf of an exception group (a task group's failure): an amgmt error first, then any error,
+    then cancellation."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for wanted in (AmgmtError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, wanted):
+                return leaf
+    return leaves[0]

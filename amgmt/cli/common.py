@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import asyncclick as click
 
-from amgmt.errors import ConfigError, ExitCode, NotFoundError
+from amgmt.errors import ConfigError, ExitCode, NotFoundError, first_error
 from amgmt.text import human_duration, human_size, printable
 
 if TYPE_CHECKING:
@@ -56,10 +56,13 @@ async def run_stoppable(work: Callable[[anyio.Event], Awaitable[T]]) -> T:
     """`work(stop)` with the signal watcher setting `stop` on the first signal (a batch stops taking entries and
     cancels those in flight when it is set)."""
     stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_stop_signals, stop.set)
-        result = await work(stop)
-        tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_stop_signals, stop.set)
+            result = await work(stop)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise first_error(group)  # the error itself, with its own cause; the group is only its context
     return result
 
 

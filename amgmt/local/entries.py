@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from amgmt.config.settings import Settings
-from amgmt.errors import ConfigError, NotFoundError
+from amgmt.errors import ConfigError, NotFoundError, ValidationError
 from amgmt.local.completed import tree_size
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key
 
@@ -101,10 +101,14 @@ def entry_key(settings: Settings, entry: Path) -> str:
 
 @dataclass(frozen=True)
 class PlannedEntry:
+    """An entry as listed: walked once here, and handed down to the pipeline (its validate stage does not walk it
+    again; the archive's byte count must equal `size`, or the entry changed between listing and compression)."""
+
     path: Path
     key: str
-    size: int
+    size: int  # bytes of regular files
     is_directory: bool
+    file_count: int = 0  # regular files
 
     def to_dict(self, bucket: str | None) -> dict[str, Any]:
         return {
@@ -118,13 +122,35 @@ class PlannedEntry:
 
 
 def plan(settings: Settings, entries: list[Path]) -> list[PlannedEntry]:
-    """What `--dry-run` shows: each entry, its size and its key."""
-    planned = []
-    for path in entries:
-        try:
-            size, _ = tree_size(path)
-            is_dir = path.is_dir() and not path.is_symlink()
-        except OSError:
-            size, is_dir = 0, False
-        planned.append(PlannedEntry(path, entry_key(settings, path), size, is_dir))
-    return planned
+    """Each entry with its key, size, kind and file count: the one walk of each entry before it is packed (an entry
+    that cannot be walked is planned empty; its validate stage reports why)."""
+    return [plan_entry(settings, path) for path in entries]
+
+
+def plan_entry(settings: Settings, path: Path) -> PlannedEntry:
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        size, count = tree_size(path)
+    except OSError:
+        size, count, is_dir = 0, 0, False
+    return PlannedEntry(path, entry_key(settings, path), size, is_dir, count)
+
+
+def validate_entry(entry: Path, local_dir: Path) -> os.stat_result:
+    """Stage 1: the entry must exist, lie inside the local dir, and be a regular file or a directory (not a
+    symlink); its lstat. ValidationError otherwise."""
+    try:
+        st = entry.lstat()
+    except FileNotFoundError as exc:
+        raise ValidationError(f"{display(entry)} does not exist (deleted since it was listed?)") from exc
+    except OSError as exc:
+        raise ValidationError(f"cannot access {display(entry)}: {exc.strerror}") from exc
+    try:
+        entry.parent.resolve(strict=True).relative_to(local_dir)
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{display(entry)} is not inside the local dir {display(local_dir)}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise ValidationError(f"{display(entry)} is a symbolic link; amgmt uploads files and directories only")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise ValidationError(f"{display(entry)} is not a regular file or directory")
+    return st

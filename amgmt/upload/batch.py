@@ -22,7 +22,9 @@ from amgmt.naming import display
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
 from amgmt.local.entries import PlannedEntry, entry_key, list_entries, plan, resolve_names  # noqa: F401 (compat until all callers import local.entries)
 from amgmt.upload.report import BatchReport
-from amgmt.upload.pipeline import Compressor, EntryPipeline, KnownKeys, PipelineContext, process_pool_compressor
+from amgmt.upload.compressor import Compressor, process_pool_compressor
+from amgmt.upload.ownership import KnownKeys
+from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
 from amgmt.config.settings import Settings
@@ -236,10 +238,11 @@ class _BatchRun:
             overwrite=self.overwrite,
             command_args=self.command_args,
         )
-        self.reporter.add_work(len(self.entries), sum(p.size for p in plan(settings, self.entries)))
-        send, receive = anyio.create_memory_object_stream[Path](max_buffer_size=self.concurrency)
+        planned = plan(settings, self.entries)  # each entry walked once, here; the pipeline takes it from the plan
+        self.reporter.add_work(len(planned), sum(p.size for p in planned))
+        send, receive = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=self.concurrency)
 
-        async def worker(queue: MemoryObjectReceiveStream[Path], scope: anyio.CancelScope) -> None:
+        async def worker(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
             async with queue:
                 async for entry in queue:
                     pipeline = EntryPipeline(ctx, entry)
@@ -263,6 +266,6 @@ class _BatchRun:
                     tg.start_soon(worker, receive.clone(), tg.cancel_scope)
                 receive.close()
                 async with send:
-                    for entry in self.entries:
+                    for entry in planned:
                         await send.send(entry)
             outer.cancel_scope.cancel()  # the workers are done: stop waiting for a stop

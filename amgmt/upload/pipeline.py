@@ -8,29 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import mimetypes
 import os
-import stat
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_process
 import anyio.to_thread
 
-from amgmt.local.archive import ArchiveResult, compress_entry
-from amgmt.local.entries import entry_key
-from amgmt.local.completed import completed_destination, find_completed, move_to_completed, tree_size
+from amgmt.config.settings import Settings
 from amgmt.errors import (
     AmgmtError,
     CompressionError,
     EntryError,
     MoveError,
-    NotFoundError,
     ObjectExistsError,
     SourceChangedError,
     StoreError,
@@ -38,18 +30,10 @@ from amgmt.errors import (
     ValidationError,
     VerificationError,
 )
-from amgmt.models import (
-    FileRecord,
-    FileRole,
-    FileStatus,
-    Location,
-    OperationStatus,
-    Stage,
-    UploadRecord,
-    current_user,
-    new_operation_id,
-    utcnow,
-)
+from amgmt.local.archive import ArchiveResult
+from amgmt.local.completed import completed_destination, find_completed, move_to_completed
+from amgmt.local.entries import PlannedEntry, validate_entry
+from amgmt.models import FileRole, FileStatus, OperationStatus, Stage, UploadRecord, current_user, new_operation_id, utcnow
 from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
@@ -57,60 +41,26 @@ from amgmt.s3.client import (
     METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,
-    METADATA_RESERVATION,
     ByteBudget,
-    ObjectInfo,
-    PartDone,
     S3Bucket,
     UploadResult,
     UploadStats,
 )
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import JournaledPart, JournaledUpload, MetadataStore
+from amgmt.store.sqlite import MetadataStore
+from amgmt.upload.compressor import Compressor
+from amgmt.upload.ownership import KnownKeys, claim_key, judge_existing, operation_ended, supersede_replaced
+from amgmt.upload.records import (
+    StoreJournal,
+    record_archive,
+    record_moved,
+    record_verified,
+    s3_file_record,
+    source_file_record,
+)
 
-Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
 SAVE_TIMEOUT = 10.0
-_REUSE = object()  # _judge_existing: the object at the key is this very archive
-
-
-SMALL_FILE = 1024 * 1024  # packed in a thread of the main process, not in a worker process
 # Outcomes whose entry counts as processed in full on the progress bar (a skipped one needs no more work).
 _FILLS_THE_BAR = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.SKIPPED)
-
-
-def _is_small_file(path: str) -> bool:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False  # let the worker report it
-    return stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE
-
-
-def process_pool_compressor(limiter: anyio.CapacityLimiter) -> Compressor:
-    """Compression in anyio's worker processes (kept warm between entries), at most `limiter` at a time.
-
-    A worker imports what unpickling the job needs (amgmt.local.archive, which stays free of anyio and boto), plus the file
-    of the parent's `__main__` module unless it has none: the CLI removes it (amgmt.cli._spare_workers_the_cli)."""
-
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        job = functools.partial(compress_entry, part_size=part_size, level=level)
-        if _is_small_file(source):
-            # A round trip to a worker process costs more than packing a small file: do it in a thread.
-            return await anyio.to_thread.run_sync(job, source, archive_path, limiter=limiter)
-        return await anyio.to_process.run_sync(job, source, archive_path, cancellable=True, limiter=limiter)
-
-    return compress
-
-
-class KnownKeys:
-    """The keys under the run's prefix as listed when the run began (None: not listed, or too many to list)."""
-
-    def __init__(self, keys: frozenset[str] | None) -> None:
-        self._keys = keys
-
-    def absent(self, key: str) -> bool:
-        """True only when the listing was complete and `key` was not in it."""
-        return self._keys is not None and key not in self._keys
 
 
 @dataclass
@@ -131,85 +81,13 @@ class PipelineContext:
     user: str | None = field(default_factory=current_user)
 
 
-class StoreJournal:
-    """The multipart journal of one entry's upload, written to the metadata store as parts finish."""
-
-    def __init__(self, store: MetadataStore, record: UploadRecord, archive: ArchiveResult) -> None:
-        self.store = store
-        self.record = record
-        self.archive = archive
-
-    async def started(self, upload_id: str) -> None:
-        self.record.metadata["upload_id"] = upload_id
-        await self.store.journal_multipart(
-            JournaledUpload(
-                upload_id=upload_id,
-                operation_id=self.record.operation_id,
-                bucket=self.record.s3_bucket,
-                key=self.record.s3_object_key,
-                archive_sha256=self.archive.archive_sha256,
-                part_size=self.archive.part_size,
-                part_count=len(self.archive.part_md5s),
-            )
-        )
-        await self.store.save_operation(self.record)
-
-    async def part_done(self, upload_id: str, part: PartDone) -> None:
-        await self.store.journal_part(
-            upload_id, JournaledPart(part.number, part.size, part.md5, part.etag, part.checksum)
-        )
-
-    async def finished(self, upload_id: str, state: str) -> None:
-        await self.store.journal_multipart_state(upload_id, state)
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def source_record(entry: Path, local_dir: Path) -> tuple[FileRecord, int]:
-    """Stage 1: check the entry is a regular file or directory inside the local dir; its FileRecord and file count."""
-    try:
-        st = entry.lstat()
-    except FileNotFoundError as exc:
-        raise ValidationError(f"{display(entry)} does not exist (deleted since it was listed?)") from exc
-    except OSError as exc:
-        raise ValidationError(f"cannot access {display(entry)}: {exc.strerror}") from exc
-    try:
-        entry.parent.resolve(strict=True).relative_to(local_dir)
-    except (OSError, ValueError) as exc:
-        raise ValidationError(f"{display(entry)} is not inside the local dir {display(local_dir)}") from exc
-    if stat.S_ISLNK(st.st_mode):
-        raise ValidationError(f"{display(entry)} is a symbolic link; amgmt uploads files and directories only")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise ValidationError(f"{display(entry)} is not a regular file or directory")
-    try:
-        size, count = tree_size(entry)
-    except OSError as exc:
-        raise ValidationError(f"cannot read {display(entry)}: {exc.strerror or exc}") from exc
-    is_dir = stat.S_ISDIR(st.st_mode)
-    record = FileRecord(
-        name=display(entry.name),
-        path=display(entry),
-        location=Location.LOCAL,
-        size=size,
-        is_directory=is_dir,
-        mime_type=None if is_dir else mimetypes.guess_type(entry.name)[0],
-        created_at=_dt(st.st_ctime),
-        modified_at=_dt(st.st_mtime),
-        accessed_at=_dt(st.st_atime),
-        status=FileStatus.PENDING,
-        tags={"file_count": str(count)},
-    )
-    return record, count
-
-
 class EntryPipeline:
     """Runs one entry through the stages, keeping its UploadRecord current in the store."""
 
-    def __init__(self, ctx: PipelineContext, entry: Path) -> None:
+    def __init__(self, ctx: PipelineContext, planned: PlannedEntry) -> None:
         self.ctx = ctx
-        self.entry = entry
+        self.planned = planned
+        self.entry = entry = planned.path
         settings = ctx.settings
         self.record = UploadRecord(
             operation_id=new_operation_id(),
@@ -217,7 +95,7 @@ class EntryPipeline:
             target_name=display(entry.name),
             started_at=utcnow(),
             s3_bucket=settings.bucket or "",
-            s3_object_key=entry_key(settings, entry),
+            s3_object_key=planned.key,
             s3_storage_class=settings.storage_class,
             user=ctx.user,
             command_args=dict(ctx.command_args),
@@ -323,105 +201,105 @@ class EntryPipeline:
             self.ctx.reporter.advance(rest)
 
     async def _stages(self) -> None:
-        settings = self.ctx.settings
-        record = self.record
-
+        """The eight stages, in order; each saves the record as it starts (`_enter`)."""
         # 1. validate
         started = time.perf_counter()
-        source, file_count = source_record(self.entry, settings.local_dir)
-        record.source_file_record = source
-        record.original_size = source.size
-        self._claim_key()
-        if settings.completed_enabled:
-            done = find_completed(
-                self.entry,
-                local_dir=settings.local_dir,
-                completed_dir=settings.completed_dir,
-                preserve_structure=settings.preserve_structure,
-            )
-            if done is not None:
-                # Recovery (run before any entry) finishes such a move when a record proves it; none did.
-                raise ValidationError(
-                    f"{display(self.entry)} is the same file as {display(done)} in the completed dir (a move was"
-                    " interrupted, and no record proves what it held); nothing moved: check it, then remove one name"
-                )
-            if settings.duplicate_handling == "error":
-                try:
-                    completed_destination(
-                        self.entry,
-                        local_dir=settings.local_dir,
-                        completed_dir=settings.completed_dir,
-                        preserve_structure=settings.preserve_structure,
-                        duplicate_handling=settings.duplicate_handling,
-                        now=record.started_at,
-                    )
-                except MoveError as exc:
-                    raise ValidationError(f"{exc} (MGMT_DUPLICATE_HANDLING=error)") from exc
+        self._validate()
         self._took(Stage.VALIDATE, started)
-
         # 2. record: the UploadRecord and source FileRecord are first persisted here, saying "compress is next"
         # 3. compress
         started = await self._enter(Stage.COMPRESS)
-        await self._compress(file_count)
+        await self._compress()
         self._took(Stage.COMPRESS, started)
-        assert self.archive is not None
-        earlier = await self.ctx.store.find_successful_upload(checksum_original=self.archive.source_sha256)
-        if earlier is not None and earlier.s3_bucket == record.s3_bucket and not self.ctx.overwrite:
-            await self._skip(
-                f"identical content already uploaded as s3://{earlier.s3_bucket}/{earlier.s3_object_key}"
-                f" (operation {earlier.operation_id[:8]})"
-            )
+        if await self._already_uploaded():
             return
-
         # 4. upload
         started = await self._enter(Stage.UPLOAD)
         await self._upload()
         self._took(Stage.UPLOAD, started)
-
         # 5. verify
         started = await self._enter(Stage.VERIFY)
+        await self._verify_or_replace()
+        self._took(Stage.VERIFY, started)
+        await supersede_replaced(self.ctx.store, self.record, overwrite=self.ctx.overwrite)
+        # 6. move (only now: the object is verified)
+        warning: str | None = None
+        if self.ctx.settings.completed_enabled:
+            started = await self._enter(Stage.MOVE)
+            warning = await self._move()
+            self._took(Stage.MOVE, started)
+        # 7. persist (the final save happens in _finalise, after 8. cleanup)
+        record = self.record
+        record.stage = Stage.DONE
+        record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
+        record.finish(OperationStatus.PARTIAL if warning else OperationStatus.SUCCESS, error=warning)
+
+    def _validate(self) -> None:
+        """Stage 1: a regular file or directory inside the local dir, its key claimed for this run, and (with the
+        completed dir) not the same inode as its destination; its source FileRecord from the plan."""
+        settings = self.ctx.settings
+        record = self.record
+        st = validate_entry(self.entry, settings.local_dir)
+        record.source_file_record = source_file_record(self.planned, st)
+        record.original_size = self.planned.size
+        claim_key(self.ctx.claimed_keys, record)
+        if not settings.completed_enabled:
+            return
+        done = find_completed(
+            self.entry,
+            local_dir=settings.local_dir,
+            completed_dir=settings.completed_dir,
+            preserve_structure=settings.preserve_structure,
+        )
+        if done is not None:
+            # Recovery (run before any entry) finishes such a move when a record proves it; none did.
+            raise ValidationError(
+                f"{display(self.entry)} is the same file as {display(done)} in the completed dir (a move was"
+                " interrupted, and no record proves what it held); nothing moved: check it, then remove one name"
+            )
+        if settings.duplicate_handling == "error":
+            try:
+                completed_destination(
+                    self.entry,
+                    local_dir=settings.local_dir,
+                    completed_dir=settings.completed_dir,
+                    preserve_structure=settings.preserve_structure,
+                    duplicate_handling=settings.duplicate_handling,
+                    now=record.started_at,
+                )
+            except MoveError as exc:
+                raise ValidationError(f"{exc} (MGMT_DUPLICATE_HANDLING=error)") from exc
+
+    async def _already_uploaded(self) -> bool:
+        """After stage 3: the same content already uploaded successfully to this bucket skips the entry (unless
+        --overwrite)."""
+        assert self.archive is not None
+        record = self.record
+        earlier = await self.ctx.store.find_successful_upload(checksum_original=self.archive.source_sha256)
+        if earlier is None or earlier.s3_bucket != record.s3_bucket or self.ctx.overwrite:
+            return False
+        await self._skip(
+            f"identical content already uploaded as s3://{earlier.s3_bucket}/{earlier.s3_object_key}"
+            f" (operation {earlier.operation_id[:8]})"
+        )
+        return True
+
+    async def _verify_or_replace(self) -> None:
+        """Stage 5. A reused object (found at the key as this very archive) that fails verification claims this
+        archive without holding it (corrupted in transit on a server that does not check Content-MD5): it is
+        ours, so it is replaced, and verified again."""
+        record = self.record
         try:
             await self._verify()
         except VerificationError as exc:
             if not record.metadata.get("reused_existing_object"):
                 raise
-            # An earlier attempt's object claims this archive but does not hold it (corrupted in transit on a
-            # server that does not check Content-MD5): it is ours, so it is replaced, and verified again.
             record.metadata["reused_existing_object"] = False
             record.metadata["replaced_unverifiable_object"] = str(exc)
             await self._enter(Stage.UPLOAD)
             await self._send_counted(None, if_absent=False, takeover=None)
             await self._enter(Stage.VERIFY)
             await self._verify()
-        self._took(Stage.VERIFY, started)
-        await self._supersede_replaced()
-
-        # 6. move (only now: the object is verified)
-        status = OperationStatus.SUCCESS
-        warning: str | None = None
-        if settings.completed_enabled:
-            started = await self._enter(Stage.MOVE)
-            warning = await self._move()
-            self._took(Stage.MOVE, started)
-            if warning:
-                status = OperationStatus.PARTIAL
-
-        # 7. persist (the final save happens in _finalise, after 8. cleanup)
-        record.stage = Stage.DONE
-        record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
-        record.finish(status, error=warning)
-
-    def _claim_key(self) -> None:
-        """Reserve the entry's key for this run: a second entry with the same key (`upload a/clip.mp4
-        b/clip.mp4`) fails instead of replacing the first one's verified object."""
-        key, claimed = self.record.s3_object_key, self.ctx.claimed_keys
-        holder = claimed.setdefault(key, self.record.target_path)
-        if holder != self.record.target_path:
-            raise ValidationError(
-                f"{self.record.target_path} would be uploaded as s3://{self.record.s3_bucket}/{key}, the key of"
-                f" {holder} in this run; upload it in a run of its own (it then meets that object as existing)"
-                " or set MGMT_PRESERVE_STRUCTURE"
-            )
 
     async def _skip(self, reason: str) -> None:
         record = self.record
@@ -431,18 +309,16 @@ class EntryPipeline:
         # For a skipped entry error_message holds the reason it was skipped.
         record.finish(OperationStatus.SKIPPED, error=reason)
 
-    async def _compress(self, file_count: int) -> None:
+    async def _compress(self) -> None:
         settings = self.ctx.settings
         record = self.record
-        bound = archive_size_bound(record.original_size, file_count)
+        bound = archive_size_bound(record.original_size, self.planned.file_count)
         if bound <= min(settings.multipart_threshold, MAX_SINGLE_PUT):
             part_size = max(bound, settings.part_size)  # one part: a single PUT
         else:
             part_size = plan_part_size(bound, settings.part_size)
         try:
-            result = await self.ctx.compress(
-                str(self.entry), str(self.staging), part_size, settings.compression_level
-            )
+            result = await self.ctx.compress(str(self.entry), str(self.staging), part_size, settings.compression_level)
         except EntryError:
             raise
         except OSError as exc:
@@ -453,166 +329,47 @@ class EntryPipeline:
                 f"{display(self.entry)} changed between listing and compression"
                 f" ({record.original_size} -> {result.source_size} bytes)"
             )
-        record.compressed_size = result.archive_size
-        record.compressed_file_path = display(self.staging)
-        record.checksum_original = result.source_sha256
-        record.metadata["source_identity"] = result.source_identity.to_dict()
-        record.checksum_compressed = result.archive_sha256
-        record.part_size = result.part_size
-        record.part_count = len(result.part_md5s)
-        record.compression_ratio = (
-            round(record.original_size / result.archive_size, 4) if result.archive_size else None
-        )
-        if record.source_file_record:
-            record.source_file_record.checksum = f"sha256:{result.source_sha256}"
-            if result.skipped:
-                record.source_file_record.tags["skipped_special_files"] = str(len(result.skipped))
-        record.compressed_file_record = FileRecord(
-            name=self.staging.name,
-            path=display(self.staging),
-            location=Location.LOCAL,
-            size=result.archive_size,
-            is_directory=False,
-            mime_type="application/gzip",
-            modified_at=utcnow(),
-            checksum=f"sha256:{result.archive_sha256}",
-            status=FileStatus.PENDING,
-            tags={"part_size": str(result.part_size), "part_count": str(len(result.part_md5s))},
-        )
+        record_archive(record, result, self.staging)
 
     async def _upload(self) -> None:
         assert self.archive is not None
         record = self.record
-        s3 = self.ctx.s3
         key = record.s3_object_key
-        single_put = len(self.archive.part_md5s) == 1
         existing = None
         # Overwriting needs no look; a single PUT of a key the run's listing did not hold is sent create-if-absent
         # instead of after a HEAD (one request per entry less); a multipart upload still looks first.
+        single_put = len(self.archive.part_md5s) == 1
         if not self.ctx.overwrite and not (single_put and self.ctx.keys.absent(key)):
-            existing = await s3.head_object(key)
-        record.s3_file_record = FileRecord(
-            name=key.rsplit("/", 1)[-1],
-            path=key,
-            location=Location.S3,
-            size=self.archive.archive_size,
-            is_directory=False,
-            mime_type="application/gzip",
-            status=FileStatus.UPLOADING,
-            tags={
-                "original_path": record.target_path,
-                "original_size": str(record.original_size),
-                "compression_type": "gzip",
-                "s3_bucket": record.s3_bucket,
-                "upload_operation_id": record.operation_id,
-            },
-        )
+            existing = await self.ctx.s3.head_object(key)
+        record.s3_file_record = s3_file_record(record, self.archive)
         takeover = None
         if existing is not None:
-            decision = await self._judge_existing(existing)
-            if decision is _REUSE:
+            verdict = await judge_existing(self.ctx.store, record, self.archive, existing)
+            if verdict.reuse:
+                self._report_remaining()
                 return
-            takeover = decision
+            takeover = verdict.takeover
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
-        resume = await self._resumable_upload() if len(self.archive.part_md5s) > 1 else None
+        resume = await self._resumable_upload() if not single_put else None
         try:
             result = await self._send_counted(
                 resume, if_absent=existing is None and not self.ctx.overwrite, takeover=takeover
             )
         except ObjectExistsError:
             # Created since we looked: by somebody else, or by our own PUT whose answer was lost.
-            existing = await s3.head_object(key)
+            existing = await self.ctx.s3.head_object(key)
             takeover = None
             if existing is not None:
-                decision = await self._judge_existing(existing)
-                if decision is _REUSE:
+                verdict = await judge_existing(self.ctx.store, record, self.archive, existing)
+                if verdict.reuse:
+                    self._report_remaining()
                     return
-                takeover = decision
+                takeover = verdict.takeover
             result = await self._send_counted(resume, if_absent=existing is None, takeover=takeover)
         record.metadata["multipart"] = result.multipart
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
-
-    async def _judge_existing(self, existing: ObjectInfo) -> object:
-        """Decide about an object already under our key. _REUSE: it is this very archive (nothing to send);
-        an owner id: it is a reservation of ours (this attempt's, or a dead attempt's) that the upload takes over;
-        None: it may be replaced (the same source content packed otherwise, or an earlier attempt's object that no
-        original in the completed dir depends on). UploadError for anything else unless --overwrite was given:
-        another run's reservation, or other content."""
-        assert self.archive is not None
-        record = self.record
-        where = f"s3://{record.s3_bucket}/{record.s3_object_key}"
-        holder = existing.metadata.get(METADATA_RESERVATION)
-        if holder is not None and existing.size == 0:
-            if holder == record.operation_id or await self._operation_ended(holder):
-                return holder
-            raise UploadError(
-                f"{where} is being uploaded by another amgmt run (operation {holder[:8]}); it is not"
-                " overwritten (if no run is uploading it, use --overwrite)"
-            )
-        if (
-            existing.metadata.get(METADATA_ARCHIVE_SHA256) == self.archive.archive_sha256
-            and existing.size == self.archive.archive_size
-        ):
-            # This very archive is already there (an earlier run stopped before the move): prove it in verify
-            # instead of sending it again.
-            record.metadata["reused_existing_object"] = True
-            self._report_remaining()
-            return _REUSE
-        claimed = existing.metadata.get(METADATA_SOURCE_SHA256)
-        if claimed == self.archive.source_sha256:
-            # Same source content packed differently (other mtimes, part size or amgmt version): replacing it
-            # loses nothing, and the new object is verified like any other.
-            record.metadata["replaced_identical_content"] = True
-            return None
-        if claimed is not None and await self._unconfirmed_upload_of_ours(claimed):
-            # Our own earlier attempt of other content that never completed a move (its source changed, or the
-            # move failed): nothing in the completed dir holds it, and the entry now holds this content.
-            record.metadata["replaced_unconfirmed_object"] = True
-            return None
-        raise UploadError(f"{where} already exists with other content; use --overwrite to replace it")
-
-    async def _operation_ended(self, operation_id: str) -> bool:
-        """Whether `operation_id` is an operation of this database that is not in progress (a dead attempt)."""
-        try:
-            owner = await self.ctx.store.get_operation(operation_id)
-        except NotFoundError:
-            return False
-        return owner.operation_id == operation_id and owner.status != OperationStatus.PENDING
-
-    async def _unconfirmed_upload_of_ours(self, source_sha256: str) -> bool:
-        """Whether the object of `source_sha256` at our key was put there by an upload of ours that never succeeded,
-        none of ours with that content having succeeded (no original in the completed dir depends on it)."""
-        record = self.record
-        uploads = await self.ctx.store.find_uploads_by_key(bucket=record.s3_bucket, key=record.s3_object_key)
-        ours = [u for u in uploads if u.checksum_original == source_sha256 and u.operation_id != record.operation_id]
-        return bool(ours) and all(u.status not in (OperationStatus.SUCCESS, OperationStatus.PENDING) for u in ours)
-
-    async def _supersede_replaced(self) -> None:
-        """After an object was replaced at our key, the older uploads of other archives there say so (as `delete`
-        does): their content is no longer in S3."""
-        record = self.record
-        metadata = record.metadata
-        replaced = self.ctx.overwrite or any(
-            metadata.get(flag)
-            for flag in ("replaced_identical_content", "replaced_unconfirmed_object", "replaced_unverifiable_object")
-        )
-        if not replaced or metadata.get("reused_existing_object"):
-            return
-        for older in await self.ctx.store.find_uploads_by_key(bucket=record.s3_bucket, key=record.s3_object_key):
-            s3_file = older.s3_file_record
-            if (
-                older.operation_id == record.operation_id
-                or older.checksum_compressed == record.checksum_compressed
-                or s3_file is None
-                or s3_file.status != FileStatus.COMPLETED
-            ):
-                continue
-            s3_file.status = FileStatus.DELETED
-            s3_file.tags["superseded_by_operation_id"] = record.operation_id
-            s3_file.tags["superseded_at"] = utcnow().isoformat()
-            await self.ctx.store.save_operation(older)
 
     async def _send_counted(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
         """The archive sent (or its upload resumed), what it cost counted into the record."""
@@ -661,7 +418,7 @@ class EntryPipeline:
         record = self.record
         resume = None
         for journaled in await self.ctx.store.open_multiparts(bucket=record.s3_bucket, key=record.s3_object_key):
-            if not await self._operation_ended(journaled.operation_id):
+            if not await operation_ended(self.ctx.store, journaled.operation_id):
                 continue  # a run in progress elsewhere (sharing this database) owns it: never touched
             same = (journaled.archive_sha256, journaled.part_size) == (
                 self.archive.archive_sha256,
@@ -702,15 +459,7 @@ class EntryPipeline:
                     f"s3://{record.s3_bucket}/{key} does not match the archive (read-back SHA-256 differs)"
                 )
             method = "sha256-readback"
-        record.verification_method = method
-        record.checksum_s3_etag = info.etag
-        record.s3_storage_class = info.storage_class
-        record.compressed_size = info.size
-        if record.s3_file_record:
-            record.s3_file_record.status = FileStatus.COMPLETED
-            record.s3_file_record.checksum = f"etag:{info.etag}"
-            record.s3_file_record.modified_at = info.last_modified or utcnow()
-            record.s3_file_record.tags["verified_by"] = method
+        record_verified(record, info, method)
 
     async def _move(self) -> str | None:
         """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial); raises
@@ -735,26 +484,7 @@ class EntryPipeline:
             )
         except MoveError as exc:
             return f"move: uploaded and verified, but the original stays in place: {exc}"
-        record.completed_dir_path = display(final)
-        record.completed_file_record = FileRecord(
-            name=display(final.name),
-            path=display(final),
-            location=Location.COMPLETED,
-            size=record.original_size,
-            is_directory=bool(record.source_file_record and record.source_file_record.is_directory),
-            checksum=record.source_file_record.checksum if record.source_file_record else None,
-            status=FileStatus.COMPLETED,
-            modified_at=utcnow(),
-            tags={
-                "s3_bucket": record.s3_bucket,
-                "s3_object_key": record.s3_object_key,
-                "upload_operation_id": record.operation_id,
-                "upload_timestamp": utcnow().isoformat(),
-            },
-        )
-        if record.source_file_record:
-            record.source_file_record.status = FileStatus.COMPLETED
-            record.source_file_record.tags["moved_to"] = display(final)
+        record_moved(record, final)
         return None
 
     async def _cleanup(self) -> None:

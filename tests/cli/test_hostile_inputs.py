@@ -45,7 +45,7 @@ from amgmt.upload.report import BatchReport
 from amgmt.cli.common import summary_text
 from amgmt.bench.localserver import free_port
 from amgmt.naming import object_key
-from amgmt.upload.pipeline import Compressor, process_pool_compressor
+from amgmt.upload.compressor import Compressor, process_pool_compressor
 from amgmt.config.settings import Settings
 from amgmt.store.sqlite import MetadataStore
 from clikit import SECRET, snapshot

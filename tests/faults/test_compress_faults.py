@@ -10,7 +10,7 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.errors import CompressionError
-from amgmt.upload.pipeline import Compressor, process_pool_compressor
+from amgmt.upload.compressor import Compressor, process_pool_compressor
 
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello", "bad.mov": 300_000}
 OTHERS = ["a.mp4", "dir"]

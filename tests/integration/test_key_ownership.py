@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import amgmt.upload.pipeline
+import amgmt.upload.records
 import amgmt.s3.client
 from amgmt.local.archive import compress_entry
 from amgmt.local.entries import resolve_names
@@ -132,10 +133,10 @@ async def test_an_object_written_during_a_multipart_upload_is_not_overwritten(re
     sent, the upload is aborted, the other object stays, our original stays."""
     local = tmp_path / "media"
     write_random(local / "clip.bin", 11 * MiB, seed=3)
-    original_part_done = amgmt.upload.pipeline.StoreJournal.part_done
+    original_part_done = amgmt.upload.records.StoreJournal.part_done
     intruded = False
 
-    async def intruding(self: amgmt.upload.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
+    async def intruding(self: amgmt.upload.records.StoreJournal, upload_id: str, part: Any) -> None:
         nonlocal intruded
         await original_part_done(self, upload_id, part)
         if not intruded:
@@ -144,7 +145,7 @@ async def test_an_object_written_during_a_multipart_upload_is_not_overwritten(re
                 lambda: real_client.put_object(Bucket=real_bucket, Key=KEY, Body=b"somebody else's object")
             )
 
-    monkeypatch.setattr(amgmt.upload.pipeline.StoreJournal, "part_done", intruding)
+    monkeypatch.setattr(amgmt.upload.records.StoreJournal, "part_done", intruding)
     report = await upload_batch(_settings(real_s3, real_bucket, local), [local / "clip.bin"])
 
     record = _only(report)
@@ -166,15 +167,15 @@ async def test_a_run_never_aborts_the_live_multipart_upload_of_another_run_shari
     write_random(second / "clip.bin", 11 * MiB, seed=5)
     db = tmp_path / "shared" / "operations.db"
     a_started, b_done = anyio.Event(), anyio.Event()
-    original_part_done = amgmt.upload.pipeline.StoreJournal.part_done
+    original_part_done = amgmt.upload.records.StoreJournal.part_done
 
-    async def paused(self: amgmt.upload.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
+    async def paused(self: amgmt.upload.records.StoreJournal, upload_id: str, part: Any) -> None:
         await original_part_done(self, upload_id, part)
         if Path(self.record.target_path).parent == first and not a_started.is_set():
             a_started.set()
             await b_done.wait()
 
-    monkeypatch.setattr(amgmt.upload.pipeline.StoreJournal, "part_done", paused)
+    monkeypatch.setattr(amgmt.upload.records.StoreJournal, "part_done", paused)
     settings_a = make_settings(local_dir=str(first), db_path=str(db), part_size="5MiB", concurrency=1)
     settings_b = make_settings(local_dir=str(second), db_path=str(db), part_size="5MiB", concurrency=1)
     reports: dict[str, BatchReport] = {}

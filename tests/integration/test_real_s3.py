@@ -27,6 +27,7 @@ import anyio
 import pytest
 
 import amgmt.upload.pipeline
+import amgmt.upload.records
 from amgmt.local.archive import ArchiveResult
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
@@ -34,7 +35,7 @@ from amgmt.upload.report import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.parts import MiB, expected_etag
-from amgmt.upload.pipeline import Compressor, process_pool_compressor
+from amgmt.upload.compressor import Compressor, process_pool_compressor
 from amgmt.s3.client import PART_ATTEMPTS
 from amgmt.store.sqlite import MetadataStore
 
@@ -284,16 +285,16 @@ async def _interrupted_upload(
 ) -> BatchReport:
     """upload_batch, cancelled (as by Ctrl-C) as soon as the first part of its multipart upload is journaled."""
     report = BatchReport()
-    original = amgmt.upload.pipeline.StoreJournal.part_done
+    original = amgmt.upload.records.StoreJournal.part_done
     journaled: list[int] = []
     with anyio.move_on_after(120) as scope:
 
-        async def part_done(self: amgmt.upload.pipeline.StoreJournal, upload_id: str, part: Any) -> None:
+        async def part_done(self: amgmt.upload.records.StoreJournal, upload_id: str, part: Any) -> None:
             await original(self, upload_id, part)
             journaled.append(part.number)
             scope.cancel()  # a no-op once the scope is left: the re-run is not interrupted
 
-        monkeypatch.setattr(amgmt.upload.pipeline.StoreJournal, "part_done", part_done)
+        monkeypatch.setattr(amgmt.upload.records.StoreJournal, "part_done", part_done)
         await upload_batch(settings, entries, report=report)
     assert journaled and scope.cancelled_caught, "the upload was not interrupted after its first part"
     return report
