@@ -24,7 +24,7 @@ from amgmt.errors import AmgmtError, ConfigError, ExitCode, NotFoundError, Stora
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord, utcnow
 from amgmt.naming import PARTIAL_SUFFIX, display
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
-from amgmt.local.completed import tree_size
+from amgmt.local.copying import tree_size
 from amgmt.upload.pipeline import (
     Compressor,
     EntryPipeline,

@@ -23,7 +23,9 @@ import anyio.to_process
 import anyio.to_thread
 
 from amgmt.local.archive import ArchiveResult, compress_entry
-from amgmt.local.completed import completed_destination, find_completed, move_to_completed, tree_size
+from amgmt.local.completed import completed_destination, find_completed, move_to_completed
+from amgmt.local.copying import tree_size
+from amgmt.local.destinations import CompletedDir
 from amgmt.errors import (
     AmgmtError,
     CompressionError,
@@ -343,12 +345,7 @@ class EntryPipeline:
         record.original_size = source.size
         self._claim_key()
         if settings.completed_enabled:
-            done = find_completed(
-                self.entry,
-                local_dir=settings.local_dir,
-                completed_dir=settings.completed_dir,
-                preserve_structure=settings.preserve_structure,
-            )
+            done = find_completed(self.entry, CompletedDir.from_settings(settings))
             if done is not None:
                 # Recovery (run before any entry) finishes such a move when a record proves it; none did.
                 raise ValidationError(
@@ -357,14 +354,7 @@ class EntryPipeline:
                 )
             if settings.duplicate_handling == "error":
                 try:
-                    completed_destination(
-                        self.entry,
-                        local_dir=settings.local_dir,
-                        completed_dir=settings.completed_dir,
-                        preserve_structure=settings.preserve_structure,
-                        duplicate_handling=settings.duplicate_handling,
-                        now=record.started_at,
-                    )
+                    completed_destination(self.entry, CompletedDir.from_settings(settings), now=record.started_at)
                 except MoveError as exc:
                     raise ValidationError(f"{exc} (MGMT_DUPLICATE_HANDLING=error)") from exc
         self._took(Stage.VALIDATE, started)
@@ -733,10 +723,7 @@ class EntryPipeline:
                 functools.partial(
                     move_to_completed,
                     self.entry,
-                    local_dir=settings.local_dir,
-                    completed_dir=settings.completed_dir,
-                    preserve_structure=settings.preserve_structure,
-                    duplicate_handling=settings.duplicate_handling,
+                    CompletedDir.from_settings(settings),
                     now=record.started_at,
                     expected_identity=self.archive.source_identity,
                     expected_digest=self.archive.source_sha256,
