@@ -1,7 +1,7 @@
 """Speed of `amgmt.local.archive.compress_entry` on generated data: MiB/s (wall) and CPU-seconds per GiB, median of N runs.
 
     .venv/bin/python benchmarks/archive_speed.py                        # the current code, level 1
-    .venv/bin/python benchmarks/archive_speed.py --baseline HEAD        # ... side by side with archive.py at HEAD
+    .venv/bin/python benchmarks/archive_speed.py --baseline HEAD        # ... side by side with the archive code at HEAD
     .venv/bin/python benchmarks/archive_speed.py --variants current,inline,block2m --levels 1,2 --rss
 
 Data sets (written once to a temp dir, so they are in the page cache): "video", one file of random bytes
@@ -17,7 +17,8 @@ dropped shows them); ratio is source/archive bytes; others
 is how many CPUs other processes kept busy meanwhile (from /proc/stat: wall times taken while others > ~0.1 are
 not comparable), and "quiet MiB/s (n)" the median over the n runs with others < 0.15; with --rss, the peak RSS
 growth over the call (VmRSS sampled every 5 ms, which slightly inflates CPU). CPU seconds are much steadier than
-wall time when other processes compete for the cores. A variant sets module attributes of amgmt.local.archive (KNOBS).
+wall time when other processes compete for the cores. A variant sets module attributes (KNOBS) of amgmt.local.archive
+or amgmt.local.deflate, whichever has it (a --baseline from before the split: its one module).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from amgmt.local import archive
+from amgmt.local import archive, deflate
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -61,8 +62,9 @@ KNOBS: dict[str, dict[str, object]] = {
 @dataclass
 class Variant:
     name: str
-    module: ModuleType
+    module: ModuleType  # the one with compress_entry
     knobs: dict[str, object]
+    homes: tuple[ModuleType, ...]  # where the knobs live
     level: int
 
 
@@ -86,7 +88,7 @@ def main() -> None:
     parser.add_argument("--file-kib", type=int, default=128)
     parser.add_argument("--levels", default="1", help="comma-separated igzip levels (default 1)")
     parser.add_argument("--variants", default="current", help=f"comma-separated, of: {', '.join(KNOBS)}")
-    parser.add_argument("--baseline", metavar="REV", help="also run amgmt/archive.py as of this git revision")
+    parser.add_argument("--baseline", metavar="REV", help="also run the archive code as of this git revision")
     parser.add_argument("--datasets", default="video,text")
     parser.add_argument("--part-size-mib", type=int, default=16)
     parser.add_argument("--rss", action="store_true", help="sample RSS during each call")
@@ -95,9 +97,10 @@ def main() -> None:
     variants = []
     for level in (int(v) for v in args.levels.split(",")):
         if args.baseline:
-            variants.append(Variant(f"{args.baseline}", load_revision(args.baseline), {}, level))
+            baseline = load_revision(args.baseline)
+            variants.append(Variant(f"{args.baseline}", baseline, {}, (baseline,), level))
         for name in args.variants.split(","):
-            variants.append(Variant(name, archive, KNOBS[name], level))
+            variants.append(Variant(name, archive, KNOBS[name], (archive, deflate), level))
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="archive-speed-"))
     try:
@@ -129,10 +132,16 @@ def label(variant: Variant) -> str:
 
 
 def load_revision(rev: str) -> ModuleType:
-    """amgmt/archive.py as of a git revision, imported as a separate module."""
-    text = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:amgmt/archive.py"], check=True, capture_output=True, text=True
-    ).stdout
+    """The archive module as of a git revision, imported as a separate module: amgmt/local/archive.py (or, before
+    the subpackages, amgmt/archive.py) when it is one file; a later revision imports its own deflate.py and
+    archive_file.py from amgmt.local, so compare such revisions by checking them out instead."""
+    for path in ("amgmt/local/archive.py", "amgmt/archive.py"):
+        shown = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"no archive module at {rev}")
+    text = shown.stdout
     with tempfile.TemporaryDirectory(prefix="archive-rev-") as directory:
         path = Path(directory) / "archive_at_rev.py"
         path.write_text(text)
@@ -192,7 +201,8 @@ def log_text(size: int) -> bytes:
 
 def measure(variant: Variant, source: str, target: Path, part_size: int, rss: bool) -> Sample:
     module = variant.module
-    saved = {name: getattr(module, name) for name in variant.knobs}
+    homes = {name: next(home for home in variant.homes if hasattr(home, name)) for name in variant.knobs}
+    saved = {name: getattr(homes[name], name) for name in variant.knobs}
     fsync_time = 0.0
     real_fsync = os.fsync
 
@@ -205,7 +215,7 @@ def measure(variant: Variant, source: str, target: Path, part_size: int, rss: bo
     sampler = RssSampler() if rss else None
     try:
         for name, value in variant.knobs.items():
-            setattr(module, name, value)
+            setattr(homes[name], name, value)
         os.fsync = timed_fsync
         if sampler:
             sampler.start()
@@ -219,7 +229,7 @@ def measure(variant: Variant, source: str, target: Path, part_size: int, rss: bo
     finally:
         os.fsync = real_fsync
         for name, value in saved.items():
-            setattr(module, name, value)
+            setattr(homes[name], name, value)
         growth = sampler.stop() if sampler else 0
     os.unlink(target)
     others = max(0.0, (busy_after - busy_before - (after - before)) / wall)

@@ -38,7 +38,7 @@ from amgmt.bench.runner import (
     dataset_spec,
     sequential_pipeline,
 )
-from amgmt.local.completed import tree_size
+from amgmt.local.copying import tree_size
 from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
 from amgmt.naming import object_key
 

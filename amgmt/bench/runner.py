@@ -37,7 +37,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from amgmt.upload.batch import list_entries, upload_batch
-from amgmt.local.completed import tree_size
+from amgmt.local.copying import tree_size
 from amgmt.bench.datasets import make_media_set, make_photo_set
 from amgmt.errors import ConfigError, StorageError
 from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION, LocalS3Server

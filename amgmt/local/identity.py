@@ -1,7 +1,7 @@
 """The identity of an entry on disk (which inodes, sizes and times it is made of) and whether it changed since.
 
 Pure and synchronous: lstat and scandir only, never a file's contents, no anyio. Used by archive.py (computed in the
-packing pass), completed.py (before and after a move) and cleanup.py (recovery of an interrupted move).
+packing pass), completed.py (before and after a move) and move_recovery.py (recovery of an interrupted move).
 
 A member is the entry's root or anything below it, directories not followed through symlinks. Its line is
 

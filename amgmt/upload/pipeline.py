@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 
 from amgmt.config.settings import Settings
+from amgmt.local.destinations import CompletedDir
 from amgmt.errors import (
     AmgmtError,
     CompressionError,
@@ -245,12 +246,8 @@ class EntryPipeline:
         claim_key(self.ctx.claimed_keys, record)
         if not settings.completed_enabled:
             return
-        done = find_completed(
-            self.entry,
-            local_dir=settings.local_dir,
-            completed_dir=settings.completed_dir,
-            preserve_structure=settings.preserve_structure,
-        )
+        completed = CompletedDir.from_settings(settings)
+        done = find_completed(self.entry, completed)
         if done is not None:
             # Recovery (run before any entry) finishes such a move when a record proves it; none did.
             raise ValidationError(
@@ -259,14 +256,7 @@ class EntryPipeline:
             )
         if settings.duplicate_handling == "error":
             try:
-                completed_destination(
-                    self.entry,
-                    local_dir=settings.local_dir,
-                    completed_dir=settings.completed_dir,
-                    preserve_structure=settings.preserve_structure,
-                    duplicate_handling=settings.duplicate_handling,
-                    now=record.started_at,
-                )
+                completed_destination(self.entry, completed, now=record.started_at)
             except MoveError as exc:
                 raise ValidationError(f"{exc} (MGMT_DUPLICATE_HANDLING=error)") from exc
 
@@ -472,10 +462,7 @@ class EntryPipeline:
                 functools.partial(
                     move_to_completed,
                     self.entry,
-                    local_dir=settings.local_dir,
-                    completed_dir=settings.completed_dir,
-                    preserve_structure=settings.preserve_structure,
-                    duplicate_handling=settings.duplicate_handling,
+                    CompletedDir.from_settings(settings),
                     now=record.started_at,
                     expected_identity=self.archive.source_identity,
                     expected_digest=self.archive.source_sha256,

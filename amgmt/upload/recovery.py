@@ -14,7 +14,10 @@ from typing import Any
 
 import anyio.to_thread
 
-from amgmt.local.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back, recover_move, remove_tree_quietly
+from amgmt.local.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back
+from amgmt.local.copying import remove_tree_quietly
+from amgmt.local.destinations import CompletedDir
+from amgmt.local.move_recovery import recover_move
 from amgmt.errors import NotFoundError
 from amgmt.local.identity import Identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
@@ -72,7 +75,7 @@ async def close_interrupted(settings: Settings, store: MetadataStore, found: Cle
 
 async def _finish_moved(settings: Settings, store: MetadataStore, record: OperationRecord, found: Cleanup) -> None:
     """A run that died in stage 6 had already verified the object (the move starts only after verification).
-    completed.recover_move finishes the move when it can prove it (the record then says success, with how this
+    move_recovery.recover_move finishes the move when it can prove it (the record then says success, with how this
     was found out), undoes it otherwise, and records "changed" when the entry is no longer what was uploaded."""
     if not isinstance(record, UploadRecord) or record.stage != Stage.MOVE or not record.verification_method:
         return
@@ -83,10 +86,7 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
         functools.partial(
             recover_move,
             source,
-            local_dir=settings.local_dir,
-            completed_dir=settings.completed_dir,
-            preserve_structure=settings.preserve_structure,
-            duplicate_handling=settings.duplicate_handling,
+            CompletedDir.from_settings(settings),
             started=record.started_at,
             operation_id=record.operation_id,
             expected_identity=Identity.from_dict(known) if known else None,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import amgmt.local.completed
+import amgmt.local.copying
 import amgmt.upload.pipeline
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
@@ -150,14 +150,14 @@ async def test_cross_fs_a_file_appended_during_the_copy_is_recorded_changed(
     clip = local_dir / "clip.mp4"
     clip.write_bytes(b"v" * 300_000)
     settings = make_settings(completed_dir=str(shm_completed))
-    real_copy = amgmt.local.completed._copy_file
+    real_copy = amgmt.local.copying._copy_file
 
     def copy_file(src: str, dst: str | None) -> object:
         result = real_copy(src, dst)
         _append(Path(src))
         return result
 
-    monkeypatch.setattr(amgmt.local.completed, "_copy_file", copy_file)
+    monkeypatch.setattr(amgmt.local.copying, "_copy_file", copy_file)
     report = await upload_batch(settings, list_entries(settings)[0])
 
     [record] = report.records

@@ -28,10 +28,10 @@ async def test_move_error_for_one_entry_is_partial(make_settings, make_media, af
     make_media(MEDIA)
     settings = make_settings()
 
-    def move(entry: Path, **kwargs: Any) -> Path:
+    def move(entry: Path, *args: Any, **kwargs: Any) -> Path:
         if entry.name == "bad.mov":
             raise MoveError(f"cannot move {entry}: Read-only file system")
-        return move_to_completed(entry, **kwargs)
+        return move_to_completed(entry, *args, **kwargs)
 
     monkeypatch.setattr(amgmt.upload.pipeline, "move_to_completed", move)
     report = await upload_batch(settings, list_entries(settings)[0])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import math
 import os
 import pickle
+import random
 import shutil
 import stat
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.local import archive
+from amgmt.local import archive, archive_file, deflate
 from amgmt.local.archive import ArchiveResult, compress_entry, sha256_file
 from amgmt.errors import CompressionError
 
@@ -415,7 +417,7 @@ def test_full_staging_disk_while_writing(tmp_path: Path, monkeypatch: pytest.Mon
             return io.BufferedWriter(_FullDisk(file, "wb"), buffer_size=64 * KiB)
         return real_open(file, mode, buffering, *args, **kwargs)
 
-    monkeypatch.setattr(archive, "open", open_full_disk, raising=False)
+    monkeypatch.setattr(archive_file, "open", open_full_disk, raising=False)
     source = make_file(tmp_path / "src" / "a.bin", os.urandom(500 * KiB))
 
     with pytest.raises(CompressionError, match="no space left on device in staging dir .*staging"):
@@ -437,7 +439,7 @@ def test_full_staging_disk_reported_at_close(tmp_path: Path, monkeypatch: pytest
     def opener(fd: int, mode: str, buffering: int = -1) -> io.FileIO:
         return FullAtClose(fd, mode) if "w" in mode else io.FileIO(fd, mode)  # the archive, not the sources
 
-    monkeypatch.setattr(archive, "open", opener, raising=False)
+    monkeypatch.setattr(archive_file, "open", opener, raising=False)
 
     with pytest.raises(CompressionError, match="no space left on device in staging dir"):
         compress(make_file(tmp_path / "src" / "a.bin", b"abc"), tmp_path)
@@ -473,7 +475,7 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         compress(source, tmp_path, part_size=0)
 
 
-# Multi-block archives: the tar stream is deflated in blocks of archive._BLOCK_SIZE (1 MiB); the tests shrink the
+# Multi-block archives: the tar stream is deflated in blocks of deflate._BLOCK_SIZE (1 MiB); the tests shrink the
 # blocks so that small sources span many, and run with and without the helper threads.
 BLOCK = 64 * KiB
 
@@ -492,13 +494,13 @@ class Blocks:
 @pytest.fixture(params=["threaded", "inline"])
 def small_blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Blocks:
     """64 KiB blocks, and helper threads for sources of 2 blocks or more, or none."""
-    monkeypatch.setattr(archive, "_BLOCK_SIZE", BLOCK)
-    monkeypatch.setattr(archive, "_THREADS_MIN_SIZE", 2 * BLOCK)
+    monkeypatch.setattr(deflate, "_BLOCK_SIZE", BLOCK)
+    monkeypatch.setattr(deflate, "_THREADS_MIN_SIZE", 2 * BLOCK)
     monkeypatch.setattr(archive, "_usable_cpus", lambda: 2)  # threads even on a one-CPU test machine
     monkeypatch.setattr(archive, "_HELPER_THREADS", request.param == "threaded")
     blocks = Blocks(request.param == "threaded", [])
-    start_threads = archive._Deflater._start_threads
-    monkeypatch.setattr(archive._Deflater, "_start_threads", lambda self: blocks.starts.append(start_threads(self)))
+    start_threads = deflate.Deflater._start_threads
+    monkeypatch.setattr(deflate.Deflater, "_start_threads", lambda self: blocks.starts.append(start_threads(self)))
     return blocks
 
 
@@ -555,13 +557,13 @@ def test_tar_stream_is_what_tarfile_writes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("level", [0, 1, 2, 3])
 def test_threads_do_not_change_the_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: int) -> None:
-    monkeypatch.setattr(archive, "_BLOCK_SIZE", BLOCK)
-    monkeypatch.setattr(archive, "_THREADS_MIN_SIZE", 2 * BLOCK)
+    monkeypatch.setattr(deflate, "_BLOCK_SIZE", BLOCK)
+    monkeypatch.setattr(deflate, "_THREADS_MIN_SIZE", 2 * BLOCK)
     monkeypatch.setattr(archive, "_usable_cpus", lambda: 2)
     source = make_file(tmp_path / "src" / "clip.mov", mixed_data(20 * BLOCK + 777))
     started = []
-    start_threads = archive._Deflater._start_threads
-    monkeypatch.setattr(archive._Deflater, "_start_threads", lambda self: started.append(start_threads(self)))
+    start_threads = deflate.Deflater._start_threads
+    monkeypatch.setattr(deflate.Deflater, "_start_threads", lambda self: started.append(start_threads(self)))
     results = {}
     for threaded in (True, False):
         monkeypatch.setattr(archive, "_HELPER_THREADS", threaded)
@@ -664,7 +666,7 @@ def test_full_disk_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s
             return FillsUp(file, "wb")
         return real_open(file, mode, buffering, *args, **kwargs)
 
-    monkeypatch.setattr(archive, "open", open_filling, raising=False)
+    monkeypatch.setattr(archive_file, "open", open_filling, raising=False)
     source = make_file(tmp_path / "src" / "a.bin", os.urandom(40 * BLOCK))
 
     with pytest.raises(CompressionError, match="no space left on device in staging dir"):
@@ -676,17 +678,17 @@ def test_full_disk_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s
 def test_deflate_error_is_raised_in_the_caller(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_blocks: Blocks
 ) -> None:
-    original = archive._Deflater._deflate
+    original = deflate.Deflater._deflate
     calls = 0
 
-    def deflate(self: archive._Deflater, data: memoryview, window: bytes) -> bytes:
+    def failing_deflate(self: deflate.Deflater, data: memoryview, window: bytes) -> bytes:
         nonlocal calls
         calls += 1
         if calls == 6:
             raise MemoryError("no room for a block")
         return original(self, data, window)
 
-    monkeypatch.setattr(archive._Deflater, "_deflate", deflate)
+    monkeypatch.setattr(deflate.Deflater, "_deflate", failing_deflate)
     source = make_file(tmp_path / "src" / "a.bin", mixed_data(25 * BLOCK))
 
     with pytest.raises(MemoryError, match="no room for a block"):
@@ -707,16 +709,16 @@ def test_helper_threads_only_with_a_cpu_to_spare(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, siblings: list[str], size: int, threads: bool,
     as_directory: bool,
 ) -> None:
-    monkeypatch.setattr(archive, "_BLOCK_SIZE", BLOCK)
-    monkeypatch.setattr(archive, "_THREADS_MIN_SIZE", 4 * BLOCK)  # sources of 3 blocks stay inline
+    monkeypatch.setattr(deflate, "_BLOCK_SIZE", BLOCK)
+    monkeypatch.setattr(deflate, "_THREADS_MIN_SIZE", 4 * BLOCK)  # sources of 3 blocks stay inline
     monkeypatch.setattr(archive, "_usable_cpus", lambda: cpus)
     for name in siblings:  # other compressions in the same staging dir; a stale one was left by a killed worker
         sibling = make_file(tmp_path / "staging" / name, b"partial")
         if name.startswith("stale"):
             os.utime(sibling, (1, 1))
     started = []
-    start_threads = archive._Deflater._start_threads
-    monkeypatch.setattr(archive._Deflater, "_start_threads", lambda self: started.append(start_threads(self)))
+    start_threads = deflate.Deflater._start_threads
+    monkeypatch.setattr(deflate.Deflater, "_start_threads", lambda self: started.append(start_threads(self)))
     if as_directory:
         source = tmp_path / "src" / "dir"
         for i in range(size):
@@ -751,8 +753,75 @@ def test_incompressible_blocks_are_stored_not_deflated(tmp_path: Path) -> None:
 
 def test_stored_blocks_are_valid_deflate_in_isolation() -> None:
     data = memoryview(os.urandom(3 * 65_535 + 17))
-    stream = archive._stored_blocks(data) + archive._FINAL_BLOCK
+    stream = deflate._stored_blocks(data) + deflate._FINAL_BLOCK
     assert zlib.decompress(stream, wbits=-zlib.MAX_WBITS) == bytes(data)
-    assert archive._incompressible(data) and archive._incompressible(memoryview(os.urandom(1024 * KiB)))
-    assert not archive._incompressible(memoryview(b"abc" * 400_000))
-    assert not archive._incompressible(memoryview(os.urandom(64 * KiB)))  # too short to judge: deflated
+    assert deflate._incompressible(data) and deflate._incompressible(memoryview(os.urandom(1024 * KiB)))
+    assert not deflate._incompressible(memoryview(b"abc" * 400_000))
+    assert not deflate._incompressible(memoryview(os.urandom(64 * KiB)))  # too short to judge: deflated
+
+
+# --- isal: the private block compressor and the bytes it gives ------------------------------------------------------
+# deflate.block_compressor uses isal_zlib._ParallelCompress (private): the public compressobj(zdict=...) writes other
+# bytes for some blocks, and archive bytes must not change (a resume compares part MD5s). These two tests fail with a
+# clear message when an isal upgrade removes or changes the class, or changes the bytes.
+
+PINNED_ARCHIVES = {  # level -> SHA-256 of compress_entry(pinned_source) with the isal pinned in pyproject.toml
+    0: "c5f112ace34c610e62369eaf60561d4f2f67e5e705120d4b3c253afafe860ae2",
+    1: "2d4ad66e74b7bf2e3ea5a29356c62510fe93524f781ff629bc5a3c13c70a8980",
+    3: "7ea26bef3bcfd7c370d550a39fa34d110f1255016c17fd4f75c53419532b43aa",
+}
+
+
+def test_isal_private_block_compressor_is_there_as_expected() -> None:
+    from isal import isal_zlib
+
+    installed = importlib.metadata.version("isal")
+    assert hasattr(isal_zlib, "_ParallelCompress"), (
+        f"isal {installed} has no isal_zlib._ParallelCompress, which amgmt.local.deflate needs (private API):"
+        " pin isal back to the range in pyproject.toml"
+    )
+    data = b"frame 0001 of the clip\n" * 3000
+    window = b"dictionary: the 32 KiB before the block " * 10
+    try:
+        compressed, crc = deflate.block_compressor(64 * KiB, 1).compress_and_crc(data, window)
+    except (TypeError, RuntimeError) as exc:
+        pytest.fail(f"isal {installed}: _ParallelCompress(buffersize=, level=).compress_and_crc(data, zdict) changed:"
+                    f" {exc}")
+    assert crc == zlib.crc32(data), f"isal {installed}: compress_and_crc no longer returns the CRC32 of its input"
+    assert compressed.endswith(b"\x00\x00\xff\xff"), f"isal {installed}: the block no longer ends in a sync flush"
+    inflate = zlib.decompressobj(wbits=-zlib.MAX_WBITS, zdict=window)
+    assert inflate.decompress(compressed) == data, f"isal {installed}: the block is not deflate primed with zdict"
+
+
+def test_missing_private_block_compressor_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(deflate.isal_zlib, "_ParallelCompress")
+    with pytest.raises(RuntimeError, match="private block compressor of isal.*pinned in amgmt's pyproject.toml"):
+        deflate.block_compressor(64 * KiB, 1)
+
+
+@pytest.mark.parametrize("level", sorted(PINNED_ARCHIVES))
+def test_archive_bytes_are_those_of_the_pinned_isal(tmp_path: Path, level: int) -> None:
+    result = compress_entry(str(pinned_source(tmp_path)), str(tmp_path / "out.tar.gz"), part_size=1 << 20,
+                            level=level)
+    assert result.archive_sha256 == PINNED_ARCHIVES[level], (
+        f"isal {importlib.metadata.version('isal')} writes other archive bytes than the pinned one: resumed uploads"
+        " would not reuse their parts; keep isal in the range pinned in pyproject.toml, or update PINNED_ARCHIVES"
+        " knowingly"
+    )
+
+
+def pinned_source(root: Path) -> Path:
+    """A directory whose archive must never change: fixed contents (text and random runs), modes and times."""
+    rng = random.Random(7)
+    text = b"".join(b"%06d frame of the pinned clip, exposure %d\n" % (i, i % 97) for i in range(40_000))
+    entry = root / "shoot"
+    files = {"a/clip.bin": text[:900_000] + rng.randbytes(1_300_000) + text[900_000:], "b.txt": text[:70_000],
+             "empty": b""}
+    for relative, data in files.items():
+        make_file(entry / relative, data)
+    (entry / "link").symlink_to("b.txt")
+    for path in [*sorted(entry.rglob("*"), reverse=True), entry]:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+        os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+    return entry

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.local import completed
+from amgmt.local import completed, copying, move_recovery
 from amgmt.local.archive import ArchiveResult, compress_entry
-from amgmt.local.completed import move_to_completed, recover_move
+from amgmt.local.completed import CompletedDir, move_to_completed
+from amgmt.local.move_recovery import recover_move
 from amgmt.errors import MoveError, SourceChangedError
 from amgmt.local.identity import identity_of, same_identity
 
@@ -57,9 +58,13 @@ class Setup:
         return compress_entry(str(entry), str(self.staging / f"{entry.name}.tar.gz"), part_size=1 << 20)
 
     def move(self, entry: Path, packed: ArchiveResult) -> Path:
-        return move_to_completed(entry, local_dir=self.local, completed_dir=self.completed, preserve_structure=False,
-                                 duplicate_handling="timestamp", now=NOW, expected_identity=packed.source_identity,
+        return move_to_completed(entry, self.rules, now=NOW, expected_identity=packed.source_identity,
                                  expected_digest=packed.source_sha256, operation_id=OP)
+
+    @property
+    def rules(self) -> CompletedDir:
+        return CompletedDir(local_dir=self.local, path=self.completed, preserve_structure=False,
+                            duplicate_handling="timestamp")
 
 
 def _shm_usable(tmp_path: Path) -> bool:
@@ -254,14 +259,14 @@ def test_cross_fs_a_file_appended_during_the_copy_is_not_removed(cross: Setup,
     entry = cross.local / "clip.mp4"
     entry.write_bytes(b"v" * 300_000)
     packed = cross.pack(entry)
-    real_copy = completed._copy_file
+    real_copy = copying._copy_file
 
     def copy_file(src: str, dst: str | None) -> object:
         result = real_copy(src, dst)
         _append(Path(src))
         return result
 
-    monkeypatch.setattr(completed, "_copy_file", copy_file)
+    monkeypatch.setattr(copying, "_copy_file", copy_file)
     message = changed_error(lambda: cross.move(entry, packed))
 
     assert "nothing moved or removed" in message or "moved back" in message
@@ -274,7 +279,7 @@ def test_cross_fs_a_file_created_during_the_copy_is_not_removed(cross: Setup,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_tree(cross.local / "shoot", {"a.mov": b"a" * 1000, "sub/b.mov": b"b" * 1000})
     packed = cross.pack(entry)
-    real_copy = completed._copy_file
+    real_copy = copying._copy_file
 
     def copy_file(src: str, dst: str | None) -> object:
         result = real_copy(src, dst)
@@ -282,7 +287,7 @@ def test_cross_fs_a_file_created_during_the_copy_is_not_removed(cross: Setup,
         (entry / "written-during-the-copy.mov").write_bytes(b"new")
         return result
 
-    monkeypatch.setattr(completed, "_copy_file", copy_file)
+    monkeypatch.setattr(copying, "_copy_file", copy_file)
     changed_error(lambda: cross.move(entry, packed))
 
     assert snapshot(entry)["written-during-the-copy.mov"] == b"new"
@@ -404,8 +409,8 @@ def test_a_tree_3000_deep_fails_with_one_line_and_stays(tmp_path: Path, where: s
             inode = entry.stat().st_ino
             try:
                 final: Path | None = move_to_completed(
-                    entry, local_dir=local, completed_dir=other / "completed", preserve_structure=False,
-                    duplicate_handling="timestamp", now=NOW, operation_id=OP)
+                    entry, CompletedDir(local_dir=local, path=other / "completed", preserve_structure=False,
+                                        duplicate_handling="timestamp"), now=NOW, operation_id=OP)
             except MoveError as exc:
                 assert "\n" not in str(exc) and "File name too long" in str(exc), str(exc)
                 final = None
@@ -424,9 +429,8 @@ def test_a_tree_3000_deep_fails_with_one_line_and_stays(tmp_path: Path, where: s
 # --- recovery of a move killed midway ------------------------------------------------------------------------------
 
 
-def _recover(setup: Setup, entry: Path, packed: ArchiveResult, *, dry_run: bool = False) -> completed.MoveRecovery:
-    return recover_move(entry, local_dir=setup.local, completed_dir=setup.completed, preserve_structure=False,
-                        duplicate_handling="timestamp", started=NOW, operation_id=OP,
+def _recover(setup: Setup, entry: Path, packed: ArchiveResult, *, dry_run: bool = False) -> move_recovery.MoveRecovery:
+    return recover_move(entry, setup.rules, started=NOW, operation_id=OP,
                         expected_identity=packed.source_identity, expected_digest=packed.source_sha256,
                         original_size=packed.source_size, dry_run=dry_run)
 
@@ -455,7 +459,7 @@ def test_recovery_of_a_cross_fs_move_killed_after_the_original_was_renamed_away(
     os.rename(entry, removing)
     cross.completed.mkdir()
     moving = cross.completed / f".amgmt-moving-{OP[:8]}-shoot-12345678"
-    completed.copy_entry(removing, moving)  # complete, but not installed yet
+    copying.copy_entry(removing, moving)  # complete, but not installed yet
 
     found = _recover(cross, entry, packed)
 
@@ -465,7 +469,7 @@ def test_recovery_of_a_cross_fs_move_killed_after_the_original_was_renamed_away(
 
     # Killed a step later: the copy installed, the original not removed yet.
     os.rename(entry, removing)
-    completed.copy_entry(removing, cross.completed / "shoot")
+    copying.copy_entry(removing, cross.completed / "shoot")
     found = _recover(cross, entry, packed)
     assert found.outcome == "moved" and found.final == cross.completed / "shoot"
     assert not entry.exists() and leftovers(cross.local, cross.completed) == []

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from amgmt.local import completed
-from amgmt.local.completed import completed_destination, find_completed, move_to_completed
+from amgmt.local import completed, copying
+from amgmt.local.completed import CompletedDir, completed_destination, find_completed, move_to_completed
 from amgmt.errors import MoveError
 
 NOW = datetime(2024, 1, 2, 3, 4, 5)
@@ -61,19 +61,21 @@ class Dirs:
         self.local.mkdir()
         self.completed = self.local / "completed"
 
+    def rules(self, *, preserve_structure: bool = False, duplicate_handling: str = "timestamp") -> CompletedDir:
+        return CompletedDir(local_dir=self.local, path=self.completed, preserve_structure=preserve_structure,
+                            duplicate_handling=duplicate_handling)
+
     def move(self, entry: Path, *, preserve_structure: bool = False, duplicate_handling: str = "timestamp") -> Path:
-        return move_to_completed(entry, local_dir=self.local, completed_dir=self.completed,
-                                 preserve_structure=preserve_structure, duplicate_handling=duplicate_handling, now=NOW)
+        return move_to_completed(entry, self.rules(preserve_structure=preserve_structure,
+                                                   duplicate_handling=duplicate_handling), now=NOW)
 
     def destination(self, entry: Path, *, preserve_structure: bool = False,
                     duplicate_handling: str = "timestamp") -> Path:
-        return completed_destination(entry, local_dir=self.local, completed_dir=self.completed,
-                                     preserve_structure=preserve_structure, duplicate_handling=duplicate_handling,
-                                     now=NOW)
+        return completed_destination(entry, self.rules(preserve_structure=preserve_structure,
+                                                       duplicate_handling=duplicate_handling), now=NOW)
 
     def find(self, entry: Path, *, preserve_structure: bool = False) -> Path | None:
-        return find_completed(entry, local_dir=self.local, completed_dir=self.completed,
-                              preserve_structure=preserve_structure)
+        return find_completed(entry, self.rules(preserve_structure=preserve_structure))
 
 
 @pytest.fixture
@@ -172,8 +174,8 @@ def test_a_directory_holding_the_completed_dir_is_refused(dirs: Dirs) -> None:
     entry = make_media(dirs.local / "shoot", {"a": b"a"})
     before = snapshot(entry)
     message = move_error(lambda: move_to_completed(
-        entry, local_dir=dirs.local, completed_dir=entry / "completed", preserve_structure=False,
-        duplicate_handling="timestamp", now=NOW))
+        entry, CompletedDir(local_dir=dirs.local, path=entry / "completed", preserve_structure=False,
+                            duplicate_handling="timestamp"), now=NOW))
     assert "inside it" in message
     assert snapshot(entry) == before
 
@@ -245,7 +247,7 @@ def test_unknown_duplicate_mode(dirs: Dirs) -> None:
 @pytest.fixture(params=["hard links", "no hard links"])
 def racing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Existence checks see nothing, as if every name were taken between the check and the move."""
-    monkeypatch.setattr(completed, "_taken", lambda path: False)
+    monkeypatch.setattr(completed, "taken", lambda path: False)
     if request.param == "no hard links":
         def no_link(src: object, dst: object, **kwargs: object) -> None:
             raise OSError(errno.EPERM, os.strerror(errno.EPERM), src, dst)
@@ -346,7 +348,7 @@ def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(dirs
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local / "shoot", {"1.mov": b"1" * 1000, "2.mov": b"2" * 1000, "3.mov": b"3" * 1000})
     before = snapshot(entry)
-    real_copy = completed._copy_file
+    real_copy = copying._copy_file
     copied: list[str] = []
 
     def copy_file(src: str, dst: str) -> object:
@@ -355,7 +357,7 @@ def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(dirs
         copied.append(src)
         return real_copy(src, dst)
 
-    monkeypatch.setattr(completed, "_copy_file", copy_file)
+    monkeypatch.setattr(copying, "_copy_file", copy_file)
 
     message = move_error(lambda: dirs.move(entry))
 
@@ -369,13 +371,13 @@ def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(dirs
 @pytest.mark.usefixtures("cross_device")
 def test_cross_filesystem_file_copy_failure(dirs: Dirs, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local, {"clip.mp4": b"x" * 1000}) / "clip.mp4"
-    real_copy = completed._copy_file
+    real_copy = copying._copy_file
 
     def copy_file(src: str, dst: str) -> object:
         real_copy(src, dst)
         raise OSError(errno.EIO, os.strerror(errno.EIO), dst)
 
-    monkeypatch.setattr(completed, "_copy_file", copy_file)
+    monkeypatch.setattr(copying, "_copy_file", copy_file)
     move_error(lambda: dirs.move(entry))
     assert entry.read_bytes() == b"x" * 1000
     assert list(dirs.completed.iterdir()) == []
@@ -434,11 +436,10 @@ def test_real_cross_filesystem_move(tmp_path: Path) -> None:
         single = make_media(local, {"clip.mp4": b"c" * 2000}) / "clip.mp4"
         before = snapshot(folder)
         done = tmp_path / "completed"
-        kwargs = {"local_dir": local, "completed_dir": done, "preserve_structure": False,
-                  "duplicate_handling": "timestamp", "now": NOW}
+        rules = CompletedDir(local_dir=local, path=done, preserve_structure=False, duplicate_handling="timestamp")
 
-        assert move_to_completed(folder, **kwargs) == done / "shoot"  # type: ignore[arg-type]
-        assert move_to_completed(single, **kwargs) == done / "clip.mp4"  # type: ignore[arg-type]
+        assert move_to_completed(folder, rules, now=NOW) == done / "shoot"
+        assert move_to_completed(single, rules, now=NOW) == done / "clip.mp4"
 
         assert snapshot(done / "shoot") == before
         assert (done / "clip.mp4").read_bytes() == b"c" * 2000
