@@ -12,7 +12,7 @@ from typing import Any
 
 from amgmt.config.settings import Settings
 from amgmt.errors import ConfigError, NotFoundError, ValidationError
-from amgmt.local.completed import tree_size
+from amgmt.local.copying import tree_size
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key
 
 
