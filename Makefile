@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/amgmt demo --dir .amgmt-demo
 
-## The whole test suite (starts its own S3 server on 127.0.0.1).
-test: $(STAMP)
+## Lint (ruff), format check and types (mypy) of the package.
+lint: $(STAMP)
+	$(BIN)/ruff check amgmt benchmarks
+	$(BIN)/ruff format --check amgmt
+	$(BIN)/mypy
+
+## Lint, types, then the whole test suite (starts its own S3 servers on 127.0.0.1). This is what CI runs.
+test: lint
 	$(BIN)/python -m pytest -q
+
+## The fast loop: the unit tests, no server, well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) .amgmt-demo .pytest_cache
