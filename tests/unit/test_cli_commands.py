@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncclick as click
 import pytest
@@ -45,9 +47,25 @@ def test_the_table_lists_exactly_the_registered_commands() -> None:
         )
 
 
-def test_every_command_has_help_text() -> None:
-    for name, (_, command) in registered_commands().items():
+def test_every_command_has_help_text_and_is_documented() -> None:
+    registered = registered_commands()
+    assert sorted(registered) == sorted(COMMANDS) and len(registered) >= 16, sorted(registered)  # never vacuous
+    documented = (Path(__file__).parents[2] / "docs" / "commands.md").read_text()
+    for name, (_, command) in registered.items():
         assert (command.help or "").strip(), f"`amgmt {name}` has no help text"
+        assert f"amgmt {name}" in documented, f"`amgmt {name}` is not in docs/commands.md"
+
+
+def test_no_command_module_imports_another() -> None:
+    """Command modules share code through amgmt.cli.common (and render, progress_bar), never through each other."""
+    shared = {"amgmt.cli", "amgmt.cli.common", "amgmt.cli.render", "amgmt.cli.progress_bar"}
+    commands = {info.name for info in pkgutil.iter_modules(amgmt.cli.__path__, prefix="amgmt.cli.")} - shared
+    assert len(commands) >= 10
+    for module in sorted(commands):
+        tree = ast.parse(Path(importlib.import_module(module).__file__ or "").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert not (imported & commands), f"{module} imports {sorted(imported & commands)}"
 
 
 def test_the_group_help_is_the_same_before_and_after_loading_the_commands() -> None:
