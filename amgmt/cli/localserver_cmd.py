@@ -16,7 +16,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def create_local_bucket(endpoint_url: str, bucket: str) -> None:
-    from amgmt.s3.client import ClientOptions, S3Bucket  # aioboto3 loads only when a server runs, not for --help
+    from amgmt.s3 import ClientOptions, S3Bucket  # aioboto3 loads only when a server runs, not for --help
 
     options = ClientOptions(bucket=bucket, endpoint_url=endpoint_url, region=LOCAL_REGION,
                             checksum_mode="when_required", addressing_style="path", max_connections=2,

@@ -52,7 +52,7 @@ from amgmt.models import (
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3.client import (
+from amgmt.s3 import (
     METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,

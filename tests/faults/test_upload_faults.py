@@ -12,7 +12,7 @@ import anyio
 from amgmt.store.sqlite import MetadataStore
 from amgmt.upload.batch import BatchReport, list_entries, upload_batch
 from amgmt.models import OperationStatus
-from amgmt.s3.client import _read_range
+from amgmt.s3.bodies import read_range as _read_range
 from faultkit import object_keys, open_multipart_uploads, query, staging_leftovers, stored_records
 
 MiB = 1024 * 1024
