@@ -45,7 +45,7 @@ from amgmt.text import human_size
 from amgmt.models import OperationStatus, Stage, UploadRecord, utcnow
 from amgmt.naming import object_key
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
-from amgmt.s3.client import ClientOptions, S3Bucket
+from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.config.settings import (
     Settings,
     default_config_path,

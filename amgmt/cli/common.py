@@ -200,7 +200,7 @@ def summary_text(report: BatchReport) -> str:
 async def create_local_bucket(endpoint_url: str, bucket: str) -> None:
     # aioboto3 loads only when a server runs, not for --help
     from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
-    from amgmt.s3.client import ClientOptions, S3Bucket
+    from amgmt.s3 import ClientOptions, S3Bucket
 
     options = ClientOptions(bucket=bucket, endpoint_url=endpoint_url, region=LOCAL_REGION,
                             checksum_mode="when_required", addressing_style="path", max_connections=2,

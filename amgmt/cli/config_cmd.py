@@ -143,7 +143,7 @@ async def init(bucket: str | None, object_prefix: str | None, local_dir: str | N
         raise ConfigError("a bucket is needed: give --bucket")
     settings = _check_settings(path if path.exists() else None, given, require_bucket=True)
 
-    from amgmt.s3.client import ClientOptions, S3Bucket  # not needed by `amgmt --help`
+    from amgmt.s3 import ClientOptions, S3Bucket  # not needed by `amgmt --help`
 
     async with S3Bucket.connect(ClientOptions.from_settings(settings)) as s3:
         await s3.check_bucket()

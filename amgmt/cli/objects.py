@@ -34,7 +34,7 @@ from amgmt.objects.service import (
 )
 from amgmt.errors import ConfigError, ExitCode
 from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
-from amgmt.s3.client import RESTORE_TIERS, ObjectHead, RestoreState, first_error
+from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState, first_error
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

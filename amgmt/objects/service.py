@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import math
 import os
-import random
 import tarfile
 import time
 import zlib
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
-from amgmt.errors import ConfigError, EntryError, NotFoundError, UploadError, ValidationError, VerificationError
+from amgmt.errors import ConfigError, EntryError, NotFoundError, ValidationError, VerificationError
 from amgmt.models import (
     FileStatus,
     OperationRecord,
@@ -36,11 +35,8 @@ from amgmt.models import (
 )
 from amgmt.naming import ARCHIVE_SUFFIX, PARTIAL_SUFFIX, display, object_key
 from amgmt.parts import MiB, expected_etag, is_md5_style_etag, part_ranges
-from amgmt.s3.client import (
-    BACKOFF_BASE,
-    BACKOFF_CAP,
+from amgmt.s3 import (
     METADATA_ARCHIVE_SHA256,
-    PART_ATTEMPTS,
     RESTORE_TIERS,
     ByteBudget,
     ClientOptions,
@@ -253,16 +249,9 @@ def _hash_range(fd: int, offset: int, length: int, digests: StreamDigests, path:
 
 
 async def get_range_retrying(s3: S3Bucket, key: str, offset: int, length: int, *, etag: str | None) -> bytes:
-    """One range, tried again with backoff and jitter while the failure is transient: botocore retries errors
-    answered by the server, not a body cut short while it is read."""
-    for attempt in range(1, PART_ATTEMPTS + 1):
-        try:
-            return await s3.get_range(key, offset, length, if_match=etag)
-        except UploadError as exc:
-            if not exc.transient or attempt == PART_ATTEMPTS:
-                raise
-            await anyio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
-    raise AssertionError("unreachable")
+    """One range; S3Bucket.get_range sends it again (the one RetryPolicy) while the failure is transient, a body
+    cut short while it is read included."""
+    return await s3.get_range(key, offset, length, if_match=etag)
 
 
 async def fetch_to_file(

@@ -26,7 +26,7 @@ from amgmt.upload.compressor import Compressor, process_pool_compressor
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
+from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.config.settings import Settings
 from amgmt.local.runlock import RunLock
 from amgmt.store.sqlite import MetadataStore

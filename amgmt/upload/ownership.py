@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from amgmt.errors import NotFoundError, UploadError, ValidationError
 from amgmt.local.archive import ArchiveResult
 from amgmt.models import FileStatus, OperationStatus, UploadRecord, utcnow
-from amgmt.s3.client import METADATA_ARCHIVE_SHA256, METADATA_RESERVATION, METADATA_SOURCE_SHA256, ObjectInfo
+from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_RESERVATION, METADATA_SOURCE_SHA256, ObjectInfo
 from amgmt.store.sqlite import MetadataStore
 
 # record.metadata flags of an upload that replaced an object at its key

@@ -38,7 +38,7 @@ from amgmt.models import FileRole, FileStatus, OperationStatus, Stage, UploadRec
 from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3.client import (
+from amgmt.s3 import (
     METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,

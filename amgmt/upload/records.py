@@ -12,7 +12,7 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.local.entries import PlannedEntry
 from amgmt.models import FileRecord, FileStatus, Location, UploadRecord, utcnow
 from amgmt.naming import display
-from amgmt.s3.client import ObjectInfo, PartDone
+from amgmt.s3 import ObjectInfo, PartDone
 from amgmt.store.sqlite import JournaledPart, JournaledUpload, MetadataStore
 
 

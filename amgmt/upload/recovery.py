@@ -23,7 +23,7 @@ from amgmt.local.identity import Identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
 from amgmt.local.runlock import RunLock
-from amgmt.s3.client import ClientOptions, S3Bucket
+from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.config.settings import Settings
 from amgmt.store.sqlite import JournaledUpload, MetadataStore
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import amgmt.upload.batch
-from amgmt.s3.client import S3Bucket
+from amgmt.s3 import S3Bucket
 from amgmt.config.settings import Settings
 from faultkit import Aftermath, S3Faults
 

@@ -12,7 +12,7 @@ from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.errors import StorageError
 from amgmt.bench.localserver import free_port
-from amgmt.s3.client import ClientOptions
+from amgmt.s3 import RETRY_POLICY
 from faultkit import staging_leftovers, stored_records
 
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello"}
@@ -49,8 +49,9 @@ async def test_endpoint_down_fails_quickly(make_settings, make_media, local_dir:
     took = time.monotonic() - started
 
     assert took < 30, f"took {took:.1f} s"
-    # Bounded because the requests are: ClientOptions.max_attempts of them, backoff 1+2+4+8 s at most in between.
-    assert len(attempts) == ClientOptions.max_attempts == 5
+    # Bounded because the requests are: RETRY_POLICY.unreachable_attempts of them (botocore's own retries are off),
+    # backoff 0.5+1+2+4 s at most in between.
+    assert len(attempts) == RETRY_POLICY.unreachable_attempts == 5
     assert_untouched(local_dir)
     if settings.db_path.exists():
         assert await stored_records(settings) == {}

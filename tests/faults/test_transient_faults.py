@@ -20,17 +20,20 @@ from typing import Any
 
 import pytest
 
+import dataclasses
+
 import amgmt.s3.client
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.errors import ExitCode, StorageError
 from amgmt.bench.localserver import LocalS3Server
 from amgmt.models import OperationStatus, UploadRecord
-from amgmt.s3.client import PART_ATTEMPTS, ClientOptions
+from amgmt.s3 import RETRY_POLICY, ClientOptions
 from faultkit import object_keys, open_multipart_uploads, staging_leftovers, stored_records
 from faultproxy import Fault, FaultProxy, FaultRates, Injection, ProxyRequest
 
 MiB = 1024 * 1024
+PART_ATTEMPTS = RETRY_POLICY.attempts  # requests of one part, at most
 READ_TIMEOUT = 1.0
 STALL_SECONDS = 10.0  # far beyond READ_TIMEOUT: only the client's read timeout ends a stall in time
 # The requests amgmt's upload loop makes; record.metadata["retries"] counts theirs.
@@ -111,14 +114,8 @@ def first_requests(fault: Fault, operation: str, count: int = 1) -> Any:
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For a fault that never clears: the same retry loops with short sleeps. botocore makes 2 attempts per call
-    instead of 6 (its backoff is up to 1+2+4+8+16 s per call, and amgmt makes PART_ATTEMPTS calls); amgmt's own
-    backoff base goes from 0.25 s to 0.01 s."""
-    real_config = amgmt.s3.client.AioConfig
-    monkeypatch.setattr(
-        amgmt.s3.client, "AioConfig", lambda **kw: real_config(**{**kw, "retries": {"mode": "standard", "max_attempts": 1}})
-    )
-    monkeypatch.setattr(amgmt.s3.client, "BACKOFF_BASE", 0.01)
+    """For a fault that never clears: the same retry policy with short sleeps (backoff base 0.25 s -> 0.01 s)."""
+    monkeypatch.setattr(amgmt.s3.client, "RETRY_POLICY", dataclasses.replace(RETRY_POLICY, backoff_base=0.01))
 
 
 def test_timeouts_reach_the_client_options(make_settings) -> None:
@@ -190,15 +187,15 @@ async def test_a_stalled_request_is_given_up_after_the_read_timeout_and_retried(
     assert READ_TIMEOUT <= report.wall_seconds < STALL_SECONDS / 2
     assert proxy.counts[Fault.STALL] == 2
     for record in (await stored_records(settings)).values():
-        assert record.metadata["retries"] == 1  # botocore's: a read timeout is retried by its standard mode
+        assert record.metadata["retries"] == 1  # a read timeout is transient: the RetryPolicy sends it again
         assert hashlib.sha256(object_bytes(s3_client, bucket, record)).hexdigest() == record.checksum_compressed
 
 
 async def test_retries_count_botocore_attempts_of_a_call_that_failed_too(
     make_settings, make_media, proxy: FaultProxy, quick_retries: None
 ) -> None:
-    # 5 SlowDowns in a row: botocore tries twice per call (quick_retries), so calls 1 and 2 fail after their own
-    # retry, call 3 succeeds on its retry: 5 retries, of which botocore reported 2 only with the error responses.
+    # 5 SlowDowns in a row: botocore sends each call once (its retries are off), the RetryPolicy sends it again
+    # five times: 6 requests, 5 retries counted.
     make_media({"a.mp4": 11 * MiB})
     settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT, part_size="5MiB")
     proxy.rules = [first_requests(Fault.SLOWDOWN, "CreateMultipartUpload", count=5)]
@@ -211,7 +208,7 @@ async def test_retries_count_botocore_attempts_of_a_call_that_failed_too(
 
 
 async def test_a_direct_put_is_retried_by_amgmt_and_counted(make_settings, make_media, proxy: FaultProxy) -> None:
-    # A one-part PUT goes out directly (no botocore retries below amgmt's): 5 SlowDowns, then it is taken.
+    # A one-part PUT goes out directly, retried by the same policy as botocore's calls: 5 SlowDowns, then taken.
     make_media({"a.mp4": 5000})
     settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT)
     senders: list[bool] = []
@@ -349,7 +346,7 @@ async def test_bad_digest_on_the_first_send_of_each_part_is_retried(
     stored = await stored_records(settings)
     big, small = stored["big.bin"], stored["small.mp4"]
     assert big.part_count == 4
-    assert big.metadata["retries"] == 4 and small.metadata["retries"] == 1  # botocore does not retry a 400
+    assert big.metadata["retries"] == 4 and small.metadata["retries"] == 1  # each BadDigest sent again once
     assert proxy.counts["bad_digest"] == proxy.counts[Fault.CORRUPT] == 5
     outcomes = Counter((e.part_number, str(e.outcome)) for e in proxy.seen("UploadPart", key="big.bin.tar.gz"))
     assert outcomes == {(n, outcome): 1 for n in range(1, 5) for outcome in ("bad_digest", "forwarded")}
@@ -360,7 +357,8 @@ async def test_bad_digest_on_the_first_send_of_each_part_is_retried(
 async def test_bad_digest_on_every_send_fails_the_entry_after_the_retries(
     make_settings, make_media, proxy: FaultProxy, aftermath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amgmt.s3.client, "BACKOFF_BASE", 0.01)  # the same retries, minus up to 7.5 s of sleeping
+    # The same retries, minus up to 23.5 s of sleeping.
+    monkeypatch.setattr(amgmt.s3.client, "RETRY_POLICY", dataclasses.replace(RETRY_POLICY, backoff_base=0.01))
     make_media({"big.bin": 16 * MiB, "small.mp4": 4000})
     settings = make_settings(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT, part_size="5MiB")
     proxy.operations = {"UploadPart"}

@@ -14,7 +14,7 @@ from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.upload.report import BatchReport
 from amgmt.models import OperationStatus
-from amgmt.s3.client import _read_range
+from amgmt.s3.bodies import read_range as _read_range
 from faultkit import object_keys, open_multipart_uploads, query, staging_leftovers, stored_records
 
 MiB = 1024 * 1024

@@ -15,7 +15,7 @@ import pytest
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.models import FileStatus, OperationStatus
-from amgmt.s3.client import ObjectInfo, S3Bucket
+from amgmt.s3 import ObjectInfo, S3Bucket
 from faultkit import object_keys, stored_records
 
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello", "bad.mov": 300_000}

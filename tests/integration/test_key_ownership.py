@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import amgmt.upload.pipeline
+import amgmt.s3.bodies
 import amgmt.upload.records
 import amgmt.s3.client
 from amgmt.local.archive import compress_entry
@@ -26,13 +27,13 @@ from amgmt.upload.batch import upload_batch
 from amgmt.upload.report import BatchReport
 from amgmt.models import FileStatus, OperationStatus, UploadRecord
 from amgmt.parts import MiB
-from amgmt.s3.client import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
+from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
 from amgmt.config.settings import load_settings
 from amgmt.store.sqlite import MetadataStore
 
 
 KEY = "clip.bin.tar.gz"
-METADATA_RESERVATION = "amgmt-reservation"  # amgmt.s3.client.METADATA_RESERVATION, spelled out as a foreign writer would
+METADATA_RESERVATION = "amgmt-reservation"  # amgmt.s3.METADATA_RESERVATION, spelled out as a foreign writer would
 
 
 def write_random(path: Path, size: int, seed: int) -> Path:
@@ -280,14 +281,14 @@ async def test_a_staging_archive_removed_under_the_upload_fails_that_entry_in_on
     make_settings, make_media, local_dir: Path, monkeypatch
 ) -> None:
     make_media({"big.bin": 11 * MiB, "small.bin": 2000})
-    real_read = amgmt.s3.client._read_file_range
+    real_read = amgmt.s3.bodies.read_file_range
 
     def vanishing(path: str, offset: int, length: int) -> bytearray:
         if "big.bin" in path and offset > 0 and os.path.exists(path):
             os.unlink(path)  # removed from under the upload, after its first part was read
         return real_read(path, offset, length)
 
-    monkeypatch.setattr(amgmt.s3.client, "_read_file_range", vanishing)
+    monkeypatch.setattr(amgmt.s3.bodies, "read_file_range", vanishing)
     report = await upload_batch(make_settings(part_size="5MiB"), [local_dir / "big.bin", local_dir / "small.bin"])
 
     by_name = {r.target_name: r for r in report.records}
@@ -310,7 +311,7 @@ async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(
     reservation; the next run recognises its own dead attempt, takes the key over and finishes."""
     source = write_random(local_dir / "clip.bin", 11 * MiB, seed=11)
     env = dict(cli_env, MGMT_PART_SIZE="5MiB",
-               AMGMT_KILL_AT=f"amgmt.s3.client.S3Bucket._reserve|{KEY}|1|after")
+               AMGMT_KILL_AT=f"amgmt.s3.reservation.reserve_key|{KEY}|1|after")
     killed = subprocess.run([sys.executable, str(KILLPOINT), "upload", "all", "--no-progress"], env=env,
                             capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

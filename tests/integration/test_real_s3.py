@@ -36,7 +36,9 @@ from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.parts import MiB, expected_etag
 from amgmt.upload.compressor import Compressor, process_pool_compressor
-from amgmt.s3.client import PART_ATTEMPTS
+from amgmt.s3 import RETRY_POLICY
+
+PART_ATTEMPTS = RETRY_POLICY.attempts
 from amgmt.store.sqlite import MetadataStore
 
 # A small mixed local dir: files, a nested directory (with an empty file and an empty dir), an empty file, and one

@@ -1,0 +1,237 @@
+"""The upload of one staging archive: one PUT when it is a single part, else the multipart loop in named steps
+(reserve the key, create or resume, send the parts, check the reservation, complete; abort on failure).
+
+Like s3transfer's coordinator, a `MultipartUpload` keeps a list of failure cleanups, and the abort is registered the
+moment the UploadId exists. Must not know entries or records (the journal is a Protocol) and makes no request but
+through S3Bucket.request (the one RetryPolicy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from amgmt.errors import UploadError
+from amgmt.parts import md5_base64, normalise_etag, part_ranges
+from amgmt.s3 import bodies, reservation
+from amgmt.s3.bodies import ByteBudget
+from amgmt.s3.errors import first_error
+from amgmt.s3.values import MultipartJournal, PartDone, ProgressCallback, UploadResult, UploadStats
+
+if TYPE_CHECKING:
+    from amgmt.s3.client import S3Bucket
+
+ABORT_TIMEOUT = 15.0
+Cleanup = Callable[[], Awaitable[None]]
+
+
+async def upload_file(
+    s3: S3Bucket, key: str, path: str, *, size: int, part_size: int, part_md5s: Sequence[str],
+    metadata: Mapping[str, str], storage_class: str | None, budget: ByteBudget, stats: UploadStats,
+    on_progress: ProgressCallback | None = None, journal: MultipartJournal | None = None,
+    resume_upload_id: str | None = None, if_absent: bool = False, owner: str = "", takeover: str | None = None,
+) -> UploadResult:
+    """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
+
+    Every request carries Content-MD5 (so a real server rejects a corrupted body) and goes through the RetryPolicy.
+    Parts are read in worker threads and sent concurrently, each holding its size in the shared byte `budget`
+    while its bytes are in memory, so the memory of all uploads of a run is bounded by the budget.
+
+    Multipart progress goes to `journal` as it happens. With `resume_upload_id`, the server's parts are listed
+    and those whose ETag equals our part MD5 are kept; only the others are sent. On an error the upload is
+    aborted (shielded, time-bounded); on cancellation it is left open for a later run to resume (`amgmt
+    cleanup` aborts what nobody resumes).
+
+    With `if_absent`, a single PUT only creates the object (If-None-Match: *: documented for AWS S3, tested
+    here on radosgw 16.2 and moto 5.2) and raises ObjectExistsError when the key is taken; an endpoint that
+    answers 501 to it gets plain PUTs from then on. A multipart upload with `if_absent` first reserves the key
+    for `owner` (see reservation.py; ObjectExistsError when the key is taken); `takeover` names the owner of an
+    earlier reservation the caller has proven its own. Before CompleteMultipartUpload the key must still hold that
+    reservation (else UploadError: somebody else wrote it, and it is not overwritten), and the complete is sent
+    If-Match its ETag where the server honours that (AWS). A failed or cancelled upload removes its reservation
+    again; one killed with SIGKILL leaves it for the next run to take over (or `amgmt cleanup` to remove).
+    """
+    ranges = part_ranges(size, part_size)
+    if len(ranges) != len(part_md5s):
+        raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
+    extra: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": "application/gzip"}
+    if storage_class:
+        extra["StorageClass"] = storage_class
+    if len(ranges) == 1:
+        async with budget.hold(size):
+            data = await bodies.read_range(path, 0, size)
+            resp = await s3.put_bytes(key, data, md5_base64(part_md5s[0]), extra, storage_class=storage_class,
+                                      stats=stats, if_absent=if_absent)
+        stats.parts_sent += 1
+        stats.bytes_sent += size
+        if on_progress:
+            on_progress(size)
+        return UploadResult(etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None)
+    upload = MultipartUpload(
+        s3, key, path, ranges=ranges, part_md5s=part_md5s, extra=extra, storage_class=storage_class, budget=budget,
+        stats=stats, on_progress=on_progress, journal=journal,
+        reserved_by={owner, takeover} - {None, ""} if (if_absent or takeover) else set(),  # type: ignore[arg-type]
+    )
+    return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
+
+
+@dataclass
+class MultipartUpload:
+    """One multipart upload: its state (UploadId, the parts done) and its failure cleanups."""
+
+    s3: S3Bucket
+    key: str
+    path: str
+    ranges: list[tuple[int, int, int]]
+    part_md5s: Sequence[str]
+    extra: dict[str, Any]
+    storage_class: str | None
+    budget: ByteBudget
+    stats: UploadStats
+    on_progress: ProgressCallback | None
+    journal: MultipartJournal | None
+    reserved_by: set[str]  # the owners whose reservation of the key this upload may complete over
+    upload_id: str | None = None
+    completed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # (cleanup, also when cancelled), run last-registered first when the upload does not complete.
+    _cleanups: list[tuple[Cleanup, bool]] = field(default_factory=list)
+
+    @property
+    def use_crc(self) -> bool:
+        # botocore adds a CRC32 to every part in this mode; declaring it lets S3 keep the full-object checksum.
+        return self.s3.options.checksum_mode == "when_supported"
+
+    async def run(self, *, resume_upload_id: str | None, reserve_for: str | None) -> UploadResult:
+        try:
+            if reserve_for is not None:  # a resumed upload too: its reservation was released when it was cancelled
+                await self.reserve_key(reserve_for)
+            if resume_upload_id:
+                await self.resume(resume_upload_id)
+            if self.upload_id is None:
+                await self.create()
+            await self.send_parts()
+            condition = await self.check_reservation()
+            done = await self.complete(condition)
+        except anyio.get_cancelled_exc_class():
+            # Left open and journaled: a later run resumes it (and reserves the key again). The key is not left
+            # holding an empty object meanwhile.
+            await self._clean_up(cancelled=True)
+            raise
+        except BaseException:
+            await self._clean_up(cancelled=False)
+            raise
+        if self.journal:
+            await self.journal.finished(self.upload_id, "completed")  # type: ignore[arg-type]
+        return UploadResult(etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(self.ranges),
+                            upload_id=self.upload_id)
+
+    async def resume(self, upload_id: str) -> None:
+        """Keep the parts the server holds for `upload_id` whose ETag is our part MD5 (and size ours)."""
+        on_server = await self.s3.list_parts(self.key, upload_id)
+        if on_server is None:
+            return  # the upload is gone: a new one is created
+        self.upload_id = upload_id
+        self.stats.resumed_upload_id = upload_id
+        self._on_failure(self.abort)
+        for number, _offset, length in self.ranges:
+            found = on_server.get(number)
+            if found and normalise_etag(found["ETag"]) == self.part_md5s[number - 1] and found["Size"] == length:
+                self.completed[number] = {"PartNumber": number, "ETag": found["ETag"]}
+                if self.use_crc and found.get("ChecksumCRC32"):
+                    self.completed[number]["ChecksumCRC32"] = found["ChecksumCRC32"]
+                self.stats.parts_reused += 1
+                if self.on_progress:
+                    self.on_progress(length)
+
+    async def reserve_key(self, owner: str) -> None:
+        await reservation.reserve_key(self.s3, self.key, owner, self.stats)
+        self._on_failure(self.release_reservation, also_when_cancelled=True)
+
+    async def create(self) -> None:
+        extra = {**self.extra, "ChecksumAlgorithm": "CRC32"} if self.use_crc else self.extra
+        s3 = self.s3
+        created = await s3.creating(
+            self.storage_class, "create multipart upload of", self.key,
+            lambda: s3.client.create_multipart_upload(Bucket=s3.bucket, Key=self.key, **extra), stats=self.stats,
+        )
+        self.upload_id = created["UploadId"]
+        self._on_failure(self.abort)  # before anything else can fail: every later failure aborts it
+        if self.journal:
+            await self.journal.started(created["UploadId"])
+
+    async def send_parts(self) -> None:
+        """Every part not yet on the server, concurrently; the shared budget, not this group, bounds how many."""
+        try:
+            async with anyio.create_task_group() as tg:
+                for number, offset, length in self.ranges:
+                    if number not in self.completed:
+                        tg.start_soon(self.send_part, number, offset, length)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def send_part(self, number: int, offset: int, length: int) -> None:
+        s3, md5 = self.s3, self.part_md5s[number - 1]
+        checksum: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if self.use_crc else {}
+        async with self.budget.hold(length):
+            data = await bodies.read_range(self.path, offset, length)
+            resp = await s3.request(
+                f"upload part {number} of", self.key,
+                lambda: s3.client.upload_part(Bucket=s3.bucket, Key=self.key, UploadId=self.upload_id,
+                                              PartNumber=number, Body=data, ContentMD5=md5_base64(md5), **checksum),
+                stats=self.stats,
+            )
+            del data
+        part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
+        if self.use_crc and resp.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        self.completed[number] = part
+        self.stats.parts_sent += 1
+        self.stats.bytes_sent += length
+        if self.journal:
+            done = PartDone(number, length, md5, normalise_etag(resp["ETag"]), part.get("ChecksumCRC32"))
+            await self.journal.part_done(self.upload_id, done)  # type: ignore[arg-type]
+        if self.on_progress:
+            self.on_progress(length)
+
+    async def check_reservation(self) -> dict[str, str]:
+        """The condition of the complete: If-Match our reservation's ETag when the key was reserved."""
+        if not self.reserved_by:
+            return {}
+        return {"IfMatch": await reservation.reservation_etag(self.s3, self.key, self.reserved_by)}
+
+    async def complete(self, condition: Mapping[str, str]) -> Any:
+        s3 = self.s3
+        parts = [self.completed[n] for n in sorted(self.completed)]
+        return await s3.request(
+            "complete multipart upload of", self.key,
+            lambda: s3.client.complete_multipart_upload(
+                Bucket=s3.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts},
+                **condition,
+            ),
+            stats=self.stats,
+        )
+
+    async def abort(self) -> None:
+        try:
+            await self.s3.abort_multipart(self.key, self.upload_id)  # type: ignore[arg-type]
+        finally:
+            if self.journal:
+                await self.journal.finished(self.upload_id, "aborted")  # type: ignore[arg-type]
+
+    async def release_reservation(self) -> None:
+        await self.s3.release_reservation(self.key, self.reserved_by)
+
+    def _on_failure(self, cleanup: Cleanup, *, also_when_cancelled: bool = False) -> None:
+        self._cleanups.append((cleanup, also_when_cancelled))
+
+    async def _clean_up(self, *, cancelled: bool) -> None:
+        """Every registered cleanup (shielded, time-bounded), last registered first; none stops the others."""
+        with anyio.move_on_after(ABORT_TIMEOUT, shield=True):
+            for cleanup, when_cancelled in reversed(self._cleanups):
+                if when_cancelled or not cancelled:
+                    with contextlib.suppress(Exception):
+                        await cleanup()

@@ -1,0 +1,148 @@
+"""The small values of the S3 boundary: how to reach the store, what a HEAD or a listing says of an object, what an
+upload cost and returned, and the metadata names amgmt writes. Pure data; no I/O, no foreign library."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from amgmt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from amgmt.config.settings import Settings
+
+METADATA_SOURCE_SHA256 = "amgmt-source-sha256"
+METADATA_ARCHIVE_SHA256 = "amgmt-archive-sha256"
+METADATA_SOURCE_SIZE = "amgmt-source-size"
+# An empty object that holds a key while its multipart upload runs: its value is the owning operation id. Made with a
+# create-if-absent PUT (honoured by AWS, moto and radosgw 16.2, unlike If-None-Match on CompleteMultipartUpload,
+# which radosgw ignores), so of two uploads to one key only one gets to send its parts.
+METADATA_RESERVATION = "amgmt-reservation"
+# Storage classes whose objects must be restored (a temporary copy made readable) before a GET.
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+RESTORE_TIERS = ("Standard", "Bulk", "Expedited")
+LIST_PAGE_SIZE = 1000  # ListObjectsV2's own maximum per page
+_RESTORE_FIELD = re.compile(r'([a-z-]+)="([^"]*)"')
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach the store; built from Settings by the caller."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    checksum_mode: str = "when_supported"  # or "when_required"
+    payload_signing: bool = False  # see Settings.payload_signing
+    addressing_style: str = "auto"
+    max_connections: int = 32
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    # Only for the embedded local server, whose fixed keys are not secrets; real credentials come from the AWS chain.
+    local_credentials: tuple[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_connections: int = 16) -> ClientOptions:
+        if not settings.bucket:
+            raise ConfigError("no bucket configured: set MGMT_BUCKET or pass --bucket")
+        return cls(
+            bucket=settings.bucket,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+            profile=settings.profile,
+            checksum_mode=settings.checksum_mode,
+            payload_signing=settings.payload_signing,
+            addressing_style=settings.addressing_style,
+            max_connections=max_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # normalised: no quotes, lower case
+    storage_class: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RestoreState:
+    """An archived object's restore, from the `x-amz-restore` header of a HEAD or a listing's RestoreStatus."""
+
+    ongoing: bool  # True while the copy is being made; False once it is readable
+    expiry: datetime | None = None  # when the readable copy goes away again
+
+
+@dataclass(frozen=True)
+class ObjectHead(ObjectInfo):
+    """ObjectInfo plus what a download or a status needs: restore state, archive tier, content type."""
+
+    restore: RestoreState | None = None  # None: no restore was asked for (or it expired)
+    archive_status: str | None = None  # INTELLIGENT_TIERING archive tiers: ARCHIVE_ACCESS | DEEP_ARCHIVE_ACCESS
+    content_type: str | None = None
+
+    @property
+    def needs_restore(self) -> bool:
+        """True when a GET would fail until a restore completes (GLACIER, DEEP_ARCHIVE, archived tiering)."""
+        archived = self.storage_class in ARCHIVE_STORAGE_CLASSES or self.archive_status is not None
+        return archived and (self.restore is None or self.restore.ongoing)
+
+
+def parse_restore(header: str | None) -> RestoreState | None:
+    """`ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"` -> RestoreState; None if absent."""
+    if not header:
+        return None
+    fields = dict(_RESTORE_FIELD.findall(header))
+    expiry = None
+    if fields.get("expiry-date"):
+        with contextlib.suppress(TypeError, ValueError):
+            expiry = email.utils.parsedate_to_datetime(fields["expiry-date"])
+    return RestoreState(ongoing=fields.get("ongoing-request", "").lower() == "true", expiry=expiry)
+
+
+@dataclass(frozen=True)
+class PartDone:
+    number: int
+    size: int
+    md5: str
+    etag: str
+    checksum: str | None = None  # the part's CRC32 when the endpoint takes checksums
+
+
+class MultipartJournal(Protocol):
+    """Where a multipart upload's progress is written as it happens, so a later run can resume it."""
+
+    async def started(self, upload_id: str) -> None: ...
+    async def part_done(self, upload_id: str, part: PartDone) -> None: ...
+    async def finished(self, upload_id: str, state: str) -> None: ...
+
+
+@dataclass
+class UploadStats:
+    """What one upload cost: requests retried, parts sent, parts found already on the server."""
+
+    retries: int = 0
+    parts_sent: int = 0
+    parts_reused: int = 0
+    bytes_sent: int = 0
+    resumed_upload_id: str | None = None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    etag: str  # as returned by the final request (radosgw returns an empty one on complete)
+    multipart: bool
+    part_count: int
+    upload_id: str | None
