@@ -23,7 +23,7 @@ from amgmt.errors import AmgmtError, ExitCode
 if TYPE_CHECKING:
     from asyncclick.shell_completion import CompletionItem
 
-    from amgmt.config.settings import Settings
+    from amgmt.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -228,7 +228,7 @@ SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endp
 
 def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
     """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
-    from amgmt.config.settings import load_settings  # not needed by `amgmt --help`
+    from amgmt.config import load_settings  # not needed by `amgmt --help`
 
     flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
     flags.update(extra or {})

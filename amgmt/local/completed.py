@@ -23,7 +23,7 @@ from amgmt.local.archive import manifest_line
 from amgmt.text import printable
 from amgmt.errors import MoveError, SourceChangedError
 from amgmt.local.identity import Identity, Member, describe_change, identity_of, kind_of, members_of, same_identity
-from amgmt.config.settings import DUPLICATE_MODES
+from amgmt.config import DUPLICATE_MODES
 from amgmt.local.writers import Writer, writers_of
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"

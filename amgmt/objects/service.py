@@ -48,7 +48,7 @@ from amgmt.s3.client import (
     S3Bucket,
     first_error,
 )
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.store.sqlite import MetadataStore
 
 DEFAULT_RESTORE_DAYS = 3

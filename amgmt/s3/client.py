@@ -43,7 +43,7 @@ from botocore.exceptions import (
 
 from amgmt.errors import AmgmtError, ConfigError, ObjectExistsError, StorageError, UploadError, VerificationError
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
 
 log = logging.getLogger(__name__)

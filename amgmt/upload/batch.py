@@ -35,7 +35,7 @@ from amgmt.upload.pipeline import (
 )
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.local.runlock import RunLock
 from amgmt.store.sqlite import MetadataStore
 

@@ -64,7 +64,7 @@ from amgmt.s3.client import (
     UploadResult,
     UploadStats,
 )
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.store.sqlite import JournaledPart, JournaledUpload, MetadataStore
 
 Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]

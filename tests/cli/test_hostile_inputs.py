@@ -44,7 +44,7 @@ from amgmt.cli.upload import summary_text
 from amgmt.bench.localserver import free_port
 from amgmt.naming import object_key
 from amgmt.upload.pipeline import Compressor, process_pool_compressor
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.store.sqlite import MetadataStore
 from clikit import SECRET, snapshot
 

@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSResponse
 from amgmt.upload.batch import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.store.sqlite import MetadataStore
 
 # handler(request_dict) -> None to let the request through, or a (status, error code) to answer it with that error.

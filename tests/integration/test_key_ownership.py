@@ -24,7 +24,7 @@ from amgmt.upload.batch import BatchReport, resolve_names, upload_batch
 from amgmt.models import FileStatus, OperationStatus, UploadRecord
 from amgmt.parts import MiB
 from amgmt.s3.client import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
-from amgmt.config.settings import load_settings
+from amgmt.config import load_settings
 from amgmt.store.sqlite import MetadataStore
 
 

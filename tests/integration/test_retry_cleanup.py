@@ -15,7 +15,7 @@ from amgmt.errors import BusyError, MoveError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MiB
 from amgmt.local.runlock import RunLock
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.store.sqlite import JournaledUpload, MetadataStore
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from amgmt.upload.recovery import cleanup
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import staging_name
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.store.sqlite import MetadataStore
 
 DEAD = "11111111-1111-4111-8111-111111111111"  # a run that died: its record is still pending
