@@ -16,7 +16,7 @@ from amgmt.cli.render import local_time, table, to_json
 from amgmt.text import human_duration, human_size
 from amgmt.errors import ConfigError, NotFoundError
 from amgmt.models import UPLOAD_FIELDS, FileRole, Location, OperationRecord, OperationStatus, UploadRecord
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

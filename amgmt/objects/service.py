@@ -49,7 +49,7 @@ from amgmt.s3.client import (
     first_error,
 )
 from amgmt.config import Settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 DEFAULT_RESTORE_DAYS = 3
 DEFAULT_POLL_SECONDS = 60.0

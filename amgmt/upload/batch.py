@@ -37,7 +37,7 @@ from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3.client import ByteBudget, ClientOptions, S3Bucket
 from amgmt.config import Settings
 from amgmt.local.runlock import RunLock
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 

@@ -65,7 +65,7 @@ from amgmt.s3.client import (
     UploadStats,
 )
 from amgmt.config import Settings
-from amgmt.store.sqlite import JournaledPart, JournaledUpload, MetadataStore
+from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
 
 Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
 SAVE_TIMEOUT = 10.0

@@ -22,7 +22,7 @@ from amgmt.naming import display, staging_operation_id
 from amgmt.local.runlock import RunLock
 from amgmt.s3.client import ClientOptions, S3Bucket
 from amgmt.config import Settings
-from amgmt.store.sqlite import JournaledUpload, MetadataStore
+from amgmt.store import JournaledUpload, MetadataStore
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
 

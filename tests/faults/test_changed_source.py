@@ -22,7 +22,7 @@ import amgmt.local.completed
 import amgmt.upload.pipeline
 from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 KILLPOINT = Path(__file__).parent / "killpoint.py"
 

@@ -18,7 +18,7 @@ import pytest
 from amgmt.upload.batch import list_entries, upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 def _count(db: Path, sql: str) -> int:

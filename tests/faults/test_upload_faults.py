@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 from amgmt.upload.batch import BatchReport, list_entries, upload_batch
 from amgmt.models import OperationStatus
 from amgmt.s3.client import _read_range

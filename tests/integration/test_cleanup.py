@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from amgmt.upload.batch import list_entries, upload_batch
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 def _deep_dir(base: Path, length: int) -> Path:

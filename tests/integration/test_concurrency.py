@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from amgmt.upload.batch import list_entries, upload_batch
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 ENTRIES = 30
 

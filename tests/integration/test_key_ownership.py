@@ -25,7 +25,7 @@ from amgmt.models import FileStatus, OperationStatus, UploadRecord
 from amgmt.parts import MiB
 from amgmt.s3.client import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
 from amgmt.config import load_settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 KEY = "clip.bin.tar.gz"

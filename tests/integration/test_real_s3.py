@@ -34,7 +34,7 @@ from amgmt.models import OperationStatus, UploadRecord
 from amgmt.parts import MiB, expected_etag
 from amgmt.upload.pipeline import Compressor, process_pool_compressor
 from amgmt.s3.client import PART_ATTEMPTS
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 # A small mixed local dir: files, a nested directory (with an empty file and an empty dir), an empty file, and one
 # entry big enough for three 5 MiB parts.
