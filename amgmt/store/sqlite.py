@@ -400,7 +400,7 @@ class MetadataStore:
         """`work(connection)` as one transaction, run whole in the connection's thread (`in_connection_thread`): one
         hand-over between the event loop and that thread instead of one per statement (BEGIN, each statement,
         COMMIT). Under load each hand-over waits for a turn of the busy event loop: aiosqlite's public per-statement
-        calls made a save 1.9x slower alone and 5.4x slower beside a busy loop (benchmarks/store_saves.py). The
+        calls made a save 1.4-1.9x slower alone, 2.6-5.4x beside a busy loop (benchmarks/store_saves.py). The
         thread runs one function at a time, so transactions never interleave. A cancelled caller does not stop the
         transaction: it commits or rolls back whole. `db` is for `open`, before the store counts as open."""
         db = db or self._require_open()
