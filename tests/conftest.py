@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
-from amgmt.config.settings import Settings, load_settings
+from amgmt.config import Settings, load_settings
 
 
 @pytest.fixture(scope="session")

@@ -46,15 +46,7 @@ from amgmt.models import OperationStatus, Stage, UploadRecord, utcnow
 from amgmt.naming import object_key
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
 from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.config.settings import (
-    Settings,
-    default_config_path,
-    env_key,
-    format_size,
-    load_settings,
-    own_config_path,
-    write_config_values,
-)
+from amgmt.config import Settings, default_config_path, env_key, format_size, load_settings, own_config_path, write_config_values
 
 ProgressCallback = Callable[[str], None]
 

@@ -26,7 +26,7 @@ from amgmt.cli.render import table, to_json
 from amgmt.text import human_size
 from amgmt.errors import ConfigError
 from amgmt.parts import MiB
-from amgmt.config.settings import format_size, parse_size
+from amgmt.config import format_size, parse_size
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:

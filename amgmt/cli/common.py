@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
     from asyncclick.shell_completion import CompletionItem
 
-    from amgmt.config.settings import Settings
-    from amgmt.store.sqlite import MetadataStore
+    from amgmt.config import Settings
+    from amgmt.store import MetadataStore
     from amgmt.upload.report import BatchReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,7 +102,7 @@ SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endp
 
 def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
     """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
-    from amgmt.config.settings import load_settings  # not needed by `amgmt --help`
+    from amgmt.config import load_settings
 
     flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
     flags.update(extra or {})
@@ -165,7 +165,7 @@ def parse_when(text: str, *, option: str, now: datetime | None = None) -> dateti
 
 
 async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
-    from amgmt.store.sqlite import MetadataStore  # not needed by `amgmt --help`
+    from amgmt.store import MetadataStore
 
     settings = settings_from(kwargs, require_bucket=False)
     if not settings.db_path.exists():

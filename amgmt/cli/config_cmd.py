@@ -57,14 +57,14 @@ async def show(as_json: bool, **kwargs: Any) -> None:
 def config_target(environ: Any = None) -> Path:
     """The file `set` and `init` write: $XDG_CONFIG_HOME (or ~/.config)/amgmt/config, never the origin's
     ~/.config/mgmt/config (a new amgmt file starts as a copy of it instead: see `_write`)."""
-    from amgmt.config.settings import own_config_path
+    from amgmt.config import own_config_path
 
     return own_config_path(os.environ if environ is None else environ)
 
 
 def setting_name(key: str) -> str:
     """The settings field of KEY (`MGMT_CONCURRENCY`, `concurrency`, `mgmt_concurrency`); ConfigError otherwise."""
-    from amgmt.config.settings import ENV_PREFIX, SETTING_NAMES
+    from amgmt.config import ENV_PREFIX, SETTING_NAMES
 
     shown = key if key.isprintable() and len(key) <= 80 else "the given key"
     if _SECRET_LIKE.search(key):
@@ -81,7 +81,7 @@ def setting_name(key: str) -> str:
 def _write(path: Path, values: dict[str, str], *, seed_from_origin: bool) -> str:
     """Write `values` into `path`; with `seed_from_origin` (no --config), a new file starts as a copy of the config
     file amgmt reads now (the origin's), as `benchmark --tune --save` does. Returns the note about that copy, or ""."""
-    from amgmt.config.settings import default_config_path, write_config_values
+    from amgmt.config import default_config_path, write_config_values
 
     seed = default_config_path(os.environ) if seed_from_origin else None
     seeded_from = write_config_values(path, values, seed_from=seed)
@@ -91,7 +91,7 @@ def _write(path: Path, values: dict[str, str], *, seed_from_origin: bool) -> str
 def _check_settings(config_path: Path | None, flags: dict[str, Any], *, require_bucket: bool,
                     ignore_env: tuple[str, ...] = ()) -> Any:
     """Settings loaded with `flags` over the config file, as the next run would see them."""
-    from amgmt.config.settings import env_key, load_settings
+    from amgmt.config import env_key, load_settings
 
     environ = {k: v for k, v in os.environ.items() if k not in {env_key(n) for n in ignore_env}}
     return load_settings(flags=flags, environ=environ, config_path=config_path, require_bucket=require_bucket)
@@ -106,7 +106,7 @@ async def set_(key: str, value: str, config_path: Path | None) -> None:
     """Write KEY=VALUE (an MGMT_* setting) into the config file, after checking the value; other lines stay."""
     name = setting_name(key)
     path = config_path or config_target()
-    from amgmt.config.settings import env_key
+    from amgmt.config import env_key
 
     # The value must load as the next run would read it; the environment of this shell does not count here.
     _check_settings(path if path.exists() else None, {name: value}, require_bucket=False, ignore_env=(name,))
@@ -147,7 +147,7 @@ async def init(bucket: str | None, object_prefix: str | None, local_dir: str | N
 
     async with S3Bucket.connect(ClientOptions.from_settings(settings)) as s3:
         await s3.check_bucket()
-    from amgmt.config.settings import env_key
+    from amgmt.config import env_key
 
     values = {env_key("bucket"): settings.bucket or "", env_key("object_prefix"): settings.object_prefix,
               env_key("local_dir"): str(settings.local_dir)}

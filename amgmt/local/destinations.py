@@ -13,12 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amgmt.config.settings import DUPLICATE_MODES
+from amgmt.config import DUPLICATE_MODES
 from amgmt.errors import MoveError
 from amgmt.text import printable
 
 if TYPE_CHECKING:
-    from amgmt.config.settings import Settings
+    from amgmt.config import Settings
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 MAX_NAME_ATTEMPTS = 1000

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.errors import ConfigError, NotFoundError, ValidationError
 from amgmt.local.copying import tree_size
 from amgmt.naming import PARTIAL_SUFFIX, display, object_key

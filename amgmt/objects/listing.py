@@ -21,8 +21,8 @@ from amgmt.errors import ConfigError
 from amgmt.models import OperationStatus
 from amgmt.naming import display
 from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket, first_error
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import MetadataStore, UploadSummary
+from amgmt.config import Settings
+from amgmt.store import MetadataStore, UploadSummary
 
 # The statuses after which the object at the key is the upload's own.
 _UPLOADED = frozenset({OperationStatus.SUCCESS, OperationStatus.PARTIAL})

@@ -44,8 +44,8 @@ from amgmt.s3 import (
     S3Bucket,
     first_error,
 )
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.config import Settings
+from amgmt.store import MetadataStore
 
 DEFAULT_RESTORE_DAYS = 3
 DEFAULT_POLL_SECONDS = 60.0

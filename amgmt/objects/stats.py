@@ -13,7 +13,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from amgmt.models import OperationStatus, Stage
-from amgmt.store.sqlite import MetadataStore, UploadSummary
+from amgmt.store import MetadataStore, UploadSummary
 
 # Entries whose bytes reached S3: `partial` ones were uploaded and verified, only their original did not move.
 UPLOADED = frozenset({OperationStatus.SUCCESS, OperationStatus.PARTIAL})

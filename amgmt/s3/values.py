@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from amgmt.errors import ConfigError
 
 if TYPE_CHECKING:
-    from amgmt.config.settings import Settings
+    from amgmt.config import Settings
 
 METADATA_SOURCE_SHA256 = "amgmt-source-sha256"
 METADATA_ARCHIVE_SHA256 = "amgmt-archive-sha256"

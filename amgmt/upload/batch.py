@@ -27,9 +27,9 @@ from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.local.runlock import RunLock
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 

@@ -10,7 +10,7 @@ from amgmt.errors import NotFoundError, UploadError, ValidationError
 from amgmt.local.archive import ArchiveResult
 from amgmt.models import FileStatus, OperationStatus, UploadRecord, utcnow
 from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_RESERVATION, METADATA_SOURCE_SHA256, ObjectInfo
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 # record.metadata flags of an upload that replaced an object at its key
 REPLACED_FLAGS = ("replaced_identical_content", "replaced_unconfirmed_object", "replaced_unverifiable_object")

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from amgmt.local.destinations import CompletedDir
 from amgmt.errors import (
     AmgmtError,
@@ -47,7 +47,7 @@ from amgmt.s3 import (
     UploadResult,
     UploadStats,
 )
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import KnownKeys, claim_key, judge_existing, operation_ended, supersede_replaced
 from amgmt.upload.records import (

@@ -13,7 +13,7 @@ from amgmt.local.entries import PlannedEntry
 from amgmt.models import FileRecord, FileStatus, Location, UploadRecord, utcnow
 from amgmt.naming import display
 from amgmt.s3 import ObjectInfo, PartDone
-from amgmt.store.sqlite import JournaledPart, JournaledUpload, MetadataStore
+from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
 
 
 class StoreJournal:

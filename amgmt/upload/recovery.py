@@ -24,8 +24,8 @@ from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
 from amgmt.local.runlock import RunLock
 from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import JournaledUpload, MetadataStore
+from amgmt.config import Settings
+from amgmt.store import JournaledUpload, MetadataStore
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
 

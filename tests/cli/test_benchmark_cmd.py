@@ -12,7 +12,7 @@ from typing import Any
 
 from amgmt.bench.runner import dataset_spec
 from amgmt.bench.localserver import LocalS3Server
-from amgmt.config.settings import format_size, parse_config_file
+from amgmt.config import format_size, parse_config_file
 
 
 def _amgmt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from amgmt.models import UPLOAD_FIELDS, OperationStatus, Stage, UploadRecord, new_operation_id
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 PAGE = 1000  # ListObjectsV2's page: the bucket below holds more than one
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from amgmt.config.settings import SETTING_NAMES, env_key
+from amgmt.config import SETTING_NAMES, env_key
 from clikit import SECRET
 
 ALL_KEYS = sorted(env_key(name) for name in SETTING_NAMES)

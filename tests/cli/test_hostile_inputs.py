@@ -46,8 +46,8 @@ from amgmt.cli.common import summary_text
 from amgmt.bench.localserver import free_port
 from amgmt.naming import object_key
 from amgmt.upload.compressor import Compressor, process_pool_compressor
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.config import Settings
+from amgmt.store import MetadataStore
 from clikit import SECRET, snapshot
 
 # A stray line that the CLI sometimes prints on stderr as it exits (CPython 3.11's ThreadedChildWatcher racing anyio's

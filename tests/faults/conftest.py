@@ -9,7 +9,7 @@ import pytest
 
 import amgmt.upload.batch
 from amgmt.s3 import S3Bucket
-from amgmt.config.settings import Settings
+from amgmt.config import Settings
 from faultkit import Aftermath, S3Faults
 
 

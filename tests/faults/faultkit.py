@@ -18,8 +18,8 @@ from botocore.awsrequest import AWSResponse
 from amgmt.upload.report import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.config import Settings
+from amgmt.store import MetadataStore
 
 # handler(request_dict) -> None to let the request through, or a (status, error code) to answer it with that error.
 Handler = Callable[[dict[str, Any]], Awaitable[tuple[int, str] | None]]

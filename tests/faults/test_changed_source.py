@@ -22,7 +22,7 @@ import amgmt.upload.pipeline
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 KILLPOINT = Path(__file__).parent / "killpoint.py"
 

@@ -18,7 +18,7 @@ from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 def _count(db: Path, sql: str) -> int:

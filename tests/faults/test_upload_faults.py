@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.upload.report import BatchReport

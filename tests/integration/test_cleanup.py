@@ -10,7 +10,7 @@ import pytest
 
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 def _deep_dir(base: Path, length: int) -> Path:

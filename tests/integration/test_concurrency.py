@@ -7,7 +7,7 @@ from pathlib import Path
 
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 ENTRIES = 30
 

@@ -32,7 +32,7 @@ from amgmt.errors import ConfigError, NotFoundError, UploadError, ValidationErro
 from amgmt.models import FileStatus, OperationStatus
 from amgmt.parts import MiB
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 def listing(root: Path) -> list[str]:

@@ -10,7 +10,7 @@ from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 async def test_identical_content_under_a_new_name_is_skipped(

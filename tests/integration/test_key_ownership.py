@@ -28,8 +28,8 @@ from amgmt.upload.report import BatchReport
 from amgmt.models import FileStatus, OperationStatus, UploadRecord
 from amgmt.parts import MiB
 from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_SOURCE_SHA256, METADATA_SOURCE_SIZE
-from amgmt.config.settings import load_settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.config import load_settings
+from amgmt.store import MetadataStore
 
 
 KEY = "clip.bin.tar.gz"

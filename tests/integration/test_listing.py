@@ -17,7 +17,7 @@ from amgmt.objects.listing import RestoreState as Shown, Scope, build_listing, s
 from amgmt.models import OperationStatus, Stage, UploadRecord, new_operation_id
 from amgmt.s3 import ClientOptions, RestoreState, S3Bucket
 from amgmt.objects.stats import compute_statistics, failure_reason, upload_statistics
-from amgmt.store.sqlite import MetadataStore, UploadSummary
+from amgmt.store import MetadataStore, UploadSummary
 
 # -- the object listing ---------------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from amgmt.upload.compressor import Compressor, process_pool_compressor
 from amgmt.s3 import RETRY_POLICY
 
 PART_ATTEMPTS = RETRY_POLICY.attempts
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 # A small mixed local dir: files, a nested directory (with an empty file and an empty dir), an empty file, and one
 # entry big enough for three 5 MiB parts.

@@ -16,8 +16,8 @@ from amgmt.errors import BusyError, MoveError
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MiB
 from amgmt.local.runlock import RunLock
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import JournaledUpload, MetadataStore
+from amgmt.config import Settings
+from amgmt.store import JournaledUpload, MetadataStore
 
 
 async def save_record(settings: Settings, operation_id: str, name: str, status: str) -> UploadRecord:

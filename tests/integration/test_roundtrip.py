@@ -16,7 +16,7 @@ from amgmt.upload.batch import upload_batch
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.parts import MiB
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 NON_UTF8 = os.fsdecode(b"raw\xffbyte.bin")
 # name on disk -> the key the naming rules give it

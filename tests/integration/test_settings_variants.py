@@ -12,7 +12,7 @@ from pathlib import Path
 from amgmt.local.entries import list_entries, resolve_names
 from amgmt.upload.batch import upload_batch
 from amgmt.parts import MiB
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 
 async def test_object_prefix(make_settings, make_media, s3view, files, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from amgmt.upload.recovery import cleanup
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import staging_name
-from amgmt.config.settings import Settings
-from amgmt.store.sqlite import MetadataStore
+from amgmt.config import Settings
+from amgmt.store import MetadataStore
 
 DEAD = "11111111-1111-4111-8111-111111111111"  # a run that died: its record is still pending
 FAILED = "22222222-2222-4222-8222-222222222222"  # failed: its archive should have gone, a leftover

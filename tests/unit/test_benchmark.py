@@ -24,7 +24,7 @@ from amgmt.bench.runner import (
 from amgmt.errors import ConfigError
 from amgmt.models import utcnow
 from amgmt.parts import GiB, MiB
-from amgmt.config.settings import parse_config_file
+from amgmt.config import parse_config_file
 
 # A child that burns `pre` CPU seconds, says "ready", waits for a line, burns `during` seconds, says "done", and
 # waits for stdin to close.

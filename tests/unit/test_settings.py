@@ -9,7 +9,7 @@ import pytest
 
 from amgmt.errors import ConfigError
 from amgmt.parts import GiB, MiB
-from amgmt.config.settings import (
+from amgmt.config import (
     Settings,
     default_config_path,
     load_settings,

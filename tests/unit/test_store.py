@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from amgmt.store import sqlite as store_module
+from amgmt.store import schema as store_module
 from amgmt.errors import NotFoundError, StoreError
 from amgmt.models import (
     UPLOAD_FIELDS,
@@ -29,7 +29,7 @@ from amgmt.models import (
     UploadRecord,
     new_operation_id,
 )
-from amgmt.store.sqlite import MetadataStore
+from amgmt.store import MetadataStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -461,7 +461,7 @@ async def test_a_file_in_the_way_of_the_directory_gives_store_error(tmp_path: Pa
 
 
 async def test_multipart_journal_round_trip(db_path: Path) -> None:
-    from amgmt.store.sqlite import JournaledPart, JournaledUpload
+    from amgmt.store import JournaledPart, JournaledUpload
 
     upload = JournaledUpload("up-1", "op-1", "b", "k.tar.gz", "ab" * 32, 5 * 2**20, 3)
     async with MetadataStore(db_path) as store:
@@ -519,3 +519,37 @@ async def test_a_database_deleted_or_replaced_during_the_run_stops_every_write(
         await store.save_operation(make_upload(name="b.mp4"))
     with pytest.raises(StoreError, match="was deleted or replaced during the run"):
         await store.journal_multipart_state("upload-1", "aborted")
+
+
+# -- the one private use of aiosqlite ---------------------------------------------------------------------------
+
+
+async def test_aiosqlite_private_api_is_still_there(store: MetadataStore) -> None:
+    """`in_connection_thread` runs a transaction through aiosqlite's private `Connection._execute` and `._conn`
+    (pinned in pyproject.toml). If an aiosqlite release moves them, this fails first, saying what to check."""
+    import inspect
+    import threading
+    from importlib.metadata import version
+
+    import aiosqlite
+
+    from amgmt.store.sqlite import in_connection_thread
+
+    moved = (
+        f"aiosqlite {version('aiosqlite')} changed the private Connection._execute/._conn that "
+        "amgmt.store.sqlite.in_connection_thread uses: adapt it (or keep the pin in pyproject.toml)"
+    )
+    assert inspect.iscoroutinefunction(getattr(aiosqlite.Connection, "_execute", None)), moved
+    assert isinstance(inspect.getattr_static(aiosqlite.Connection, "_conn", None), property), moved
+    db = store._db
+    assert db is not None
+
+    def where(conn: sqlite3.Connection) -> tuple[int, sqlite3.Connection]:
+        return threading.get_ident(), conn
+
+    ident, conn = await in_connection_thread(db, where)
+    assert isinstance(conn, sqlite3.Connection), moved
+    # The same thread as aiosqlite's own public calls: a function registered publicly reports where it runs.
+    await db.create_function("probe_thread", 0, threading.get_ident)
+    public_ident = next(iter(await db.execute_fetchall("SELECT probe_thread()")))[0]
+    assert ident == public_ident != threading.get_ident(), moved

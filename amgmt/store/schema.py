@@ -1,0 +1,128 @@
+"""The metadata database's schema: its migrations, in order, and how one is applied.
+
+Plain sqlite3 on a connection it is given, inside the caller's transaction; must not open or commit anything."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Migration N (1-based) is MIGRATIONS[N - 1]; `PRAGMA user_version` counts those applied. Never edit a released
+# entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE operations (
+        operation_id        TEXT PRIMARY KEY,
+        operation_type      TEXT NOT NULL,
+        target_path         TEXT NOT NULL,
+        target_name         TEXT NOT NULL,
+        started_at          TEXT NOT NULL,  -- ISO-8601 UTC, fixed width, so text order is time order
+        completed_at        TEXT,
+        duration_seconds    REAL,
+        status              TEXT NOT NULL,
+        result_path         TEXT,
+        error_message       TEXT,
+        metadata            TEXT NOT NULL DEFAULT '{}',  -- JSON
+        user                TEXT,
+        command_args        TEXT NOT NULL DEFAULT '{}',  -- JSON
+        -- upload-only columns, NULL for other operation types
+        compression_type    TEXT,
+        original_size       INTEGER,
+        compressed_size     INTEGER,
+        compression_ratio   REAL,
+        s3_bucket           TEXT,
+        s3_object_key       TEXT,
+        s3_storage_class    TEXT,
+        checksum_original   TEXT,
+        checksum_compressed TEXT,
+        checksum_s3_etag    TEXT,
+        completed_dir_path  TEXT,
+        compressed_file_path TEXT,
+        stage               TEXT,
+        verification_method TEXT,
+        part_size           INTEGER,
+        part_count          INTEGER
+    );
+    CREATE INDEX ix_operations_status ON operations (status);
+    CREATE INDEX ix_operations_type ON operations (operation_type);
+    CREATE INDEX ix_operations_started_at ON operations (started_at);
+    CREATE INDEX ix_operations_checksum_original ON operations (checksum_original);
+    CREATE INDEX ix_operations_s3_key ON operations (s3_bucket, s3_object_key);
+    CREATE INDEX ix_operations_target_name ON operations (target_name);
+
+    CREATE TABLE file_records (
+        operation_id  TEXT NOT NULL REFERENCES operations (operation_id) ON DELETE CASCADE,
+        role          TEXT NOT NULL CHECK (role IN ('source', 'compressed', 's3', 'completed')),
+        name          TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        location      TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        is_directory  INTEGER NOT NULL,
+        mime_type     TEXT,
+        created_at    TEXT,
+        modified_at   TEXT,
+        accessed_at   TEXT,
+        checksum      TEXT,
+        tags          TEXT NOT NULL DEFAULT '{}',  -- JSON
+        status        TEXT NOT NULL,
+        error_message TEXT,
+        PRIMARY KEY (operation_id, role)
+    );
+    CREATE INDEX ix_file_records_location ON file_records (location);
+    """,
+    # 2: the multipart journal, so an interrupted upload can be resumed by a later run.
+    """
+    CREATE TABLE multipart_uploads (
+        upload_id      TEXT PRIMARY KEY,
+        operation_id   TEXT NOT NULL,
+        bucket         TEXT NOT NULL,
+        object_key     TEXT NOT NULL,
+        archive_sha256 TEXT NOT NULL,
+        part_size      INTEGER NOT NULL,
+        part_count     INTEGER NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('open', 'completed', 'aborted')),
+        created_at     TEXT NOT NULL
+    );
+    CREATE INDEX ix_multipart_uploads_key ON multipart_uploads (bucket, object_key, state);
+
+    CREATE TABLE upload_parts (
+        upload_id   TEXT NOT NULL REFERENCES multipart_uploads (upload_id) ON DELETE CASCADE,
+        part_number INTEGER NOT NULL,
+        size        INTEGER NOT NULL,
+        md5         TEXT NOT NULL,
+        etag        TEXT NOT NULL,
+        checksum    TEXT,
+        PRIMARY KEY (upload_id, part_number)
+    );
+    """,
+)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The number of migrations applied to the database (`PRAGMA user_version`)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate_one(conn: sqlite3.Connection) -> int:
+    """Apply the next migration, if any, in the caller's (IMMEDIATE) transaction; return the version now.
+
+    The version is read again under the write lock: another process may have migrated meanwhile."""
+    version = user_version(conn)
+    if version < len(MIGRATIONS):
+        for statement in split_statements(MIGRATIONS[version]):
+            conn.execute(statement)
+        version += 1
+        conn.execute(f"PRAGMA user_version = {version:d}")
+    return version
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a migration script, to run inside one transaction (executescript would commit first)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
