@@ -12,7 +12,7 @@ import signal
 import stat
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -328,8 +328,12 @@ async def upload_batch(
     compressor: Compressor | None = None,
     report: BatchReport | None = None,
     handle_signals: bool = False,
+    credentials: tuple[str, str] | None = None,
 ) -> BatchReport:
     """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how.
+
+    `credentials` (access key, secret key) replace the AWS chain's: the benchmark passes its embedded server's fixed
+    keys, or a given test endpoint's, this way instead of writing them into os.environ.
 
     With `handle_signals` (the CLI), SIGINT/SIGTERM stop taking entries and cancel those in flight: each leaves
     its multipart upload open and journaled (the next run resumes it), removes its staging archive and is recorded
@@ -345,6 +349,7 @@ async def upload_batch(
         command_args=command_args or {},
         compressor=compressor,
         handle_signals=handle_signals,
+        credentials=credentials,
     )
     return await run.execute()
 
@@ -359,6 +364,7 @@ class _BatchRun:
     command_args: dict[str, Any]
     compressor: Compressor | None
     handle_signals: bool
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def concurrency(self) -> int:
@@ -373,6 +379,8 @@ class _BatchRun:
         options = ClientOptions.from_settings(
             settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
         )
+        if self.credentials is not None:
+            options = replace(options, local_credentials=self.credentials)
         try:
             with RunLock(settings.local_dir):
                 async with S3Bucket.connect(options) as s3:
