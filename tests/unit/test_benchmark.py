@@ -12,7 +12,14 @@ import pytest
 
 from amgmt.bench.datasets import DatasetSpec, dataset_spec, generate_dataset
 from amgmt.bench.meter import ResourceMeter, ResourceUsage
-from amgmt.bench.report import BenchmarkReport, RunKind, RunResult, TargetInfo, save_tuned_settings
+from amgmt.bench.report import (
+    BenchmarkReport,
+    RunKind,
+    RunResult,
+    TargetInfo,
+    save_tuned_settings,
+    source_revision,
+)
 from amgmt.errors import ConfigError
 from amgmt.models import utcnow
 from amgmt.parts import GiB, MiB
@@ -158,6 +165,13 @@ def test_report_medians_speedups_and_best_point() -> None:
     assert sum(run.stage_shares().values()) == pytest.approx(1.0)
     data = report.to_dict()
     assert data["best"]["concurrency"] == 4 and len(data["runs"]) == 6
+
+
+def test_the_report_names_the_commit_of_the_checkout_it_measures() -> None:
+    if not (Path(__file__).resolve().parents[2] / ".git").exists():
+        pytest.skip("not a git checkout")
+    revision = source_revision()
+    assert revision is not None and len(revision["commit"]) == 40
 
 
 # -- saving tuned settings -------------------------------------------------------------------------------------
