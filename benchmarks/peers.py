@@ -27,19 +27,14 @@ import anyio
 import anyio.to_process
 import anyio.to_thread
 
+from origin import sequential_pipeline  # benchmarks/origin.py: this script's own directory is on sys.path
+
+from amgmt.bench.datasets import DatasetName, dataset_spec
+from amgmt.bench.localserver import LOCAL_REGION
+from amgmt.bench.report import RunKind, RunResult, RunSummary
+from amgmt.bench.runner import BenchmarkConfig, BenchmarkSession
 from amgmt.local.archive import compress_entry
-from amgmt.bench.runner import (
-    BenchmarkConfig,
-    BenchmarkSession,
-    DatasetName,
-    RunKind,
-    RunResult,
-    RunSummary,
-    dataset_spec,
-    sequential_pipeline,
-)
 from amgmt.local.copying import tree_size
-from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
 from amgmt.naming import object_key
 
 HERE = Path(__file__).resolve().parent
@@ -177,7 +172,6 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
     config = BenchmarkConfig(
         dataset=dataset_spec(args.dataset, args.scale),
         concurrencies=(args.concurrency,),
-        baseline=False,
         bucket=args.bucket,
         endpoint_url=args.endpoint_url,
         credentials=(args.access_key, args.secret_key) if external else None,
@@ -191,9 +185,8 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         print(line, file=sys.stderr, flush=True)
 
     async with BenchmarkSession(config, on_progress=progress) as session:
-        keys = (args.access_key, args.secret_key) if external else LOCAL_KEYS
-        assert session.target.endpoint_url is not None
-        target = Target(session.target.endpoint_url, session.target.bucket, subprocess_env(keys))
+        assert session.target.endpoint_url is not None and session.credentials is not None
+        target = Target(session.target.endpoint_url, session.target.bucket, subprocess_env(session.credentials))
         aws, s5cmd, pigz = find_tool("aws"), find_tool("s5cmd"), find_tool("pigz")
         await session.warm_up()
         settings = session.run_settings(session.root, concurrency=args.concurrency)

@@ -1,4 +1,7 @@
-"""`amgmt benchmark`: parse the sweep, call amgmt.bench.runner, render its report (table, --json, --plot, --save)."""
+"""`amgmt benchmark`: parse the sweep, call amgmt.bench.runner, render its report (table, --json, --plot, --save).
+
+The origin's baseline (boto3) is not part of amgmt: benchmarks/origin.py registers it with `use_baseline` and runs
+this same command."""
 
 from __future__ import annotations
 
@@ -10,23 +13,26 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.bench.runner import (
-    DEFAULT_TUNE_PART_SIZES,
-    OTHER,
-    STAGES,
-    BenchmarkConfig,
-    BenchmarkReport,
-    DatasetName,
-    RunKind,
-    dataset_spec,
-    run_benchmark,
-    save_tuned_settings,
-)
+from amgmt.bench.datasets import DatasetName, dataset_spec
+from amgmt.bench.report import OTHER, STAGES, BenchmarkReport, RunKind, save_tuned_settings
+from amgmt.bench.runner import Baseline, BenchmarkConfig, run_benchmark
 from amgmt.cli.render import table, to_json
-from amgmt.text import human_size
 from amgmt.errors import ConfigError
 from amgmt.parts import MiB
 from amgmt.config import format_size, parse_size
+from amgmt.text import human_size
+
+DEFAULT_TUNE_PART_SIZES = (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB)
+NO_BASELINE = ("--baseline: the origin's design (tarfile gzip -9 + boto3, one entry at a time) is not part of amgmt; "
+               "run `python benchmarks/origin.py` from a source checkout with the same options (it needs boto3)")
+
+_baseline: Baseline | None = None
+
+
+def use_baseline(baseline: Baseline) -> None:
+    """Time `baseline` beside amgmt in this process's `amgmt benchmark` (on by default, off with --tune)."""
+    global _baseline
+    _baseline = baseline
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
@@ -158,7 +164,8 @@ def plot_throughput(report: BenchmarkReport, path: Path) -> None:
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Runs of each configuration; the table shows the median.")
 @click.option("--baseline/--no-baseline", default=None,
-              help="Also time the origin's design (one entry at a time, tarfile gzip -9, boto3) [default: on, "
+              help="Also time the origin's design (one entry at a time, tarfile gzip -9, boto3): needs boto3 and "
+                   "benchmarks/origin.py of a source checkout, which runs this command with it [default: on there, "
                    "off with --tune].")
 @click.option("--tune", is_flag=True, help="Sweep part size x concurrency and print the fastest settings.")
 @click.option("--save", is_flag=True,
@@ -191,11 +198,14 @@ async def benchmark(dataset: str, scale: float, concurrency: str, part_size: str
     Each run uploads a fresh copy of the data set with `amgmt upload all` semantics (compress, upload, verify, move,
     record) to the embedded local S3 server, or to --endpoint-url/--bucket. Reported per run: wall time, MiB/s of
     source data, entries/s, client and server CPU seconds, client peak RSS, compression ratio, the speed-up over the
-    baseline, and the share of each stage in the entries' time. Nothing is left behind: the work dir and the
-    uploaded objects are deleted.
+    baseline (benchmarks/origin.py), and the share of each stage in the entries' time. Nothing is left behind: the
+    work dir and the uploaded objects are deleted.
     """
     if save and not tune:
         raise ConfigError("--save needs --tune")
+    if baseline and _baseline is None:
+        raise ConfigError(NO_BASELINE)
+    timed_baseline = _baseline if (not tune if baseline is None else baseline) else None
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("--plot needs matplotlib: pip install 'amgmt[plot]'")
     part_sizes: tuple[int | None, ...] = (
@@ -211,7 +221,6 @@ async def benchmark(dataset: str, scale: float, concurrency: str, part_size: str
         part_sizes=part_sizes,
         parts_in_flight=in_flight,
         repeat=repeat,
-        baseline=(not tune) if baseline is None else baseline,
         bucket=bucket,
         endpoint_url=endpoint_url,
         server_pid=server_pid,
@@ -220,7 +229,7 @@ async def benchmark(dataset: str, scale: float, concurrency: str, part_size: str
         workdir=workdir,
     )
     progress = None if quiet else (lambda line: click.echo(line, err=True))
-    report = await run_benchmark(config, on_progress=progress)
+    report = await run_benchmark(config, baseline=timed_baseline, on_progress=progress)
 
     click.echo(render_table(report))
     if tune:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +136,16 @@ async def upload_batch(
     compressor: Compressor | None = None,
     report: BatchReport | None = None,
     stop: anyio.Event | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> BatchReport:
     """Upload `entries` with `settings.concurrency` workers; every entry ends recorded, the report says how.
 
     When `stop` is set (the CLI sets it on SIGINT/SIGTERM/SIGHUP), the batch stops taking entries and cancels those
     in flight: each leaves its multipart upload open and journaled (the next run resumes it), removes its staging
     archive and is recorded "cancelled"; the report says `interrupted`.
+
+    `credentials` (access key, secret key) replace the AWS chain's: the benchmark passes its embedded server's fixed
+    keys, or a given test endpoint's, this way instead of writing them into os.environ.
     """
     run = _BatchRun(
         settings=settings,
@@ -152,6 +156,7 @@ async def upload_batch(
         command_args=command_args or {},
         compressor=compressor,
         stop=stop,
+        credentials=credentials,
     )
     return await run.execute()
 
@@ -166,6 +171,7 @@ class _BatchRun:
     command_args: dict[str, Any]
     compressor: Compressor | None
     stop: anyio.Event | None
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def concurrency(self) -> int:
@@ -180,6 +186,8 @@ class _BatchRun:
         options = ClientOptions.from_settings(
             settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
         )
+        if self.credentials is not None:
+            options = replace(options, local_credentials=self.credentials)
         try:
             with RunLock(settings.local_dir):
                 async with S3Bucket.connect(options) as s3:

@@ -1,5 +1,6 @@
 """`amgmt benchmark` end to end: the real binary, a tiny data set, the embedded server (or the test server), --json,
-the baseline, and --tune --save into a config file."""
+the origin's baseline (benchmarks/origin.py, the same command with boto3), --tune --save into a config file, and no
+credentials written into os.environ."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from amgmt.bench.runner import dataset_spec
+import pytest
+
+from amgmt.bench import runner
+from amgmt.bench.datasets import dataset_spec
 from amgmt.bench.localserver import LocalS3Server
 from amgmt.config import format_size, parse_config_file
 
 
-def _amgmt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "amgmt", *args], env=env or dict(os.environ), text=True,
+ORIGIN = Path(__file__).resolve().parents[2] / "benchmarks" / "origin.py"
+
+
+def _amgmt(*args: str, env: dict[str, str] | None = None, command: tuple[str, ...] = ("-m", "amgmt")
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *command, *args], env=env or dict(os.environ), text=True,
                           capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
@@ -33,7 +41,8 @@ def _check_run(run: dict[str, Any], *, entries: int, total: int) -> None:
 def test_benchmark_runs_the_pipeline_and_the_baseline_on_the_embedded_server(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     work = tmp_path / "work"
-    done = _amgmt("benchmark", "--scale", "0.005", "--concurrency", "1,2", "--json", str(out), "--workdir", str(work))
+    done = _amgmt("--scale", "0.005", "--concurrency", "1,2", "--json", str(out), "--workdir", str(work),
+                  command=(str(ORIGIN),))  # `amgmt benchmark` with the origin's baseline
     assert done.returncode == 0, done.stderr
     spec = dataset_spec("media", 0.005)
     data = json.loads(out.read_text())
@@ -100,3 +109,35 @@ def test_save_needs_tune_and_endpoint_needs_bucket(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--save needs --tune" in done.stderr
     done = _amgmt("benchmark", "--endpoint-url", "http://127.0.0.1:1")
     assert done.returncode == 2 and "needs --bucket" in done.stderr
+
+
+def test_the_baseline_is_not_part_of_amgmt_and_says_where_it_is() -> None:
+    done = _amgmt("benchmark", "--baseline")
+    assert done.returncode == 2 and "benchmarks/origin.py" in done.stderr and "boto3" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_credentials_are_passed_explicitly_not_through_os_environ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    # No credentials anywhere in the AWS chain: the runs work only if the embedded server's keys are passed.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    before = dict(os.environ)
+    seen: list[dict[str, str]] = []
+    real_upload_batch = runner.upload_batch
+
+    async def spying_upload_batch(*args: Any, **kwargs: Any) -> Any:
+        seen.append(dict(os.environ))
+        return await real_upload_batch(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "upload_batch", spying_upload_batch)
+    config = runner.BenchmarkConfig(dataset=dataset_spec("small", 0.002), concurrencies=(2,), workdir=tmp_path,
+                                    environ={})
+    report = await runner.run_benchmark(config)
+    assert not report.failed and [r.kind for r in report.runs] == ["amgmt"]
+    assert len(seen) == 2 and all(env == before for env in seen)  # the warm-up and the timed run
+    assert dict(os.environ) == before

@@ -1,25 +1,24 @@
-"""amgmt.bench.runner without S3: data set specs, the CPU/RSS meter on real child processes, the report's medians and
+"""amgmt.bench without S3: data set specs, the CPU/RSS meter on real child processes, the report's medians and
 best point, and writing tuned settings into a config file."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from amgmt.bench.runner import (
+from amgmt.bench.datasets import DatasetSpec, dataset_spec, generate_dataset
+from amgmt.bench.meter import ResourceMeter, ResourceUsage
+from amgmt.bench.report import (
     BenchmarkReport,
-    DatasetSpec,
-    ResourceMeter,
-    ResourceUsage,
     RunKind,
     RunResult,
     TargetInfo,
-    dataset_spec,
-    generate_dataset,
     save_tuned_settings,
+    source_revision,
 )
 from amgmt.errors import ConfigError
 from amgmt.models import utcnow
@@ -168,6 +167,13 @@ def test_report_medians_speedups_and_best_point() -> None:
     assert data["best"]["concurrency"] == 4 and len(data["runs"]) == 6
 
 
+def test_the_report_names_the_commit_of_the_checkout_it_measures() -> None:
+    if not (Path(__file__).resolve().parents[2] / ".git").exists():
+        pytest.skip("not a git checkout")
+    revision = source_revision()
+    assert revision is not None and len(revision["commit"]) == 40
+
+
 # -- saving tuned settings -------------------------------------------------------------------------------------
 
 TUNED = {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "8", "MGMT_PARTS_IN_FLIGHT": "32"}
@@ -213,3 +219,54 @@ def test_save_leaves_a_malformed_config_file_alone(tmp_path: Path) -> None:
 def test_save_without_home_or_xdg_asks_for_a_path() -> None:
     with pytest.raises(ConfigError, match="--config"):
         save_tuned_settings(TUNED, environ={"XDG_CONFIG_HOME": "relative/ignored"})
+
+
+# -- the package without boto3 ---------------------------------------------------------------------------------
+
+# Imports every module of the package and prints one line per failure. "refused": boto3 is installed (aioboto3 needs
+# it) but amgmt's own modules may not import it; "absent": boto3 is not importable at all.
+IMPORT_ALL = r"""
+import builtins, importlib, pkgutil, sys, traceback
+if sys.argv[1] == "absent":
+    sys.modules["boto3"] = None
+else:
+    real_import = builtins.__import__
+    def guarded(name, globals=None, locals=None, fromlist=(), level=0):
+        importer = (globals or {}).get("__name__") or ""
+        if level == 0 and name.split(".")[0] == "boto3" and importer.split(".")[0] == "amgmt":
+            raise ImportError(f"{importer} imports {name}")
+        return real_import(name, globals, locals, fromlist, level)
+    builtins.__import__ = guarded
+import amgmt
+for info in pkgutil.walk_packages(amgmt.__path__, "amgmt."):
+    try:
+        importlib.import_module(info.name)
+    except Exception as exc:
+        frames = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
+        print(info.name, f"{type(exc).__name__}: {exc}", frames[-1], sep="\t")
+"""
+
+
+def _import_failures(mode: str) -> list[list[str]]:
+    done = subprocess.run([sys.executable, "-c", IMPORT_ALL, mode], capture_output=True, text=True, timeout=120,
+                          check=True)
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+def test_no_module_of_the_package_imports_boto3() -> None:
+    package = Path(__file__).resolve().parents[2] / "amgmt"
+    for path in package.rglob("*.py"):  # at any depth: a lazy import inside a function counts too
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            assert not any(n.split(".")[0] == "boto3" for n in names), f"{path}:{node.lineno} imports boto3"
+    assert _import_failures("refused") == []
+
+
+def test_every_module_imports_without_boto3_but_through_aioboto3() -> None:
+    failures = _import_failures("absent")
+    # aioboto3 (the S3 layer's library) imports boto3 itself; every other module must import without it.
+    assert [f for f in failures if "/aioboto3/" not in f[2]] == []
+    failed = {f[0] for f in failures}
+    assert not failed & {"amgmt.bench", "amgmt.bench.datasets", "amgmt.bench.meter", "amgmt.bench.report",
+                         "amgmt.bench.localserver"}
