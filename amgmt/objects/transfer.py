@@ -11,8 +11,10 @@ import random
 from pathlib import Path
 from typing import Protocol
 
+import aiofiles
 import anyio
 import anyio.to_thread
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from amgmt.errors import ConfigError, EntryError, UploadError
 from amgmt.naming import display
@@ -54,18 +56,28 @@ class QuietReporter:
         pass
 
 
-def _write_at(fd: int, data: bytes | bytearray, offset: int, path: Path) -> None:
-    view = memoryview(data)
+def _create(path: str, flags: int) -> int:
+    """The opener of the download file: created or truncated, mode 0o644 whatever the caller's umask allows."""
+    return os.open(path, flags | os.O_CLOEXEC, 0o644)
+
+
+async def _close(handle: AsyncBufferedIOBase) -> None:
+    """Close, shielded: a cancelled aiofiles call does not stop its thread, and a buffered file's close waits for
+    a write still under way on it, so no byte lands in the file after the transfer has returned or raised."""
+    with anyio.CancelScope(shield=True):
+        await handle.close()
+
+
+async def _write_at(handle: AsyncBufferedIOBase, data: bytes | bytearray, offset: int, path: Path) -> None:
+    """Write `data` at `offset` through this worker's own handle (its position is no other worker's), flushed so
+    that the bytes are in the file, readable through any descriptor, when it returns."""
     try:
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
+        await handle.seek(offset)
+        await handle.write(data)
+        await handle.flush()
     except OSError as exc:
         raise EntryError(f"cannot write {display(path)}: {exc.strerror or exc}", path=display(path),
                          stage="download") from exc
-    finally:
-        view.release()
 
 
 def _hash_range(fd: int, offset: int, length: int, digests: StreamDigests, path: Path) -> None:
@@ -119,31 +131,37 @@ async def fetch_to_file(
     pending = iter(ranges)
 
     try:
-        fd = await anyio.to_thread.run_sync(
-            lambda: os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        )
+        out = await aiofiles.open(path, "w+b", opener=_create)
     except OSError as exc:
         raise EntryError(f"cannot create {display(path)}: {exc.strerror or exc}", stage="download") from exc
 
     async def fetch_ranges() -> None:
         # Each worker takes the next range when it is free: N workers, not one task per range of a huge object.
-        for number, offset, length in pending:
-            async with budget.hold(length):
-                data = await get_range_retrying(s3, key, offset, length, etag=etag)
-                await anyio.to_thread.run_sync(_write_at, fd, data, offset, path)
-                del data
-            written[number - 1].set()
-            reporter.advance(length)
+        try:
+            handle = await aiofiles.open(path, "r+b")
+        except OSError as exc:
+            raise EntryError(f"cannot write {display(path)}: {exc.strerror or exc}", stage="download") from exc
+        try:
+            for number, offset, length in pending:
+                async with budget.hold(length):
+                    data = await get_range_retrying(s3, key, offset, length, etag=etag)
+                    await _write_at(handle, data, offset, path)
+                    del data
+                written[number - 1].set()
+                reporter.advance(length)
+        finally:
+            await _close(handle)
 
     async def hash_in_order() -> None:
+        # Reading back and hashing stay one thread call per range: the hashing must not run on the event loop.
         for (_, offset, length), done in zip(ranges, written):
             await done.wait()
-            await anyio.to_thread.run_sync(_hash_range, fd, offset, length, digests, path)
+            await anyio.to_thread.run_sync(_hash_range, out.fileno(), offset, length, digests, path)
 
     try:
         reporter.transfer_started(size)
         try:
-            await anyio.to_thread.run_sync(os.ftruncate, fd, size)
+            await out.truncate(size)
         except OSError as exc:
             raise EntryError(f"cannot size {display(path)}: {exc.strerror or exc}", stage="download") from exc
         try:
@@ -154,12 +172,12 @@ async def fetch_to_file(
         except BaseExceptionGroup as group:
             raise first_error(group)  # with its own cause (the S3 error), not `from None`, which would clear it
         try:
-            await anyio.to_thread.run_sync(os.fsync, fd)
+            await anyio.to_thread.run_sync(os.fsync, out.fileno())
         except OSError as exc:
             raise EntryError(f"cannot write {display(path)}: {exc.strerror or exc}", stage="download") from exc
         reporter.transfer_done()
     finally:
-        os.close(fd)
+        await _close(out)
 
 
 def place_file(partial: Path, final: Path, *, force: bool) -> None:
