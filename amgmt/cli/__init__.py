@@ -17,8 +17,6 @@ from asyncclick.utils import make_default_short_help
 
 from amgmt import __version__
 from amgmt.cli.common import EXIT_CODES_HELP, log_path
-# Until every command module imports these from common (compatibility only):
-from amgmt.cli.common import complete_entry_names, settings_from, settings_options  # noqa: F401
 from amgmt.errors import AmgmtError, ExitCode
 
 if TYPE_CHECKING:

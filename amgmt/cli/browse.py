@@ -6,11 +6,11 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli import settings_from, settings_options
-from amgmt.cli.history import open_store, parse_when
+from amgmt.cli.common import settings_from, settings_options
+from amgmt.cli.common import open_store, parse_when
 from amgmt.cli.render import local_time, table, to_json
 from amgmt.text import human_duration, human_size, printable
-from amgmt.objects.listing import Listing, LocalEntry, RestoreState, Scope, build_listing, search as search_listing
+from amgmt.objects.listing import ArchiveState, Listing, LocalEntry, Scope, build_listing, search as search_listing
 from amgmt.objects.stats import UploadStatistics, upload_statistics
 
 _SCOPES = click.Choice([s.value for s in Scope])
@@ -19,7 +19,7 @@ _SCOPES = click.Choice([s.value for s in Scope])
 def _restore_text(state: str | None, expires: Any) -> str:
     if state is None:
         return "-"
-    if state == RestoreState.RESTORED and expires is not None:
+    if state == ArchiveState.RESTORED and expires is not None:
         return f"restored until {local_time(expires)}"
     return str(state)
 

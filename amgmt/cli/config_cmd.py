@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli import settings_from, settings_options
+from amgmt.cli.common import settings_from, settings_options
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
 

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import signal
-from collections import deque
 from pathlib import Path
 
+import aiofiles
+import aiofiles.os
 import anyio
 import asyncclick as click
 
-from amgmt.cli import log_path
+from amgmt.cli.common import log_path
 
 
-def _last_lines(path: Path, count: int) -> list[str]:
+async def _last_lines(path: Path, count: int) -> list[str]:
+    """The last `count` lines, without their newline. The whole file is read in one call: it is rotated at 5 MiB,
+    and reading it line by line through aiofiles would cost one thread hand-over per line."""
+    if count == 0:
+        return []
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return list(deque(handle, maxlen=count)) if count > 0 else []
+        async with aiofiles.open(path, encoding="utf-8", errors="replace") as handle:
+            text = await handle.read()
     except FileNotFoundError:
         return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines[-count:]
 
 
 async def _follow(path: Path, position: int, identity: tuple[int, int] | None) -> None:
@@ -26,16 +35,16 @@ async def _follow(path: Path, position: int, identity: tuple[int, int] | None) -
     while True:
         await anyio.sleep(0.2)
         try:
-            stat = path.stat()
+            stat = await aiofiles.os.stat(path)
         except FileNotFoundError:
             continue
         if (stat.st_dev, stat.st_ino) != identity or stat.st_size < position:
             identity, position, partial = (stat.st_dev, stat.st_ino), 0, ""
         if stat.st_size == position:
             continue
-        with path.open("rb") as handle:
-            handle.seek(position)
-            chunk = handle.read()
+        async with aiofiles.open(path, "rb") as handle:
+            await handle.seek(position)
+            chunk = await handle.read()
         position += len(chunk)
         text = partial + chunk.decode("utf-8", errors="replace")
         *complete, partial = text.split("\n")
@@ -55,12 +64,12 @@ async def log(count: int, follow: bool) -> None:
     """
     path = log_path()
     try:
-        stat = path.stat()
+        stat = await aiofiles.os.stat(path)
         position, identity = stat.st_size, (stat.st_dev, stat.st_ino)
     except FileNotFoundError:
         position, identity = 0, None
-    for line in _last_lines(path, count):
-        click.echo(line.rstrip("\n"))
+    for line in await _last_lines(path, count):
+        click.echo(line)
     if not follow:
         if identity is None:
             click.echo(f"(no log yet: {path})", err=True)

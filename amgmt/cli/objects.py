@@ -1,6 +1,6 @@
 """`amgmt download`, `amgmt status` and `amgmt delete`: one object of the bucket, named by KEY or entry NAME.
 
-Parse, call amgmt.objects.service, render (text or --json); progress and prompts go to stderr.
+Parse, call amgmt.objects (resolve, download), render (text or --json); progress and prompts go to stderr.
 """
 
 from __future__ import annotations
@@ -16,22 +16,13 @@ import anyio
 import asyncclick as click
 from tqdm import tqdm
 
-from amgmt.cli import EXIT_CODES_HELP, settings_from, settings_options
+from amgmt.cli.common import EXIT_CODES_HELP, settings_from, settings_options
 from amgmt.cli.render import local_time, table, to_json
 from amgmt.text import human_duration, human_size, printable
-from amgmt.objects.service import (
-    DEFAULT_POLL_SECONDS,
-    DEFAULT_RESTORE_DAYS,
-    RESTORE_TIMES,
-    DeletePlan,
-    DownloadOptions,
-    DownloadOutcome,
-    DownloadState,
-    ObjectStatus,
-    Objects,
-    QuietReporter,
-    head_to_dict,
-)
+from amgmt.objects.download import DownloadOptions, DownloadOutcome, DownloadState
+from amgmt.objects.resolve import DeletePlan, Objects, ObjectStatus, head_to_dict
+from amgmt.objects.restore import DEFAULT_POLL_SECONDS, DEFAULT_RESTORE_DAYS, RESTORE_TIMES
+from amgmt.objects.transfer import QuietReporter
 from amgmt.errors import ConfigError, ExitCode
 from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
 from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState, first_error

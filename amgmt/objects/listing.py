@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from amgmt.upload.batch import PlannedEntry, list_entries, plan
+from amgmt.local.entries import PlannedEntry, list_entries, plan
 from amgmt.errors import ConfigError
 from amgmt.models import OperationStatus
 from amgmt.naming import display
@@ -35,7 +35,9 @@ class Scope(StrEnum):
     ALL = "all"
 
 
-class RestoreState(StrEnum):
+class ArchiveState(StrEnum):
+    """Where an object of an archive class stands in a listing (the restore itself is s3.client.RestoreState)."""
+
     ARCHIVED = "archived"  # in an archive class, and the listing reports no restore
     RESTORING = "restoring"
     RESTORED = "restored"  # readable until `restore_expires`
@@ -73,7 +75,7 @@ class StoredObject:
     storage_class: str
     last_modified: datetime | None
     etag: str
-    restore: RestoreState | None  # None: not an archive class, and no restore reported
+    restore: ArchiveState | None  # None: not an archive class, and no restore reported
     restore_expires: datetime | None
     operation_id: str | None  # None: no upload in this database made it
     target_name: str | None
@@ -129,14 +131,14 @@ def key_prefix(settings: Settings) -> str:
     return f"{settings.object_prefix}/" if settings.object_prefix else ""
 
 
-def restore_state(obj: ObjectHead) -> tuple[RestoreState | None, datetime | None]:
+def archive_state(obj: ObjectHead) -> tuple[ArchiveState | None, datetime | None]:
     """What a listing tells of an object's restore: (state, until when a restored copy stays readable)."""
     if obj.restore is not None:
         if obj.restore.ongoing:
-            return RestoreState.RESTORING, None
-        return RestoreState.RESTORED, obj.restore.expiry
+            return ArchiveState.RESTORING, None
+        return ArchiveState.RESTORED, obj.restore.expiry
     if obj.storage_class in ARCHIVE_STORAGE_CLASSES:  # GLACIER_IR and the rest read directly
-        return RestoreState.ARCHIVED, None
+        return ArchiveState.ARCHIVED, None
     return None, None
 
 
@@ -180,49 +182,8 @@ async def build_listing(settings: Settings, scope: Scope, *, page_size: int = LI
         error = first_error(group)
         raise error from error.__cause__
 
-    listed_keys = {o.key for o in listed}
-    local = None
-    if want_local:
-        newest = {(s.target_path, s.s3_object_key): s for s in summaries}  # oldest first: the last one wins
-        local = []
-        for p, mtime in planned:
-            last = newest.get((display(p.path), p.key))
-            local.append(
-                LocalEntry(
-                    name=display(p.path.name),
-                    path=display(p.path),
-                    is_directory=p.is_directory,
-                    size=p.size,
-                    key=p.key,
-                    modified_at=mtime,
-                    upload_status=last.status if last else None,
-                    operation_id=last.operation_id if last else None,
-                    last_attempt=last.started_at if last else None,
-                    changed_since=_changed(p.size, mtime, last) if last else None,
-                    in_s3=(p.key in listed_keys) if want_s3 else None,
-                )
-            )
-    objects = None
-    if want_s3:
-        maker = {s.s3_object_key: s for s in summaries if s.status in _UPLOADED}
-        objects = []
-        for o in listed:
-            restore, expires = restore_state(o)
-            made_by = maker.get(o.key)
-            objects.append(
-                StoredObject(
-                    key=o.key,
-                    name=urllib.parse.unquote(o.key[len(prefix) :], errors="backslashreplace"),
-                    size=o.size,
-                    storage_class=o.storage_class,
-                    last_modified=o.last_modified,
-                    etag=o.etag,
-                    restore=restore,
-                    restore_expires=expires,
-                    operation_id=made_by.operation_id if made_by else None,
-                    target_name=made_by.target_name if made_by else None,
-                )
-            )
+    local = _local_entries(planned, summaries, {o.key for o in listed} if want_s3 else None) if want_local else None
+    objects = _stored_objects(listed, summaries, prefix) if want_s3 else None
     return Listing(
         local_dir=display(settings.local_dir),
         bucket=settings.bucket,
@@ -231,6 +192,55 @@ async def build_listing(settings: Settings, scope: Scope, *, page_size: int = LI
         objects=objects,
         ignored=ignored if want_local else [],
     )
+
+
+def _local_entries(planned: list[tuple[PlannedEntry, datetime | None]], summaries: list[UploadSummary],
+                   listed_keys: set[str] | None) -> list[LocalEntry]:
+    """The planned entries joined with the newest upload from each path to its key (and the listed keys, if any)."""
+    newest = {(s.target_path, s.s3_object_key): s for s in summaries}  # oldest first: the last one wins
+    local = []
+    for p, mtime in planned:
+        last = newest.get((display(p.path), p.key))
+        local.append(
+            LocalEntry(
+                name=display(p.path.name),
+                path=display(p.path),
+                is_directory=p.is_directory,
+                size=p.size,
+                key=p.key,
+                modified_at=mtime,
+                upload_status=last.status if last else None,
+                operation_id=last.operation_id if last else None,
+                last_attempt=last.started_at if last else None,
+                changed_since=_changed(p.size, mtime, last) if last else None,
+                in_s3=(p.key in listed_keys) if listed_keys is not None else None,
+            )
+        )
+    return local
+
+
+def _stored_objects(listed: list[ObjectHead], summaries: list[UploadSummary], prefix: str) -> list[StoredObject]:
+    """The listed objects joined with the upload that made each (the newest verified one of its key)."""
+    maker = {s.s3_object_key: s for s in summaries if s.status in _UPLOADED}
+    objects = []
+    for o in listed:
+        restore, expires = archive_state(o)
+        made_by = maker.get(o.key)
+        objects.append(
+            StoredObject(
+                key=o.key,
+                name=urllib.parse.unquote(o.key[len(prefix) :], errors="backslashreplace"),
+                size=o.size,
+                storage_class=o.storage_class,
+                last_modified=o.last_modified,
+                etag=o.etag,
+                restore=restore,
+                restore_expires=expires,
+                operation_id=made_by.operation_id if made_by else None,
+                target_name=made_by.target_name if made_by else None,
+            )
+        )
+    return objects
 
 
 async def search(settings: Settings, keyword: str, scope: Scope = Scope.ALL, *,
@@ -259,5 +269,9 @@ def _encode(value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(value):
         item = getattr(value, f.name)
-        out[f.name] = item.isoformat() if isinstance(item, datetime) else str(item) if isinstance(item, StrEnum) else item
+        if isinstance(item, datetime):
+            item = item.isoformat()
+        elif isinstance(item, StrEnum):
+            item = str(item)
+        out[f.name] = item
     return out

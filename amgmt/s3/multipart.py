@@ -8,6 +8,7 @@ through S3Bucket.request (the one RetryPolicy).
 
 from __future__ import annotations
 
+import functools
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,14 +178,12 @@ class MultipartUpload:
         s3, md5 = self.s3, self.part_md5s[number - 1]
         checksum: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if self.use_crc else {}
         async with self.budget.hold(length):
-            data = await bodies.read_range(self.path, offset, length)
-            resp = await s3.request(
-                f"upload part {number} of", self.key,
-                lambda: s3.client.upload_part(Bucket=s3.bucket, Key=self.key, UploadId=self.upload_id,
-                                              PartNumber=number, Body=data, ContentMD5=md5_base64(md5), **checksum),
-                stats=self.stats,
+            send = functools.partial(
+                s3.client.upload_part, Bucket=s3.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                Body=await bodies.read_range(self.path, offset, length), ContentMD5=md5_base64(md5), **checksum,
             )
-            del data
+            resp = await s3.request(f"upload part {number} of", self.key, send, stats=self.stats)
+            del send  # the part's bytes go before the budget is given back
         part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
         if self.use_crc and resp.get("ChecksumCRC32"):
             part["ChecksumCRC32"] = resp["ChecksumCRC32"]

@@ -27,7 +27,6 @@ from amgmt.store.records import (
     JournaledUpload,
     UploadSummary,
     as_upload,
-    decode_time,
     file_row,
     fold,
     journaled_upload,

@@ -20,7 +20,7 @@ from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, U
 from amgmt.models import OperationRecord, OperationStatus
 from amgmt.naming import display
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
-from amgmt.local.entries import PlannedEntry, entry_key, list_entries, plan, resolve_names  # noqa: F401 (compat until all callers import local.entries)
+from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
 from amgmt.upload.report import BatchReport
 from amgmt.upload.compressor import Compressor, process_pool_compressor
 from amgmt.upload.ownership import KnownKeys

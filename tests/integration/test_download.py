@@ -1,6 +1,6 @@
-"""amgmt.objects.service against the real local server: ranged downloads verified against the upload record, corrupted and
-replaced objects refused, safe extraction (a table of hostile archives), no overwrite without --force, a GLACIER
-object through restore and --wait, and the records every operation leaves."""
+"""amgmt.objects (resolve, download, transfer, extract) against the real local server: ranged downloads verified
+against the upload record, corrupted and replaced objects refused, safe extraction (a table of hostile archives), no
+overwrite without --force, a GLACIER object through restore and --wait, and the records every operation leaves."""
 
 from __future__ import annotations
 
@@ -17,18 +17,13 @@ from typing import Any
 import pytest
 
 from amgmt.local.entries import list_entries
+from amgmt.objects.download import DownloadOptions, DownloadState
+from amgmt.objects.extract import extract_archive, plan_extraction
+from amgmt.objects.resolve import Objects
+from amgmt.objects.transfer import QuietReporter, fetch_to_file
+from amgmt.objects.verify import StreamDigests
 from amgmt.upload.batch import upload_batch
-from amgmt.objects.service import (
-    DownloadOptions,
-    DownloadState,
-    Objects,
-    QuietReporter,
-    StreamDigests,
-    extract_archive,
-    fetch_to_file,
-    plan_extraction,
-)
-from amgmt.errors import ConfigError, NotFoundError, UploadError, ValidationError, VerificationError
+from amgmt.errors import ConfigError, NotFoundError, ValidationError, VerificationError
 from amgmt.models import FileStatus, OperationStatus
 from amgmt.parts import MiB
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.errors import ConfigError, StorageError
-from amgmt.objects.listing import RestoreState as Shown, Scope, build_listing, search
+from amgmt.objects.listing import ArchiveState as Shown, Scope, build_listing, search
 from amgmt.models import OperationStatus, Stage, UploadRecord, new_operation_id
 from amgmt.s3 import ClientOptions, RestoreState, S3Bucket
 from amgmt.objects.stats import compute_statistics, failure_reason, upload_statistics
