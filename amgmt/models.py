@@ -10,7 +10,7 @@ import dataclasses
 import getpass
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -65,7 +65,7 @@ class FileRole(StrEnum):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def current_user() -> str | None:
@@ -218,9 +218,7 @@ class UploadRecord(OperationRecord):
 
 
 OPERATION_FIELDS = tuple(f.name for f in dataclasses.fields(OperationRecord))
-UPLOAD_FIELDS = tuple(
-    f.name for f in dataclasses.fields(UploadRecord) if not f.name.endswith("_file_record")
-)
+UPLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(UploadRecord) if not f.name.endswith("_file_record"))
 
 
 def operation_from_dict(data: dict[str, Any]) -> OperationRecord:

@@ -17,7 +17,10 @@ PARTIAL_SUFFIX = ".partial"
 # What `staging_name` makes (and the archiver's `.partial` of it): an operation id (a UUID), '-', the readable name.
 _STAGING_NAME = re.compile(
     r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[^/]*"
-    + re.escape(ARCHIVE_SUFFIX) + "(?:" + re.escape(PARTIAL_SUFFIX) + ")?$",
+    + re.escape(ARCHIVE_SUFFIX)
+    + "(?:"
+    + re.escape(PARTIAL_SUFFIX)
+    + ")?$",
     re.DOTALL,
 )
 

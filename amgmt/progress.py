@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-
 from amgmt.models import UploadRecord
 
 

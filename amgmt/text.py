@@ -14,7 +14,7 @@ def printable(value: object) -> str:
     """One terminal-safe line: a path (str, bytes or PathLike) as `naming.display` gives it, and every control
     character (C0 with newlines, DEL, C1 such as ESC's 8-bit twin) escaped, never sent raw."""
     if isinstance(value, (bytes, os.PathLike)):
-        text = display(value)
+        text = display(os.fsdecode(value))
     else:
         text = str(value)
     if text.isprintable():

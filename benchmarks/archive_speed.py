@@ -1,4 +1,5 @@
-"""Speed of `amgmt.local.archive.compress_entry` on generated data: MiB/s (wall) and CPU-seconds per GiB, median of N runs.
+"""Speed of `amgmt.local.archive.compress_entry` on generated data: MiB/s (wall) and CPU-seconds per GiB, median
+of N runs.
 
     .venv/bin/python benchmarks/archive_speed.py                        # the current code, level 1
     .venv/bin/python benchmarks/archive_speed.py --baseline HEAD        # ... side by side with the archive code at HEAD

@@ -45,7 +45,7 @@ def manifest(path: Path, name: str) -> str:
     if stat.S_ISREG(st.st_mode):
         return hashlib.sha256(path.read_bytes()).hexdigest()
     lines = []
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         rel_root = os.path.relpath(root, path)
         prefix = name if rel_root == "." else f"{name}/{rel_root}"
         lines.append((os.fsencode(prefix), b"dir", b"0", b""))

@@ -64,7 +64,7 @@ def sequential_pipeline(
         archive_bytes += archive.stat().st_size
         archive.unlink()
         t4 = time.perf_counter()
-        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             stages[stage] += seconds
     return archive_bytes, stages
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import anyio
 import anyio.to_process
 import anyio.to_thread
-
 from origin import sequential_pipeline  # benchmarks/origin.py: this script's own directory is on sys.path
 
 from amgmt.bench.datasets import DatasetName, dataset_spec

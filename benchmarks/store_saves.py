@@ -16,7 +16,7 @@ import json
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -24,7 +24,7 @@ import anyio
 from amgmt.models import FileRecord, FileRole, FileStatus, Location, UploadRecord, new_operation_id
 from amgmt.store import MetadataStore
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 LOCATIONS = {FileRole.SOURCE: Location.LOCAL, FileRole.COMPRESSED: Location.LOCAL, FileRole.S3: Location.S3,
              FileRole.COMPLETED: Location.COMPLETED}
 

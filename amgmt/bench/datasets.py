@@ -172,8 +172,9 @@ def dataset_spec(name: str, scale: float = 1.0) -> DatasetSpec:
 
 def generate_dataset(spec: DatasetSpec, root: Path) -> Path:
     """Write the data set's entries directly into `root` (created); the same spec always gives the same bytes."""
-    make_media_set(root, videos=spec.videos, video_size=spec.video_size, texts=spec.texts,
-                   text_size=spec.text_size, seed=spec.seed)
+    make_media_set(
+        root, videos=spec.videos, video_size=spec.video_size, texts=spec.texts, text_size=spec.text_size, seed=spec.seed
+    )
     if spec.photos:
         make_photo_set(root, count=spec.photos, size=spec.photo_size, seed=spec.seed + 1)
     return root

@@ -238,7 +238,8 @@ class ResourceMeter:
             meter_cpu_seconds=meter_user + meter_sys,
             samples=self._samples,
             machine_cpu_seconds=(machine_end - self._machine) / tick
-            if machine_end is not None and self._machine is not None else None,
+            if machine_end is not None and self._machine is not None
+            else None,
         )
 
     def _delta(self, end: _Snapshot, role: str) -> tuple[int, int]:

@@ -23,13 +23,12 @@ from amgmt.parts import MiB
 
 # The stages an entry's record times (metadata["stage_seconds"]); "other" is the rest of the entry's duration.
 STAGES: tuple[str, ...] = tuple(
-    str(s) for s in (Stage.VALIDATE, Stage.RECORD, Stage.COMPRESS, Stage.UPLOAD, Stage.VERIFY, Stage.MOVE,
-                      Stage.CLEANUP)
+    str(s)
+    for s in (Stage.VALIDATE, Stage.RECORD, Stage.COMPRESS, Stage.UPLOAD, Stage.VERIFY, Stage.MOVE, Stage.CLEANUP)
 )
 OTHER = "other"
 TUNED_KEYS = (env_key("part_size"), env_key("concurrency"), env_key("parts_in_flight"))
 _VERSIONED = ("amgmt", "aioboto3", "aiobotocore", "botocore", "boto3", "isal", "anyio", "moto")
-
 
 
 class RunKind(StrEnum):
@@ -153,8 +152,12 @@ class TargetInfo:
         return f"{kind} {where}, bucket {self.bucket!r}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "endpoint_url": self.endpoint_url, "embedded": self.embedded,
-                "server_pid_measured": self.server_pid is not None}
+        return {
+            "bucket": self.bucket,
+            "endpoint_url": self.endpoint_url,
+            "embedded": self.embedded,
+            "server_pid_measured": self.server_pid is not None,
+        }
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,10 @@ class BenchmarkReport:
         base = next((s for s in summaries if s.median.kind == RunKind.BASELINE), None)
         if base is None or base.median.wall_seconds <= 0:
             return summaries
-        return [replace(s, speedup=base.median.wall_seconds / s.median.wall_seconds if s.median.wall_seconds else None)
-                for s in summaries]
+        return [
+            replace(s, speedup=base.median.wall_seconds / s.median.wall_seconds if s.median.wall_seconds else None)
+            for s in summaries
+        ]
 
     @property
     def failed(self) -> bool:
@@ -197,7 +202,9 @@ class BenchmarkReport:
             return {}
         run = best.median
         assert run.part_size is not None and run.concurrency is not None and run.parts_in_flight is not None
-        return dict(zip(TUNED_KEYS, (format_size(run.part_size), str(run.concurrency), str(run.parts_in_flight))))
+        return dict(
+            zip(TUNED_KEYS, (format_size(run.part_size), str(run.concurrency), str(run.parts_in_flight)), strict=True)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best()
@@ -249,10 +256,16 @@ def source_revision() -> dict[str, Any] | None:
     if not (checkout / ".git").exists():
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        changes = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "modified_files": [line[3:] for line in changes.splitlines()]}
@@ -290,8 +303,13 @@ def tuned_config_path(environ: Mapping[str, str], config_path: Path | None = Non
     return own_config_path(environ)
 
 
-def save_tuned_settings(values: Mapping[str, str], *, environ: Mapping[str, str], config_path: Path | None = None,
-                        now: datetime | None = None) -> SavedSettings:
+def save_tuned_settings(
+    values: Mapping[str, str],
+    *,
+    environ: Mapping[str, str],
+    config_path: Path | None = None,
+    now: datetime | None = None,
+) -> SavedSettings:
     """Write `values` (MGMT_* keys) into the config file with `settings.write_config_values`.
 
     Keys already in the file are replaced where they stand and every other line is kept; new keys are appended under
@@ -301,6 +319,10 @@ def save_tuned_settings(values: Mapping[str, str], *, environ: Mapping[str, str]
     """
     path = tuned_config_path(environ, config_path)
     when = (now or utcnow()).astimezone().strftime("%Y-%m-%d %H:%M")
-    seeded_from = write_config_values(path, values, comment=f"tuned by `amgmt benchmark --tune --save` on {when}",
-                                      seed_from=default_config_path(environ) if config_path is None else None)
+    seeded_from = write_config_values(
+        path,
+        values,
+        comment=f"tuned by `amgmt benchmark --tune --save` on {when}",
+        seed_from=default_config_path(environ) if config_path is None else None,
+    )
     return SavedSettings(path=path, values=dict(values), seeded_from=seeded_from)

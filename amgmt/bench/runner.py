@@ -31,11 +31,11 @@ from amgmt.bench.meter import ResourceMeter
 from amgmt.bench.report import BenchmarkReport, RunKind, RunResult, TargetInfo, machine_info
 from amgmt.config import Settings, format_size, load_settings
 from amgmt.errors import ConfigError
+from amgmt.local.entries import list_entries
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.text import human_size
-from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 
 ProgressCallback = Callable[[str], None]
@@ -67,8 +67,9 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if not self.concurrencies or any(not 1 <= c <= 256 for c in self.concurrencies):
             raise ConfigError("concurrency values must be integers from 1 to 256")
-        if not self.part_sizes or any(p is not None and not MIN_PART_SIZE <= p <= MAX_PART_SIZE
-                                      for p in self.part_sizes):
+        if not self.part_sizes or any(
+            p is not None and not MIN_PART_SIZE <= p <= MAX_PART_SIZE for p in self.part_sizes
+        ):
             raise ConfigError(f"part sizes must be from {format_size(MIN_PART_SIZE)} to {format_size(MAX_PART_SIZE)}")
         if not self.parts_in_flight or any(f is not None and not 1 <= f <= 1024 for f in self.parts_in_flight):
             raise ConfigError("parts in flight must be integers from 1 to 1024")
@@ -111,8 +112,12 @@ class BenchmarkSession:
         self.root = Path()
         self.pristine = Path()
         self.server: LocalS3Server | None = None
-        self.target = TargetInfo(bucket=config.bucket or "amgmt-benchmark", endpoint_url=config.endpoint_url,
-                                 embedded=config.bucket is None, server_pid=config.server_pid)
+        self.target = TargetInfo(
+            bucket=config.bucket or "amgmt-benchmark",
+            endpoint_url=config.endpoint_url,
+            embedded=config.bucket is None,
+            server_pid=config.server_pid,
+        )
         self.notes: list[str] = []
         self._s3: S3Bucket | None = None  # for deleting each run's objects
         self._runs = 0
@@ -142,15 +147,23 @@ class BenchmarkSession:
     async def _open(self) -> None:
         self.root = self._make_work_dir()
         self._closers.push_async_callback(
-            anyio.to_thread.run_sync, functools.partial(shutil.rmtree, self.root, ignore_errors=True))
+            anyio.to_thread.run_sync, functools.partial(shutil.rmtree, self.root, ignore_errors=True)
+        )
         if self.target.embedded:
             self.on_progress("starting the embedded S3 server (moto) on 127.0.0.1")
             self.server = await anyio.to_thread.run_sync(LocalS3Server().start)
-            self._closers.push_async_callback(anyio.to_thread.run_sync, self.server.stop)
+            server = self.server
+
+            async def stop_server() -> None:
+                await anyio.to_thread.run_sync(server.stop)
+
+            self._closers.push_async_callback(stop_server)
             self.target = replace(self.target, endpoint_url=self.server.endpoint_url, server_pid=self.server.pid)
         probe = self.run_settings(self.root, concurrency=1)
-        options = replace(ClientOptions.from_settings(probe, max_connections=_DELETES_IN_FLIGHT + 2),
-                          local_credentials=self.credentials)
+        options = replace(
+            ClientOptions.from_settings(probe, max_connections=_DELETES_IN_FLIGHT + 2),
+            local_credentials=self.credentials,
+        )
         self._s3 = await self._closers.enter_async_context(S3Bucket.connect(options))
         if self.target.embedded:
             await self._s3.create_bucket()
@@ -170,8 +183,10 @@ class BenchmarkSession:
         free = shutil.disk_usage(root).free
         if free < need:
             shutil.rmtree(root, ignore_errors=True)
-            raise ConfigError(f"the work dir {root.parent} has {human_size(free)} free; this data set needs "
-                              f"about {human_size(need)} (use --workdir or a smaller --scale)")
+            raise ConfigError(
+                f"the work dir {root.parent} has {human_size(free)} free; this data set needs "
+                f"about {human_size(need)} (use --workdir or a smaller --scale)"
+            )
         return root
 
     async def _close(self) -> None:
@@ -185,13 +200,19 @@ class BenchmarkSession:
         source = self.root / "warmup-data"
         await anyio.to_thread.run_sync(functools.partial(make_photo_set, source, count=count, size=64 * 1024))
         self.on_progress("warm-up run (not timed)")
-        await self._amgmt_run(source, label="warmup", repeat=0, concurrency=count, part_size=None,
-                              parts_in_flight=None)
+        await self._amgmt_run(source, label="warmup", repeat=0, concurrency=count, part_size=None, parts_in_flight=None)
 
     # -- settings and S3 helpers -----------------------------------------------------------------------------
 
-    def run_settings(self, run_dir: Path, *, concurrency: int, part_size: int | None = None,
-                     parts_in_flight: int | None = None, prefix: str = "") -> Settings:
+    def run_settings(
+        self,
+        run_dir: Path,
+        *,
+        concurrency: int,
+        part_size: int | None = None,
+        parts_in_flight: int | None = None,
+        prefix: str = "",
+    ) -> Settings:
         """amgmt's settings for a run in `run_dir`: everything that locates data is forced (a user's
         MGMT_COMPLETED_DIR must never receive benchmark files); tuning keys come from flags, env and config."""
         local = run_dir / "local"
@@ -216,8 +237,9 @@ class BenchmarkSession:
         if self.target.embedded:
             flags.update(region=LOCAL_REGION, profile="", storage_class="")
         environ = os.environ if self.config.environ is None else self.config.environ
-        return load_settings(flags=flags, environ=environ, config_path=self.config.config_path,
-                             require_bucket=True, cwd=run_dir)
+        return load_settings(
+            flags=flags, environ=environ, config_path=self.config.config_path, require_bucket=True, cwd=run_dir
+        )
 
     async def delete_prefix(self, prefix: str) -> None:
         """Delete the objects (and abort the unfinished multipart uploads) under `prefix/`."""
@@ -266,33 +288,55 @@ class BenchmarkSession:
     def meter(self) -> ResourceMeter:
         return ResourceMeter(server_pid=self.target.server_pid)
 
-    async def run_amgmt(self, *, concurrency: int, part_size: int | None = None, parts_in_flight: int | None = None,
-                        repeat: int = 1) -> RunResult:
+    async def run_amgmt(
+        self, *, concurrency: int, part_size: int | None = None, parts_in_flight: int | None = None, repeat: int = 1
+    ) -> RunResult:
         """One timed `upload_batch` of the whole data set."""
-        return await self._amgmt_run(self.pristine, label="amgmt", repeat=repeat, concurrency=concurrency,
-                                     part_size=part_size, parts_in_flight=parts_in_flight)
+        return await self._amgmt_run(
+            self.pristine,
+            label="amgmt",
+            repeat=repeat,
+            concurrency=concurrency,
+            part_size=part_size,
+            parts_in_flight=parts_in_flight,
+        )
 
-    async def _amgmt_run(self, source: Path, *, label: str, repeat: int, concurrency: int, part_size: int | None,
-                         parts_in_flight: int | None) -> RunResult:
+    async def _amgmt_run(
+        self,
+        source: Path,
+        *,
+        label: str,
+        repeat: int,
+        concurrency: int,
+        part_size: int | None,
+        parts_in_flight: int | None,
+    ) -> RunResult:
         run_dir, prefix = self.new_run_dir(f"{label}-c{concurrency}")
         try:
             await anyio.to_thread.run_sync(self.populate, run_dir, source)
-            settings = self.run_settings(run_dir, concurrency=concurrency, part_size=part_size,
-                                         parts_in_flight=parts_in_flight, prefix=prefix)
+            settings = self.run_settings(
+                run_dir, concurrency=concurrency, part_size=part_size, parts_in_flight=parts_in_flight, prefix=prefix
+            )
             entries, _ = list_entries(settings)
-            command_args = {"command": "benchmark", "concurrency": concurrency, "part_size": settings.part_size,
-                            "parts_in_flight": settings.parts_in_flight}
+            command_args = {
+                "command": "benchmark",
+                "concurrency": concurrency,
+                "part_size": settings.part_size,
+                "parts_in_flight": settings.parts_in_flight,
+            }
             with self.meter() as meter:
                 started = time.perf_counter()
-                report = await upload_batch(settings, entries, command_args=command_args,
-                                            credentials=self.credentials)
+                report = await upload_batch(settings, entries, command_args=command_args, credentials=self.credentials)
                 wall = time.perf_counter() - started
         finally:
             await self.discard(run_dir, prefix)
         assert meter.usage is not None
         done = [r for r in report.records if r.status in (OperationStatus.SUCCESS, OperationStatus.PARTIAL)]
-        failures = [f"{r.target_name}: {r.status}: {r.error_message or ''}".rstrip(": ")
-                    for r in report.records if r.status != OperationStatus.SUCCESS]
+        failures = [
+            f"{r.target_name}: {r.status}: {r.error_message or ''}".rstrip(": ")
+            for r in report.records
+            if r.status != OperationStatus.SUCCESS
+        ]
         if report.aborted:
             failures.append(f"run stopped: {report.aborted}")
         stages, entry_seconds = _stage_totals(report.records)
@@ -347,8 +391,9 @@ def _stage_totals(records: Sequence[UploadRecord]) -> tuple[dict[str, float], fl
     return totals, sum(r.duration_seconds or 0.0 for r in records)
 
 
-async def run_benchmark(config: BenchmarkConfig, *, baseline: Baseline | None = None,
-                        on_progress: ProgressCallback | None = None) -> BenchmarkReport:
+async def run_benchmark(
+    config: BenchmarkConfig, *, baseline: Baseline | None = None, on_progress: ProgressCallback | None = None
+) -> BenchmarkReport:
     """Time the baseline (when given) and amgmt at every point of concurrency x part size x parts in flight,
     `repeat` times each.
 
@@ -369,20 +414,30 @@ async def run_benchmark(config: BenchmarkConfig, *, baseline: Baseline | None = 
             await session.warm_up()
         for repeat in range(1, config.repeat + 1):
             for concurrency, part_size, in_flight in grid:
-                shown = ", ".join(x for x in (f"concurrency {concurrency}",
-                                              part_size and f"part size {format_size(part_size)}",
-                                              in_flight and f"{in_flight} parts in flight") if x)
+                shown = ", ".join(
+                    x
+                    for x in (
+                        f"concurrency {concurrency}",
+                        part_size and f"part size {format_size(part_size)}",
+                        in_flight and f"{in_flight} parts in flight",
+                    )
+                    if x
+                )
                 progress(f"[{len(runs) + 1}/{total}] amgmt {shown}")
-                runs.append(await session.run_amgmt(concurrency=concurrency, part_size=part_size,
-                                                    parts_in_flight=in_flight, repeat=repeat))
+                runs.append(
+                    await session.run_amgmt(
+                        concurrency=concurrency, part_size=part_size, parts_in_flight=in_flight, repeat=repeat
+                    )
+                )
                 progress(run_line(runs[-1]))
         return session.report(runs)
 
 
 def run_line(run: RunResult) -> str:
     """A finished run as one progress line."""
-    line = (f"    {run.wall_seconds:.2f} s, {run.mib_per_second:.1f} MiB/s, "
-            f"client CPU {run.usage.client_cpu_seconds:.1f} s")
+    line = (
+        f"    {run.wall_seconds:.2f} s, {run.mib_per_second:.1f} MiB/s, client CPU {run.usage.client_cpu_seconds:.1f} s"
+    )
     if run.usage.server_cpu_seconds is not None:
         line += f", server CPU {run.usage.server_cpu_seconds:.1f} s"
     if run.usage.other_cpu_seconds:

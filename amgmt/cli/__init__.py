@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from asyncclick.shell_completion import CompletionItem
 
 
-
-
 class LazyCommand(NamedTuple):
     """A command the group lists without importing it: the module whose `register(group)` adds it, and its short
     help (the first sentence of its own help; tests/unit/test_cli_commands.py keeps the two equal)."""
@@ -77,7 +75,9 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or "
         "change them.",
     ),
-    "log": LazyCommand("amgmt.cli.log_cmd", "Print the last lines of amgmt's log file, and with --follow the new ones."),
+    "log": LazyCommand(
+        "amgmt.cli.log_cmd", "Print the last lines of amgmt's log file, and with --follow the new ones."
+    ),
     "local-s3": LazyCommand(
         "amgmt.cli.localserver_cmd",
         "Start a local S3 server (moto) on 127.0.0.1 and keep it running until Ctrl-C.",
@@ -118,8 +118,12 @@ class AmgmtGroup(click.Group):
             return
         limit = formatter.width - 6 - max(len(n) for n in visible)
         rows = [
-            (name, self.commands[name].get_short_help_str(limit) if name in self.commands
-             else make_default_short_help(self.lazy_commands[name].short_help, limit))
+            (
+                name,
+                self.commands[name].get_short_help_str(limit)
+                if name in self.commands
+                else make_default_short_help(self.lazy_commands[name].short_help, limit),
+            )
             for name in visible
         ]
         with formatter.section("Commands"):
@@ -130,8 +134,12 @@ class AmgmtGroup(click.Group):
         from asyncclick.shell_completion import CompletionItem
 
         items = [
-            CompletionItem(name, help=self.commands[name].get_short_help_str() if name in self.commands
-                           else self.lazy_commands[name].short_help)
+            CompletionItem(
+                name,
+                help=self.commands[name].get_short_help_str()
+                if name in self.commands
+                else self.lazy_commands[name].short_help,
+            )
             for name in self.list_commands(ctx)
             if name.startswith(incomplete) and not (name in self.commands and self.commands[name].hidden)
         ]
@@ -172,8 +180,9 @@ def setup_logging(verbose: bool = False, debug: bool = False) -> None:
     path = log_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handlers.append(RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8",
-                                            delay=True))
+        handlers.append(
+            RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8", delay=True)
+        )
     except OSError as exc:
         click.echo(f"amgmt: warning: cannot open the log file {path}: {exc.strerror or exc}", err=True)
     if verbose or debug:
@@ -184,8 +193,12 @@ def setup_logging(verbose: bool = False, debug: bool = False) -> None:
         logger.addHandler(handler)
 
 
-@click.group(cls=AmgmtGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=EXIT_CODES_HELP)
+@click.group(
+    cls=AmgmtGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP,
+)
 @click.version_option(__version__, prog_name="amgmt")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the log's INFO lines on stderr.")
 @click.option("--debug", is_flag=True, help="Log DEBUG lines too, and print them on stderr.")

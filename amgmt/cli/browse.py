@@ -6,12 +6,12 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli.common import settings_from, settings_options
-from amgmt.cli.common import open_store, parse_when
+from amgmt.cli.common import open_store, parse_when, settings_from, settings_options
 from amgmt.cli.render import local_time, table, to_json
-from amgmt.text import human_duration, human_size, printable
-from amgmt.objects.listing import ArchiveState, Listing, LocalEntry, Scope, build_listing, search as search_listing
+from amgmt.objects.listing import ArchiveState, Listing, LocalEntry, Scope, build_listing
+from amgmt.objects.listing import search as search_listing
 from amgmt.objects.stats import UploadStatistics, upload_statistics
+from amgmt.text import human_duration, human_size, printable
 
 _SCOPES = click.Choice([s.value for s in Scope])
 
@@ -44,8 +44,14 @@ def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
         lines = [heading + (f", {human_size(total)}" if listing.local else "")]
         if listing.local:
             rows = [
-                (e.name, "dir" if e.is_directory else "file", human_size(e.size), _upload_text(e),
-                 local_time(e.last_attempt), "-" if e.in_s3 is None else "yes" if e.in_s3 else "no")
+                (
+                    e.name,
+                    "dir" if e.is_directory else "file",
+                    human_size(e.size),
+                    _upload_text(e),
+                    local_time(e.last_attempt),
+                    "-" if e.in_s3 is None else "yes" if e.in_s3 else "no",
+                )
                 for e in listing.local
             ]
             lines.append(table(["NAME", "KIND", "SIZE", "UPLOAD", "TRIED", "IN S3"], rows, max_width=60))
@@ -58,8 +64,14 @@ def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
         lines = [heading + (f", {human_size(total)}" if listing.objects else "")]
         if listing.objects:
             rows = [
-                (o.key, human_size(o.size), o.storage_class, _restore_text(o.restore, o.restore_expires),
-                 local_time(o.last_modified), o.operation_id[:8] if o.operation_id else "-")
+                (
+                    o.key,
+                    human_size(o.size),
+                    o.storage_class,
+                    _restore_text(o.restore, o.restore_expires),
+                    local_time(o.last_modified),
+                    o.operation_id[:8] if o.operation_id else "-",
+                )
                 for o in listing.objects
             ]
             lines.append(table(["KEY", "SIZE", "CLASS", "RESTORE", "MODIFIED", "UPLOAD"], rows, max_width=60))
@@ -121,12 +133,14 @@ def render_statistics(stats: UploadStatistics) -> str:
         f"  throughput  {speed} ({human_duration(stats.upload_seconds)} of entry time)",
     ]
     for title, periods in (("DAY", stats.per_day), ("WEEK", stats.per_week)):
-        rows = [(p.period, p.entries, human_size(p.original_bytes), human_size(p.uploaded_bytes), p.failures)
-                for p in periods]
+        rows = [
+            (p.period, p.entries, human_size(p.original_bytes), human_size(p.uploaded_bytes), p.failures)
+            for p in periods
+        ]
         lines += ["", table([title, "ENTRIES", "IN", "TO S3", "FAILURES"], rows)]
     if stats.failures:
-        rows = [(f.count, f.status, f.reason, f.last_operation_id[:8]) for f in stats.failures]
-        lines += ["", table(["COUNT", "STATUS", "REASON", "LAST"], rows, max_width=80)]
+        failures = [(f.count, f.status, f.reason, f.last_operation_id[:8]) for f in stats.failures]
+        lines += ["", table(["COUNT", "STATUS", "REASON", "LAST"], failures, max_width=80)]
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import os
 import re
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all done; 1 an entry failed or is partial; 2 bad input or configuration; "
-    "3 S3 unreachable/unusable (run stopped); 4 metadata database unusable; 5 another run holds the local dir; 130 interrupted."
+    "3 S3 unreachable/unusable (run stopped); 4 metadata database unusable; 5 another run holds the local dir; "
+    "130 interrupted."
 )
 
 # The server runs in its own session (a Ctrl-C in the terminal does not reach it), so every way this command can be
@@ -62,7 +63,7 @@ async def run_stoppable(work: Callable[[anyio.Event], Awaitable[T]]) -> T:
             result = await work(stop)
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise first_error(group)  # the error itself, with its own cause; the group is only its context
+        raise first_error(group)  # noqa: B904 -- the error itself, with its own cause; the group is only its context
     return result
 
 
@@ -70,34 +71,64 @@ def log_path(environ: Mapping[str, str] | None = None) -> Path:
     """$XDG_STATE_HOME/amgmt/amgmt.log, default ~/.local/state/amgmt/amgmt.log (a relative XDG path is ignored)."""
     environ = os.environ if environ is None else environ
     xdg = environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(environ.get("HOME") or "~").expanduser() / ".local" / "state"
+    base = (
+        Path(xdg) if xdg and os.path.isabs(xdg) else Path(environ.get("HOME") or "~").expanduser() / ".local" / "state"
+    )
     return base / "amgmt" / "amgmt.log"
 
 
 def settings_options(func: F) -> F:
     """The options every command shares; they override MGMT_* variables and the config file."""
     options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-                     help="Config file (KEY=VALUE lines). Default: ~/.config/amgmt/config, else ~/.config/mgmt/config."),
-        click.option("--local-dir", type=str, default=None, help="Folder holding the entries [MGMT_LOCAL_DIR, default: .]."),
-        click.option("--completed-dir", type=str, default=None,
-                     help="Where originals go once verified [MGMT_COMPLETED_DIR, default: LOCAL_DIR/completed]."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Config file (KEY=VALUE lines). Default: ~/.config/amgmt/config, else ~/.config/mgmt/config.",
+        ),
+        click.option(
+            "--local-dir", type=str, default=None, help="Folder holding the entries [MGMT_LOCAL_DIR, default: .]."
+        ),
+        click.option(
+            "--completed-dir",
+            type=str,
+            default=None,
+            help="Where originals go once verified [MGMT_COMPLETED_DIR, default: LOCAL_DIR/completed].",
+        ),
         click.option("--bucket", type=str, default=None, help="Destination bucket [MGMT_BUCKET]."),
         click.option("--prefix", "object_prefix", type=str, default=None, help="Key prefix [MGMT_OBJECT_PREFIX]."),
-        click.option("--endpoint-url", type=str, default=None,
-                     help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 [MGMT_ENDPOINT_URL]."),
+        click.option(
+            "--endpoint-url",
+            type=str,
+            default=None,
+            help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 [MGMT_ENDPOINT_URL].",
+        ),
         click.option("--profile", type=str, default=None, help="AWS profile for credentials [MGMT_PROFILE]."),
         click.option("--region", type=str, default=None, help="AWS region [MGMT_REGION]."),
-        click.option("--db", "db_path", type=str, default=None,
-                     help="Metadata database [MGMT_DB_PATH, default: COMPLETED_DIR/.metadata/operations.db]."),
+        click.option(
+            "--db",
+            "db_path",
+            type=str,
+            default=None,
+            help="Metadata database [MGMT_DB_PATH, default: COMPLETED_DIR/.metadata/operations.db].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-SETTINGS_FLAGS = ("local_dir", "completed_dir", "bucket", "object_prefix", "endpoint_url", "profile", "region",
-                  "db_path")
+SETTINGS_FLAGS = (
+    "local_dir",
+    "completed_dir",
+    "bucket",
+    "object_prefix",
+    "endpoint_url",
+    "profile",
+    "region",
+    "db_path",
+)
 
 
 def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
@@ -151,17 +182,19 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 def parse_when(text: str, *, option: str, now: datetime | None = None) -> datetime:
     """An ISO date/time (local time when no zone is given) or a relative age like 30m, 2h, 7d, 1w."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     match = _RELATIVE.match(text.strip().lower())
     if match:
         return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected a date like 2026-11-25, 2026-11-25T10:00 or an age like 2h, 7d") from None
+        raise ConfigError(
+            f"{option} {text!r}: expected a date like 2026-11-25, 2026-11-25T10:00 or an age like 2h, 7d"
+        ) from None
     if value.tzinfo is None:
         value = value.astimezone()  # naive = local time
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
@@ -181,8 +214,9 @@ def summary_text(report: BatchReport) -> str:
     speed = data["throughput_bytes_per_second"]
     lines = [
         f"{report.planned} entries in {human_duration(report.wall_seconds)}: {counts}",
-        f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), "
-        f"{human_size(speed)}/s" if speed else f"{human_size(report.bytes_in)} in",
+        f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), {human_size(speed)}/s"
+        if speed
+        else f"{human_size(report.bytes_in)} in",
     ]
     for note in report.ignored:
         lines.append(f"ignored: {printable(note)}")
@@ -202,8 +236,14 @@ async def create_local_bucket(endpoint_url: str, bucket: str) -> None:
     from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
     from amgmt.s3 import ClientOptions, S3Bucket
 
-    options = ClientOptions(bucket=bucket, endpoint_url=endpoint_url, region=LOCAL_REGION,
-                            checksum_mode="when_required", addressing_style="path", max_connections=2,
-                            local_credentials=LOCAL_KEYS)
+    options = ClientOptions(
+        bucket=bucket,
+        endpoint_url=endpoint_url,
+        region=LOCAL_REGION,
+        checksum_mode="when_required",
+        addressing_style="path",
+        max_connections=2,
+        local_credentials=LOCAL_KEYS,
+    )
     async with S3Bucket.connect(options) as s3:
         await s3.create_bucket()

@@ -34,7 +34,8 @@ def _show_settings(kwargs: dict[str, Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
 @click.pass_context
 async def config(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
-    """Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or change them.
+    """Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or
+    change them.
 
     `amgmt config` is `amgmt config show`. AWS credentials are never read, shown or stored by amgmt: they come from
     the standard AWS chain.
@@ -68,11 +69,13 @@ def setting_name(key: str) -> str:
 
     shown = key if key.isprintable() and len(key) <= 80 else "the given key"
     if _SECRET_LIKE.search(key):
-        raise ConfigError(f"{shown} looks like a credential: amgmt never stores credentials (use the AWS chain: "
-                          "environment, ~/.aws/credentials or --profile)")
+        raise ConfigError(
+            f"{shown} looks like a credential: amgmt never stores credentials (use the AWS chain: "
+            "environment, ~/.aws/credentials or --profile)"
+        )
     name = key.lower()
     if name.startswith(ENV_PREFIX.lower()):
-        name = name[len(ENV_PREFIX):]
+        name = name[len(ENV_PREFIX) :]
     if name not in SETTING_NAMES:
         raise ConfigError(f"{shown} is not an amgmt setting (see `amgmt config` for the keys)")
     return name
@@ -88,8 +91,9 @@ def _write(path: Path, values: dict[str, str], *, seed_from_origin: bool) -> str
     return f" (started from a copy of {seeded_from})" if seeded_from else ""
 
 
-def _check_settings(config_path: Path | None, flags: dict[str, Any], *, require_bucket: bool,
-                    ignore_env: tuple[str, ...] = ()) -> Any:
+def _check_settings(
+    config_path: Path | None, flags: dict[str, Any], *, require_bucket: bool, ignore_env: tuple[str, ...] = ()
+) -> Any:
     """Settings loaded with `flags` over the config file, as the next run would see them."""
     from amgmt.config import env_key, load_settings
 
@@ -100,8 +104,13 @@ def _check_settings(config_path: Path | None, flags: dict[str, Any], *, require_
 @config.command("set")
 @click.argument("key")
 @click.argument("value")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="The config file to change. Default: ~/.config/amgmt/config.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The config file to change. Default: ~/.config/amgmt/config.",
+)
 async def set_(key: str, value: str, config_path: Path | None) -> None:
     """Write KEY=VALUE (an MGMT_* setting) into the config file, after checking the value; other lines stay."""
     name = setting_name(key)
@@ -120,18 +129,26 @@ async def set_(key: str, value: str, config_path: Path | None) -> None:
 @click.option("--bucket", type=str, default=None, help="Destination bucket (asked when not given).")
 @click.option("--prefix", "object_prefix", type=str, default=None, help="Key prefix (asked when not given).")
 @click.option("--local-dir", type=str, default=None, help="Folder holding the entries (asked when not given).")
-@click.option("--yes", "-y", "assume_yes", is_flag=True,
-              help="Ask nothing: what is not given keeps its current value.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="The config file to write. Default: ~/.config/amgmt/config.")
-async def init(bucket: str | None, object_prefix: str | None, local_dir: str | None, assume_yes: bool,
-               config_path: Path | None) -> None:
+@click.option("--yes", "-y", "assume_yes", is_flag=True, help="Ask nothing: what is not given keeps its current value.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The config file to write. Default: ~/.config/amgmt/config.",
+)
+async def init(
+    bucket: str | None, object_prefix: str | None, local_dir: str | None, assume_yes: bool, config_path: Path | None
+) -> None:
     """Ask for the bucket, prefix and local dir, check the bucket is reachable, and write them to the config file."""
     path = config_path or config_target()
     current = _check_settings(path if path.exists() else None, {}, require_bucket=False)
     given = {"bucket": bucket, "object_prefix": object_prefix, "local_dir": local_dir}
-    defaults = {"bucket": current.bucket or None, "object_prefix": current.object_prefix,
-                "local_dir": str(current.local_dir)}
+    defaults = {
+        "bucket": current.bucket or None,
+        "object_prefix": current.object_prefix,
+        "local_dir": str(current.local_dir),
+    }
     labels = {"bucket": "S3 bucket", "object_prefix": "Key prefix (empty for none)", "local_dir": "Local dir"}
     for name in given:
         if given[name] is None:
@@ -149,8 +166,11 @@ async def init(bucket: str | None, object_prefix: str | None, local_dir: str | N
         await s3.check_bucket()
     from amgmt.config import env_key
 
-    values = {env_key("bucket"): settings.bucket or "", env_key("object_prefix"): settings.object_prefix,
-              env_key("local_dir"): str(settings.local_dir)}
+    values = {
+        env_key("bucket"): settings.bucket or "",
+        env_key("object_prefix"): settings.object_prefix,
+        env_key("local_dir"): str(settings.local_dir),
+    }
     seeded = _write(path, values, seed_from_origin=config_path is None)
     click.echo(f"bucket {settings.bucket} is reachable; wrote to {path}{seeded}:")
     for key, value in values.items():

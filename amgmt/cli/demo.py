@@ -14,10 +14,10 @@ import anyio
 import asyncclick as click
 from anyio.abc import Process
 
-from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
 from amgmt.bench.datasets import make_demo_media
-from amgmt.errors import AmgmtError, ConfigError, ExitCode
 from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
+from amgmt.errors import AmgmtError, ConfigError, ExitCode
 
 MARKER = ".amgmt-demo"
 BUCKET = "amgmt-demo"
@@ -55,8 +55,14 @@ class _Steps:
                 self.scope.cancel()
 
     async def run(self, args: list[str], env: dict[str, str]) -> int:
-        async with await anyio.open_process([sys.executable, "-m", "amgmt", *args], env=env, stdin=None,
-                                            stdout=None, stderr=None, start_new_session=True) as process:
+        async with await anyio.open_process(
+            [sys.executable, "-m", "amgmt", *args],
+            env=env,
+            stdin=None,
+            stdout=None,
+            stderr=None,
+            start_new_session=True,
+        ) as process:
             self._process = process
             try:
                 return await process.wait()
@@ -65,8 +71,14 @@ class _Steps:
 
 
 @click.command("demo")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".amgmt-demo"), show_default=True,
-              help="Working folder (re-created at each run).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path(".amgmt-demo"),
+    show_default=True,
+    help="Working folder (re-created at each run).",
+)
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
 async def demo(directory: Path, concurrency: int) -> None:
     """Make a sample media folder, start a local S3 server on 127.0.0.1, run

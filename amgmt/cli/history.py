@@ -11,9 +11,10 @@ import asyncclick as click
 
 from amgmt.cli.common import open_store, parse_when, settings_options
 from amgmt.cli.render import local_time, table, to_json
-from amgmt.text import human_duration, human_size
 from amgmt.errors import ConfigError
 from amgmt.models import UPLOAD_FIELDS, FileRole, Location, OperationRecord, OperationStatus, UploadRecord
+from amgmt.text import human_duration, human_size
+
 
 def _ratio(record: OperationRecord) -> str:
     ratio = getattr(record, "compression_ratio", None)
@@ -30,15 +31,40 @@ FORMATS = ("table", "csv", "json")
 @click.option("--since", type=str, default=None, help="Started at or after: 2026-11-25, 2026-11-25T10:00, 2h, 7d.")
 @click.option("--until", type=str, default=None, help="Started before (same forms as --since).")
 @click.option("--target", type=str, default=None, help="Target name or path contains this (case-insensitive).")
-@click.option("--location", type=click.Choice([loc.value for loc in Location]), default=None,
-              help="Only operations with a file record there: local (the source), s3 (an object), completed (moved).")
-@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most this many; 0 = all.")
-@click.option("--format", "output_format", type=click.Choice(FORMATS), default=None,
-              help="table (default), csv (a header of UploadRecord field names, one row per operation) or json.")
-@click.option("--json", "as_json", is_flag=True, help="Same as --format json: a list of records with the UploadRecord field names.")
-async def history(status: str | None, operation_type: str | None, since: str | None, until: str | None,
-                  target: str | None, location: str | None, limit: int, output_format: str | None, as_json: bool,
-                  **kwargs: Any) -> None:
+@click.option(
+    "--location",
+    type=click.Choice([loc.value for loc in Location]),
+    default=None,
+    help="Only operations with a file record there: local (the source), s3 (an object), completed (moved).",
+)
+@click.option(
+    "-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most this many; 0 = all."
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (default), csv (a header of UploadRecord field names, one row per operation) or json.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Same as --format json: a list of records with the UploadRecord field names.",
+)
+async def history(
+    status: str | None,
+    operation_type: str | None,
+    since: str | None,
+    until: str | None,
+    target: str | None,
+    location: str | None,
+    limit: int,
+    output_format: str | None,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
     """Past operations, newest first: what was uploaded, where, when, how big, whether it verified.
 
     `--format csv` and `--format json` export the same records (without the four FileRecords, which `show` has);
@@ -52,9 +78,15 @@ async def history(status: str | None, operation_type: str | None, since: str | N
     before = parse_when(until, option="--until") if until else None
     async with await open_store(kwargs) as store:
         # One more than asked for, to tell the user when the limit cut the list.
-        records = await store.list_operations(status=status, operation_type=operation_type, since=after,
-                                              until=before, target=target, location=location,
-                                              limit=limit + 1 if limit else None)
+        records = await store.list_operations(
+            status=status,
+            operation_type=operation_type,
+            since=after,
+            until=before,
+            target=target,
+            location=location,
+            limit=limit + 1 if limit else None,
+        )
     if limit and len(records) > limit:
         records = records[:limit]
         click.echo(f"amgmt: showing the newest {limit} matching operations; -n 0 for all", err=True)
@@ -74,10 +106,28 @@ async def history(status: str | None, operation_type: str | None, since: str | N
         packed = human_size(getattr(r, "compressed_size", None))
         key = getattr(r, "s3_object_key", "") or r.result_path or ""
         note = r.error_message if r.status != OperationStatus.SUCCESS else getattr(r, "verification_method", "") or ""
-        rows.append((r.operation_id[:8], r.operation_type, r.target_name, r.status, local_time(r.started_at),
-                     human_duration(r.duration_seconds), size, packed, _ratio(r), key, note))
-    click.echo(table(["ID", "TYPE", "TARGET", "STATUS", "STARTED", "TOOK", "SIZE", "PACKED", "RATIO", "KEY", "NOTE"],
-                     rows, max_width=40))
+        rows.append(
+            (
+                r.operation_id[:8],
+                r.operation_type,
+                r.target_name,
+                r.status,
+                local_time(r.started_at),
+                human_duration(r.duration_seconds),
+                size,
+                packed,
+                _ratio(r),
+                key,
+                note,
+            )
+        )
+    click.echo(
+        table(
+            ["ID", "TYPE", "TARGET", "STATUS", "STARTED", "TOOK", "SIZE", "PACKED", "RATIO", "KEY", "NOTE"],
+            rows,
+            max_width=40,
+        )
+    )
 
 
 def history_csv(records: list[OperationRecord]) -> str:

@@ -7,8 +7,9 @@ import contextlib
 import anyio
 import asyncclick as click
 
-from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
 from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
+
 
 @click.command("local-s3")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 [default: a free one].")
@@ -29,8 +30,11 @@ async def local_s3(port: int | None, bucket: str) -> None:
             click.echo(f"local S3 server on {server.endpoint_url} (pid {server.pid}); bucket {bucket!r} created")
             click.echo("use it from another shell with:")
             click.echo(f"  export MGMT_ENDPOINT_URL={server.endpoint_url} MGMT_BUCKET={bucket}")
-            click.echo("  export " + " ".join(f"{k}={v}" for k, v in LOCAL_CREDENTIALS.items())
-                       + f" AWS_DEFAULT_REGION={LOCAL_REGION}")
+            click.echo(
+                "  export "
+                + " ".join(f"{k}={v}" for k, v in LOCAL_CREDENTIALS.items())
+                + f" AWS_DEFAULT_REGION={LOCAL_REGION}"
+            )
             click.echo("press Ctrl-C to stop")
             async for _ in signals:
                 break

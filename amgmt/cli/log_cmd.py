@@ -53,8 +53,15 @@ async def _follow(path: Path, position: int, identity: tuple[int, int] | None) -
 
 
 @click.command("log")
-@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=20, show_default=True,
-              help="How many of the last lines to print.")
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many of the last lines to print.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
 async def log(count: int, follow: bool) -> None:
     """Print the last lines of amgmt's log file, and with --follow the new ones.
@@ -75,6 +82,7 @@ async def log(count: int, follow: bool) -> None:
             click.echo(f"(no log yet: {path})", err=True)
         return
     async with anyio.create_task_group() as tg:
+
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:

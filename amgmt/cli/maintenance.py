@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncclick as click
 
-from amgmt.upload.batch import retry_targets, upload_batch
-from amgmt.upload.report import BatchReport
-from amgmt.upload.recovery import KEPT_RESUMABLE
-from amgmt.upload.recovery import cleanup as run_cleanup
 from amgmt.cli.common import EXIT_CODES_HELP, parse_when, run_stoppable, settings_from, settings_options, summary_text
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
-from amgmt.text import human_size, printable
 from amgmt.errors import ConfigError
 from amgmt.progress import SilentReporter
+from amgmt.text import human_size, printable
+from amgmt.upload.batch import retry_targets, upload_batch
+from amgmt.upload.recovery import KEPT_RESUMABLE
+from amgmt.upload.recovery import cleanup as run_cleanup
+from amgmt.upload.report import BatchReport
 
 
 @click.command("retry", epilog=EXIT_CODES_HELP)
 @click.argument("operation_ids", nargs=-1)
 @settings_options
-@click.option("--failed", is_flag=True,
-              help="Every upload whose latest attempt failed, was cancelled or interrupted (killed), or is partial.")
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Every upload whose latest attempt failed, was cancelled or interrupted (killed), or is partial.",
+)
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
-async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int | None, as_json: bool,
-                progress: bool | None, **kwargs: Any) -> None:
+async def retry(
+    operation_ids: tuple[str, ...],
+    failed: bool,
+    concurrency: int | None,
+    as_json: bool,
+    progress: bool | None,
+    **kwargs: Any,
+) -> None:
     """Upload again the entries of failed, cancelled or partial operations (ids or unique id prefixes).
 
     An interrupted multipart upload of an unchanged entry is resumed; a partial one (uploaded, not moved) is
@@ -43,10 +52,15 @@ async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int |
     if entries:
         show_bar = sys.stderr.isatty() if progress is None else progress
         reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
-        args = {"command": "retry", "operation_ids": list(operation_ids), "failed": failed,
-                "concurrency": settings.concurrency}
-        await run_stoppable(lambda stop: upload_batch(settings, entries, reporter=reporter, report=report,
-                                                      command_args=args, stop=stop))
+        args = {
+            "command": "retry",
+            "operation_ids": list(operation_ids),
+            "failed": failed,
+            "concurrency": settings.concurrency,
+        }
+        await run_stoppable(
+            lambda stop: upload_batch(settings, entries, reporter=reporter, report=report, command_args=args, stop=stop)
+        )
     click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
     if report.exit_code:
         raise click.exceptions.Exit(int(report.exit_code))
@@ -55,11 +69,19 @@ async def retry(operation_ids: tuple[str, ...], failed: bool, concurrency: int |
 @click.command("cleanup", epilog=EXIT_CODES_HELP)
 @settings_options
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed or aborted.")
-@click.option("--older-than", type=str, default="1h", show_default=True,
-              help="Abort uploads only when started this long ago (30m, 2h, 7d, 0): those amgmt has no record of, "
-                   "and those it journaled, which a retry could still resume.")
-@click.option("--include-resumable", is_flag=True,
-              help="Also abort the uploads amgmt journaled within --older-than (a retry can no longer resume them).")
+@click.option(
+    "--older-than",
+    type=str,
+    default="1h",
+    show_default=True,
+    help="Abort uploads only when started this long ago (30m, 2h, 7d, 0): those amgmt has no record of, "
+    "and those it journaled, which a retry could still resume.",
+)
+@click.option(
+    "--include-resumable",
+    is_flag=True,
+    help="Also abort the uploads amgmt journaled within --older-than (a retry can no longer resume them).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was found as JSON.")
 async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_json: bool, **kwargs: Any) -> None:
     """Abort unfinished multipart uploads under the prefix, remove stale staging archives, and close the records
@@ -70,16 +92,23 @@ async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_js
     local dir sharing the database) is always kept. Others under the prefix (possibly another machine's, in
     progress) are aborted only when older than --older-than. Only the staging archives amgmt made are removed."""
     settings = settings_from(kwargs, require_bucket=True)
-    age = datetime.now(timezone.utc) - parse_when(older_than, option="--older-than") if older_than != "0" else timedelta(0)
+    age = datetime.now(UTC) - parse_when(older_than, option="--older-than") if older_than != "0" else timedelta(0)
     found = await run_cleanup(settings, dry_run=dry_run, older_than=age, include_resumable=include_resumable)
     if as_json:
         click.echo(to_json(found.to_dict()))
         return
     verb = "would abort" if dry_run else "aborted"
     if found.multipart_uploads:
-        click.echo(table(["KEY", "UPLOAD ID", "STARTED", "PARTS", "SIZE"],
-                         [(u["key"], u["upload_id"][:16], u["initiated"] or "-", u["parts"], human_size(u["size"]))
-                          for u in found.multipart_uploads], max_width=60))
+        click.echo(
+            table(
+                ["KEY", "UPLOAD ID", "STARTED", "PARTS", "SIZE"],
+                [
+                    (u["key"], u["upload_id"][:16], u["initiated"] or "-", u["parts"], human_size(u["size"]))
+                    for u in found.multipart_uploads
+                ],
+                max_width=60,
+            )
+        )
     click.echo(f"{verb} {len(found.multipart_uploads)} multipart uploads holding {human_size(found.multipart_bytes)}")
     if found.kept_multipart_uploads:
         kept = found.kept_multipart_uploads
@@ -88,13 +117,17 @@ async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_js
             click.echo(f"  {printable(u['key'])} ({u['parts']} parts, {human_size(u['size'])}): {u['reason']}")
         if any(u["reason"] == KEPT_RESUMABLE for u in kept):
             click.echo("  (--include-resumable aborts the resumable ones too)")
-    click.echo(f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "
-               f"{human_size(found.staging_bytes)}")
+    click.echo(
+        f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "
+        f"{human_size(found.staging_bytes)}"
+    )
     for leftover in found.move_leftovers:
         click.echo(f"{'would be ' if dry_run else ''}{leftover['action']}: {leftover['path']}")
     if found.interrupted_operations:
-        click.echo(f"{'would close' if dry_run else 'closed'} {len(found.interrupted_operations)} records of "
-                   "interrupted runs as cancelled")
+        click.echo(
+            f"{'would close' if dry_run else 'closed'} {len(found.interrupted_operations)} records of "
+            "interrupted runs as cancelled"
+        )
 
 
 def register(group: click.Group) -> None:

@@ -18,14 +18,14 @@ from tqdm import tqdm
 
 from amgmt.cli.common import EXIT_CODES_HELP, settings_from, settings_options
 from amgmt.cli.render import local_time, table, to_json
-from amgmt.text import human_duration, human_size, printable
+from amgmt.errors import ConfigError, ExitCode
+from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
 from amgmt.objects.download import DownloadOptions, DownloadOutcome, DownloadState
 from amgmt.objects.resolve import DeletePlan, Objects, ObjectStatus, head_to_dict
 from amgmt.objects.restore import DEFAULT_POLL_SECONDS, DEFAULT_RESTORE_DAYS, RESTORE_TIMES
 from amgmt.objects.transfer import QuietReporter
-from amgmt.errors import ConfigError, ExitCode
-from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
 from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState, first_error
+from amgmt.text import human_duration, human_size, printable
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -55,7 +55,7 @@ async def until_signalled(work: Callable[[], Awaitable[T]], *, note: str) -> T:
             done.append(await work())
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise first_error(group)  # the error itself, with its own cause; the group is only its context
+        raise first_error(group)  # noqa: B904 -- the error itself, with its own cause; the group is only its context
     if stopped or not done:
         click.echo(f"amgmt: interrupted: {note}", err=True)
         raise click.exceptions.Exit(int(ExitCode.INTERRUPTED))
@@ -82,8 +82,10 @@ class CliReporter(QuietReporter):
 
     def restore_waiting(self, head: ObjectHead, waited: float, next_check: float) -> None:
         super().restore_waiting(head, waited, next_check)
-        line = (f"restore of {self.label} ({head.storage_class}) in progress: waited {human_duration(waited)}, "
-                f"next check in {human_duration(next_check)}")
+        line = (
+            f"restore of {self.label} ({head.storage_class}) in progress: waited {human_duration(waited)}, "
+            f"next check in {human_duration(next_check)}"
+        )
         click.echo(f"\r{line}\x1b[K" if self._tty else line, err=True, nl=not self._tty)
 
     def transfer_started(self, total: int) -> None:
@@ -91,8 +93,16 @@ class CliReporter(QuietReporter):
         if self.restore_polls and self._tty:
             click.echo("", err=True)
         if self.show_bar:
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                             dynamic_ncols=True, desc="download", leave=False)
+            self._bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                desc="download",
+                leave=False,
+            )
 
     def advance(self, nbytes: int) -> None:
         super().advance(nbytes)
@@ -118,52 +128,94 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
     what = f"{outcome.target.url} ({human_size(head.size)}, {head.storage_class})"
     if outcome.state != DownloadState.DOWNLOADED:
         usual = RESTORE_TIMES.get((head.storage_class or "", options.tier))
-        asked = ("restore requested" if outcome.state == DownloadState.RESTORE_STARTED
-                 else "restore already in progress")
-        lines = [f"{what}: {asked} ({options.tier} tier, readable for {_count(options.days, 'day')} once done"
-                 f"{'; usually ' + usual if usual else ''})",
-                 "nothing downloaded yet: run the same command again when the restore is done, or add --wait "
-                 f"(exit code {RESTORE_PENDING_EXIT})"]
+        asked = "restore requested" if outcome.state == DownloadState.RESTORE_STARTED else "restore already in progress"
+        lines = [
+            f"{what}: {asked} ({options.tier} tier, readable for {_count(options.days, 'day')} once done"
+            f"{'; usually ' + usual if usual else ''})",
+            "nothing downloaded yet: run the same command again when the restore is done, or add --wait "
+            f"(exit code {RESTORE_PENDING_EXIT})",
+        ]
         return "\n".join(printable(line) for line in lines)
     took = human_duration(outcome.seconds)
     if outcome.extracted:
         x = outcome.extracted
-        counts = ", ".join(_count(n, word) for n, word in ((x.files, "file"), (x.directories, "directory"),
-                                                          (x.links, "link")))
-        lines = [f"extracted {what} into {options.dest_dir.absolute()} in {took}: "
-                 f"{', '.join(x.top_level) or '(empty)'} ({counts}, {human_size(x.bytes)}"
-                 f"{f', {x.replaced} replaced' if x.replaced else ''})"]
+        counts = ", ".join(
+            _count(n, word) for n, word in ((x.files, "file"), (x.directories, "directory"), (x.links, "link"))
+        )
+        lines = [
+            f"extracted {what} into {options.dest_dir.absolute()} in {took}: "
+            f"{', '.join(x.top_level) or '(empty)'} ({counts}, {human_size(x.bytes)}"
+            f"{f', {x.replaced} replaced' if x.replaced else ''})"
+        ]
     else:
         lines = [f"downloaded {what} to {outcome.local_path} in {took}"]
     lines.append(f"verified: {', '.join(outcome.verified_by)}; sha256 {outcome.sha256}")
     if outcome.verified_by == ("size",):
-        lines.append("warning: no checksum is known for this object (no amgmt record or metadata, and an ETag that "
-                     "cannot be recomputed): only its size was checked")
+        lines.append(
+            "warning: no checksum is known for this object (no amgmt record or metadata, and an ETag that "
+            "cannot be recomputed): only its size was checked"
+        )
     if outcome.restore_waited_seconds:
         lines.append(f"waited {human_duration(outcome.restore_waited_seconds)} for the restore")
     return "\n".join(printable(line) for line in lines)
 
 
-@click.command("download", epilog=f"{EXIT_CODES_HELP} {RESTORE_PENDING_EXIT} a restore is under way, nothing was "
-                                  "downloaded yet.")
+@click.command(
+    "download", epilog=f"{EXIT_CODES_HELP} {RESTORE_PENDING_EXIT} a restore is under way, nothing was downloaded yet."
+)
 @click.argument("target")
 @settings_options
-@click.option("--to", "dest", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
-              show_default=True, help="Directory to write into; created if missing.")
-@click.option("--extract", is_flag=True,
-              help="Unpack the archive into --to (refusing unsafe members) instead of keeping the .tar.gz.")
+@click.option(
+    "--to",
+    "dest",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Directory to write into; created if missing.",
+)
+@click.option(
+    "--extract",
+    is_flag=True,
+    help="Unpack the archive into --to (refusing unsafe members) instead of keeping the .tar.gz.",
+)
 @click.option("--force", is_flag=True, help="Replace files that already exist.")
-@click.option("--tier", type=click.Choice(RESTORE_TIERS), default="Standard", show_default=True,
-              help="Restore tier for GLACIER and DEEP_ARCHIVE objects.")
-@click.option("--days", type=click.IntRange(min=1), default=DEFAULT_RESTORE_DAYS, show_default=True,
-              help="Days the restored copy stays readable.")
+@click.option(
+    "--tier",
+    type=click.Choice(RESTORE_TIERS),
+    default="Standard",
+    show_default=True,
+    help="Restore tier for GLACIER and DEEP_ARCHIVE objects.",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=DEFAULT_RESTORE_DAYS,
+    show_default=True,
+    help="Days the restored copy stays readable.",
+)
 @click.option("--wait", is_flag=True, help="Wait until a restore is done (checking its state), then download.")
-@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_POLL_SECONDS,
-              show_default=True, help="Seconds between restore checks with --wait.")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_POLL_SECONDS,
+    show_default=True,
+    help="Seconds between restore checks with --wait.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
-async def download(target: str, dest: Path, extract: bool, force: bool, tier: str, days: int, wait: bool,
-                   poll_interval: float, as_json: bool, progress: bool | None, **kwargs: Any) -> None:
+async def download(
+    target: str,
+    dest: Path,
+    extract: bool,
+    force: bool,
+    tier: str,
+    days: int,
+    wait: bool,
+    poll_interval: float,
+    as_json: bool,
+    progress: bool | None,
+    **kwargs: Any,
+) -> None:
     """Download an object, verify it against its upload record, and keep the .tar.gz or extract it.
 
     \b
@@ -174,12 +226,21 @@ async def download(target: str, dest: Path, extract: bool, force: bool, tier: st
     or with --wait checks every --poll-interval seconds until the copy is readable, then downloads.
     """
     settings = settings_from(kwargs, require_bucket=True)
-    options = DownloadOptions(dest_dir=dest, extract=extract, force=force, tier=tier, days=days, wait=wait,
-                              poll_interval=poll_interval)
+    options = DownloadOptions(
+        dest_dir=dest, extract=extract, force=force, tier=tier, days=days, wait=wait, poll_interval=poll_interval
+    )
     show_bar = (sys.stderr.isatty() if progress is None else progress) and not as_json
     reporter = CliReporter(bar=show_bar, label=target)
-    args = {"command": "download", "target": target, "to": str(dest), "extract": extract, "force": force,
-            "tier": tier, "days": days, "wait": wait}
+    args = {
+        "command": "download",
+        "target": target,
+        "to": str(dest),
+        "extract": extract,
+        "force": force,
+        "tier": tier,
+        "days": days,
+        "wait": wait,
+    }
 
     async def run() -> DownloadOutcome:
         async with Objects.open(settings, record=True) as objects:
@@ -209,8 +270,17 @@ def _detail(record: OperationRecord) -> str:
 
 
 def _operations_table(operations: list[OperationRecord]) -> str:
-    rows = [(r.operation_id[:8], r.operation_type, r.status, local_time(r.started_at),
-             human_duration(r.duration_seconds), _detail(r)) for r in operations]
+    rows = [
+        (
+            r.operation_id[:8],
+            r.operation_type,
+            r.status,
+            local_time(r.started_at),
+            human_duration(r.duration_seconds),
+            _detail(r),
+        )
+        for r in operations
+    ]
     return table(["ID", "TYPE", "STATUS", "STARTED", "TOOK", "DETAIL"], rows, max_width=70)
 
 
@@ -259,8 +329,12 @@ async def status(target: str, as_json: bool, **kwargs: Any) -> None:
     async with Objects.open(settings, record=False) as objects:
         found = await objects.status(target)
     if as_json:
-        data = {**found.target.to_dict(), "url": found.target.url, "object": head_to_dict(found.head),
-                "operations": [r.to_dict() for r in found.operations]}
+        data = {
+            **found.target.to_dict(),
+            "url": found.target.url,
+            "object": head_to_dict(found.head),
+            "operations": [r.to_dict() for r in found.operations],
+        }
         click.echo(to_json(data))
         return
     click.echo(_status_text(found, target))
@@ -272,9 +346,11 @@ def _plan_text(plan: DeletePlan) -> str:
     if not plan.uploads:
         lines.append(f"  {'uploaded'.ljust(14)}  no upload of this key recorded")
     for upload in plan.uploads[:5]:
-        lines.append(f"  {'upload'.ljust(14)}  {upload.operation_id[:8]} {upload.status} "
-                     f"{local_time(upload.started_at)}: {upload.target_name} ({human_size(upload.original_size)}) "
-                     f"from {upload.target_path}")
+        lines.append(
+            f"  {'upload'.ljust(14)}  {upload.operation_id[:8]} {upload.status} "
+            f"{local_time(upload.started_at)}: {upload.target_name} ({human_size(upload.original_size)}) "
+            f"from {upload.target_path}"
+        )
     if len(plan.uploads) > 5:
         lines.append(f"  {''.ljust(14)}  and {len(plan.uploads) - 5} older upload records")
     lines.append("the records stay (marked deleted); the object cannot be recovered unless the bucket keeps versions")
@@ -301,21 +377,36 @@ async def delete(target: str, yes: bool, as_json: bool, **kwargs: Any) -> None:
         click.echo(_plan_text(plan), err=as_json)
         if not yes:
             if not sys.stdin.isatty():
-                raise ConfigError(f"not deleting {plan.target.url} without confirmation: stdin is not a terminal; "
-                                  "pass --yes")
+                raise ConfigError(
+                    f"not deleting {plan.target.url} without confirmation: stdin is not a terminal; pass --yes"
+                )
             if not click.confirm("delete it?", default=False, err=True):
                 click.echo(to_json({"deleted": False, "url": plan.target.url}) if as_json else "nothing deleted")
                 return
         record = await objects.delete(plan, command_args={"command": "delete", "target": target, "yes": yes})
     marked = sum(1 for u in plan.uploads if u.s3_file_record is not None)
     if as_json:
-        click.echo(to_json({"deleted": True, "url": plan.target.url, **plan.target.to_dict(),
-                            "size": plan.head.size, "etag": plan.head.etag, "storage_class": plan.head.storage_class,
-                            "operation_id": record.operation_id,
-                            "upload_records_marked_deleted": marked}))
+        click.echo(
+            to_json(
+                {
+                    "deleted": True,
+                    "url": plan.target.url,
+                    **plan.target.to_dict(),
+                    "size": plan.head.size,
+                    "etag": plan.head.etag,
+                    "storage_class": plan.head.storage_class,
+                    "operation_id": record.operation_id,
+                    "upload_records_marked_deleted": marked,
+                }
+            )
+        )
         return
-    click.echo(printable(f"deleted {plan.target.url}; {_count(marked, 'upload record')} marked deleted; "
-                        f"operation {record.operation_id[:8]}"))
+    click.echo(
+        printable(
+            f"deleted {plan.target.url}; {_count(marked, 'upload record')} marked deleted; "
+            f"operation {record.operation_id[:8]}"
+        )
+    )
 
 
 def register(group: click.Group) -> None:

@@ -22,9 +22,9 @@ class TqdmReporter(SilentReporter):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
         self._stream = stream
-        self._bar: tqdm | None = None  # type: ignore[type-arg]
+        self._bar: tqdm | None = None
 
-    def _shown(self) -> tqdm:  # type: ignore[type-arg]
+    def _shown(self) -> tqdm:
         if self._bar is None:
             self._bar = tqdm(
                 total=0,

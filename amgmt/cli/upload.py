@@ -7,16 +7,23 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.local.entries import list_entries, plan, resolve_names
-from amgmt.upload.batch import upload_batch
-from amgmt.upload.report import BatchReport
-from amgmt.cli.common import EXIT_CODES_HELP, complete_entry_names, run_stoppable, settings_from, settings_options, summary_text
+from amgmt.cli.common import (
+    EXIT_CODES_HELP,
+    complete_entry_names,
+    run_stoppable,
+    settings_from,
+    settings_options,
+    summary_text,
+)
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
-from amgmt.text import human_size, printable
 from amgmt.errors import ConfigError
+from amgmt.local.entries import list_entries, plan, resolve_names
 from amgmt.naming import display
 from amgmt.progress import SilentReporter
+from amgmt.text import human_size, printable
+from amgmt.upload.batch import upload_batch
+from amgmt.upload.report import BatchReport
 
 
 @click.command("upload", epilog=EXIT_CODES_HELP)
@@ -29,8 +36,17 @@ from amgmt.progress import SilentReporter
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
-async def upload(names: tuple[str, ...], concurrency: int | None, storage_class: str | None, part_size: str | None,
-                 overwrite: bool, dry_run: bool, as_json: bool, progress: bool | None, **kwargs: Any) -> None:
+async def upload(
+    names: tuple[str, ...],
+    concurrency: int | None,
+    storage_class: str | None,
+    part_size: str | None,
+    overwrite: bool,
+    dry_run: bool,
+    as_json: bool,
+    progress: bool | None,
+    **kwargs: Any,
+) -> None:
     """Pack, upload, verify and move entries of the local dir.
 
     NAMES are files or directories inside the local dir, or `all` for every entry directly in it (except
@@ -51,11 +67,19 @@ async def upload(names: tuple[str, ...], concurrency: int | None, storage_class:
     if dry_run:
         planned = plan(settings, entries)
         if as_json:
-            click.echo(to_json({"dry_run": True, "entries": [p.to_dict(settings.bucket) for p in planned],
-                                "ignored": ignored}))
+            click.echo(
+                to_json({"dry_run": True, "entries": [p.to_dict(settings.bucket) for p in planned], "ignored": ignored})
+            )
             return
-        rows = [(display(p.path.name), "dir" if p.is_directory else "file", human_size(p.size),
-                 f"s3://{settings.bucket}/{p.key}") for p in planned]
+        rows = [
+            (
+                display(p.path.name),
+                "dir" if p.is_directory else "file",
+                human_size(p.size),
+                f"s3://{settings.bucket}/{p.key}",
+            )
+            for p in planned
+        ]
         click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
         for note in ignored:
             click.echo(f"ignored: {printable(note)}")
@@ -63,12 +87,27 @@ async def upload(names: tuple[str, ...], concurrency: int | None, storage_class:
         return
     show_bar = sys.stderr.isatty() if progress is None else progress
     reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
-    command_args = {"command": "upload", "names": [display(n) for n in names], "concurrency": settings.concurrency,
-                    "overwrite": overwrite, "storage_class": settings.storage_class,
-                    "part_size": settings.part_size, "local_dir": display(settings.local_dir)}
+    command_args = {
+        "command": "upload",
+        "names": [display(n) for n in names],
+        "concurrency": settings.concurrency,
+        "overwrite": overwrite,
+        "storage_class": settings.storage_class,
+        "part_size": settings.part_size,
+        "local_dir": display(settings.local_dir),
+    }
     report = BatchReport(ignored=ignored)
-    await run_stoppable(lambda stop: upload_batch(settings, entries, reporter=reporter, overwrite=overwrite,
-                                                  command_args=command_args, report=report, stop=stop))
+    await run_stoppable(
+        lambda stop: upload_batch(
+            settings,
+            entries,
+            reporter=reporter,
+            overwrite=overwrite,
+            command_args=command_args,
+            report=report,
+            stop=stop,
+        )
+    )
     click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
     code = int(report.exit_code)
     if code:

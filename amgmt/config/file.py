@@ -157,8 +157,9 @@ def _replace_file(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def write_config_values(path: Path, values: Mapping[str, str], *, comment: str | None = None,
-                        seed_from: Path | None = None) -> Path | None:
+def write_config_values(
+    path: Path, values: Mapping[str, str], *, comment: str | None = None, seed_from: Path | None = None
+) -> Path | None:
     """Set `values` (MGMT_* keys) in the config file at `path`; return the file it was seeded from, else None.
 
     - The file is parsed first: a malformed one raises ConfigError and is never rewritten.
@@ -197,4 +198,3 @@ def write_config_values(path: Path, values: Mapping[str, str], *, comment: str |
     except OSError as exc:
         raise ConfigError(f"cannot write the config file {show_value(path)}: {exc.strerror or exc}") from exc
     return None if exists else source
-

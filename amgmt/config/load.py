@@ -38,8 +38,13 @@ class _Raw:
 class _Layers:
     """The three given layers, asked key by key; the first one holding a key wins."""
 
-    def __init__(self, flags: Mapping[str, object], environ: Mapping[str, str], file_values: Mapping[str, str],
-                 config_file: Path | None) -> None:
+    def __init__(
+        self,
+        flags: Mapping[str, object],
+        environ: Mapping[str, str],
+        file_values: Mapping[str, str],
+        config_file: Path | None,
+    ) -> None:
         self.flags = flags
         self.environ = environ
         self.file_values = file_values
@@ -91,8 +96,12 @@ def load_settings(
             f"{env_key('bucket')} is not set: give --bucket, set {env_key('bucket')} or add it to the config file"
         )
     layout = _checked_layout(layers, sources, environ=environ, cwd=cwd)
-    values.update(local_dir=layout.local_dir, completed_dir=layout.completed_dir, db_path=layout.db_path,
-                  staging_dir=layout.staging_dir)
+    values.update(
+        local_dir=layout.local_dir,
+        completed_dir=layout.completed_dir,
+        db_path=layout.db_path,
+        staging_dir=layout.staging_dir,
+    )
     _resolve_auto(values)
 
     ordered_sources = {name: sources[name] for name in SETTING_NAMES}

@@ -84,26 +84,45 @@ _COMPLETED = env_key("completed_dir")
 #   removes anything in the metadata dir, and the run lock is on the local dir itself.
 LAYOUT_RULES: tuple[tuple[str, str, Callable[[Layout], bool]], ...] = (
     # the completed dir: originals are moved into it, so it must be apart from the entries
-    ("completed_dir", f"must not be the local dir or hold it ({_LOCAL}): originals would be moved onto entries",
-     lambda l: within(l.local_dir, l.completed_dir)),
-    ("completed_dir", f"must not be inside an entry of the local dir ({_LOCAL}): that entry would be uploaded "
-                      "and moved with everything moved into it",
-     lambda l: l.in_entry(l.completed_dir)),
+    (
+        "completed_dir",
+        f"must not be the local dir or hold it ({_LOCAL}): originals would be moved onto entries",
+        lambda at: within(at.local_dir, at.completed_dir),
+    ),
+    (
+        "completed_dir",
+        f"must not be inside an entry of the local dir ({_LOCAL}): that entry would be uploaded "
+        "and moved with everything moved into it",
+        lambda at: at.in_entry(at.completed_dir),
+    ),
     # the database: in an entry (or as one) it would be uploaded and moved away, and its records lost
-    ("db_path", f"must not be directly in the local dir ({_LOCAL}): it would be uploaded and moved as an entry",
-     lambda l: l.metadata_dir == l.local_dir),
-    ("db_path", f"must not be in the local dir ({_LOCAL}) except inside the completed dir ({_COMPLETED}): "
-                "elsewhere its dir takes the place of an entry or is uploaded and moved with one",
-     lambda l: l.local_dir in l.metadata_dir.parents and not within(l.metadata_dir, l.completed_dir)),
+    (
+        "db_path",
+        f"must not be directly in the local dir ({_LOCAL}): it would be uploaded and moved as an entry",
+        lambda at: at.metadata_dir == at.local_dir,
+    ),
+    (
+        "db_path",
+        f"must not be in the local dir ({_LOCAL}) except inside the completed dir ({_COMPLETED}): "
+        "elsewhere its dir takes the place of an entry or is uploaded and moved with one",
+        lambda at: at.local_dir in at.metadata_dir.parents and not within(at.metadata_dir, at.completed_dir),
+    ),
     # the staging dir: its archives must never sit among entries or originals
-    ("staging_dir", f"must not be the local dir or hold it ({_LOCAL}): archives would sit among the entries",
-     lambda l: within(l.local_dir, l.staging_dir)),
-    ("staging_dir", f"must not be inside an entry of the local dir ({_LOCAL}): archives would be uploaded and "
-                    "moved with it",
-     lambda l: l.in_entry(l.staging_dir)),
-    ("staging_dir", f"must not be the completed dir or hold it ({_COMPLETED}): archives would sit among the "
-                    "moved originals",
-     lambda l: within(l.completed_dir, l.staging_dir)),
+    (
+        "staging_dir",
+        f"must not be the local dir or hold it ({_LOCAL}): archives would sit among the entries",
+        lambda at: within(at.local_dir, at.staging_dir),
+    ),
+    (
+        "staging_dir",
+        f"must not be inside an entry of the local dir ({_LOCAL}): archives would be uploaded and moved with it",
+        lambda at: at.in_entry(at.staging_dir),
+    ),
+    (
+        "staging_dir",
+        f"must not be the completed dir or hold it ({_COMPLETED}): archives would sit among the moved originals",
+        lambda at: within(at.completed_dir, at.staging_dir),
+    ),
 )
 
 

@@ -52,9 +52,7 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(ENV KEY, value as text, source) for every setting, in field order; the text is valid as an env value."""
-        return [
-            (env_key(name), format_value(name, getattr(self, name)), self.sources[name]) for name in SETTING_NAMES
-        ]
+        return [(env_key(name), format_value(name, getattr(self, name)), self.sources[name]) for name in SETTING_NAMES]
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(
@@ -66,4 +64,3 @@ CONFIG_KEYS = frozenset(ENV_PREFIX + name.upper() for name in SETTING_NAMES)
 def env_key(name: str) -> str:
     """The environment / config file key of a setting: `concurrency` -> `MGMT_CONCURRENCY`."""
     return ENV_PREFIX + name.upper()
-

@@ -45,7 +45,6 @@ class ArchiveResult:
     source_identity: Identity  # what the source was made of when packed (amgmt.local.identity), special files included
 
 
-
 def compress_entry(source: str, archive_path: str, *, part_size: int, level: int = 1) -> ArchiveResult:
     """Write `source` (a regular file or a directory) as a deterministic tar.gz at `archive_path`.
 
@@ -111,7 +110,12 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         archive_sha256=archive.sha256.hexdigest(),
         part_size=part_size,
         part_md5s=archive.part_md5s,
-        **packed,
+        source_sha256=packed.source_sha256,
+        source_size=packed.source_size,
+        file_count=packed.file_count,
+        is_directory=packed.is_directory,
+        skipped=packed.skipped,
+        source_identity=packed.source_identity,
     )
 
 
@@ -129,7 +133,19 @@ def _archivable(source: str) -> os.stat_result:
     return source_stat
 
 
-def _pack(tar: _TarWriter, source: str, source_stat: os.stat_result) -> dict[str, object]:
+@dataclass(frozen=True)
+class _Packed:
+    """The ArchiveResult fields that describe the source."""
+
+    source_sha256: str
+    source_size: int
+    file_count: int
+    is_directory: bool
+    skipped: tuple[str, ...]
+    source_identity: Identity
+
+
+def _pack(tar: _TarWriter, source: str, source_stat: os.stat_result) -> _Packed:
     """Every member into `tar`, closed; the ArchiveResult fields that describe the source."""
     name = os.path.basename(source)
     is_directory = stat.S_ISDIR(source_stat.st_mode)
@@ -143,14 +159,14 @@ def _pack(tar: _TarWriter, source: str, source_stat: os.stat_result) -> dict[str
         identity.append(Member.of(b"", after))
         file_count = 1
     tar.close()  # end-of-archive blocks, the last block to the deflater
-    return {
-        "source_sha256": source_sha256,
-        "source_size": source_size,
-        "file_count": file_count,
-        "is_directory": is_directory,
-        "skipped": tuple(sorted(skipped, key=os.fsencode)),
-        "source_identity": Identity.of_members(identity),
-    }
+    return _Packed(
+        source_sha256=source_sha256,
+        source_size=source_size,
+        file_count=file_count,
+        is_directory=is_directory,
+        skipped=tuple(sorted(skipped, key=os.fsencode)),
+        source_identity=Identity.of_members(identity),
+    )
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -405,6 +421,7 @@ class _TarWriter:
             self._block = self._deflater.take_block()
             self._view = memoryview(self._block)
             self._fill = 0
+
 
 def _read_error(exc: OSError, path: str, entry: str) -> CompressionError:
     if isinstance(exc, FileNotFoundError):

@@ -55,8 +55,15 @@ def completed_destination(entry: Path, completed: CompletedDir, *, now: datetime
     raise no_free_name(entry)
 
 
-def move_to_completed(entry: Path, completed: CompletedDir, *, now: datetime, expected_identity: Identity | None = None,
-                      expected_digest: str | None = None, operation_id: str | None = None) -> Path:
+def move_to_completed(
+    entry: Path,
+    completed: CompletedDir,
+    *,
+    now: datetime,
+    expected_identity: Identity | None = None,
+    expected_digest: str | None = None,
+    operation_id: str | None = None,
+) -> Path:
     """Move `entry` (file or directory) into the completed dir and return its final path, proving on the way that
     what lands there is what was packed.
 
@@ -104,9 +111,16 @@ def move_to_completed(entry: Path, completed: CompletedDir, *, now: datetime, ex
             continue  # taken between the check and the move: try the next name
         except OSError as exc:
             if exc.errno == errno.EXDEV:
-                return _move_across(entry, itertools.chain([candidate], names), plain=plain, is_dir=is_dir,
-                                    expected=expected, expected_digest=expected_digest, tag=tag,
-                                    duplicate_handling=completed.duplicate_handling)
+                return _move_across(
+                    entry,
+                    itertools.chain([candidate], names),
+                    plain=plain,
+                    is_dir=is_dir,
+                    expected=expected,
+                    expected_digest=expected_digest,
+                    tag=tag,
+                    duplicate_handling=completed.duplicate_handling,
+                )
             raise MoveError(f"cannot move {printable(entry)} to {printable(candidate)}: {_reason(exc)}") from exc
         _check_moved(entry, candidate, expected=expected, tag=tag)
         return candidate
@@ -276,8 +290,17 @@ def put_back(moved: Path, original: Path, *, tag: str) -> Path:
 # --- across filesystems ---------------------------------------------------------------------------------------------
 
 
-def _move_across(entry: Path, names: Iterator[Path], *, plain: Path, is_dir: bool, expected: Identity,
-                 expected_digest: str | None, tag: str, duplicate_handling: str) -> Path:
+def _move_across(
+    entry: Path,
+    names: Iterator[Path],
+    *,
+    plain: Path,
+    is_dir: bool,
+    expected: Identity,
+    expected_digest: str | None,
+    tag: str,
+    duplicate_handling: str,
+) -> Path:
     """Copy, prove, take the original away, install the copy, remove the original (see move_to_completed)."""
     try:
         check_removable(entry, is_dir=is_dir)
@@ -406,5 +429,3 @@ def _reason(exc: OSError) -> str:
     else:
         text = str(exc)
     return printable(text)
-
-

@@ -69,8 +69,10 @@ def _unsupported_isal(problem: str) -> str:
         installed = version("isal")
     except PackageNotFoundError:
         installed = "(version unknown)"
-    return (f"amgmt's archive writer needs the private block compressor of isal, and isal {installed} does not have"
-            f" it as expected: {problem}; install the isal version pinned in amgmt's pyproject.toml")
+    return (
+        f"amgmt's archive writer needs the private block compressor of isal, and isal {installed} does not have"
+        f" it as expected: {problem}; install the isal version pinned in amgmt's pyproject.toml"
+    )
 
 
 class Deflater:

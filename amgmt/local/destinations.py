@@ -39,8 +39,12 @@ class CompletedDir:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CompletedDir:
-        return cls(local_dir=settings.local_dir, path=settings.completed_dir,
-                   preserve_structure=settings.preserve_structure, duplicate_handling=settings.duplicate_handling)
+        return cls(
+            local_dir=settings.local_dir,
+            path=settings.completed_dir,
+            preserve_structure=settings.preserve_structure,
+            duplicate_handling=settings.duplicate_handling,
+        )
 
 
 def plain_destination(entry: Path, completed: CompletedDir) -> Path:

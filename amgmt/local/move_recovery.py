@@ -53,14 +53,23 @@ class _Operation:
         """Whether `path` is still what was packed (a record from before identities: assumed so)."""
         try:
             return self.expected_identity is None or same_identity(
-                self.expected_identity, identity_of(path), ignore_root_ctime=True)
+                self.expected_identity, identity_of(path), ignore_root_ctime=True
+            )
         except OSError:
             return False
 
 
-def recover_move(entry: Path, completed: CompletedDir, *, started: datetime, operation_id: str,
-                 expected_identity: Identity | None, expected_digest: str | None, original_size: int,
-                 dry_run: bool) -> MoveRecovery:
+def recover_move(
+    entry: Path,
+    completed: CompletedDir,
+    *,
+    started: datetime,
+    operation_id: str,
+    expected_identity: Identity | None,
+    expected_digest: str | None,
+    original_size: int,
+    dry_run: bool,
+) -> MoveRecovery:
     """Finish or undo the move of `entry` by operation `operation_id`, whose run died in stage 6 (the object was
     verified). Synchronous; callers hold the run lock, so no move of this operation is in progress.
 
@@ -76,8 +85,15 @@ def recover_move(entry: Path, completed: CompletedDir, *, started: datetime, ope
         plain = plain_destination(entry, completed)
     except MoveError:
         return found
-    operation = _Operation(entry, tag, existing_candidates(entry, plain, completed, now=started), expected_identity,
-                           expected_digest, original_size, dry_run)
+    operation = _Operation(
+        entry,
+        tag,
+        existing_candidates(entry, plain, completed, now=started),
+        expected_identity,
+        expected_digest,
+        original_size,
+        dry_run,
+    )
     removing = _tagged(entry.parent, REMOVING_PREFIX, tag)
     if removing is not None:
         _recover_taken_away(operation, removing, found)
@@ -114,8 +130,10 @@ def _recover_taken_away(operation: _Operation, removing: Path, found: MoveRecove
     found.leftovers.append({"path": display_path(removing), "action": action})
     if not unchanged:
         found.outcome = "changed"
-        found.message = (f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
-                         f" move); {action}; the next run uploads it")
+        found.message = (
+            f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
+            f" move); {action}; the next run uploads it"
+        )
 
 
 def _recover_second_name(operation: _Operation, found: MoveRecovery) -> None:
@@ -134,9 +152,11 @@ def _recover_second_name(operation: _Operation, found: MoveRecovery) -> None:
             os.unlink(entry)
         return
     found.outcome = "changed"
-    found.message = (f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
-                     f" move); its second name {printable(twin)} in the completed dir was removed; the next"
-                     " run uploads it")
+    found.message = (
+        f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
+        f" move); its second name {printable(twin)} in the completed dir was removed; the next"
+        " run uploads it"
+    )
     if not operation.dry_run:
         os.unlink(twin)
 
@@ -158,9 +178,11 @@ def _recover_gone(operation: _Operation, found: MoveRecovery) -> None:
     if not operation.dry_run:
         back = put_back(moved, entry, tag=operation.tag)
     found.outcome = "changed"
-    found.message = (f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
-                     f" move); moved back from the completed dir as {printable(back)}; the next run uploads"
-                     " it")
+    found.message = (
+        f"{printable(entry)} changed after it was packed (seen when recovering the interrupted"
+        f" move); moved back from the completed dir as {printable(back)}; the next run uploads"
+        " it"
+    )
 
 
 def display_path(path: Path | None) -> str:

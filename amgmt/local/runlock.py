@@ -44,7 +44,9 @@ class RunLock:
         try:
             fd = os.open(self.local_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise ConfigError(f"cannot open the local dir {display(self.local_dir)} to lock it: {exc.strerror}") from exc
+            raise ConfigError(
+                f"cannot open the local dir {display(self.local_dir)} to lock it: {exc.strerror}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

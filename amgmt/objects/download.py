@@ -113,18 +113,30 @@ async def download_object(
     waited = 0.0
     if head.needs_restore:
         if head.restore is None:
-            restore_request = await request_restore(objects, target, head, tier=options.tier, days=options.days,
-                                                    command_args=command_args)
+            restore_request = await request_restore(
+                objects, target, head, tier=options.tier, days=options.days, command_args=command_args
+            )
         if not options.wait:
             state = DownloadState.RESTORE_STARTED if restore_request else DownloadState.RESTORE_IN_PROGRESS
-            return DownloadOutcome(state, target, head, restore_request=restore_request,
-                                   seconds=time.monotonic() - started)
-        head, waited = await wait_for_restore(objects, target, tier=options.tier, days=options.days,
-                                              poll_interval=options.poll_interval, reporter=reporter)
+            return DownloadOutcome(
+                state, target, head, restore_request=restore_request, seconds=time.monotonic() - started
+            )
+        head, waited = await wait_for_restore(
+            objects,
+            target,
+            tier=options.tier,
+            days=options.days,
+            poll_interval=options.poll_interval,
+            reporter=reporter,
+        )
 
     record = objects.new_record("download", target, command_args)
-    record.metadata |= {"storage_class": head.storage_class, "size": head.size, "etag": head.etag,
-                        "upload_operation_id": target.upload.operation_id if target.upload else None}
+    record.metadata |= {
+        "storage_class": head.storage_class,
+        "size": head.size,
+        "etag": head.etag,
+        "upload_operation_id": target.upload.operation_id if target.upload else None,
+    }
     if head.restore:
         record.metadata["restore_expiry"] = head.restore.expiry.isoformat() if head.restore.expiry else None
         record.metadata["restore_waited_seconds"] = round(waited, 3)
@@ -167,8 +179,14 @@ def _refuse_conflicts(target: Target, options: DownloadOptions, final: Path) -> 
         raise ConfigError(f"{display(entry)} exists; use --force to replace the files the archive holds")
 
 
-async def _fetch(objects: Objects, target: Target, head: ObjectHead, options: DownloadOptions,
-                 reporter: DownloadReporter, final: Path) -> DownloadOutcome:
+async def _fetch(
+    objects: Objects,
+    target: Target,
+    head: ObjectHead,
+    options: DownloadOptions,
+    reporter: DownloadReporter,
+    final: Path,
+) -> DownloadOutcome:
     expected = await expected_of(objects.s3, target, head)
     dest = options.dest_dir
     try:
@@ -179,17 +197,22 @@ async def _fetch(objects: Objects, target: Target, head: ObjectHead, options: Do
     digests = StreamDigests(expected.etag_part_size)
     try:
         await fetch_to_file(
-            objects.s3, target.key, partial, size=head.size, etag=head.etag or None, digests=digests,
-            range_size=objects.range_size, workers=objects.workers,
-            budget=ByteBudget(objects.workers * objects.range_size), reporter=reporter,
+            objects.s3,
+            target.key,
+            partial,
+            size=head.size,
+            etag=head.etag or None,
+            digests=digests,
+            range_size=objects.range_size,
+            workers=objects.workers,
+            budget=ByteBudget(objects.workers * objects.range_size),
+            reporter=reporter,
         )
         got = digests.finish()
         verified_by = check_digests(target.url, expected, got)
         extracted = None
         if options.extract:
-            extracted = await anyio.to_thread.run_sync(
-                lambda: extract_archive(partial, dest, force=options.force)
-            )
+            extracted = await anyio.to_thread.run_sync(lambda: extract_archive(partial, dest, force=options.force))
             await anyio.to_thread.run_sync(os.unlink, partial)
             tops = extracted.top_level
             local_path = dest / tops[0] if len(tops) == 1 else dest
@@ -200,5 +223,12 @@ async def _fetch(objects: Objects, target: Target, head: ObjectHead, options: Do
         with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), contextlib.suppress(OSError):
             await anyio.to_thread.run_sync(unlink_if_present, partial)
         raise
-    return DownloadOutcome(DownloadState.DOWNLOADED, target, head, local_path=display(local_path.absolute()),
-                           sha256=got.sha256, verified_by=verified_by, extracted=extracted)
+    return DownloadOutcome(
+        DownloadState.DOWNLOADED,
+        target,
+        head,
+        local_path=display(local_path.absolute()),
+        sha256=got.sha256,
+        verified_by=verified_by,
+        extracted=extracted,
+    )

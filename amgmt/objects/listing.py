@@ -8,7 +8,7 @@ import dataclasses
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from amgmt.local.entries import PlannedEntry, list_entries, plan
+from amgmt.config import Settings
 from amgmt.errors import ConfigError
+from amgmt.local.entries import PlannedEntry, list_entries, plan
 from amgmt.models import OperationStatus
 from amgmt.naming import display
 from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket, first_error
-from amgmt.config import Settings
 from amgmt.store import MetadataStore, UploadSummary
 
 # The statuses after which the object at the key is the upload's own.
@@ -104,9 +104,7 @@ class Listing:
         local = None if self.local is None else [e for e in self.local if wanted in fold(e.name)]
         objects = None
         if self.objects is not None:
-            objects = [
-                o for o in self.objects if wanted in fold(o.name) or wanted in fold(o.key[len(self.prefix) :])
-            ]
+            objects = [o for o in self.objects if wanted in fold(o.name) or wanted in fold(o.key[len(self.prefix) :])]
         ignored = [note for note in self.ignored if wanted in fold(note.split(":", 1)[0])]
         return replace(self, local=local, objects=objects, ignored=ignored)
 
@@ -194,8 +192,9 @@ async def build_listing(settings: Settings, scope: Scope, *, page_size: int = LI
     )
 
 
-def _local_entries(planned: list[tuple[PlannedEntry, datetime | None]], summaries: list[UploadSummary],
-                   listed_keys: set[str] | None) -> list[LocalEntry]:
+def _local_entries(
+    planned: list[tuple[PlannedEntry, datetime | None]], summaries: list[UploadSummary], listed_keys: set[str] | None
+) -> list[LocalEntry]:
     """The planned entries joined with the newest upload from each path to its key (and the listed keys, if any)."""
     newest = {(s.target_path, s.s3_object_key): s for s in summaries}  # oldest first: the last one wins
     local = []
@@ -231,7 +230,7 @@ def _stored_objects(listed: list[ObjectHead], summaries: list[UploadSummary], pr
                 key=o.key,
                 name=urllib.parse.unquote(o.key[len(prefix) :], errors="backslashreplace"),
                 size=o.size,
-                storage_class=o.storage_class,
+                storage_class=o.storage_class or "STANDARD",
                 last_modified=o.last_modified,
                 etag=o.etag,
                 restore=restore,
@@ -243,8 +242,9 @@ def _stored_objects(listed: list[ObjectHead], summaries: list[UploadSummary], pr
     return objects
 
 
-async def search(settings: Settings, keyword: str, scope: Scope = Scope.ALL, *,
-                 page_size: int = LIST_PAGE_SIZE) -> Listing:
+async def search(
+    settings: Settings, keyword: str, scope: Scope = Scope.ALL, *, page_size: int = LIST_PAGE_SIZE
+) -> Listing:
     """`build_listing`, keeping what matches `keyword` (see Listing.matching)."""
     if not fold(keyword):
         raise ConfigError("the search keyword is empty")
@@ -254,7 +254,7 @@ async def search(settings: Settings, keyword: str, scope: Scope = Scope.ALL, *,
 
 def _mtime(path: Path) -> datetime | None:
     try:
-        return datetime.fromtimestamp(path.lstat().st_mtime, tz=timezone.utc)
+        return datetime.fromtimestamp(path.lstat().st_mtime, tz=UTC)
     except OSError:
         return None  # vanished since it was listed
 

@@ -68,8 +68,13 @@ class Target:
         return object_url(self.bucket, self.key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "key": self.key, "name": self.name, "found_by": self.found_by,
-                "upload_operation_id": self.upload.operation_id if self.upload else None}
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "name": self.name,
+            "found_by": self.found_by,
+            "upload_operation_id": self.upload.operation_id if self.upload else None,
+        }
 
 
 def head_to_dict(head: ObjectHead | None) -> dict[str, Any] | None:
@@ -161,8 +166,10 @@ class Objects:
     def _not_found(self, text: str, tried: list[str]) -> str:
         keys = ", ".join(dict.fromkeys(tried))
         recorded = ", and no upload of that name recorded" if self.store is not None else " (no metadata database)"
-        return (f"nothing named {text!r} in s3://{self.s3.bucket}: no object at {keys}{recorded}; "
-                "`amgmt search` finds similar names")
+        return (
+            f"nothing named {text!r} in s3://{self.s3.bucket}: no object at {keys}{recorded}; "
+            "`amgmt search` finds similar names"
+        )
 
     async def _deleted_note(self, target: Target) -> str:
         if self.store is None:
@@ -188,7 +195,9 @@ class Objects:
         operations: list[OperationRecord] = []
         if self.store is not None:
             operations = await self.store.find_operations_on(
-                bucket=target.bucket, key=target.key, target_path=target.url,
+                bucket=target.bucket,
+                key=target.key,
+                target_path=target.url,
                 target_name=target.name if target.found_by == "name" else None,
             )
         return ObjectStatus(target, head, operations)
@@ -216,8 +225,10 @@ class Objects:
 
     async def finish_failed(self, record: OperationRecord, exc: BaseException) -> None:
         cancelled = isinstance(exc, anyio.get_cancelled_exc_class()) or isinstance(exc, KeyboardInterrupt)
-        record.finish(OperationStatus.CANCELLED if cancelled else OperationStatus.FAILED,
-                      error="interrupted" if cancelled else " ".join(str(exc).split()))
+        record.finish(
+            OperationStatus.CANCELLED if cancelled else OperationStatus.FAILED,
+            error="interrupted" if cancelled else " ".join(str(exc).split()),
+        )
         await self.save_record(record)
 
     # -- downloading -----------------------------------------------------------------------------------------------
@@ -246,8 +257,12 @@ class Objects:
         """Delete the object; its upload records stay, their S3 file record marked deleted; a "delete" is recorded."""
         target = plan.target
         record = self.new_record("delete", target, command_args)
-        record.metadata |= {"size": plan.head.size, "etag": plan.head.etag, "storage_class": plan.head.storage_class,
-                            "upload_operation_ids": [u.operation_id for u in plan.uploads]}
+        record.metadata |= {
+            "size": plan.head.size,
+            "etag": plan.head.etag,
+            "storage_class": plan.head.storage_class,
+            "upload_operation_ids": [u.operation_id for u in plan.uploads],
+        }
         try:
             await self.s3.delete_object(target.key)
         except BaseException as exc:

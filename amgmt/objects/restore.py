@@ -43,8 +43,13 @@ async def request_restore(
         raise ConfigError("DEEP_ARCHIVE objects cannot be restored with the Expedited tier")
     answer = await objects.s3.restore_object(target.key, tier=tier, days=restore_days(head, days))
     record = objects.new_record("restore", target, command_args)
-    record.metadata |= {"storage_class": head.storage_class, "archive_status": head.archive_status,
-                        "tier": tier, "days": restore_days(head, days), "answer": answer}
+    record.metadata |= {
+        "storage_class": head.storage_class,
+        "archive_status": head.archive_status,
+        "tier": tier,
+        "days": restore_days(head, days),
+        "answer": answer,
+    }
     record.finish(OperationStatus.SUCCESS)
     await objects.save_record(record)
     return answer

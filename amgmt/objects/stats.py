@@ -76,7 +76,7 @@ class UploadStatistics:
                 return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
             return value
 
-        return encode(self)  # type: ignore[no-any-return]
+        return encode(self)
 
 
 def failure_reason(summary: UploadSummary) -> str:
@@ -108,8 +108,13 @@ def failure_reason(summary: UploadSummary) -> str:
     return f"{stage}: {' '.join(words).rstrip(';:,.')}"
 
 
-def compute_statistics(summaries: Iterable[UploadSummary], *, tz: tzinfo | None, since: datetime | None = None,
-                       until: datetime | None = None) -> UploadStatistics:
+def compute_statistics(
+    summaries: Iterable[UploadSummary],
+    *,
+    tz: tzinfo | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> UploadStatistics:
     """The statistics of these uploads; days and weeks are counted in `tz` (None: the system's local time)."""
     rows = sorted(summaries, key=lambda s: s.started_at)
     by_status = Counter(s.status for s in rows)
@@ -139,8 +144,9 @@ def compute_statistics(summaries: Iterable[UploadSummary], *, tz: tzinfo | None,
     )
 
 
-async def upload_statistics(store: MetadataStore, *, tz: tzinfo | None, since: datetime | None = None,
-                            until: datetime | None = None) -> UploadStatistics:
+async def upload_statistics(
+    store: MetadataStore, *, tz: tzinfo | None, since: datetime | None = None, until: datetime | None = None
+) -> UploadStatistics:
     """The statistics of the uploads recorded in `store` that started in [since, until)."""
     summaries = await store.upload_summaries(since=since, until=until)
     return compute_statistics(summaries, tz=tz, since=since, until=until)

@@ -75,8 +75,9 @@ async def _write_at(handle: AsyncBufferedIOBase, data: bytes | bytearray, offset
         await handle.write(data)
         await handle.flush()
     except OSError as exc:
-        raise EntryError(f"cannot write {display(path)}: {exc.strerror or exc}", path=display(path),
-                         stage="download") from exc
+        raise EntryError(
+            f"cannot write {display(path)}: {exc.strerror or exc}", path=display(path), stage="download"
+        ) from exc
 
 
 def _hash_range(fd: int, offset: int, length: int, digests: StreamDigests, path: Path) -> None:
@@ -146,7 +147,7 @@ async def fetch_to_file(
 
     async def hash_in_order() -> None:
         # Reading back and hashing stay one thread call per range: the hashing must not run on the event loop.
-        for (_, offset, length), done in zip(ranges, written):
+        for (_, offset, length), done in zip(ranges, written, strict=True):
             await done.wait()
             await anyio.to_thread.run_sync(_hash_range, out.fileno(), offset, length, digests, path)
 
@@ -162,7 +163,7 @@ async def fetch_to_file(
                     tg.start_soon(fetch_ranges)
                 tg.start_soon(hash_in_order)
         except BaseExceptionGroup as group:
-            raise first_error(group)  # with its own cause (the S3 error), not `from None`, which would clear it
+            raise first_error(group)  # noqa: B904 -- with its own cause (the S3 error), not `from None`, which would clear it
         try:
             await anyio.to_thread.run_sync(os.fsync, out.fileno())
         except OSError as exc:
@@ -182,7 +183,9 @@ def place_file(partial: Path, final: Path, *, force: bool) -> None:
         try:
             os.link(partial, final)
         except FileExistsError:
-            raise ConfigError(f"{display(final)} exists (created during the download); use --force to replace it")
+            raise ConfigError(
+                f"{display(final)} exists (created during the download); use --force to replace it"
+            ) from None
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
                 raise
@@ -192,8 +195,9 @@ def place_file(partial: Path, final: Path, *, force: bool) -> None:
             return
         os.unlink(partial)
     except OSError as exc:
-        raise EntryError(f"cannot move the download to {display(final)}: {exc.strerror or exc}",
-                         stage="download") from exc
+        raise EntryError(
+            f"cannot move the download to {display(final)}: {exc.strerror or exc}", stage="download"
+        ) from exc
 
 
 def unlink_if_present(path: Path) -> None:

@@ -59,7 +59,11 @@ class S3Bucket:
     """One bucket on one endpoint, through one shared aiobotocore client."""
 
     def __init__(
-        self, client: Any, options: ClientOptions, direct: DirectRequests | None = None, *,
+        self,
+        client: Any,
+        options: ClientOptions,
+        direct: DirectRequests | None = None,
+        *,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.client = client
@@ -150,8 +154,10 @@ class S3Bucket:
     async def head(self, key: str, *, stats: UploadStats | None = None) -> dict[str, Any] | None:
         """The raw HEAD response (botocore's keys, whichever transport sent it); None when there is no such key."""
         direct = await self.direct()
-        call = (lambda: direct.head(key)) if direct is not None else (
-            lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+        call = (
+            (lambda: direct.head(key))
+            if direct is not None
+            else (lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         )
         try:
             return await self.request("HEAD", key, call, stats=stats)
@@ -271,8 +277,15 @@ class S3Bucket:
         await self.request("DELETE", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
 
     async def put_bytes(
-        self, key: str, data: bytearray, content_md5: str, extra: Mapping[str, Any], *,
-        storage_class: str | None, stats: UploadStats, if_absent: bool,
+        self,
+        key: str,
+        data: bytearray,
+        content_md5: str,
+        extra: Mapping[str, Any],
+        *,
+        storage_class: str | None,
+        stats: UploadStats,
+        if_absent: bool,
     ) -> Any:
         """The object in one PUT, retried; create-if-absent (If-None-Match: *) when asked, unless the endpoint has
         answered 501 to that before (then a plain PUT, here and for the rest of the run)."""
@@ -300,7 +313,12 @@ class S3Bucket:
         return await send(False)
 
     async def creating(
-        self, storage_class: str | None, action: str, key: str, call: Callable[[], Awaitable[_T]], *,
+        self,
+        storage_class: str | None,
+        action: str,
+        key: str,
+        call: Callable[[], Awaitable[_T]],
+        *,
         stats: UploadStats,
     ) -> _T:
         """`request` for the request that creates the object (PUT, create multipart upload). A storage class the
@@ -319,18 +337,42 @@ class S3Bucket:
             raise
 
     async def upload_file(
-        self, key: str, path: str, *, size: int, part_size: int, part_md5s: Sequence[str],
-        metadata: Mapping[str, str], storage_class: str | None, budget: ByteBudget,
-        on_progress: ProgressCallback | None = None, journal: MultipartJournal | None = None,
-        resume_upload_id: str | None = None, stats: UploadStats | None = None, if_absent: bool = False,
-        owner: str = "", takeover: str | None = None,
+        self,
+        key: str,
+        path: str,
+        *,
+        size: int,
+        part_size: int,
+        part_md5s: Sequence[str],
+        metadata: Mapping[str, str],
+        storage_class: str | None,
+        budget: ByteBudget,
+        on_progress: ProgressCallback | None = None,
+        journal: MultipartJournal | None = None,
+        resume_upload_id: str | None = None,
+        stats: UploadStats | None = None,
+        if_absent: bool = False,
+        owner: str = "",
+        takeover: str | None = None,
     ) -> UploadResult:
         """Upload a local file as `key`: see multipart.upload_file."""
         return await multipart.upload_file(
-            self, key, path, size=size, part_size=part_size, part_md5s=part_md5s, metadata=metadata,
-            storage_class=storage_class, budget=budget, on_progress=on_progress, journal=journal,
-            resume_upload_id=resume_upload_id, stats=stats if stats is not None else UploadStats(),
-            if_absent=if_absent, owner=owner, takeover=takeover,
+            self,
+            key,
+            path,
+            size=size,
+            part_size=part_size,
+            part_md5s=part_md5s,
+            metadata=metadata,
+            storage_class=storage_class,
+            budget=budget,
+            on_progress=on_progress,
+            journal=journal,
+            resume_upload_id=resume_upload_id,
+            stats=stats if stats is not None else UploadStats(),
+            if_absent=if_absent,
+            owner=owner,
+            takeover=takeover,
         )
 
     async def release_reservation(self, key: str, owners: set[str]) -> None:
@@ -341,7 +383,8 @@ class S3Bucket:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self.request(
-            "abort multipart upload of", key,
+            "abort multipart upload of",
+            key,
             lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id),
         )
 

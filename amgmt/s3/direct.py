@@ -117,8 +117,11 @@ class DirectRequests:
             status, headers, body = await self._send("HEAD", self._object_path(key), {})
         if status != 200:
             raise error_for(action, answer_from_body(status, body), bucket=self._options.bucket, key=key)
-        metadata = {name[len("x-amz-meta-"):]: value for name, value in headers.items()
-                    if name.lower().startswith("x-amz-meta-")}
+        metadata = {
+            name[len("x-amz-meta-") :]: value
+            for name, value in headers.items()
+            if name.lower().startswith("x-amz-meta-")
+        }
         modified = headers.get("Last-Modified")
         return {
             "ContentLength": int(headers.get("Content-Length") or 0),
@@ -163,7 +166,12 @@ class DirectRequests:
         return encode_path(f"{self._bucket_path}/{key}")
 
     async def _send(
-        self, method: str, path: str, headers: dict[str, str], body: bytearray | None = None, *,
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytearray | None = None,
+        *,
         payload: str = EMPTY_SHA256,
     ) -> tuple[int, Any, bytes]:
         """One signed request: (status, headers, body). aiohttp's errors (a failure to connect, a read timeout, a

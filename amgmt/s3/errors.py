@@ -177,8 +177,10 @@ def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Ite
         # aiobotocore raises EndpointConnectionError for any aiohttp connection error, a connection reset while
         # the body was being sent included: only a failure to connect means the endpoint is unreachable.
         cause = exc.kwargs.get("error")
-        if isinstance(exc, EndpointConnectionError) and isinstance(cause, aiohttp.ClientConnectionError) and not (
-            isinstance(cause, aiohttp.ClientConnectorError)
+        if (
+            isinstance(exc, EndpointConnectionError)
+            and isinstance(cause, aiohttp.ClientConnectionError)
+            and not (isinstance(cause, aiohttp.ClientConnectorError))
         ):
             raise _lost(action, where, f"connection lost: {cause}") from exc
         raise S3StorageError(f"cannot reach the S3 endpoint for {where}: {exc}", unreachable=True) from exc

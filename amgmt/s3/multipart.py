@@ -8,8 +8,8 @@ through S3Bucket.request (the one RetryPolicy).
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,10 +31,23 @@ Cleanup = Callable[[], Awaitable[None]]
 
 
 async def upload_file(
-    s3: S3Bucket, key: str, path: str, *, size: int, part_size: int, part_md5s: Sequence[str],
-    metadata: Mapping[str, str], storage_class: str | None, budget: ByteBudget, stats: UploadStats,
-    on_progress: ProgressCallback | None = None, journal: MultipartJournal | None = None,
-    resume_upload_id: str | None = None, if_absent: bool = False, owner: str = "", takeover: str | None = None,
+    s3: S3Bucket,
+    key: str,
+    path: str,
+    *,
+    size: int,
+    part_size: int,
+    part_md5s: Sequence[str],
+    metadata: Mapping[str, str],
+    storage_class: str | None,
+    budget: ByteBudget,
+    stats: UploadStats,
+    on_progress: ProgressCallback | None = None,
+    journal: MultipartJournal | None = None,
+    resume_upload_id: str | None = None,
+    if_absent: bool = False,
+    owner: str = "",
+    takeover: str | None = None,
 ) -> UploadResult:
     """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
@@ -65,16 +78,32 @@ async def upload_file(
     if len(ranges) == 1:
         async with budget.hold(size):
             data = await bodies.read_range(path, 0, size)
-            resp = await s3.put_bytes(key, data, md5_base64(part_md5s[0]), extra, storage_class=storage_class,
-                                      stats=stats, if_absent=if_absent)
+            resp = await s3.put_bytes(
+                key,
+                data,
+                md5_base64(part_md5s[0]),
+                extra,
+                storage_class=storage_class,
+                stats=stats,
+                if_absent=if_absent,
+            )
         stats.parts_sent += 1
         stats.bytes_sent += size
         if on_progress:
             on_progress(size)
         return UploadResult(etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None)
     upload = MultipartUpload(
-        s3, key, path, ranges=ranges, part_md5s=part_md5s, extra=extra, storage_class=storage_class, budget=budget,
-        stats=stats, on_progress=on_progress, journal=journal,
+        s3,
+        key,
+        path,
+        ranges=ranges,
+        part_md5s=part_md5s,
+        extra=extra,
+        storage_class=storage_class,
+        budget=budget,
+        stats=stats,
+        on_progress=on_progress,
+        journal=journal,
         reserved_by={owner, takeover} - {None, ""} if (if_absent or takeover) else set(),  # type: ignore[arg-type]
     )
     return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
@@ -127,8 +156,9 @@ class MultipartUpload:
             raise
         if self.journal:
             await self.journal.finished(self.upload_id, "completed")  # type: ignore[arg-type]
-        return UploadResult(etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(self.ranges),
-                            upload_id=self.upload_id)
+        return UploadResult(
+            etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(self.ranges), upload_id=self.upload_id
+        )
 
     async def resume(self, upload_id: str) -> None:
         """Keep the parts the server holds for `upload_id` whose ETag is our part MD5 (and size ours)."""
@@ -156,8 +186,11 @@ class MultipartUpload:
         extra = {**self.extra, "ChecksumAlgorithm": "CRC32"} if self.use_crc else self.extra
         s3 = self.s3
         created = await s3.creating(
-            self.storage_class, "create multipart upload of", self.key,
-            lambda: s3.client.create_multipart_upload(Bucket=s3.bucket, Key=self.key, **extra), stats=self.stats,
+            self.storage_class,
+            "create multipart upload of",
+            self.key,
+            lambda: s3.client.create_multipart_upload(Bucket=s3.bucket, Key=self.key, **extra),
+            stats=self.stats,
         )
         self.upload_id = created["UploadId"]
         self._on_failure(self.abort)  # before anything else can fail: every later failure aborts it
@@ -179,8 +212,14 @@ class MultipartUpload:
         checksum: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if self.use_crc else {}
         async with self.budget.hold(length):
             send = functools.partial(
-                s3.client.upload_part, Bucket=s3.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
-                Body=await bodies.read_range(self.path, offset, length), ContentMD5=md5_base64(md5), **checksum,
+                s3.client.upload_part,
+                Bucket=s3.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=await bodies.read_range(self.path, offset, length),
+                ContentMD5=md5_base64(md5),
+                **checksum,
             )
             resp = await s3.request(f"upload part {number} of", self.key, send, stats=self.stats)
             del send  # the part's bytes go before the budget is given back
@@ -206,9 +245,13 @@ class MultipartUpload:
         s3 = self.s3
         parts = [self.completed[n] for n in sorted(self.completed)]
         return await s3.request(
-            "complete multipart upload of", self.key,
+            "complete multipart upload of",
+            self.key,
             lambda: s3.client.complete_multipart_upload(
-                Bucket=s3.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts},
+                Bucket=s3.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
                 **condition,
             ),
             stats=self.stats,

@@ -18,8 +18,15 @@ EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 async def reserve_key(s3: S3Bucket, key: str, owner: str, stats: UploadStats) -> None:
     """Hold `key` for `owner` with an empty object made create-if-absent; ObjectExistsError when it is taken."""
-    await s3.put_bytes(key, bytearray(), md5_base64(EMPTY_MD5), {"Metadata": {METADATA_RESERVATION: owner}},
-                       storage_class=None, stats=stats, if_absent=True)
+    await s3.put_bytes(
+        key,
+        bytearray(),
+        md5_base64(EMPTY_MD5),
+        {"Metadata": {METADATA_RESERVATION: owner}},
+        storage_class=None,
+        stats=stats,
+        if_absent=True,
+    )
 
 
 async def reservation_etag(s3: S3Bucket, key: str, owners: set[str]) -> str:

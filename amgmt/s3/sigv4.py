@@ -59,9 +59,7 @@ class Signer:
         names = sorted(headers)
         canonical_headers = "".join(f"{name}:{' '.join(headers[name].split())}\n" for name in names)
         signed_headers = ";".join(names)
-        canonical_query = "&".join(
-            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
-        )
+        canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
         canonical_request = "\n".join(
             (method, encoded_path, canonical_query, canonical_headers, signed_headers, payload_hash)
         )
@@ -70,8 +68,9 @@ class Signer:
         string_to_sign = "\n".join(
             (ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode("utf-8")).hexdigest())
         )
-        signature = hmac.new(self._signing_key(day, keys.secret_key), string_to_sign.encode("utf-8"),
-                             hashlib.sha256).hexdigest()
+        signature = hmac.new(
+            self._signing_key(day, keys.secret_key), string_to_sign.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
         headers["authorization"] = (
             f"{ALGORITHM} Credential={keys.access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
         )

@@ -28,8 +28,7 @@ def describe(path: Path, busy_timeout: float, doing: str, exc: sqlite3.Error) ->
     primary = code & 0xFF if isinstance(code, int) else None
     if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc):
         return (
-            f"metadata database {path} is locked by another process "
-            f"(cannot {doing}; gave up after {busy_timeout:g} s)"
+            f"metadata database {path} is locked by another process (cannot {doing}; gave up after {busy_timeout:g} s)"
         )
     if primary in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
         return f"metadata database {path} is not a valid SQLite database (corrupt?): {exc}"

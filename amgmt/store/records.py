@@ -9,7 +9,7 @@ import sqlite3
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from amgmt.models import (
     UploadRecord,
     operation_from_dict,
 )
+
 
 @dataclass(frozen=True)
 class JournaledPart:
@@ -63,7 +64,6 @@ class UploadSummary:
     s3_object_key: str | None
     error_message: str | None
     source_modified_at: datetime | None  # the source's mtime when it was uploaded (its FileRecord's modified_at)
-
 
 
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
@@ -158,8 +158,7 @@ def operation_filters(
         params += [fold(target)] * 2
     if location is not None:
         clauses.append(
-            "EXISTS (SELECT 1 FROM file_records AS f"
-            " WHERE f.operation_id = operations.operation_id AND f.location = ?)"
+            "EXISTS (SELECT 1 FROM file_records AS f WHERE f.operation_id = operations.operation_id AND f.location = ?)"
         )
         params.append(str(location))
     return clauses, params
@@ -216,7 +215,7 @@ def utc_iso(value: datetime) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: use an aware (UTC) datetime")
     # Fixed width (always microseconds, always +00:00), so that comparing the text compares the times.
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def decode_time(value: str | None) -> datetime | None:
@@ -233,4 +232,3 @@ def fold(value: Any) -> str | None:
 def as_upload(record: OperationRecord) -> UploadRecord:
     assert isinstance(record, UploadRecord), record.operation_type
     return record
-

@@ -8,7 +8,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -175,7 +175,9 @@ class MetadataStore:
             found = self._select(conn, "WHERE operation_id = ?", [id_or_prefix])
             if not found and len(id_or_prefix) >= MIN_ID_PREFIX:
                 upper = id_or_prefix[:-1] + chr(ord(id_or_prefix[-1]) + 1)
-                found = self._select(conn, "WHERE operation_id >= ? AND operation_id < ? LIMIT 2", [id_or_prefix, upper])
+                found = self._select(
+                    conn, "WHERE operation_id >= ? AND operation_id < ? LIMIT 2", [id_or_prefix, upper]
+                )
                 if len(found) > 1:
                     count = conn.execute(
                         "SELECT count(*) FROM operations WHERE operation_id >= ? AND operation_id < ?",
@@ -298,27 +300,45 @@ class MetadataStore:
 
     async def journal_multipart(self, upload: JournaledUpload) -> None:
         """Record a new multipart upload (state open) the moment its UploadId exists."""
-        row = [upload.upload_id, upload.operation_id, upload.bucket, upload.key, upload.archive_sha256,
-               upload.part_size, upload.part_count, utc_iso(datetime.now(timezone.utc))]
-        await self._run(f"journal upload {upload.upload_id[:12]}", lambda conn: conn.execute(
-            "INSERT OR IGNORE INTO multipart_uploads (upload_id, operation_id, bucket, object_key,"
-            " archive_sha256, part_size, part_count, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
-            row,
-        ), immediate=True)
+        row = [
+            upload.upload_id,
+            upload.operation_id,
+            upload.bucket,
+            upload.key,
+            upload.archive_sha256,
+            upload.part_size,
+            upload.part_count,
+            utc_iso(datetime.now(UTC)),
+        ]
+        await self._run(
+            f"journal upload {upload.upload_id[:12]}",
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO multipart_uploads (upload_id, operation_id, bucket, object_key,"
+                " archive_sha256, part_size, part_count, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+                row,
+            ),
+            immediate=True,
+        )
 
     async def journal_part(self, upload_id: str, part: JournaledPart) -> None:
         row = [upload_id, part.number, part.size, part.md5, part.etag, part.checksum]
-        await self._run(f"journal part {part.number}", lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO upload_parts (upload_id, part_number, size, md5, etag, checksum)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            row,
-        ), immediate=True)
+        await self._run(
+            f"journal part {part.number}",
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO upload_parts (upload_id, part_number, size, md5, etag, checksum)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            ),
+            immediate=True,
+        )
 
     async def journal_multipart_state(self, upload_id: str, state: str) -> None:
         """Close a journaled upload: 'completed' or 'aborted'."""
-        await self._run(f"close upload {upload_id[:12]}", lambda conn: conn.execute(
-            "UPDATE multipart_uploads SET state = ? WHERE upload_id = ?", [state, upload_id]
-        ), immediate=True)
+        await self._run(
+            f"close upload {upload_id[:12]}",
+            lambda conn: conn.execute("UPDATE multipart_uploads SET state = ? WHERE upload_id = ?", [state, upload_id]),
+            immediate=True,
+        )
 
     async def open_multiparts(self, *, bucket: str, key: str | None = None) -> list[JournaledUpload]:
         """Journaled uploads still open (interrupted), oldest first, with their finished parts."""
@@ -330,8 +350,15 @@ class MetadataStore:
 
         def read(conn: sqlite3.Connection) -> list[tuple[dict[str, Any], list[Any]]]:
             uploads = [dict(r) for r in conn.execute(sql + " ORDER BY created_at", params).fetchall()]
-            return [(row, conn.execute("SELECT * FROM upload_parts WHERE upload_id = ? ORDER BY part_number",
-                                       [row["upload_id"]]).fetchall()) for row in uploads]
+            return [
+                (
+                    row,
+                    conn.execute(
+                        "SELECT * FROM upload_parts WHERE upload_id = ? ORDER BY part_number", [row["upload_id"]]
+                    ).fetchall(),
+                )
+                for row in uploads
+            ]
 
         found = await self._run("read the multipart journal", read)
         return [journaled_upload(row, parts) for row, parts in found]
@@ -426,7 +453,6 @@ class MetadataStore:
         """`_select` as a transaction of its own."""
         return await self._run(doing, lambda conn: self._select(conn, tail, params))
 
-
     def _translate_errors(self, doing: str) -> AbstractContextManager[None]:
         return translate_errors(self.path, self.busy_timeout, doing)
 
@@ -440,4 +466,5 @@ async def in_connection_thread(db: aiosqlite.Connection, work: Callable[[sqlite3
     The one use of aiosqlite's private API (`Connection._execute`, `Connection._conn`): aiosqlite has no public way
     to run a function there, and one statement per hand-over is measurably slower (`_run`). The versions allowed in
     pyproject.toml all have both; test_aiosqlite_private_api_is_still_there fails loudly when they move."""
-    return await db._execute(lambda: work(db._conn))  # type: ignore[no-any-return]
+    result: _T = await db._execute(lambda: work(db._conn))
+    return result

@@ -16,20 +16,20 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from amgmt.config import Settings
 from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, UploadError
+from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
+from amgmt.local.runlock import RunLock
 from amgmt.models import OperationRecord, OperationStatus
 from amgmt.naming import display
-from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
-from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
-from amgmt.upload.report import BatchReport
+from amgmt.progress import Reporter, SilentReporter
+from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
+from amgmt.store import MetadataStore
 from amgmt.upload.compressor import Compressor, process_pool_compressor
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
-from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.config import Settings
-from amgmt.local.runlock import RunLock
-from amgmt.store import MetadataStore
+from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
+from amgmt.upload.report import BatchReport
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 
@@ -94,9 +94,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
 # -- the run --------------------------------------------------------------------------------------------------
 
 
-async def recover_interrupted(
-    settings: Settings, store: MetadataStore, s3: S3Bucket, entries: list[Path]
-) -> Cleanup:
+async def recover_interrupted(settings: Settings, store: MetadataStore, s3: S3Bucket, entries: list[Path]) -> Cleanup:
     """Before any entry starts (the run lock is held): close records of a run that died, remove its staging
     archives, and abort multipart uploads to this run's keys that the journal does not know (a crash between
     create and journal). Journaled open uploads are kept: their entries resume them."""
@@ -181,8 +179,13 @@ class _BatchRun:
         settings, report = self.settings, self.report
         report.planned = len(self.entries)
         started = time.perf_counter()
-        log.info("batch start: %d entries, bucket %s, prefix %r, concurrency %d",
-                 report.planned, settings.bucket, settings.object_prefix, self.concurrency)
+        log.info(
+            "batch start: %d entries, bucket %s, prefix %r, concurrency %d",
+            report.planned,
+            settings.bucket,
+            settings.object_prefix,
+            self.concurrency,
+        )
         options = ClientOptions.from_settings(
             settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
         )
@@ -216,8 +219,13 @@ class _BatchRun:
             self.reporter.close()
         if report.aborted:
             log.error("batch stopped: %s", report.aborted)
-        log.info("batch end: %s in %.1fs, exit %d%s", dict(sorted(report.counts().items())), report.wall_seconds,
-                 int(report.exit_code), " (interrupted)" if report.interrupted else "")
+        log.info(
+            "batch end: %s in %.1fs, exit %d%s",
+            dict(sorted(report.counts().items())),
+            report.wall_seconds,
+            int(report.exit_code),
+            " (interrupted)" if report.interrupted else "",
+        )
         return report
 
     async def _known_keys(self, s3: S3Bucket) -> KnownKeys:
@@ -263,8 +271,14 @@ class _BatchRun:
                     finally:
                         report.records.append(pipeline.record)
                         rec = pipeline.record
-                        log.info("entry %s: %s %s -> %s%s", rec.operation_id, rec.status, rec.target_name,
-                                 rec.s3_object_key, f" ({rec.error_message})" if rec.error_message else "")
+                        log.info(
+                            "entry %s: %s %s -> %s%s",
+                            rec.operation_id,
+                            rec.status,
+                            rec.target_name,
+                            rec.s3_object_key,
+                            f" ({rec.error_message})" if rec.error_message else "",
+                        )
 
         async with anyio.create_task_group() as outer:
             if self.stop is not None:

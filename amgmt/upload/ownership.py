@@ -49,8 +49,9 @@ class Verdict:
     takeover: str | None = None
 
 
-async def judge_existing(store: MetadataStore, record: UploadRecord, archive: ArchiveResult,
-                         existing: ObjectInfo) -> Verdict:
+async def judge_existing(
+    store: MetadataStore, record: UploadRecord, archive: ArchiveResult, existing: ObjectInfo
+) -> Verdict:
     """Decide about `existing` at the record's key; set the record's flag saying why. UploadError for what must
     not be overwritten without --overwrite: another run's reservation, or other content nothing of ours owns."""
     where = f"s3://{record.s3_bucket}/{record.s3_object_key}"
@@ -62,7 +63,10 @@ async def judge_existing(store: MetadataStore, record: UploadRecord, archive: Ar
             f"{where} is being uploaded by another amgmt run (operation {holder[:8]}); it is not overwritten (if no"
             " run is uploading it, use --overwrite)"
         )
-    if existing.metadata.get(METADATA_ARCHIVE_SHA256) == archive.archive_sha256 and existing.size == archive.archive_size:
+    if (
+        existing.metadata.get(METADATA_ARCHIVE_SHA256) == archive.archive_sha256
+        and existing.size == archive.archive_size
+    ):
         # This very archive is already there (an earlier run stopped before the move): proven in verify instead of
         # sent again.
         record.metadata["reused_existing_object"] = True

@@ -18,7 +18,6 @@ import anyio
 import anyio.to_thread
 
 from amgmt.config import Settings
-from amgmt.local.destinations import CompletedDir
 from amgmt.errors import (
     AmgmtError,
     CompressionError,
@@ -33,8 +32,18 @@ from amgmt.errors import (
 )
 from amgmt.local.archive import ArchiveResult
 from amgmt.local.completed import completed_destination, find_completed, move_to_completed
+from amgmt.local.destinations import CompletedDir
 from amgmt.local.entries import PlannedEntry, validate_entry
-from amgmt.models import FileRole, FileStatus, OperationStatus, Stage, UploadRecord, current_user, new_operation_id, utcnow
+from amgmt.models import (
+    FileRole,
+    FileStatus,
+    OperationStatus,
+    Stage,
+    UploadRecord,
+    current_user,
+    new_operation_id,
+    utcnow,
+)
 from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
@@ -167,8 +176,12 @@ class EntryPipeline:
 
     def _mark_failed(self, message: str, stage: str) -> None:
         """The FileRecord of the stage that failed says so too."""
-        role = {"validate": FileRole.SOURCE, "compress": FileRole.COMPRESSED, "upload": FileRole.S3,
-                "verify": FileRole.S3}.get(stage)
+        role = {
+            "validate": FileRole.SOURCE,
+            "compress": FileRole.COMPRESSED,
+            "upload": FileRole.S3,
+            "verify": FileRole.S3,
+        }.get(stage)
         rec = self.record.file_records().get(role) if role else None
         if rec is not None:
             rec.status = FileStatus.FAILED

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from amgmt.local.archive import ArchiveResult
@@ -49,7 +49,7 @@ class StoreJournal:
 
 
 def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 def source_file_record(planned: PlannedEntry, st: os.stat_result) -> FileRecord:

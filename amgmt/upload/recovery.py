@@ -8,23 +8,23 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
+from amgmt.config import Settings
+from amgmt.errors import NotFoundError
 from amgmt.local.completed import MOVING_PREFIX, REMOVING_PREFIX, put_back
 from amgmt.local.copying import remove_tree_quietly
 from amgmt.local.destinations import CompletedDir
-from amgmt.local.move_recovery import recover_move
-from amgmt.errors import NotFoundError
 from amgmt.local.identity import Identity
+from amgmt.local.move_recovery import recover_move
+from amgmt.local.runlock import RunLock
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
-from amgmt.local.runlock import RunLock
 from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.config import Settings
 from amgmt.store import JournaledUpload, MetadataStore
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
@@ -222,7 +222,7 @@ async def abort_stale_multiparts(
     """
     journaled = {u.upload_id: u for u in await store.open_multiparts(bucket=s3.bucket)}
     interrupted = set(found.interrupted_operations)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for upload in await s3.list_multipart_uploads(f"{prefix}/" if prefix else ""):
         if keys is not None and upload["key"] not in keys:
             continue
@@ -244,7 +244,7 @@ async def abort_stale_multiparts(
             "parts": len(parts),
             "size": size,
         }
-        if kept is not None:
+        if kept is not None and journal is not None:
             found.kept_multipart_uploads.append(found_upload | {"operation_id": journal.operation_id, "reason": kept})
             continue
         if not found.dry_run:
@@ -256,8 +256,13 @@ async def abort_stale_multiparts(
         found.multipart_uploads.append(found_upload)
 
 
-async def _keep_journaled(store: MetadataStore, journal: JournaledUpload, interrupted: set[str], now: datetime,
-                          resumable_for: timedelta | None) -> str | None:
+async def _keep_journaled(
+    store: MetadataStore,
+    journal: JournaledUpload,
+    interrupted: set[str],
+    now: datetime,
+    resumable_for: timedelta | None,
+) -> str | None:
     """Why a journaled upload must stay (KEPT_IN_PROGRESS, KEPT_RESUMABLE), or None when it may be aborted."""
     try:
         owner = await store.get_operation(journal.operation_id)
@@ -285,9 +290,10 @@ async def cleanup(
     what the run would remove and abort."""
     found = Cleanup(dry_run=dry_run)
     with RunLock(settings.local_dir):
-        async with MetadataStore(settings.db_path) as store, S3Bucket.connect(
-            ClientOptions.from_settings(settings)
-        ) as s3:
+        async with (
+            MetadataStore(settings.db_path) as store,
+            S3Bucket.connect(ClientOptions.from_settings(settings)) as s3,
+        ):
             await s3.check_bucket()
             await close_interrupted(settings, store, found)
             await remove_stale_staging(settings.staging_dir, store, found)
