@@ -6,7 +6,6 @@ abort via the S3 boundary). It never moves an original before the object is veri
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -48,25 +47,21 @@ from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import (
-    METADATA_ARCHIVE_SHA256,
     METADATA_SOURCE_SHA256,
-    METADATA_SOURCE_SIZE,
     ByteBudget,
     S3Bucket,
-    UploadResult,
-    UploadStats,
 )
 from amgmt.store import MetadataStore
 from amgmt.upload.compressor import Compressor
-from amgmt.upload.ownership import KnownKeys, claim_key, judge_existing, operation_ended, supersede_replaced
+from amgmt.upload.ownership import KnownKeys, claim_key, judge_existing, supersede_replaced
 from amgmt.upload.records import (
-    StoreJournal,
     record_archive,
     record_moved,
     record_verified,
     s3_file_record,
     source_file_record,
 )
+from amgmt.upload.sending import ArchiveSender
 
 SAVE_TIMEOUT = 10.0
 # Outcomes whose entry counts as processed in full on the progress bar (a skipped one needs no more work).
@@ -300,7 +295,7 @@ class EntryPipeline:
             record.metadata["reused_existing_object"] = False
             record.metadata["replaced_unverifiable_object"] = str(exc)
             await self._enter(Stage.UPLOAD)
-            await self._send_counted(None, if_absent=False, takeover=None)
+            await self._sender().send(None, if_absent=False, takeover=None)
             await self._enter(Stage.VERIFY)
             await self._verify()
 
@@ -354,9 +349,9 @@ class EntryPipeline:
             takeover = verdict.takeover
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
-        resume = await self._resumable_upload() if not single_put else None
+        resume = await self._sender().resumable_upload() if not single_put else None
         try:
-            result = await self._send_counted(
+            result = await self._sender().send(
                 resume, if_absent=existing is None and not self.ctx.overwrite, takeover=takeover
             )
         except ObjectExistsError:
@@ -369,71 +364,24 @@ class EntryPipeline:
                     self._report_remaining()
                     return
                 takeover = verdict.takeover
-            result = await self._send_counted(resume, if_absent=existing is None, takeover=takeover)
+            result = await self._sender().send(resume, if_absent=existing is None, takeover=takeover)
         record.metadata["multipart"] = result.multipart
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
 
-    async def _send_counted(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
-        """The archive sent (or its upload resumed), what it cost counted into the record."""
-        stats = UploadStats()
-        record = self.record
-        try:
-            return await self._send(resume, stats, if_absent=if_absent, takeover=takeover)
-        finally:
-            metadata = record.metadata
-            metadata["retries"] = metadata.get("retries", 0) + stats.retries
-            metadata["parts_sent"] = metadata.get("parts_sent", 0) + stats.parts_sent
-            metadata["parts_reused"] = metadata.get("parts_reused", 0) + stats.parts_reused
-            if stats.resumed_upload_id:
-                metadata["resumed_upload_id"] = stats.resumed_upload_id
-
-    async def _send(
-        self, resume: str | None, stats: UploadStats, *, if_absent: bool, takeover: str | None
-    ) -> UploadResult:
+    def _sender(self) -> ArchiveSender:
         assert self.archive is not None
-        record = self.record
-        return await self.ctx.s3.upload_file(
-            record.s3_object_key,
-            str(self.staging),
-            size=self.archive.archive_size,
-            part_size=self.archive.part_size,
-            part_md5s=self.archive.part_md5s,
-            metadata={
-                METADATA_SOURCE_SHA256: self.archive.source_sha256,
-                METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
-                METADATA_SOURCE_SIZE: str(record.original_size),
-            },
-            storage_class=self.ctx.settings.storage_class,
-            budget=self.ctx.budget,
-            on_progress=self._progress,
-            journal=StoreJournal(self.ctx.store, record, self.archive),
-            resume_upload_id=resume,
-            stats=stats,
-            if_absent=if_absent,
-            owner=record.operation_id,
-            takeover=takeover,
+        ctx = self.ctx
+        return ArchiveSender(
+            ctx.s3,
+            ctx.store,
+            ctx.budget,
+            ctx.settings.storage_class,
+            self.record,
+            self.archive,
+            self.staging,
+            self._progress,
         )
-
-    async def _resumable_upload(self) -> str | None:
-        """An interrupted multipart upload of this very archive to resume; stale ones of other content are aborted."""
-        assert self.archive is not None
-        record = self.record
-        resume = None
-        for journaled in await self.ctx.store.open_multiparts(bucket=record.s3_bucket, key=record.s3_object_key):
-            if not await operation_ended(self.ctx.store, journaled.operation_id):
-                continue  # a run in progress elsewhere (sharing this database) owns it: never touched
-            same = (journaled.archive_sha256, journaled.part_size) == (
-                self.archive.archive_sha256,
-                self.archive.part_size,
-            )
-            if same and resume is None:
-                resume = journaled.upload_id
-                continue
-            with contextlib.suppress(UploadError):
-                await self.ctx.s3.abort_multipart(record.s3_object_key, journaled.upload_id)
-            await self.ctx.store.journal_multipart_state(journaled.upload_id, "aborted")
-        return resume
 
     async def _verify(self) -> None:
         assert self.archive is not None

@@ -1,0 +1,98 @@
+"""Sending one entry's archive: the upload (single PUT or multipart, resumed where the journal allows) with its
+metadata, and what it cost counted into the record. What may be sent over what is ownership.py's decision."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from amgmt.errors import UploadError
+from amgmt.local.archive import ArchiveResult
+from amgmt.models import UploadRecord
+from amgmt.s3 import (
+    METADATA_ARCHIVE_SHA256,
+    METADATA_SOURCE_SHA256,
+    METADATA_SOURCE_SIZE,
+    ByteBudget,
+    ProgressCallback,
+    S3Bucket,
+    UploadResult,
+    UploadStats,
+)
+from amgmt.store import MetadataStore
+from amgmt.upload.ownership import operation_ended
+from amgmt.upload.records import StoreJournal
+
+
+@dataclass
+class ArchiveSender:
+    """Sends `archive` (staged at `staging`) to the record's key."""
+
+    s3: S3Bucket
+    store: MetadataStore
+    budget: ByteBudget
+    storage_class: str | None
+    record: UploadRecord
+    archive: ArchiveResult
+    staging: Path
+    on_progress: ProgressCallback
+
+    async def send(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
+        """The archive sent (or its upload resumed), what it cost counted into the record."""
+        stats = UploadStats()
+        record = self.record
+        try:
+            return await self._upload_file(resume, stats, if_absent=if_absent, takeover=takeover)
+        finally:
+            metadata = record.metadata
+            metadata["retries"] = metadata.get("retries", 0) + stats.retries
+            metadata["parts_sent"] = metadata.get("parts_sent", 0) + stats.parts_sent
+            metadata["parts_reused"] = metadata.get("parts_reused", 0) + stats.parts_reused
+            if stats.resumed_upload_id:
+                metadata["resumed_upload_id"] = stats.resumed_upload_id
+
+    async def _upload_file(
+        self, resume: str | None, stats: UploadStats, *, if_absent: bool, takeover: str | None
+    ) -> UploadResult:
+        record = self.record
+        return await self.s3.upload_file(
+            record.s3_object_key,
+            str(self.staging),
+            size=self.archive.archive_size,
+            part_size=self.archive.part_size,
+            part_md5s=self.archive.part_md5s,
+            metadata={
+                METADATA_SOURCE_SHA256: self.archive.source_sha256,
+                METADATA_ARCHIVE_SHA256: self.archive.archive_sha256,
+                METADATA_SOURCE_SIZE: str(record.original_size),
+            },
+            storage_class=self.storage_class,
+            budget=self.budget,
+            on_progress=self.on_progress,
+            journal=StoreJournal(self.store, record, self.archive),
+            resume_upload_id=resume,
+            stats=stats,
+            if_absent=if_absent,
+            owner=record.operation_id,
+            takeover=takeover,
+        )
+
+    async def resumable_upload(self) -> str | None:
+        """An interrupted multipart upload of this very archive to resume; stale ones of other content are aborted."""
+        record = self.record
+        resume = None
+        for journaled in await self.store.open_multiparts(bucket=record.s3_bucket, key=record.s3_object_key):
+            if not await operation_ended(self.store, journaled.operation_id):
+                continue  # a run in progress elsewhere (sharing this database) owns it: never touched
+            same = (journaled.archive_sha256, journaled.part_size) == (
+                self.archive.archive_sha256,
+                self.archive.part_size,
+            )
+            if same and resume is None:
+                resume = journaled.upload_id
+                continue
+            with contextlib.suppress(UploadError):
+                await self.s3.abort_multipart(record.s3_object_key, journaled.upload_id)
+            await self.store.journal_multipart_state(journaled.upload_id, "aborted")
+        return resume
