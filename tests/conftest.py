@@ -295,3 +295,26 @@ def make_real_settings(real_s3: S3Target, real_bucket: str, local_dir: Path):  #
         return load_settings(flags=base, environ={"HOME": str(local_dir.parent)}, require_bucket=True)
 
     return make
+
+
+# -- moves: atomic renameat2 first, the two-step placement where a test injects faults through os ---------------------
+# amgmt places an entry with one renameat2(RENAME_NOREPLACE) where the system has it (amgmt.local.completed), which
+# never calls os.link/os.rename. Tests that inject failures or changes through those os functions exercise the
+# two-step placement used where renameat2 is missing: while they are patched, it is what runs.
+
+import amgmt.local.completed as _completed  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _two_step_moves_when_os_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = getattr(_completed, "_rename_noreplace", None)
+    if real is None:
+        return
+    originals = (os.link, os.rename, os.unlink)
+
+    def rename_noreplace(source: Path, destination: Path) -> bool:
+        if (os.link, os.rename, os.unlink) != originals:
+            return False
+        return real(source, destination)
+
+    monkeypatch.setattr(_completed, "_rename_noreplace", rename_noreplace)

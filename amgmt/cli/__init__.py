@@ -250,6 +250,9 @@ def main() -> None:
     # Python's own "Exception ignored" noise on a closed stdout (amgmt history | head) is not an error.
     try:
         cli(prog_name="amgmt", _anyio_backend="asyncio")
+    except KeyboardInterrupt:  # a Ctrl-C before a command's own signal handling is in place
+        print("amgmt: interrupted", file=sys.stderr)
+        sys.exit(int(ExitCode.INTERRUPTED))
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)

@@ -8,7 +8,9 @@ on purpose: callers run these functions in a worker thread. Names come from dest
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import itertools
 import os
 import secrets
@@ -104,7 +106,7 @@ def move_to_completed(
             continue
         _make_parent(entry, candidate)
         try:
-            (_install_dir if is_dir else _install_file)(entry, candidate)
+            _install(entry, candidate)
         except FileExistsError as exc:
             if completed.duplicate_handling == "error":
                 raise _exists(entry, candidate) from exc
@@ -161,17 +163,50 @@ def _make_parent(entry: Path, destination: Path) -> None:
 
 def _install(source: Path, destination: Path) -> None:
     """Rename `source` (file or directory) within one filesystem, never replacing: FileExistsError if taken."""
+    if _rename_noreplace(source, destination):
+        return
     if stat.S_ISDIR(os.lstat(source).st_mode):
         _install_dir(source, destination)
     else:
         _install_file(source, destination)
 
 
-def _install_file(source: Path, destination: Path) -> None:
-    """Rename a non-directory within one filesystem, failing with FileExistsError instead of replacing.
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_NO_RENAMEAT2 = frozenset({errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
-    link() + unlink() refuses an existing name atomically (POSIX rename() would silently replace a file).
-    """
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function: Callable[..., int] = libc.renameat2  # glibc 2.28 and later
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+def _rename_noreplace(source: Path, destination: Path) -> bool:
+    """One atomic rename that refuses an existing name (Linux renameat2 RENAME_NOREPLACE): no window in which
+    `source` could be replaced between placing it and removing its old name, no placeholder left by a crash.
+    False where the system or the filesystem cannot do it (then the caller places it in two steps);
+    FileExistsError when the name is taken; another OSError (EXDEV: another filesystem) otherwise."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_RENAMEAT2:
+        return False
+    raise OSError(code, os.strerror(code), os.fsdecode(source), None, os.fsdecode(destination))
+
+
+def _install_file(source: Path, destination: Path) -> None:
+    """Rename a non-directory within one filesystem in two steps, failing with FileExistsError instead of replacing.
+
+    link() + unlink() refuses an existing name atomically (POSIX rename() would silently replace a file). If the
+    source name was replaced between the two (a program saving by rename), the new file stays where it is."""
     try:
         os.link(source, destination, follow_symlinks=False)
     except OSError as exc:
@@ -180,7 +215,9 @@ def _install_file(source: Path, destination: Path) -> None:
         _claim_then_rename(source, destination, claim=_claim_file)
         return
     try:
-        os.unlink(source)
+        placed, now = os.lstat(destination), os.lstat(source)
+        if (placed.st_dev, placed.st_ino) == (now.st_dev, now.st_ino):
+            os.unlink(source)
     except OSError:
         _unlink_quietly(destination)
         raise
@@ -249,7 +286,10 @@ def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> N
     writers: list[Writer] = []
     if now is not None and same_identity(expected, now, ignore_root_ctime=True):
         # Scanned after the move: a writer can no longer open the files by their old names.
-        writers = writers_of((m.dev, m.ino) for m in members if m.kind == "file")
+        writers = writers_of(
+            [(m.dev, m.ino) for m in members if m.kind == "file"],
+            directories=[(m.dev, m.ino) for m in members if m.kind == "dir"],
+        )
         if not writers:
             return
     try:
@@ -263,8 +303,8 @@ def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> N
     if writers:
         who = ", ".join(f"pid {w.pid} ({printable(w.command)})" for w in writers[:3])
         raise SourceChangedError(
-            f"{printable(entry)} is still open for writing by {who}; moved back{where}; the next run takes it once"
-            " it is closed",
+            f"{printable(entry)} is still held by {who} (a file open for writing, or a working directory in it);"
+            f" moved back{where}; the next run takes it once it is released",
             path=str(entry),
         )
     raise SourceChangedError(

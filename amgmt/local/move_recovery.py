@@ -6,6 +6,7 @@ Synchronous: callers hold the run lock and run it in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class _Operation:
     """The interrupted operation as its record tells it."""
 
     entry: Path
+    started: datetime
     tag: str  # the operation id's first 8 characters: its temporaries carry it
     names: list[Path]  # the completed names it may have used
     expected_identity: Identity | None
@@ -87,6 +89,7 @@ def recover_move(
         return found
     operation = _Operation(
         entry,
+        started,
         tag,
         existing_candidates(entry, plain, completed, now=started),
         expected_identity,
@@ -114,7 +117,10 @@ def _recover_taken_away(operation: _Operation, removing: Path, found: MoveRecove
     entry = operation.entry
     final = next((name for name in operation.names if operation.holds_upload(name)), None)
     unchanged = operation.unchanged(removing)
-    if final is not None and unchanged:
+    if final is not None:
+        # A proven copy is installed only after the original, renamed away, was checked unchanged: the move was
+        # complete, whatever is left of the original now (its removal may have been cut short midway, members
+        # gone). Putting a remnant back would make it look like a changed entry and let it replace the object.
         found.outcome, found.final = "moved", final
         found.leftovers.append({"path": display_path(removing), "action": "removed (the move was complete)"})
         if not operation.dry_run:
@@ -144,10 +150,16 @@ def _recover_second_name(operation: _Operation, found: MoveRecovery) -> None:
     except OSError:
         return
     twin = next((n for n in operation.names if _same_inode(n, ours)), None)
+    if twin is None and stat.S_ISDIR(ours.st_mode):
+        _remove_placeholders(operation, found)
+        return
     if twin is None or stat.S_ISDIR(ours.st_mode):
         return
     if operation.unchanged(entry):
         found.outcome, found.final = "moved", twin
+        found.leftovers.append(
+            {"path": display_path(entry), "action": f"removed: a second name of {display_path(twin)} (link kept)"}
+        )
         if not operation.dry_run:
             os.unlink(entry)
         return
@@ -159,6 +171,24 @@ def _recover_second_name(operation: _Operation, found: MoveRecovery) -> None:
     )
     if not operation.dry_run:
         os.unlink(twin)
+
+
+def _remove_placeholders(operation: _Operation, found: MoveRecovery) -> None:
+    """A directory is placed in two steps where renameat2 is missing: an empty directory claims the name, then the
+    entry is renamed onto it. Killed in between, the empty claim stays: removed (rmdir refuses anything not empty,
+    so no byte can go with it) when it was made after the operation started."""
+    for name in operation.names:
+        try:
+            st = os.lstat(name)
+            empty = stat.S_ISDIR(st.st_mode) and not os.listdir(name)
+        except OSError:
+            continue
+        if not empty or st.st_ctime < operation.started.timestamp() - 1:
+            continue
+        found.leftovers.append({"path": display_path(name), "action": "removed (the empty claim of the move)"})
+        if not operation.dry_run:
+            with contextlib.suppress(OSError):
+                os.rmdir(name)
 
 
 def _recover_gone(operation: _Operation, found: MoveRecovery) -> None:

@@ -1,4 +1,4 @@
-"""Which processes hold given files open for writing, seen through Linux /proc (nothing elsewhere).
+"""Which processes hold handles that can still change given files or directories, seen through Linux /proc.
 
 Pure and synchronous: reads /proc only. Used after a same-filesystem move, when a writer that still holds a moved
 file open is the one thing an identity check cannot see coming: its next write would land in the completed dir.
@@ -20,12 +20,15 @@ class Writer:
     command: str
 
 
-def writers_of(inodes: Iterable[tuple[int, int]], *, proc: str = PROC) -> list[Writer]:
-    """The processes (other than this one) with a file descriptor open for writing on one of `inodes`
-    ((st_dev, st_ino) pairs). Processes whose descriptors this user may not read are not seen; without /proc the
-    answer is empty."""
-    wanted = set(inodes)
-    if not wanted:
+def writers_of(
+    inodes: Iterable[tuple[int, int]], *, directories: Iterable[tuple[int, int]] = (), proc: str = PROC
+) -> list[Writer]:
+    """The processes (other than this one) that can still change a moved entry through a handle they hold: a file
+    descriptor open for writing on one of `inodes`, or a working directory, root or any descriptor on one of
+    `directories` (from there a process creates files by relative names). Both are (st_dev, st_ino) pairs.
+    Processes whose /proc entries this user may not read are not seen; without /proc the answer is empty."""
+    files, dirs = set(inodes), set(directories)
+    if not files and not dirs:
         return []
     try:
         pids = [name for name in os.listdir(proc) if name.isdigit()]
@@ -34,22 +37,33 @@ def writers_of(inodes: Iterable[tuple[int, int]], *, proc: str = PROC) -> list[W
     own = os.getpid()
     found: list[Writer] = []
     for pid in pids:
-        if int(pid) == own:
-            continue
-        fd_dir = f"{proc}/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue  # gone, or not ours to read
-        for fd in fds:
+        if int(pid) != own and _holds_a_handle(f"{proc}/{pid}", files, dirs):
+            found.append(Writer(int(pid), _command(proc, pid)))
+    return found
+
+
+def _holds_a_handle(base: str, files: set[tuple[int, int]], dirs: set[tuple[int, int]]) -> bool:
+    if dirs:
+        for link in ("cwd", "root"):
             try:
-                st = os.stat(f"{fd_dir}/{fd}")
+                st = os.stat(f"{base}/{link}")
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in wanted and _open_for_writing(f"{proc}/{pid}/fdinfo/{fd}"):
-                found.append(Writer(int(pid), _command(proc, pid)))
-                break
-    return found
+            if (st.st_dev, st.st_ino) in dirs:
+                return True
+    try:
+        fds = os.listdir(f"{base}/fd")
+    except OSError:
+        return False  # gone, or not ours to read
+    for fd in fds:
+        try:
+            st = os.stat(f"{base}/fd/{fd}")
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in dirs or (key in files and _open_for_writing(f"{base}/fdinfo/{fd}")):
+            return True
+    return False
 
 
 def _open_for_writing(fdinfo: str) -> bool:

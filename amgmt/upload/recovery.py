@@ -97,6 +97,8 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
     )
     found.move_leftovers.extend(recovery.leftovers)
     found.handled_tags.add(record.operation_id[:8])
+    if recovery.outcome == "moved":
+        found.finished_moves.append(record.target_path)  # a dry run says so too: the real run will find the same
     if found.dry_run or not recovery.outcome:
         return
     record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
@@ -112,7 +114,6 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
     record.completed_dir_path = display(recovery.final)
     record.metadata["recovered"] = "the run died while moving the original; the move was finished and proven"
     await store.save_operation(record)
-    found.finished_moves.append(record.target_path)
 
 
 async def settle_move_leftovers(settings: Settings, store: MetadataStore, found: Cleanup) -> None:

@@ -142,3 +142,17 @@ def test_demo_stops_the_upload_and_the_server_and_exits_130(run_id: str, tmp_pat
     assert "Traceback" not in stderr
     assert port_is_free(port)
     assert not marked_processes(run_id)
+
+
+def test_a_ctrl_c_before_the_upload_handles_signals_is_one_line_and_130(tmp_path: Path, cli_env: dict[str, str],
+                                                                         local_dir: Path) -> None:
+    """SIGINT at an exact early call (listing the entries, before the signal watcher runs): before the fix a
+    111-line traceback ending in KeyboardInterrupt."""
+    (local_dir / "clip.mp4").write_bytes(b"x" * 100)
+    killpoint = Path(__file__).parents[1] / "faults" / "killpoint.py"
+    done = subprocess.run([sys.executable, str(killpoint), "upload", "all", "--no-progress"],
+                          env=dict(cli_env, AMGMT_KILL_AT="amgmt.local.entries.list_entries||1|before|SIGINT"),
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 130, done
+    assert done.stderr.strip() == "amgmt: interrupted", done.stderr
+    assert (local_dir / "clip.mp4").exists()

@@ -5,7 +5,8 @@
 The spec is `FUNCTION|SUBSTRING|NTH|WHEN`: FUNCTION is a dotted name of a function or method to wrap (`os.link`,
 `os.unlink`, `os.rename`, `amgmt.local.completed.move_to_completed`, `amgmt.s3.client.S3Bucket.upload_file`, `amgmt.s3.reservation.reserve_key`; coroutine functions
 too); the NTH call (1-based) whose arguments, as text, contain SUBSTRING kills the process with SIGKILL, `before`
-the call runs or `after` it returned.
+the call runs or `after` it returned. An optional fifth field sends another signal instead (`|SIGINT`: a Ctrl-C
+at that exact moment).
 Only the main process is patched (compression workers are not), which is where moves, saves and uploads happen.
 Several points may be given, separated by `;`. Without AMGMT_KILL_AT the CLI runs unchanged.
 """
@@ -22,12 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _kill() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _wrap(function: Callable[..., Any], substring: str, nth: int, when: str) -> Callable[..., Any]:
+def _wrap(function: Callable[..., Any], substring: str, nth: int, when: str, sig: int = signal.SIGKILL
+          ) -> Callable[..., Any]:
     seen = 0
+
+    def _kill() -> None:
+        os.kill(os.getpid(), sig)
 
     def hit(args: tuple[Any, ...]) -> bool:
         nonlocal seen
@@ -80,9 +81,15 @@ def _resolve(target: str) -> tuple[Any, str]:
 
 def install(spec: str) -> None:
     for point in filter(None, (p.strip() for p in spec.split(";"))):
-        target, substring, nth, when = point.split("|")
+        target, substring, nth, when, *rest = point.split("|")
+        sig = getattr(signal, rest[0]) if rest else signal.SIGKILL
         holder, attribute = _resolve(target)
-        setattr(holder, attribute, _wrap(getattr(holder, attribute), substring, int(nth), when))
+        setattr(holder, attribute, _wrap(getattr(holder, attribute), substring, int(nth), when, sig))
+        if target in ("os.link", "os.rename", "os.unlink"):
+            # A kill at these calls is a kill in the two-step placement amgmt uses where renameat2 is missing.
+            import amgmt.local.completed
+
+            amgmt.local.completed._rename_noreplace = lambda source, destination: False
 
 
 def main() -> None:

@@ -257,3 +257,97 @@ async def test_an_unfinished_copy_is_reported_by_cleanup_dry_run_as_cleanup_remo
     assert report.counts() == {"success": 1}
     assert not shoot.exists() and (shm_completed / "shoot" / "b.mov").read_bytes() == b"b" * 4000
     assert sorted(r.status for r in await history(settings)) == ["cancelled", "success"]
+
+
+# -- found by the hostile trial ----------------------------------------------------------------------------------------
+
+
+async def test_cross_fs_killed_midway_through_removing_the_original_finishes_and_keeps_the_object(
+        make_settings, local_dir: Path, cli_env: dict[str, str], shm_completed: Path, s3_client: Any,
+        bucket: str) -> None:
+    """Killed after the first file of the renamed-away original was deleted: the copy was proven and installed, so
+    the move was complete. Before the fix the remnant was put back as a "changed" entry, and the next run uploaded
+    it over the verified object of the whole directory."""
+    shoot = local_dir / "shoot"
+    (shoot / "sub").mkdir(parents=True)
+    for name in ("a.mov", "b.mov", "sub/c.wav"):
+        (shoot / name).write_bytes(name.encode() * 1000)
+    settings = make_settings(completed_dir=str(shm_completed))
+    env = dict(cli_env, MGMT_COMPLETED_DIR=str(shm_completed))
+
+    assert run_killed(env, "os.unlink|.amgmt-removing-|1|after", "upload", "all", "--no-progress") == -9
+    for _ in range(2):
+        await upload_batch(settings, list_entries(settings)[0])
+
+    assert [p.name for p in local_dir.iterdir()] == []
+    for name in ("a.mov", "b.mov", "sub/c.wav"):
+        assert (shm_completed / "shoot" / name).read_bytes() == name.encode() * 1000
+        assert object_member(s3_client, bucket, "shoot.tar.gz", f"shoot/{name}") == name.encode() * 1000
+    assert [p.name for p in shm_completed.iterdir() if p.name != ".metadata"] == ["shoot"]
+    records = await history(settings)
+    assert [r.status for r in records if r.status != OperationStatus.CANCELLED] == [OperationStatus.SUCCESS]
+
+
+async def test_a_file_replaced_by_rename_during_a_two_step_move_is_kept(make_settings, local_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where renameat2 is missing a file is placed by link() then unlink(): a program saving by rename between the
+    two must not lose its new file (before the fix unlink() removed whatever the name held)."""
+    clip = local_dir / "clip.mp4"
+    clip.write_bytes(b"v1" * 1000)
+    settings = make_settings()
+    real_link = os.link
+
+    def link_then_resave(src: Any, dst: Any, **kwargs: Any) -> None:
+        real_link(src, dst, **kwargs)
+        if Path(src) == clip:
+            fresh = clip.with_name(".save-tmp")
+            fresh.write_bytes(b"v2" * 1000)
+            os.rename(fresh, clip)
+
+    monkeypatch.setattr(os, "link", link_then_resave)
+    [record] = (await upload_batch(settings, list_entries(settings)[0])).records
+
+    assert clip.read_bytes() == b"v2" * 1000, "the new version is kept in the local dir"
+    assert (settings.completed_dir / "clip.mp4").read_bytes() == b"v1" * 1000  # what S3 holds
+    assert record.status == OperationStatus.SUCCESS
+
+
+async def test_an_empty_claim_left_by_a_two_step_directory_move_is_removed(
+        make_settings, local_dir: Path, cli_env: dict[str, str]) -> None:
+    """Killed between mkdir(claim) and rename(entry onto it): before the fix the empty claim blocked the name for
+    ever (the entry went to a stamped duplicate name, or failed every run with MGMT_DUPLICATE_HANDLING=error)."""
+    shoot = local_dir / "shoot"
+    shoot.mkdir()
+    (shoot / "a.mov").write_bytes(b"a" * 1000)
+    settings = make_settings(duplicate_handling="error")
+    env = dict(cli_env, MGMT_DUPLICATE_HANDLING="error")
+
+    assert run_killed(env, "os.rename|/media/shoot|1|before", "upload", "all", "--no-progress") == -9
+    assert (settings.completed_dir / "shoot").is_dir() and not any((settings.completed_dir / "shoot").iterdir())
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+    assert report.exit_code == 0, report.to_dict()["failures"]
+    assert (settings.completed_dir / "shoot" / "a.mov").read_bytes() == b"a" * 1000
+    assert not shoot.exists()
+
+
+def test_cleanup_dry_run_tells_the_finished_move_the_real_cleanup_records(
+        local_dir: Path, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Killed between link() and unlink(): `cleanup --dry-run` must announce the same finished move (and the local
+    name it removes) as `cleanup` then does (before the fix the dry run said nothing of either)."""
+    (local_dir / "clip.mp4").write_bytes(b"c" * 2000)
+    assert run_killed(cli_env, "os.link|/media/clip.mp4|1|after", "upload", "all", "--no-progress") == -9
+
+    def cleanup(*flags: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-m", "amgmt", "cleanup", "--json", *flags], env=cli_env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    dry = cleanup("--dry-run")
+    assert (local_dir / "clip.mp4").exists(), "a dry run changes nothing"
+    real = cleanup()
+    assert not (local_dir / "clip.mp4").exists()
+    for field_name in ("finished_moves", "move_leftovers", "interrupted_operations", "staging_files"):
+        assert dry[field_name] == real[field_name], field_name
+    assert dry["finished_moves"] and dry["move_leftovers"]

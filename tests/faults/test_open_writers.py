@@ -66,7 +66,7 @@ async def test_an_entry_open_for_writing_is_moved_back_and_taken_once_closed(
 
     [record] = first.records
     assert record.status == OperationStatus.CHANGED, record.to_dict()
-    assert f"still open for writing by pid {writer.pid}" in (record.error_message or "")
+    assert f"still held by pid {writer.pid}" in (record.error_message or "")
     assert entry.exists() and not (settings.completed_dir / entry.name).exists()
 
     writer.communicate("", timeout=10)  # the writer closes the file
@@ -75,3 +75,25 @@ async def test_an_entry_open_for_writing_is_moved_back_and_taken_once_closed(
     assert again.status == OperationStatus.SUCCESS, again.to_dict()
     assert again.metadata.get("reused_existing_object") is True  # the content did not change: nothing resent
     assert (settings.completed_dir / entry.name).exists() and not entry.exists()
+
+
+async def test_a_process_working_inside_a_directory_entry_keeps_it_from_moving(
+        make_settings, local_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """A process whose working directory is inside the entry follows it through a same-filesystem rename and can
+    create files in the completed dir by relative names: the entry is moved back, and taken once it has left."""
+    shoot = local_dir / "shoot"
+    (shoot / "sub").mkdir(parents=True)
+    (shoot / "a.mov").write_bytes(b"a" * 3000)
+    settings = make_settings()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print('in', flush=True); sys.stdin.read()"],
+                            cwd=shoot / "sub", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "in"
+        [record] = (await upload_batch(settings, list_entries(settings)[0])).records
+        assert record.status == OperationStatus.CHANGED, record.to_dict()
+        assert f"still held by pid {proc.pid}" in (record.error_message or "")
+        assert shoot.is_dir() and not (settings.completed_dir / "shoot").exists()
+    finally:
+        proc.communicate("", timeout=10)
+    [again] = (await upload_batch(settings, list_entries(settings)[0])).records
+    assert again.status == OperationStatus.SUCCESS, again.to_dict()
