@@ -28,7 +28,7 @@ from amgmt.bench.localserver import LOCAL_REGION
 from amgmt.bench.report import RunKind, RunResult
 from amgmt.bench.runner import BenchmarkSession
 from amgmt.errors import ConfigError, StorageError
-from amgmt.local.completed import tree_size
+from amgmt.local.copying import tree_size
 from amgmt.models import Stage
 from amgmt.naming import object_key
 from amgmt.parts import MiB
