@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from amgmt.cli.common import EXIT_CODES_HELP, settings_from, settings_options
 from amgmt.cli.render import local_time, table, to_json
-from amgmt.errors import ConfigError, ExitCode
+from amgmt.errors import ConfigError, ExitCode, first_error
 from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
 from amgmt.objects.download import DownloadOptions, DownloadOutcome, DownloadState
 from amgmt.objects.resolve import DeletePlan, Objects, ObjectStatus, head_to_dict
 from amgmt.objects.restore import DEFAULT_POLL_SECONDS, DEFAULT_RESTORE_DAYS, RESTORE_TIMES
 from amgmt.objects.transfer import QuietReporter
-from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState, first_error
+from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState
 from amgmt.text import human_duration, human_size, printable
 
 T = TypeVar("T")

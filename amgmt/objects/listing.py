@@ -17,11 +17,11 @@ import anyio
 import anyio.to_thread
 
 from amgmt.config import Settings
-from amgmt.errors import ConfigError
+from amgmt.errors import ConfigError, first_error
 from amgmt.local.entries import PlannedEntry, list_entries, plan
 from amgmt.models import OperationStatus
 from amgmt.naming import display
-from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket, first_error
+from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket
 from amgmt.store import MetadataStore, UploadSummary
 
 # The statuses after which the object at the key is the upload's own.

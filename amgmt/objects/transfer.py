@@ -15,11 +15,11 @@ import anyio
 import anyio.to_thread
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
-from amgmt.errors import ConfigError, EntryError
+from amgmt.errors import ConfigError, EntryError, first_error
 from amgmt.naming import display
 from amgmt.objects.verify import StreamDigests
 from amgmt.parts import MiB, part_ranges
-from amgmt.s3 import ByteBudget, ObjectHead, S3Bucket, first_error
+from amgmt.s3 import ByteBudget, ObjectHead, S3Bucket
 
 MAX_RANGE_SIZE = 64 * MiB  # a larger MGMT_PART_SIZE is fine for uploads, but one GET's buffer stays this small
 HASH_CHUNK = 1 * MiB

@@ -6,7 +6,8 @@ of entries, records or the completed dir, and raises only amgmt's own errors."""
 from amgmt.s3.bodies import ByteBudget
 from amgmt.s3.client import S3Bucket
 from amgmt.s3.direct import DirectRequests, ObjectTransport
-from amgmt.s3.errors import Answer, S3StorageError, S3UploadError, answer_of, first_error, translate_errors
+from amgmt.s3.errors import Answer, S3StorageError, S3UploadError, answer_of, translate_errors
+from amgmt.s3.multipart import upload_file
 from amgmt.s3.retry import RETRY_POLICY, RetryPolicy
 from amgmt.s3.values import (
     ARCHIVE_STORAGE_CLASSES,
@@ -54,8 +55,8 @@ __all__ = [
     "S3UploadError",
     "UploadResult",
     "UploadStats",
+    "upload_file",
     "answer_of",
-    "first_error",
     "parse_restore",
     "translate_errors",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aioboto3
@@ -18,8 +18,7 @@ from aiobotocore.config import AioConfig
 
 from amgmt.errors import ConfigError, ObjectExistsError, StorageError, UploadError, VerificationError
 from amgmt.parts import normalise_etag
-from amgmt.s3 import multipart, reservation
-from amgmt.s3.bodies import ByteBudget
+from amgmt.s3 import reservation
 from amgmt.s3.direct import DirectRequests
 from amgmt.s3.errors import (
     NO_UPLOAD_CODES,
@@ -35,11 +34,9 @@ from amgmt.s3.retry import RETRY_POLICY, RetryPolicy
 from amgmt.s3.values import (
     RESTORE_TIERS,
     ClientOptions,
-    MultipartJournal,
     ObjectHead,
     ObjectInfo,
     ProgressCallback,
-    UploadResult,
     UploadStats,
     parse_restore,
 )
@@ -330,45 +327,6 @@ class S3Bucket(BucketListings):
                     " to a class it supports, or leave it unset for the bucket's default"
                 ) from exc.__cause__
             raise
-
-    async def upload_file(
-        self,
-        key: str,
-        path: str,
-        *,
-        size: int,
-        part_size: int,
-        part_md5s: Sequence[str],
-        metadata: Mapping[str, str],
-        storage_class: str | None,
-        budget: ByteBudget,
-        on_progress: ProgressCallback | None = None,
-        journal: MultipartJournal | None = None,
-        resume_upload_id: str | None = None,
-        stats: UploadStats | None = None,
-        if_absent: bool = False,
-        owner: str = "",
-        takeover: str | None = None,
-    ) -> UploadResult:
-        """Upload a local file as `key`: see multipart.upload_file."""
-        return await multipart.upload_file(
-            self,
-            key,
-            path,
-            size=size,
-            part_size=part_size,
-            part_md5s=part_md5s,
-            metadata=metadata,
-            storage_class=storage_class,
-            budget=budget,
-            on_progress=on_progress,
-            journal=journal,
-            resume_upload_id=resume_upload_id,
-            stats=stats if stats is not None else UploadStats(),
-            if_absent=if_absent,
-            owner=owner,
-            takeover=takeover,
-        )
 
     async def release_reservation(self, key: str, owners: set[str]) -> None:
         """Remove the reservation of `key` by one of `owners` (see reservation.release)."""

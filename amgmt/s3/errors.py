@@ -194,22 +194,3 @@ def translate_errors(action: str, *, bucket: str, key: str | None = None) -> Ite
         raise _lost(action, where, str(exc) or type(exc).__name__) from exc
     except (OSError, anyio.BrokenResourceError, aiohttp.ClientError) as exc:
         raise _lost(action, where, f"{type(exc).__name__}: {exc}") from exc
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The most telling leaf of an exception group: an amgmt error first, then any error, then cancellation."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for wanted in (AmgmtError, Exception):
-        for leaf in leaves:
-            if isinstance(leaf, wanted):
-                return leaf
-    return leaves[0]

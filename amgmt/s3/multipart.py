@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from amgmt.errors import UploadError
+from amgmt.errors import UploadError, first_error
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
 from amgmt.s3 import bodies, reservation
 from amgmt.s3.bodies import ByteBudget
-from amgmt.s3.errors import first_error
 from amgmt.s3.values import MultipartJournal, PartDone, ProgressCallback, UploadResult, UploadStats
 
 if TYPE_CHECKING:

@@ -53,7 +53,7 @@ from amgmt.s3 import (
 )
 from amgmt.store import MetadataStore
 from amgmt.upload.compressor import Compressor
-from amgmt.upload.ownership import KnownKeys, claim_key, judge_existing, supersede_replaced
+from amgmt.upload.ownership import KnownKeys, Verdict, claim_key, judge_existing, supersede_replaced
 from amgmt.upload.records import (
     record_archive,
     record_moved,
@@ -333,41 +333,46 @@ class EntryPipeline:
         assert self.archive is not None
         record = self.record
         key = record.s3_object_key
-        existing = None
         # Overwriting needs no look; a single PUT of a key the run's listing did not hold is sent create-if-absent
         # instead of after a HEAD (one request per entry less); a multipart upload still looks first.
         single_put = len(self.archive.part_md5s) == 1
-        if not self.ctx.overwrite and not (single_put and self.ctx.keys.absent(key)):
-            existing = await self.ctx.s3.head_object(key)
+        look = not self.ctx.overwrite and not (single_put and self.ctx.keys.absent(key))
         record.s3_file_record = s3_file_record(record, self.archive)
-        takeover = None
-        if existing is not None:
-            verdict = await judge_existing(self.ctx.store, record, self.archive, existing)
-            if verdict.reuse:
-                self._report_remaining()
-                return
-            takeover = verdict.takeover
+        verdict = await self._look(key) if look else None
+        if verdict is not None and verdict.reuse:
+            return
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.UPLOADING
-        resume = await self._sender().resumable_upload() if not single_put else None
+        sender = self._sender()
+        resume = await sender.resumable_upload() if not single_put else None
         try:
-            result = await self._sender().send(
-                resume, if_absent=existing is None and not self.ctx.overwrite, takeover=takeover
+            result = await sender.send(
+                resume,
+                if_absent=verdict is None and not self.ctx.overwrite,
+                takeover=verdict.takeover if verdict else None,
             )
         except ObjectExistsError:
             # Created since we looked: by somebody else, or by our own PUT whose answer was lost.
-            existing = await self.ctx.s3.head_object(key)
-            takeover = None
-            if existing is not None:
-                verdict = await judge_existing(self.ctx.store, record, self.archive, existing)
-                if verdict.reuse:
-                    self._report_remaining()
-                    return
-                takeover = verdict.takeover
-            result = await self._sender().send(resume, if_absent=existing is None, takeover=takeover)
+            verdict = await self._look(key)
+            if verdict is not None and verdict.reuse:
+                return
+            result = await sender.send(
+                resume, if_absent=verdict is None, takeover=verdict.takeover if verdict else None
+            )
         record.metadata["multipart"] = result.multipart
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
+
+    async def _look(self, key: str) -> Verdict | None:
+        """HEAD the key: None when it is free, else what the object there means for this upload (ownership.py)."""
+        assert self.archive is not None
+        existing = await self.ctx.s3.head_object(key)
+        if existing is None:
+            return None
+        verdict = await judge_existing(self.ctx.store, self.record, self.archive, existing)
+        if verdict.reuse:
+            self._report_remaining()
+        return verdict
 
     def _sender(self) -> ArchiveSender:
         assert self.archive is not None

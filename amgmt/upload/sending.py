@@ -19,6 +19,7 @@ from amgmt.s3 import (
     S3Bucket,
     UploadResult,
     UploadStats,
+    upload_file,
 )
 from amgmt.store import MetadataStore
 from amgmt.upload.ownership import operation_ended
@@ -56,7 +57,8 @@ class ArchiveSender:
         self, resume: str | None, stats: UploadStats, *, if_absent: bool, takeover: str | None
     ) -> UploadResult:
         record = self.record
-        return await self.s3.upload_file(
+        return await upload_file(
+            self.s3,
             record.s3_object_key,
             str(self.staging),
             size=self.archive.archive_size,

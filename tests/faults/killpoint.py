@@ -3,7 +3,7 @@
     AMGMT_KILL_AT="os.unlink|/media/|1|before" python tests/faults/killpoint.py upload all --no-progress
 
 The spec is `FUNCTION|SUBSTRING|NTH|WHEN`: FUNCTION is a dotted name of a function or method to wrap (`os.link`,
-`os.unlink`, `os.rename`, `amgmt.local.completed.move_to_completed`, `amgmt.s3.client.S3Bucket.upload_file`, `amgmt.s3.reservation.reserve_key`; coroutine functions
+`os.unlink`, `os.rename`, `amgmt.local.completed.move_to_completed`, `amgmt.s3.client.S3Bucket.head`, `amgmt.s3.reservation.reserve_key`; coroutine functions
 too); the NTH call (1-based) whose arguments, as text, contain SUBSTRING kills the process with SIGKILL, `before`
 the call runs or `after` it returned. An optional fifth field sends another signal instead (`|SIGINT`: a Ctrl-C
 at that exact moment).

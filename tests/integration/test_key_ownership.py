@@ -20,6 +20,7 @@ import anyio
 import amgmt.upload.pipeline
 import amgmt.s3.bodies
 import amgmt.upload.records
+import amgmt.upload.sending
 import amgmt.s3.client
 from amgmt.local.archive import compress_entry
 from amgmt.local.entries import resolve_names
@@ -86,15 +87,15 @@ async def test_two_runs_racing_for_one_key_leave_the_first_verified_object_intac
     write_random(first / "clip.bin", 11 * MiB, seed=1)
     write_random(second / "clip.bin", 11 * MiB, seed=2)
     a_looked, b_done = anyio.Event(), anyio.Event()
-    original = amgmt.upload.pipeline.EntryPipeline._resumable_upload
+    original = amgmt.upload.sending.ArchiveSender.resumable_upload
 
-    async def paused(self: amgmt.upload.pipeline.EntryPipeline) -> str | None:
-        if self.ctx.settings.local_dir == first:
+    async def paused(self: amgmt.upload.sending.ArchiveSender) -> str | None:  # called after the look (HEAD)
+        if Path(self.record.target_path).parent == first:
             a_looked.set()
             await b_done.wait()
         return await original(self)
 
-    monkeypatch.setattr(amgmt.upload.pipeline.EntryPipeline, "_resumable_upload", paused)
+    monkeypatch.setattr(amgmt.upload.sending.ArchiveSender, "resumable_upload", paused)
     settings_a = _settings(real_s3, real_bucket, first)
     settings_b = _settings(real_s3, real_bucket, second)
     reports: dict[str, BatchReport] = {}

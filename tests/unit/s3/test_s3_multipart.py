@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from amgmt.errors import UploadError
 from amgmt.parts import MiB
+from amgmt.s3 import multipart
 from amgmt.s3 import RETRY_POLICY, ByteBudget, ClientOptions, RetryPolicy, S3Bucket, UploadStats
 
 
@@ -78,7 +79,7 @@ async def upload(s3: S3Bucket, tmp_path: Path, journal: Journal, stats: UploadSt
     data = bytes(range(256)) * (40 * 1024)  # 10 MiB: two parts of 5 MiB
     path.write_bytes(data)
     md5s = [hashlib.md5(data[:5 * MiB]).hexdigest(), hashlib.md5(data[5 * MiB:]).hexdigest()]
-    return await s3.upload_file("k", str(path), size=len(data), part_size=5 * MiB, part_md5s=md5s, metadata={},
+    return await multipart.upload_file(s3, "k", str(path), size=len(data), part_size=5 * MiB, part_md5s=md5s, metadata={},
                                 storage_class=None, budget=ByteBudget(64 * MiB), journal=journal,
                                 stats=stats if stats is not None else UploadStats())
 
