@@ -220,6 +220,12 @@ def summary_text(report: BatchReport) -> str:
     ]
     for note in report.ignored:
         lines.append(f"ignored: {printable(note)}")
+    recovery = report.recovery
+    if recovery is not None:  # what this run repaired of a dead run before its first entry
+        for target in recovery.finished_moves:
+            lines.append(f"recovered: the interrupted move of {printable(target)} was finished")
+        for leftover in recovery.move_leftovers:
+            lines.append(f"recovered: {printable(leftover['path'])}: {printable(leftover['action'])}")
     if report.failures:
         lines.append("not done:")
         for r in report.failures:

@@ -21,6 +21,7 @@ import amgmt.local.copying
 import amgmt.upload.pipeline
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
+from amgmt.cli.common import summary_text
 from amgmt.models import OperationStatus
 from amgmt.store import MetadataStore
 
@@ -199,6 +200,8 @@ async def test_killed_between_link_and_unlink_the_next_run_finishes_the_move(
     assert first.status == OperationStatus.SUCCESS and first.metadata.get("recovered"), first.to_dict()
     assert report.records == []
     assert object_member(s3_client, bucket, first.s3_object_key, "clip.mp4") == b"v" * 5000
+    # The summary says what the run repaired (before: "0 entries: nothing done" and nothing else).
+    assert f"recovered: the interrupted move of {clip} was finished" in summary_text(report)
 
 
 @pytest.mark.parametrize("moment", ["os.rename|.amgmt-removing-|1|after", "os.rename|.amgmt-moving-|1|after"])
