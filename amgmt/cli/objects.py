@@ -5,8 +5,6 @@ Parse, call amgmt.objects (resolve, download), render (text or --json); progress
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,7 +14,7 @@ import anyio
 import asyncclick as click
 from tqdm import tqdm
 
-from amgmt.cli.common import EXIT_CODES_HELP, settings_from, settings_options
+from amgmt.cli.common import EXIT_CODES_HELP, settings_from, settings_options, watch_stop_signals
 from amgmt.cli.render import local_time, table, to_json
 from amgmt.errors import ConfigError, ExitCode, first_error
 from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
@@ -28,7 +26,6 @@ from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState
 from amgmt.text import human_duration, human_size, printable
 
 T = TypeVar("T")
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # EX_TEMPFAIL of sysexits.h: not done yet, try again later. A script can tell "downloaded" (0) from "restore under
 # way" without parsing the output.
 RESTORE_PENDING_EXIT = 75
@@ -40,18 +37,15 @@ async def until_signalled(work: Callable[[], Awaitable[T]], *, note: str) -> T:
     done: list[T] = []
     stopped = False
 
-    async def watch(scope: anyio.CancelScope) -> None:
-        nonlocal stopped
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            async for _ in signals:
-                if stopped:
-                    os._exit(int(ExitCode.INTERRUPTED))
-                stopped = True
-                scope.cancel()
-
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, tg.cancel_scope)
+
+            def stop() -> None:
+                nonlocal stopped
+                stopped = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_stop_signals, stop)
             done.append(await work())
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
