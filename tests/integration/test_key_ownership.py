@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,34 @@ def _settings(target: Any, bucket: str, local: Path, **flags: Any) -> Any:
 
 def _object_sha256(client: Any, bucket: str, key: str) -> str:
     return hashlib.sha256(client.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+
+
+async def race(
+    run_a: Callable[[], Awaitable[BatchReport]],
+    run_b: Callable[[], Awaitable[BatchReport]],
+    *,
+    b_starts: anyio.Event,
+    b_done: anyio.Event,
+) -> tuple[BatchReport, BatchReport]:
+    """Two batches at once: B starts when `b_starts` is set (A reached the moment the test wants), and `b_done` is
+    set when B has ended, whatever it did (A may be waiting for it)."""
+    reports: dict[str, BatchReport] = {}
+
+    async def first() -> None:
+        reports["a"] = await run_a()
+
+    async def second() -> None:
+        await b_starts.wait()
+        try:
+            reports["b"] = await run_b()
+        finally:
+            b_done.set()
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
+    return reports["a"], reports["b"]
 
 
 def _only(report: BatchReport) -> UploadRecord:
@@ -98,24 +127,13 @@ async def test_two_runs_racing_for_one_key_leave_the_first_verified_object_intac
     monkeypatch.setattr(amgmt.upload.sending.ArchiveSender, "resumable_upload", paused)
     settings_a = _settings(real_s3, real_bucket, first)
     settings_b = _settings(real_s3, real_bucket, second)
-    reports: dict[str, BatchReport] = {}
-
-    async def run_a() -> None:
-        reports["a"] = await upload_batch(settings_a, [first / "clip.bin"])
-
-    async def run_b() -> None:
-        await a_looked.wait()
-        try:
-            reports["b"] = await upload_batch(settings_b, [second / "clip.bin"])
-        finally:
-            b_done.set()
-
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_a)
-            tg.start_soon(run_b)
-
-    b, a = _only(reports["b"]), _only(reports["a"])
+    report_a, report_b = await race(
+        lambda: upload_batch(settings_a, [first / "clip.bin"]),
+        lambda: upload_batch(settings_b, [second / "clip.bin"]),
+        b_starts=a_looked,
+        b_done=b_done,
+    )
+    b, a = _only(report_b), _only(report_a)
     assert b.status == OperationStatus.SUCCESS, b.error_message
     assert a.status == OperationStatus.FAILED, a.error_message
     assert "already exists with other content" in (a.error_message or "")
@@ -180,24 +198,13 @@ async def test_a_run_never_aborts_the_live_multipart_upload_of_another_run_shari
     monkeypatch.setattr(amgmt.upload.records.StoreJournal, "part_done", paused)
     settings_a = make_settings(local_dir=str(first), db_path=str(db), part_size="5MiB", concurrency=1)
     settings_b = make_settings(local_dir=str(second), db_path=str(db), part_size="5MiB", concurrency=1)
-    reports: dict[str, BatchReport] = {}
-
-    async def run_a() -> None:
-        reports["a"] = await upload_batch(settings_a, [first / "clip.bin"])
-
-    async def run_b() -> None:
-        await a_started.wait()
-        try:
-            reports["b"] = await upload_batch(settings_b, [second / "clip.bin"])
-        finally:
-            b_done.set()
-
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_a)
-            tg.start_soon(run_b)
-
-    a, b = _only(reports["a"]), _only(reports["b"])
+    report_a, report_b = await race(
+        lambda: upload_batch(settings_a, [first / "clip.bin"]),
+        lambda: upload_batch(settings_b, [second / "clip.bin"]),
+        b_starts=a_started,
+        b_done=b_done,
+    )
+    a, b = _only(report_a), _only(report_b)
     assert a.status == OperationStatus.SUCCESS, a.error_message
     assert b.status == OperationStatus.FAILED
     assert "being uploaded by another amgmt run" in (b.error_message or "")
