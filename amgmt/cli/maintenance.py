@@ -26,7 +26,7 @@ from amgmt.upload.report import BatchReport
 @click.option(
     "--failed",
     is_flag=True,
-    help="Every upload whose latest attempt failed, was cancelled or interrupted (killed), or is partial.",
+    help="Every upload whose latest attempt failed, was cancelled or interrupted (killed), is partial, or changed.",
 )
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
@@ -42,7 +42,8 @@ async def retry(
     """Upload again the entries of failed, cancelled or partial operations (ids or unique id prefixes).
 
     An interrupted multipart upload of an unchanged entry is resumed; a partial one (uploaded, not moved) is
-    verified again and moved. The current settings apply.
+    verified again and moved; a changed one (the entry changed after it was packed) is uploaded with its new
+    content. The current settings apply.
     """
     if not operation_ids and not failed:
         raise ConfigError("name operation ids, or pass --failed")
