@@ -225,11 +225,11 @@ def _spare_workers_the_cli() -> None:
 
 
 def _quiet_worker_reaping() -> None:
-    # Cause, found but not fixable from here without a private API: when the run's root task ends, anyio's forcible
-    # pool shutdown (a done-callback of the root task) closes each compression worker's stdin and then kills it;
-    # Popen.send_signal polls first, and when the worker has already exited on that EOF the poll reaps it before
-    # Python 3.11's ThreadedChildWatcher thread does, which then logs "Unknown child process pid N". Nothing is lost
-    # (the worker was idle); the line is not something to show the user.
+    # The cause, as traced in the code (not reproduced since), and not fixable from here without a private API:
+    # when the run's root task ends, anyio's forcible pool shutdown (a done-callback of the root task) closes each
+    # compression worker's stdin, then kills it; Popen.send_signal polls first, and when the worker has already
+    # exited on that EOF the poll reaps it before Python 3.11's ThreadedChildWatcher thread does, which then logs
+    # "Unknown child process pid N". Nothing is lost (the worker was idle); the line is not for the user.
     logging.getLogger("asyncio").addFilter(lambda rec: "Unknown child process pid" not in rec.getMessage())
 
 
