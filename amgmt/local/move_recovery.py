@@ -98,13 +98,13 @@ def recover_move(
         dry_run,
     )
     removing = _tagged(entry.parent, REMOVING_PREFIX, tag)
+    moving = _tagged(plain.parent, MOVING_PREFIX, tag)
     if removing is not None:
-        _recover_taken_away(operation, removing, found)
+        _recover_taken_away(operation, removing, found, copy_installed=moving is None)
     elif os.path.lexists(entry):
         _recover_second_name(operation, found)
     else:
         _recover_gone(operation, found)
-    moving = _tagged(plain.parent, MOVING_PREFIX, tag)
     if moving is not None:
         found.leftovers.append({"path": display_path(moving), "action": "removed (an unfinished copy)"})
         if not dry_run:
@@ -112,12 +112,13 @@ def recover_move(
     return found
 
 
-def _recover_taken_away(operation: _Operation, removing: Path, found: MoveRecovery) -> None:
-    """Across filesystems, the original was renamed away: removed if a proven copy is installed, else put back."""
+def _recover_taken_away(operation: _Operation, removing: Path, found: MoveRecovery, *, copy_installed: bool) -> None:
+    """Across filesystems, the original was renamed away: removed if our copy was installed (its temporary name is
+    gone) and a completed name holds the upload, else put back."""
     entry = operation.entry
     final = next((name for name in operation.names if operation.holds_upload(name)), None)
     unchanged = operation.unchanged(removing)
-    if final is not None:
+    if final is not None and copy_installed:
         # A proven copy is installed only after the original, renamed away, was checked unchanged: the move was
         # complete, whatever is left of the original now (its removal may have been cut short midway, members
         # gone). Putting a remnant back would make it look like a changed entry and let it replace the object.

@@ -474,3 +474,21 @@ def test_recovery_of_a_cross_fs_move_killed_after_the_original_was_renamed_away(
     assert found.outcome == "moved" and found.final == cross.completed / "shoot"
     assert not entry.exists() and leftovers(cross.local, cross.completed) == []
     assert snapshot(cross.completed / "shoot") == {"a.mov": b"a" * 100}
+
+
+def test_a_removed_away_original_is_deleted_only_once_our_copy_was_installed(cross: Setup) -> None:
+    """Killed before our copy was installed (its temporary still there) while an older identical copy already
+    holds the destination name: the renamed-away original, written to meanwhile, is put back, never deleted."""
+    entry = make_tree(cross.local / "shoot", {"a.mov": b"a" * 100})
+    packed = cross.pack(entry)
+    cross.completed.mkdir()
+    copying.copy_entry(entry, cross.completed / "shoot")  # an earlier move of the same content
+    removing = cross.local / f".amgmt-removing-{OP[:8]}-shoot-12345678"
+    os.rename(entry, removing)
+    copying.copy_entry(removing, cross.completed / f".amgmt-moving-{OP[:8]}-shoot-12345678")
+    (removing / "late.mov").write_bytes(b"written after the copy")
+
+    found = _recover(cross, entry, packed)
+
+    assert found.outcome == "changed"
+    assert snapshot(entry) == {"a.mov": b"a" * 100, "late.mov": b"written after the copy"}
