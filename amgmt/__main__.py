@@ -1,4 +1,4 @@
-"""`python -m amgmt`. Guarded, imports included: worker processes may re-run the parent's main module."""
+"""`python -m amgmt`."""
 
 if __name__ == "__main__":
     from amgmt.cli import main

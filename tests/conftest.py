@@ -298,16 +298,16 @@ def make_real_settings(real_s3: S3Target, real_bucket: str, local_dir: Path):  #
 
 
 # -- moves: atomic renameat2 first, the two-step placement where a test injects faults through os ---------------------
-# amgmt places an entry with one renameat2(RENAME_NOREPLACE) where the system has it (amgmt.local.completed), which
+# amgmt places an entry with one renameat2(RENAME_NOREPLACE) where the system has it (amgmt.local.placing), which
 # never calls os.link/os.rename. Tests that inject failures or changes through those os functions exercise the
 # two-step placement used where renameat2 is missing: while they are patched, it is what runs.
 
-import amgmt.local.completed as _completed  # noqa: E402
+import amgmt.local.placing as _placing  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _two_step_moves_when_os_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = getattr(_completed, "_rename_noreplace", None)
+    real = getattr(_placing, "rename_noreplace", None)
     if real is None:
         return
     originals = (os.link, os.rename, os.unlink)
@@ -317,4 +317,4 @@ def _two_step_moves_when_os_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
             return False
         return real(source, destination)
 
-    monkeypatch.setattr(_completed, "_rename_noreplace", rename_noreplace)
+    monkeypatch.setattr(_placing, "rename_noreplace", rename_noreplace)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class LazyCommand(NamedTuple):
     """A command the group lists without importing it: the module whose `register(group)` adds it, and its short
-    help (the first sentence of its own help; tests/unit/test_cli_commands.py keeps the two equal)."""
+    help (the first sentence of its own help; tests/unit/cli/test_cli_commands.py keeps the two equal)."""
 
     module: str
     short_help: str
@@ -214,25 +214,6 @@ async def cli(verbose: bool, debug: bool) -> None:
     """
 
 
-def _spare_workers_the_cli() -> None:
-    """Before its first job, each of anyio's worker processes (the compression pool) re-runs the file of the parent's
-    `__main__` module (anyio/to_process.py, "init"). Here that file is the `amgmt` console script or
-    amgmt/__main__.py, which import this CLI; a worker needs only what unpickling its job imports (amgmt.local.archive).
-    Without a `__file__`, anyio skips that step, as it does for `python -c`. The process is the CLI's from here on."""
-    main_module = sys.modules.get("__main__")
-    if main_module is not None and hasattr(main_module, "__file__"):
-        del main_module.__file__
-
-
-def _quiet_worker_reaping() -> None:
-    # The cause, as traced in the code (not reproduced since), and not fixable from here without a private API:
-    # when the run's root task ends, anyio's forcible pool shutdown (a done-callback of the root task) closes each
-    # compression worker's stdin, then kills it; Popen.send_signal polls first, and when the worker has already
-    # exited on that EOF the poll reaps it before Python 3.11's ThreadedChildWatcher thread does, which then logs
-    # "Unknown child process pid N". Nothing is lost (the worker was idle); the line is not for the user.
-    logging.getLogger("asyncio").addFilter(lambda rec: "Unknown child process pid" not in rec.getMessage())
-
-
 def _return_freed_buffers() -> None:
     # Part buffers (MiBs each) are allocated in reader threads and freed on the event loop: glibc would keep them in
     # per-thread arenas and raise its mmap threshold, so RSS grew to several times the byte budget (measured: 829
@@ -248,8 +229,6 @@ def _return_freed_buffers() -> None:
 
 def main() -> None:
     _return_freed_buffers()
-    _spare_workers_the_cli()
-    _quiet_worker_reaping()
     # Python's own "Exception ignored" noise on a closed stdout (amgmt history | head) is not an error.
     try:
         cli(prog_name="amgmt", _anyio_backend="asyncio")

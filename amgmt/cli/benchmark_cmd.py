@@ -336,22 +336,7 @@ async def benchmark(
 
     click.echo(render_table(report))
     if tune:
-        best = report.best()
-        if best is None:
-            click.echo("\nno configuration finished without failures: nothing to recommend")
-        else:
-            values = report.tuned_settings()
-            run = best.median
-            assert run.part_size is not None and run.parts_in_flight is not None  # tuned runs set both
-            click.echo(
-                f"\nbest: {', '.join(f'{k}={v}' for k, v in values.items())} "
-                f"({best.median.mib_per_second:.1f} MiB/s; memory for parts in flight up to "
-                f"{human_size(run.part_size * run.parts_in_flight)})"
-            )
-            if save:
-                saved = save_tuned_settings(values, environ=os.environ, config_path=config_path)
-                seeded = f" (started from a copy of {saved.seeded_from})" if saved.seeded_from else ""
-                click.echo(f"saved to {saved.path}{seeded}")
+        _recommend(report, save=save, config_path=config_path)
     if json_path:
         json_path.write_text(to_json(report.to_dict()) + "\n", encoding="utf-8")
         click.echo(f"results written to {json_path}")
@@ -365,3 +350,23 @@ async def benchmark(
 
 def register(group: click.Group) -> None:
     group.add_command(benchmark)
+
+
+def _recommend(report: BenchmarkReport, *, save: bool, config_path: Path | None) -> None:
+    """--tune: the best configuration found, and with --save its settings written to the config file."""
+    best = report.best()
+    if best is None:
+        click.echo("\nno configuration finished without failures: nothing to recommend")
+        return
+    values = report.tuned_settings()
+    run = best.median
+    assert run.part_size is not None and run.parts_in_flight is not None  # tuned runs set both
+    click.echo(
+        f"\nbest: {', '.join(f'{k}={v}' for k, v in values.items())} "
+        f"({best.median.mib_per_second:.1f} MiB/s; memory for parts in flight up to "
+        f"{human_size(run.part_size * run.parts_in_flight)})"
+    )
+    if save:
+        saved = save_tuned_settings(values, environ=os.environ, config_path=config_path)
+        seeded = f" (started from a copy of {saved.seeded_from})" if saved.seeded_from else ""
+        click.echo(f"saved to {saved.path}{seeded}")

@@ -8,15 +8,13 @@ on purpose: callers run these functions in a worker thread. Names come from dest
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import itertools
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -33,15 +31,13 @@ from amgmt.local.destinations import (
     taken,
 )
 from amgmt.local.identity import Identity, describe_change, identity_of, members_of, same_identity
+from amgmt.local.placing import place
 from amgmt.local.writers import Writer, writers_of
 from amgmt.text import printable
 
 # Temporaries are named PREFIX + the operation id's first 8 characters + "-" + (a bounded) name + "-" + random.
 MOVING_PREFIX = ".amgmt-moving-"  # a copy in progress, inside the destination dir
 REMOVING_PREFIX = ".amgmt-removing-"  # an original taken away (renamed beside itself) to be deleted once copied
-
-# link() errors meaning "this filesystem (or policy) gives no hard links", as opposed to "the name is taken".
-_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
 
 
 def completed_destination(entry: Path, completed: CompletedDir, *, now: datetime) -> Path:
@@ -101,30 +97,48 @@ def move_to_completed(
     expected = _unchanged(entry, expected_identity)
 
     names = candidates(entry, plain, completed, now=now)
+    try:
+        placed = _place_at_free_name(entry, entry, names, duplicate_handling=completed.duplicate_handling)
+    except _OtherFilesystem as other:
+        return _move_across(
+            entry,
+            itertools.chain([other.candidate], names),
+            plain=plain,
+            is_dir=is_dir,
+            expected=expected,
+            expected_digest=expected_digest,
+            tag=tag,
+            duplicate_handling=completed.duplicate_handling,
+        )
+    _check_moved(entry, placed, expected=expected, tag=tag)
+    return placed
+
+
+class _OtherFilesystem(Exception):
+    """The first free name is on another filesystem than the source (EXDEV): the move becomes a copy."""
+
+    def __init__(self, candidate: Path) -> None:
+        super().__init__(str(candidate))
+        self.candidate = candidate
+
+
+def _place_at_free_name(entry: Path, source: Path, names: Iterator[Path], *, duplicate_handling: str) -> Path:
+    """Places `source` (the entry, or its proven copy) at the first of `names` that is free, and returns it. A name
+    taken meanwhile (by anyone) moves on to the next one, unless duplicates are an error; nothing is replaced."""
     for candidate in names:
         if taken(candidate):
             continue
         _make_parent(entry, candidate)
         try:
-            _install(entry, candidate)
+            place(source, candidate)
         except FileExistsError as exc:
-            if completed.duplicate_handling == "error":
+            if duplicate_handling == "error":
                 raise _exists(entry, candidate) from exc
             continue  # taken between the check and the move: try the next name
         except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                return _move_across(
-                    entry,
-                    itertools.chain([candidate], names),
-                    plain=plain,
-                    is_dir=is_dir,
-                    expected=expected,
-                    expected_digest=expected_digest,
-                    tag=tag,
-                    duplicate_handling=completed.duplicate_handling,
-                )
+            if exc.errno == errno.EXDEV and source == entry:
+                raise _OtherFilesystem(candidate) from exc
             raise MoveError(f"cannot move {printable(entry)} to {printable(candidate)}: {_reason(exc)}") from exc
-        _check_moved(entry, candidate, expected=expected, tag=tag)
         return candidate
     raise no_free_name(entry)
 
@@ -159,87 +173,6 @@ def _make_parent(entry: Path, destination: Path) -> None:
         raise MoveError(
             f"cannot move {printable(entry)}: cannot create {printable(destination.parent)}: {_reason(exc)}"
         ) from exc
-
-
-def _install(source: Path, destination: Path) -> None:
-    """Rename `source` (file or directory) within one filesystem, never replacing: FileExistsError if taken."""
-    if _rename_noreplace(source, destination):
-        return
-    if stat.S_ISDIR(os.lstat(source).st_mode):
-        _install_dir(source, destination)
-    else:
-        _install_file(source, destination)
-
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1  # linux/fs.h
-_NO_RENAMEAT2 = frozenset({errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
-
-
-@functools.cache
-def _renameat2() -> Callable[..., int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function: Callable[..., int] = libc.renameat2  # glibc 2.28 and later
-    except (OSError, AttributeError):
-        return None
-    return function
-
-
-def _rename_noreplace(source: Path, destination: Path) -> bool:
-    """One atomic rename that refuses an existing name (Linux renameat2 RENAME_NOREPLACE): no window in which
-    `source` could be replaced between placing it and removing its old name, no placeholder left by a crash.
-    False where the system or the filesystem cannot do it (then the caller places it in two steps);
-    FileExistsError when the name is taken; another OSError (EXDEV: another filesystem) otherwise."""
-    renameat2 = _renameat2()
-    if renameat2 is None:
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in _NO_RENAMEAT2:
-        return False
-    raise OSError(code, os.strerror(code), os.fsdecode(source), None, os.fsdecode(destination))
-
-
-def _install_file(source: Path, destination: Path) -> None:
-    """Rename a non-directory within one filesystem in two steps, failing with FileExistsError instead of replacing.
-
-    link() + unlink() refuses an existing name atomically (POSIX rename() would silently replace a file). If the
-    source name was replaced between the two (a program saving by rename), the new file stays where it is."""
-    try:
-        os.link(source, destination, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
-            raise  # EEXIST (name taken), EXDEV (other filesystem), or a real failure
-        _claim_then_rename(source, destination, claim=_claim_file)
-        return
-    try:
-        placed, now = os.lstat(destination), os.lstat(source)
-        if (placed.st_dev, placed.st_ino) == (now.st_dev, now.st_ino):
-            os.unlink(source)
-    except OSError:
-        _unlink_quietly(destination)
-        raise
-
-
-def _install_dir(source: Path, destination: Path) -> None:
-    """Rename a directory within one filesystem without replacing anything (rename() replaces an empty dir)."""
-    _claim_then_rename(source, destination, claim=os.mkdir)
-
-
-def _claim_then_rename(source: Path, destination: Path, *, claim: Callable[[Path], object]) -> None:
-    # Creating the name first fails atomically if it exists; rename() then replaces only our own empty placeholder.
-    claim(destination)
-    try:
-        os.rename(source, destination)
-    except OSError:
-        _remove_quietly(destination)
-        raise
-
-
-def _claim_file(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 # --- proving that what moves is what was packed -------------------------------------------------------------------
@@ -320,7 +253,7 @@ def put_back(moved: Path, original: Path, *, tag: str) -> Path:
     names = [original] + [original.parent / changed_name(original.name, tag, n) for n in range(MAX_NAME_ATTEMPTS)]
     for name in names:
         try:
-            _install(moved, name)
+            place(moved, name)
         except FileExistsError:
             continue
         return name
@@ -360,7 +293,7 @@ def _move_across(
             removing = None
             raise MoveError(f"cannot move {printable(entry)}: cannot rename it away: {_reason(exc)}") from exc
         _check_moved(entry, removing, expected=expected, tag=tag)
-        final = _install_copy(entry, temporary, names, duplicate_handling=duplicate_handling)
+        final = _place_at_free_name(entry, temporary, names, duplicate_handling=duplicate_handling)
     except BaseException:
         if removing is not None and os.path.lexists(removing):
             with contextlib.suppress(OSError):
@@ -411,37 +344,9 @@ def _finish_across(entry: Path, removing: Path, final: Path, *, is_dir: bool, ex
     return final
 
 
-def _install_copy(entry: Path, temporary: Path, names: Iterator[Path], *, duplicate_handling: str) -> Path:
-    for candidate in names:
-        if taken(candidate):
-            continue
-        _make_parent(entry, candidate)
-        try:
-            _install(temporary, candidate)
-        except FileExistsError as exc:
-            if duplicate_handling == "error":
-                raise _exists(entry, candidate) from exc
-            continue
-        except OSError as exc:
-            raise MoveError(f"cannot move {printable(entry)} to {printable(candidate)}: {_reason(exc)}") from exc
-        return candidate
-    raise no_free_name(entry)
-
-
 def _remove_original(entry: Path, *, is_dir: bool) -> None:
     """Delete the original, already renamed away and proven copied; OSError at the first failure."""
     remove_tree(entry)
-
-
-def _remove_quietly(path: Path) -> None:
-    remove_tree_quietly(path)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def block_compressor(room: int, level: int) -> Any:
     The public compressobj(zdict=...) + flush(Z_SYNC_FLUSH) does the same work at about the same cost, but writes
     other bytes for some blocks (it deflates in output chunks), and the archive's bytes must not change (resumed
     uploads compare part MD5s). pyproject.toml pins isal to the versions this was tested with and
-    tests/unit/test_archive.py checks the class and its signature; a missing or changed class raises RuntimeError
+    tests/unit/local/test_archive.py checks the class and its signature; a missing or changed class raises RuntimeError
     saying so instead of an AttributeError deep in a worker."""
     compressor = getattr(isal_zlib, "_ParallelCompress", None)
     if compressor is None:

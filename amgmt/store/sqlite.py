@@ -1,5 +1,6 @@
 """MetadataStore: the metadata database's connection (aiosqlite), its transactions, and saving and querying records.
-The only module importing aiosqlite; it never decides what to record, and no database error leaves it raw."""
+With connection.py (its setup), the only module importing aiosqlite; it never decides what to record, and no
+database error leaves it raw."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import anyio
 from amgmt.errors import NotFoundError, StoreError
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.store import schema
+from amgmt.store.connection import configure, create_private_file, in_connection_thread
 from amgmt.store.errors import translate_errors
 from amgmt.store.records import (
     UPSERT_FILE_RECORD,
@@ -28,7 +30,6 @@ from amgmt.store.records import (
     UploadSummary,
     as_upload,
     file_row,
-    fold,
     journaled_upload,
     operation_filters,
     operation_row,
@@ -78,7 +79,7 @@ class MetadataStore:
         if self._db is not None:
             return
         try:
-            self._create_file()
+            create_private_file(self.path)
         except OSError as exc:
             raise StoreError(f"cannot create metadata database at {self.path}: {exc.strerror or exc}") from exc
         with self._translate_errors("open"):
@@ -86,7 +87,7 @@ class MetadataStore:
         try:
             with self._translate_errors("open"):
                 db.row_factory = sqlite3.Row
-                await self._configure(db)
+                await configure(db, self.path)
                 await self._migrate(db)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -377,24 +378,6 @@ class MetadataStore:
 
     # -- connection -------------------------------------------------------------------------------------------
 
-    def _create_file(self) -> None:
-        # Created here, not by SQLite, to choose the modes; SQLite gives -wal/-shm the database file's mode.
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            return
-        os.close(fd)
-
-    async def _configure(self, db: aiosqlite.Connection) -> None:
-        rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
-        mode = next(iter(rows))[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"metadata database {self.path} cannot use WAL journal mode (got {mode})")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.create_function("amgmt_fold", 1, fold, deterministic=True)
-
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         known = len(schema.MIGRATIONS)
         version = await self._run("read the schema version", schema.user_version, db=db)
@@ -458,13 +441,3 @@ class MetadataStore:
 
     def _select(self, conn: sqlite3.Connection, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
         return select_operations(conn, tail, params, path=self.path)
-
-
-async def in_connection_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
-    """`work(the sqlite3 connection)`, run in the aiosqlite connection's own thread, as its own calls are.
-
-    The one use of aiosqlite's private API (`Connection._execute`, `Connection._conn`): aiosqlite has no public way
-    to run a function there, and one statement per hand-over is measurably slower (`_run`). The versions allowed in
-    pyproject.toml all have both; test_aiosqlite_private_api_is_still_there fails loudly when they move."""
-    result: _T = await db._execute(lambda: work(db._conn))
-    return result

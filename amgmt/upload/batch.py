@@ -25,7 +25,7 @@ from amgmt.naming import display
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.store import MetadataStore
-from amgmt.upload.compressor import Compressor, process_pool_compressor
+from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
@@ -207,7 +207,11 @@ class _BatchRun:
                             done = set(report.recovery.finished_moves)
                             self.entries = [e for e in self.entries if display(e) not in done]
                             report.planned = len(self.entries)
-                        await self._run_workers(s3, store)
+                        if self.compressor is not None:
+                            await self._run_workers(s3, store, self.compressor)
+                        else:
+                            async with CompressionPool(anyio.CapacityLimiter(os.cpu_count() or 1)) as pool:
+                                await self._run_workers(s3, store, pool)
         except AmgmtError as exc:
             if report.aborted is None and not report.records:
                 log.error("batch stopped: %s", exc)
@@ -241,7 +245,7 @@ class _BatchRun:
             log.info("listing s3://%s/%s failed, checking each key with HEAD: %s", s3.bucket, prefix, exc)
             return KnownKeys(None)
 
-    async def _run_workers(self, s3: S3Bucket, store: MetadataStore) -> None:
+    async def _run_workers(self, s3: S3Bucket, store: MetadataStore, compress: Compressor) -> None:
         settings, report = self.settings, self.report
         ctx = PipelineContext(
             keys=await self._known_keys(s3),
@@ -249,7 +253,7 @@ class _BatchRun:
             store=store,
             s3=s3,
             budget=ByteBudget(settings.parts_in_flight * settings.part_size),
-            compress=self.compressor or process_pool_compressor(anyio.CapacityLimiter(os.cpu_count() or 1)),
+            compress=compress,
             reporter=self.reporter,
             overwrite=self.overwrite,
             command_args=self.command_args,

@@ -131,7 +131,7 @@ def test_demo_stops_the_upload_and_the_server_and_exits_130(run_id: str, tmp_pat
     try:
         port = int(read_until(proc, r"local S3 server: http://127\.0\.0\.1:(\d+)").group(1))
         # Signalled while `amgmt upload` compresses: its workers exist once its own signal handler is installed.
-        wait_for(lambda: any("anyio.to_process" in cmd for _, cmd in marked_processes(run_id)), proc)
+        wait_for(lambda: any("amgmt.upload.worker" in cmd for _, cmd in marked_processes(run_id)), proc)
         stderr = signal_and_wait(proc, signum, to_group=to_group, timeout=60)
     finally:
         if proc.poll() is None:

@@ -87,9 +87,9 @@ def install(spec: str) -> None:
         setattr(holder, attribute, _wrap(getattr(holder, attribute), substring, int(nth), when, sig))
         if target in ("os.link", "os.rename", "os.unlink"):
             # A kill at these calls is a kill in the two-step placement amgmt uses where renameat2 is missing.
-            import amgmt.local.completed
+            import amgmt.local.placing
 
-            amgmt.local.completed._rename_noreplace = lambda source, destination: False
+            amgmt.local.placing.rename_noreplace = lambda source, destination: False
 
 
 def main() -> None:

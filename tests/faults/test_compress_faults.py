@@ -10,15 +10,14 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.local.entries import list_entries
 from amgmt.upload.batch import upload_batch
 from amgmt.errors import CompressionError
-from amgmt.upload.compressor import Compressor, process_pool_compressor
+from amgmt.upload.compressor import CompressionPool, Compressor
 
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello", "bad.mov": 300_000}
 OTHERS = ["a.mp4", "dir"]
 
 
-def wrapping(before: dict[str, object]) -> Compressor:
+def wrapping(real: Compressor, before: dict[str, object]) -> Compressor:
     """The real process-pool compressor, with `before[name]()` run first for that entry (it may raise)."""
-    real = process_pool_compressor(anyio.CapacityLimiter(2))
 
     async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
         hook = before.get(Path(source).name)
@@ -38,7 +37,8 @@ async def test_compression_error_fails_only_that_entry(make_settings, make_media
         Path(archive_path + ".partial").write_bytes(b"half an archive")
         raise CompressionError(f"cannot read {source}: Input/output error", path=source)
 
-    report = await upload_batch(settings, list_entries(settings)[0], compressor=wrapping({"bad.mov": fail}))
+    async with CompressionPool(anyio.CapacityLimiter(2)) as real:
+        report = await upload_batch(settings, list_entries(settings)[0], compressor=wrapping(real, {"bad.mov": fail}))
 
     record = await aftermath(settings).check(report, failed="bad.mov", stage="compress", others=OTHERS)
     assert "Input/output error" in record.error_message
@@ -56,7 +56,8 @@ async def test_source_changing_size_before_compression_fails_that_entry(
         with open(source, "ab") as f:
             f.write(b"appended after listing")
 
-    report = await upload_batch(settings, entries, compressor=wrapping({"bad.mov": grow}))
+    async with CompressionPool(anyio.CapacityLimiter(2)) as real:
+        report = await upload_batch(settings, entries, compressor=wrapping(real, {"bad.mov": grow}))
 
     record = await aftermath(settings).check(report, failed="bad.mov", stage="compress", others=OTHERS)
     assert "changed between listing and compression" in record.error_message

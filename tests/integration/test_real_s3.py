@@ -35,7 +35,7 @@ from amgmt.upload.report import BatchReport
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord
 from amgmt.parts import MiB, expected_etag
-from amgmt.upload.compressor import Compressor, process_pool_compressor
+from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.s3 import RETRY_POLICY
 
 PART_ATTEMPTS = RETRY_POLICY.attempts
@@ -97,10 +97,9 @@ def keys(client: Any, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
-def corrupting_compressor(names: set[str]) -> Compressor:
+def corrupting_compressor(real: Compressor, names: set[str]) -> Compressor:
     """The pipeline's real compressor, except that the archives of `names` come back with a wrong MD5 for their
     second part (or their only one): the bytes amgmt sends are right, the Content-MD5 it sends with them is not."""
-    real = process_pool_compressor(anyio.CapacityLimiter(2))
 
     async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
         result = await real(source, archive_path, part_size, level)
@@ -246,7 +245,8 @@ async def test_wrong_content_md5_is_rejected_by_radosgw_and_caught_by_verify_on_
     entries, _ = list_entries(settings)
     started = time.monotonic()
 
-    report = await upload_batch(settings, entries, compressor=corrupting_compressor({"big.bin", "small.txt"}))
+    async with CompressionPool(anyio.CapacityLimiter(2)) as real:
+        report = await upload_batch(settings, entries, compressor=corrupting_compressor(real, {"big.bin", "small.txt"}))
 
     elapsed = time.monotonic() - started
     records = by_name(report)
@@ -358,10 +358,9 @@ async def test_resume_of_an_upload_the_server_no_longer_has_starts_afresh(
     assert keys(real_client, real_bucket) == ["big.bin.tar.gz"] and open_uploads(real_client, real_bucket) == []
 
 
-def racing_compressor(real_client: Any, bucket: str, writes: dict[str, bytes | None]) -> Compressor:
+def racing_compressor(real: Compressor, real_client: Any, bucket: str, writes: dict[str, bytes | None]) -> Compressor:
     """The real compressor, after which "somebody else" writes to the entry's key: after the run's listing and
     before amgmt's PUT. A None value writes amgmt's own archive (as an earlier attempt whose answer was lost)."""
-    real = process_pool_compressor(anyio.CapacityLimiter(2))
 
     async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
         result = await real(source, archive_path, part_size, level)
@@ -392,7 +391,9 @@ async def test_a_key_taken_after_the_listing_is_never_overwritten(
     entries, _ = list_entries(settings)
     writes: dict[str, bytes | None] = {"photo03.jpg": b"somebody else's photo", "photo07.jpg": None}
 
-    report = await upload_batch(settings, entries, compressor=racing_compressor(real_client, real_bucket, writes))
+    async with CompressionPool(anyio.CapacityLimiter(2)) as real:
+        racing = racing_compressor(real, real_client, real_bucket, writes)
+        report = await upload_batch(settings, entries, compressor=racing)
 
     records = by_name(report)
     taken = records["photo03.jpg"]

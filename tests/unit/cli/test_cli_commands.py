@@ -50,7 +50,7 @@ def test_the_table_lists_exactly_the_registered_commands() -> None:
 def test_every_command_has_help_text_and_is_documented() -> None:
     registered = registered_commands()
     assert sorted(registered) == sorted(COMMANDS) and len(registered) >= 16, sorted(registered)  # never vacuous
-    documented = (Path(__file__).parents[2] / "docs" / "commands.md").read_text()
+    documented = (Path(__file__).parents[3] / "docs" / "commands.md").read_text()
     for name, (_, command) in registered.items():
         assert (command.help or "").strip(), f"`amgmt {name}` has no help text"
         assert f"amgmt {name}" in documented, f"`amgmt {name}` is not in docs/commands.md"

@@ -533,11 +533,11 @@ async def test_aiosqlite_private_api_is_still_there(store: MetadataStore) -> Non
 
     import aiosqlite
 
-    from amgmt.store.sqlite import in_connection_thread
+    from amgmt.store.connection import in_connection_thread
 
     moved = (
         f"aiosqlite {version('aiosqlite')} changed the private Connection._execute/._conn that "
-        "amgmt.store.sqlite.in_connection_thread uses: adapt it (or keep the pin in pyproject.toml)"
+        "amgmt.store.connection.in_connection_thread uses: adapt it (or keep the pin in pyproject.toml)"
     )
     assert inspect.iscoroutinefunction(getattr(aiosqlite.Connection, "_execute", None)), moved
     assert isinstance(inspect.getattr_static(aiosqlite.Connection, "_conn", None), property), moved

@@ -168,7 +168,7 @@ def test_report_medians_speedups_and_best_point() -> None:
 
 
 def test_the_report_names_the_commit_of_the_checkout_it_measures() -> None:
-    if not (Path(__file__).resolve().parents[2] / ".git").exists():
+    if not (Path(__file__).resolve().parents[3] / ".git").exists():
         pytest.skip("not a git checkout")
     revision = source_revision()
     assert revision is not None and len(revision["commit"]) == 40
@@ -254,7 +254,7 @@ def _import_failures(mode: str) -> list[list[str]]:
 
 
 def test_no_module_of_the_package_imports_boto3() -> None:
-    package = Path(__file__).resolve().parents[2] / "amgmt"
+    package = Path(__file__).resolve().parents[3] / "amgmt"
     for path in package.rglob("*.py"):  # at any depth: a lazy import inside a function counts too
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
