@@ -32,7 +32,7 @@ from amgmt.local.destinations import (
 )
 from amgmt.local.identity import Identity, describe_change, identity_of, members_of, same_identity
 from amgmt.local.placing import place
-from amgmt.local.writers import Writer, writers_of
+from amgmt.local.writers import Writer, WritersOf, holders, writers_of
 from amgmt.text import printable
 
 # Temporaries are named PREFIX + the operation id's first 8 characters + "-" + (a bounded) name + "-" + random.
@@ -61,6 +61,7 @@ def move_to_completed(
     expected_identity: Identity | None = None,
     expected_digest: str | None = None,
     operation_id: str | None = None,
+    find_writers: WritersOf = writers_of,
 ) -> Path:
     """Move `entry` (file or directory) into the completed dir and return its final path, proving on the way that
     what lands there is what was packed.
@@ -68,7 +69,8 @@ def move_to_completed(
     `expected_identity` is the entry's identity when it was packed (amgmt.local.identity) and `expected_digest` its
     source SHA-256 (a directory: of its manifest, as archive.compress_entry defines it); without them the entry's
     identity now is taken as the reference and a copy is not compared with anything. `operation_id` names the
-    temporaries (its first 8 characters), so that recovery knows whose they are.
+    temporaries (its first 8 characters), so that recovery knows whose they are. `find_writers` looks for processes
+    still holding the moved entry (writers.SharedScan lets concurrent moves share one scan).
 
     Before moving, the entry must still have the expected identity; within one filesystem it is renamed (link +
     unlink for a file, a claimed empty directory for a directory) and its identity checked again, the root's ctime
@@ -109,8 +111,9 @@ def move_to_completed(
             expected_digest=expected_digest,
             tag=tag,
             duplicate_handling=completed.duplicate_handling,
+            find_writers=find_writers,
         )
-    _check_moved(entry, placed, expected=expected, tag=tag)
+    _check_moved(entry, placed, expected=expected, tag=tag, find_writers=find_writers)
     return placed
 
 
@@ -206,7 +209,7 @@ def _vanished(entry: Path) -> SourceChangedError:
     )
 
 
-def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> None:
+def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str, find_writers: WritersOf) -> None:
     """After a same-filesystem move: `moved` must still be `expected` (its root's ctime aside, which the move
     changed), and no process may hold one of its files open for writing (its next write would land in the
     completed dir, unseen by this check); otherwise it goes back to the local dir and SourceChangedError says
@@ -218,10 +221,12 @@ def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> N
         members, now = [], None
     writers: list[Writer] = []
     if now is not None and same_identity(expected, now, ignore_root_ctime=True):
-        # Scanned after the move: a writer can no longer open the files by their old names.
-        writers = writers_of(
-            [(m.dev, m.ino) for m in members if m.kind == "file"],
-            directories=[(m.dev, m.ino) for m in members if m.kind == "dir"],
+        # Asked after the move: a writer can no longer open the files by their old names.
+        root = os.fsencode(moved)
+        writers = holders(
+            [(os.path.join(root, m.relpath) if m.relpath else root, m.dev, m.ino) for m in members if m.kind == "file"],
+            [(m.dev, m.ino) for m in members if m.kind == "dir"],
+            find_writers,
         )
         if not writers:
             return
@@ -234,7 +239,7 @@ def _check_moved(entry: Path, moved: Path, *, expected: Identity, tag: str) -> N
         ) from exc
     where = "" if back == entry else f" as {printable(back)} (its name was taken meanwhile)"
     if writers:
-        who = ", ".join(f"pid {w.pid} ({printable(w.command)})" for w in writers[:3])
+        who = ", ".join(f"pid {w.pid} ({printable(w.command)})" if w.pid else "a process" for w in writers[:3])
         raise SourceChangedError(
             f"{printable(entry)} is still held by {who} (a file open for writing, or a working directory in it);"
             f" moved back{where}; the next run takes it once it is released",
@@ -273,6 +278,7 @@ def _move_across(
     expected_digest: str | None,
     tag: str,
     duplicate_handling: str,
+    find_writers: WritersOf,
 ) -> Path:
     """Copy, prove, take the original away, install the copy, remove the original (see move_to_completed)."""
     try:
@@ -292,7 +298,7 @@ def _move_across(
         except OSError as exc:
             removing = None
             raise MoveError(f"cannot move {printable(entry)}: cannot rename it away: {_reason(exc)}") from exc
-        _check_moved(entry, removing, expected=expected, tag=tag)
+        _check_moved(entry, removing, expected=expected, tag=tag, find_writers=find_writers)
         final = _place_at_free_name(entry, temporary, names, duplicate_handling=duplicate_handling)
     except BaseException:
         if removing is not None and os.path.lexists(removing):

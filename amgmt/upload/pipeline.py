@@ -33,6 +33,7 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.local.completed import completed_destination, find_completed, move_to_completed
 from amgmt.local.destinations import CompletedDir
 from amgmt.local.entries import PlannedEntry, validate_entry
+from amgmt.local.writers import SharedScan
 from amgmt.models import (
     FileRole,
     FileStatus,
@@ -84,6 +85,8 @@ class PipelineContext:
     claimed_keys: dict[str, str] = field(default_factory=dict)
     command_args: dict[str, Any] = field(default_factory=dict)
     user: str | None = field(default_factory=current_user)
+    # One /proc scan for writers serves every move of the run that asked before it started.
+    find_writers: SharedScan = field(default_factory=SharedScan)
 
 
 class EntryPipeline:
@@ -433,6 +436,7 @@ class EntryPipeline:
                     expected_identity=self.archive.source_identity,
                     expected_digest=self.archive.source_sha256,
                     operation_id=record.operation_id,
+                    find_writers=self.ctx.find_writers,
                 )
             )
         except MoveError as exc:
