@@ -94,6 +94,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (upload_id, part_number)
     );
     """,
+    # 3: history and lookups stay index searches on large databases (1,000,000 operations): a filter by status or
+    # type is read newest first from one index instead of walking every row in time order, and operations on an
+    # entry are found by its path (tests/unit/store/test_query_plans.py checks every query's plan).
+    """
+    CREATE INDEX ix_operations_status_started ON operations (status, started_at);
+    CREATE INDEX ix_operations_type_started ON operations (operation_type, started_at);
+    CREATE INDEX ix_operations_target_path ON operations (target_path);
+    DROP INDEX ix_operations_status;
+    DROP INDEX ix_operations_type;
+    """,
 )
 
 

@@ -1,0 +1,92 @@
+"""Every query the store sends is answered through an index, never by reading the whole operations table, except
+where reading everything is the request itself (a substring search of names). Checked
+with EXPLAIN QUERY PLAN on the statements the store really sends (traced), on a database with enough rows for
+SQLite's planner to choose as it would on a large one (ANALYZE)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from amgmt.models import OperationStatus
+from amgmt.store import MetadataStore
+from amgmt.store.connection import in_connection_thread
+from amgmt.store.records import fold
+
+from test_store import make_operation, make_upload, with_all_file_records
+
+# A SCAN reads every row (USING INDEX only changes the order it reads them in); SEARCH reads what matches.
+FULL_SCAN = re.compile(r"\bSCAN (operations|file_records|multipart_uploads|upload_parts|o|f)\b")
+NEWEST = "SELECT * FROM operations ORDER BY started_at DESC, rowid DESC LIMIT"  # `history`: reads LIMIT rows, stops
+
+
+@pytest.fixture
+async def traced(tmp_path: Path) -> AsyncIterator[tuple[MetadataStore, list[str]]]:
+    db_path = tmp_path / "operations.db"
+    async with MetadataStore(db_path) as store:
+        for i in range(300):
+            status = OperationStatus.FAILED if i % 7 == 0 else OperationStatus.SUCCESS
+            record = with_all_file_records(make_upload(minutes=i, name=f"clip{i:03d}.mp4", status=status))
+            await store.save_operation(record)
+        for i in range(50):
+            await store.save_operation(make_operation(minutes=i, name=f"gone{i}.tar.gz"))
+        assert store._db is not None
+        await in_connection_thread(store._db, lambda conn: conn.execute("ANALYZE"))
+        statements: list[str] = []
+        await in_connection_thread(store._db, lambda conn: conn.set_trace_callback(statements.append))
+        yield store, statements
+
+
+def plans(db_path: Path, statements: list[str]) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of each traced SELECT (its parameters already inlined by the trace)."""
+    conn = sqlite3.connect(db_path)
+    conn.create_function("amgmt_fold", 1, fold, deterministic=True)
+    try:
+        return {
+            sql: [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+            for sql in statements
+            if sql.lstrip().upper().startswith("SELECT")
+        }
+    finally:
+        conn.close()
+
+
+async def test_lookups_and_history_use_indexes(traced: tuple[MetadataStore, list[str]]) -> None:
+    store, statements = traced
+    now = datetime.now(UTC)
+    some = (await store.list_operations(limit=1))[0]
+    statements.clear()
+    await store.list_operations()  # `history`
+    await store.list_operations(status="failed")  # `history --status failed`
+    await store.list_operations(operation_type="delete")
+    await store.list_operations(since=now - timedelta(hours=1))
+    await store.list_operations(status="success", since=now - timedelta(days=1), until=now)
+    await store.get_operation(some.operation_id)
+    await store.get_operation(some.operation_id[:6])
+    await store.find_successful_upload(checksum_original="0" * 64)
+    await store.find_uploads_by_key(bucket="bucket", key="clip007.mp4.tar.gz")
+    await store.find_uploads_by_name(bucket="bucket", name="clip007.mp4")
+    await store.find_operations_on(bucket="bucket", key="clip007.mp4.tar.gz", target_path="/media/clip007.mp4",
+                                   target_name="clip007.mp4")
+    await store.open_multiparts(bucket="bucket", key="clip007.mp4.tar.gz")
+    await store.mark_interrupted(target_prefix="/media", reason="test")
+    found = plans(store.path, statements)
+    assert len(found) >= 13, list(found)
+    scans = {sql: plan for sql, plan in found.items() if any(FULL_SCAN.search(line) for line in plan)}
+    assert [sql for sql in scans if sql.startswith(NEWEST)] == [next(s for s in found if s.startswith(NEWEST))]
+    assert {sql: plan for sql, plan in scans.items() if not sql.startswith(NEWEST)} == {}
+
+
+async def test_a_name_search_reads_every_row_by_design(traced: tuple[MetadataStore, list[str]]) -> None:
+    """The one exception, checked so that the test above stays honest: a substring of a name cannot use an index
+    (`history NAME`, `search`); it reads each row once, newest first, and stops at the limit."""
+    store, statements = traced
+    statements.clear()
+    await store.list_operations(target="clip0")
+    [(sql, plan)] = [(sql, plan) for sql, plan in plans(store.path, statements).items() if "operations WHERE" in sql]
+    assert any(FULL_SCAN.search(line) for line in plan), plan
