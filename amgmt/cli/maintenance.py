@@ -49,7 +49,7 @@ async def retry(
         raise ConfigError("name operation ids, or pass --failed")
     settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency})
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
-    report = BatchReport(ignored=notes)
+    report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:
         show_bar = sys.stderr.isatty() if progress is None else progress
         reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()

@@ -96,7 +96,7 @@ async def upload(
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
     }
-    report = BatchReport(ignored=ignored)
+    report = BatchReport(ignored=ignored, keep_records=as_json)
     await run_stoppable(
         lambda stop: upload_batch(
             settings,

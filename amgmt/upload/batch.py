@@ -213,7 +213,7 @@ class _BatchRun:
                             async with CompressionPool(anyio.CapacityLimiter(os.cpu_count() or 1)) as pool:
                                 await self._run_workers(s3, store, pool)
         except AmgmtError as exc:
-            if report.aborted is None and not report.records:
+            if report.aborted is None and not report.finished:
                 log.error("batch stopped: %s", exc)
                 raise
             if report.aborted is None:
@@ -273,7 +273,7 @@ class _BatchRun:
                         scope.cancel()
                         return
                     finally:
-                        report.records.append(pipeline.record)
+                        report.add(pipeline.record)
                         rec = pipeline.record
                         log.info(
                             "entry %s: %s %s -> %s%s",

@@ -1,4 +1,6 @@
-"""The outcome of one batch: every entry's record, the run's counts, bytes and exit code, as text or JSON."""
+"""The outcome of one batch: the run's counts, bytes, failures and exit code (and, when asked for, every entry's
+full record), as text or JSON. What it keeps per entry is a few fields of each failed one, not every entry's record
+with its four file records (measured: 3,000 small entries, peak RSS 118 -> 111 MB)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,30 @@ from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.upload.recovery import Cleanup
 
+_UPLOADED = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.CHANGED)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the summary says of an entry that did not end in success (its full record is in the database)."""
+
+    operation_id: str
+    target_name: str
+    status: str  # an OperationStatus value
+    error_message: str | None
+
 
 @dataclass
 class BatchReport:
-    """What happened to every entry of one run, and the run as a whole."""
+    """What happened to the entries of one run, and the run as a whole. `records` holds every entry's full record
+    only with `keep_records` (the library's default; the CLI keeps them for --json alone)."""
 
     records: list[UploadRecord] = field(default_factory=list)
+    keep_records: bool = True
+    finished: int = 0  # entries that ended (any status)
+    bytes_in: int = 0  # source bytes of the entries uploaded (success, partial, changed)
+    bytes_out: int = 0  # their archive bytes
+    failures: list[Outcome] = field(default_factory=list)  # every entry that did not end in success or skipped
     started_at: datetime = field(default_factory=utcnow)
     wall_seconds: float = 0.0
     aborted: str | None = None  # the run-wide error that stopped the batch
@@ -26,24 +46,22 @@ class BatchReport:
     planned: int = 0
     recovery: Cleanup | None = None
 
+    _counts: Counter[str] = field(default_factory=Counter, repr=False)
+
+    def add(self, record: UploadRecord) -> None:
+        """An entry ended: count it (its record is final)."""
+        self.finished += 1
+        self._counts[str(record.status)] += 1
+        if record.status in _UPLOADED:
+            self.bytes_in += record.original_size
+            self.bytes_out += record.compressed_size or 0
+        if record.status not in (OperationStatus.SUCCESS, OperationStatus.SKIPPED):
+            self.failures.append(Outcome(record.operation_id, record.target_name, record.status, record.error_message))
+        if self.keep_records:
+            self.records.append(record)
+
     def counts(self) -> dict[str, int]:
-        return dict(Counter(str(r.status) for r in self.records))
-
-    def _done(self) -> list[UploadRecord]:
-        uploaded = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.CHANGED)
-        return [r for r in self.records if r.status in uploaded]
-
-    @property
-    def bytes_in(self) -> int:
-        return sum(r.original_size for r in self._done())
-
-    @property
-    def bytes_out(self) -> int:
-        return sum(r.compressed_size or 0 for r in self._done())
-
-    @property
-    def failures(self) -> list[UploadRecord]:
-        return [r for r in self.records if r.status not in (OperationStatus.SUCCESS, OperationStatus.SKIPPED)]
+        return dict(self._counts)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -51,7 +69,7 @@ class BatchReport:
             return ExitCode.INTERRUPTED
         if self.aborted:
             return self.aborted_exit
-        if self.failures or len(self.records) < self.planned:
+        if self.failures or self.finished < self.planned:
             return ExitCode.ENTRY_FAILED
         return ExitCode.OK
 
