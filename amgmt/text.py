@@ -1,4 +1,4 @@
-"""Text for people: one printable line for any name or message, human sizes and durations. Pure functions.
+"""Text for people: one printable line for any name or message, counts, human sizes and durations. Pure functions.
 
 The one place that decides how a name with control characters or undecodable bytes is shown (records store
 `naming.display`; terminals, logs and error messages show `printable`)."""
@@ -27,6 +27,15 @@ def printable(value: object) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 entry`, `0 entries`, `3 files`: the number and the noun in agreement (`-y` -> `-ies`, else `-s`)."""
+    if n == 1:
+        return f"{n} {singular}"
+    if plural is None:
+        plural = singular[:-1] + "ies" if singular.endswith("y") and singular[-2:-1] not in "aeiou" else singular + "s"
+    return f"{n} {plural}"
 
 
 def human_size(n: float | None) -> str:

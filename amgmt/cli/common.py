@@ -15,7 +15,7 @@ import anyio
 import asyncclick as click
 
 from amgmt.errors import ConfigError, ExitCode, NotFoundError, first_error
-from amgmt.text import human_duration, human_size, printable
+from amgmt.text import counted, human_duration, human_size, printable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -213,13 +213,15 @@ def summary_text(report: BatchReport) -> str:
     ratio = f"{data['compression_ratio']:.2f}" if data["compression_ratio"] else "-"
     speed = data["throughput_bytes_per_second"]
     lines = [
-        f"{report.planned} entries in {human_duration(report.wall_seconds)}: {counts}",
+        f"{counted(report.planned, 'entry')} in {human_duration(report.wall_seconds)}: {counts}",
         f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), {human_size(speed)}/s"
         if speed
         else f"{human_size(report.bytes_in)} in",
     ]
     for note in report.ignored:
         lines.append(f"ignored: {printable(note)}")
+    if report.excluded:
+        lines.append(f"excluded by the filters: {counted(len(report.excluded), 'entry')}")
     recovery = report.recovery
     if recovery is not None:  # what this run repaired of a dead run before its first entry
         for target in recovery.finished_moves:

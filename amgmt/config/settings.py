@@ -30,6 +30,7 @@ class Settings:
     completed_dir: Path
     preserve_structure: bool
     duplicate_handling: str  # "timestamp" | "subdirectory" | "error"
+    exclude: tuple[str, ...]  # shell patterns of entry names `upload` leaves out (before --exclude/--include)
     endpoint_url: str | None
     storage_class: str | None
     concurrency: int

@@ -23,6 +23,7 @@ class BatchReport:
     aborted_exit: ExitCode = ExitCode.STORAGE  # and its exit code
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # entries the --exclude/--include filters left out
     planned: int = 0
     recovery: Cleanup | None = None
 
@@ -69,6 +70,7 @@ class BatchReport:
             "aborted": self.aborted,
             "interrupted": self.interrupted,
             "ignored": self.ignored,
+            "excluded": self.excluded,
             "recovered": self.recovery.to_dict() if self.recovery else None,
             "exit_code": int(self.exit_code),
             "failures": [

@@ -856,7 +856,7 @@ def assert_told(case: Case, out: Outcome, w: World) -> None:
         told = out.stderr
     else:
         assert out.stderr_lines == [], out
-        assert " entries in " in out.stdout, out
+        assert re.search(r"^\d+ (entry|entries) in ", out.stdout), out  # "1 entry", not "1 entries" (issue 15)
         if case.shows == "summary":
             assert "not done:" in out.stdout or "stopped early:" in out.stdout, out
         else:
