@@ -70,6 +70,10 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "amgmt.cli.objects",
         "Delete an object from the bucket after showing it and asking for confirmation; its records stay.",
     ),
+    "verify": LazyCommand(
+        "amgmt.cli.verify_cmd",
+        "Check again that the objects recorded as uploaded are in the bucket as uploaded.",
+    ),
     "config": LazyCommand(
         "amgmt.cli.config_cmd",
         "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or "

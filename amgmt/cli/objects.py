@@ -257,6 +257,8 @@ def _detail(record: OperationRecord) -> str:
         gone = record.s3_file_record is not None and record.s3_file_record.status == FileStatus.DELETED
         deleted = " (object deleted since)" if gone else ""
         return f"from {record.target_path}; {verified}{deleted}".rstrip("; ")
+    if record.operation_type == "verify":
+        return f"{record.metadata.get('result')}: {', '.join(record.metadata.get('checked') or [])}"
     if record.operation_type == "restore":
         meta = record.metadata
         return f"{meta.get('tier')} tier, {meta.get('days')} days: {meta.get('answer')}"
