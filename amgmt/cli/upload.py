@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import asyncclick as click
@@ -10,10 +9,12 @@ import asyncclick as click
 from amgmt.cli.common import (
     EXIT_CODES_HELP,
     complete_entry_names,
+    print_run_report,
     run_stoppable,
+    say,
     settings_from,
     settings_options,
-    summary_text,
+    show_progress,
 )
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
@@ -99,8 +100,7 @@ async def upload(
     if dry_run:
         _print_plan(settings, entries, ignored=ignored, excluded=excluded, as_json=as_json)
         return
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
+    reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
     command_args = {
         "command": "upload",
         "names": [display(n) for n in names],
@@ -123,7 +123,7 @@ async def upload(
             stop=stop,
         )
     )
-    click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
+    print_run_report(report, as_json=as_json)
     code = int(report.exit_code)
     if code:
         raise click.exceptions.Exit(code)
@@ -152,10 +152,10 @@ def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], exclud
     ]
     click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
     for note in ignored:
-        click.echo(f"ignored: {printable(note)}")
+        say(f"ignored: {printable(note)}")
     for note in excluded:
-        click.echo(f"excluded: {printable(note)}")
-    click.echo(f"{counted(len(planned), 'entry')}, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
+        say(f"excluded: {printable(note)}")
+    say(f"{counted(len(planned), 'entry')}, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
 
 
 def register(group: click.Group) -> None:

@@ -3,12 +3,19 @@ changed. Parses, calls amgmt.objects.check, renders (text or --json)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli.common import EXIT_CODES_HELP, parse_when, run_stoppable, settings_from, settings_options
+from amgmt.cli.common import (
+    EXIT_CODES_HELP,
+    parse_when,
+    quiet,
+    run_stoppable,
+    settings_from,
+    settings_options,
+    show_progress,
+)
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import to_json
 from amgmt.errors import ConfigError, ExitCode
@@ -26,9 +33,12 @@ def _text(report: VerifyReport) -> str:
     ]
     if report.problems:
         lines.append("not ok:")
-        for check in report.problems:
-            lines.append(f"  {check.result:<8} {printable(check.target.key)}: {printable(check.detail)}")
+        lines += [f"  {line}" for line in _problem_lines(report)]
     return "\n".join(lines)
+
+
+def _problem_lines(report: VerifyReport) -> list[str]:
+    return [f"{c.result:<8} {printable(c.target.key)}: {printable(c.detail)}" for c in report.problems]
 
 
 @click.command("verify", epilog=EXIT_CODES_HELP)
@@ -68,9 +78,10 @@ async def verify(
         raise ConfigError("--since selects uploads: give it with --all or alone, not with NAMES")
     settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency})
     when = parse_when(since, option="--since") if since is not None else None
-    show_bar = (sys.stderr.isatty() if progress is None else progress) and not as_json
     reporter = (
-        TqdmReporter(desc="verify", unit="B" if deep else "obj", noun="objects") if show_bar else SilentReporter()
+        TqdmReporter(desc="verify", unit="B" if deep else "obj", noun="objects")
+        if show_progress(progress, as_json=as_json)
+        else SilentReporter()
     )
     args = {"command": "verify", "names": list(names), "all": check_all, "since": since, "deep": deep}
 
@@ -88,7 +99,12 @@ async def verify(
             )
 
     report = await run_stoppable(work)
-    click.echo(to_json(report.to_dict()) if as_json else _text(report))
+    if as_json:
+        click.echo(to_json(report.to_dict()))
+    elif not quiet():
+        click.echo(_text(report))
+    elif report.problems:  # -q: only what is not as recorded
+        click.echo("\n".join(_problem_lines(report)), err=True)
     if report.interrupted:
         click.echo("amgmt: interrupted: the checks under way were cancelled", err=True)
         raise click.exceptions.Exit(int(ExitCode.INTERRUPTED))

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from amgmt.errors import ConfigError, EntryError, ValidationError
 from amgmt.naming import display
+from amgmt.text import counted
 
 SHOWN_PROBLEMS = 10
 HASH_CHUNK = 1 << 20
@@ -123,17 +124,19 @@ def plan_extraction(archive: Path, dest: Path, *, force: bool) -> ExtractSummary
         raise EntryError(f"cannot read {display(archive)}: {exc.strerror or exc}", stage="extract") from exc
     if unsafe:
         raise ValidationError(
-            f"refusing to extract: {len(unsafe)} unsafe member(s): {_describe_members(unsafe)}; nothing was extracted",
+            f"refusing to extract: {counted(len(unsafe), 'unsafe member')}: {_describe_members(unsafe)}; "
+            "nothing was extracted",
             stage="extract",
         )
     if blocked:
         raise ConfigError(
-            f"refusing to extract: {len(blocked)} path(s) in {display(dest)} are a directory where the archive has "
-            f"a file, or the reverse: {_describe_members(blocked)}; nothing was extracted"
+            f"refusing to extract: {counted(len(blocked), 'path')} in {display(dest)}: a directory where the archive "
+            f"has a file, or the reverse: {_describe_members(blocked)}; nothing was extracted"
         )
     if existing:
+        verb = "exists" if len(existing) == 1 else "exist"
         raise ConfigError(
-            f"refusing to extract: {len(existing)} path(s) already exist in {display(dest)}: "
+            f"refusing to extract: {counted(len(existing), 'path')} already {verb} in {display(dest)}: "
             f"{_describe_members(existing)}; use --force to replace them; nothing was extracted"
         )
     return ExtractSummary(tuple(top), files, directories, links, nbytes, replaced)

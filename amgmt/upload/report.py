@@ -9,6 +9,7 @@ from typing import Any
 
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord, utcnow
+from amgmt.text import iso_utc
 from amgmt.upload.recovery import Cleanup
 
 
@@ -59,7 +60,7 @@ class BatchReport:
     def to_dict(self) -> dict[str, Any]:
         wall = self.wall_seconds or 0.0
         return {
-            "started_at": self.started_at.isoformat(),
+            "started_at": iso_utc(self.started_at),
             "wall_seconds": round(wall, 3),
             "entries": self.planned,
             "counts": self.counts(),
