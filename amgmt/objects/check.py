@@ -17,10 +17,10 @@ import anyio
 import anyio.to_thread
 
 from amgmt.errors import AmgmtError, EntryError, NotFoundError, StorageError, StoreError, VerificationError
-from amgmt.models import OperationStatus, UploadRecord, utcnow
+from amgmt.models import FileStatus, OperationStatus, UploadRecord, utcnow
 from amgmt.objects.extract import source_digest
-from amgmt.objects.resolve import Objects, Target, current_upload
-from amgmt.objects.transfer import fetch_to_file
+from amgmt.objects.resolve import Objects, Target
+from amgmt.objects.transfer import QuietReporter, fetch_to_file
 from amgmt.objects.verify import StreamDigests, check_digests, expected_of
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ObjectHead
@@ -135,12 +135,15 @@ async def targets_to_verify(
         if isinstance(record, UploadRecord) and record.s3_bucket == objects.s3.bucket:
             by_key.setdefault(record.s3_object_key, []).append(record)
     for key, uploads in sorted(by_key.items()):
-        upload = current_upload(u for u in uploads if u.status in _UPLOADED) or next(
-            (u for u in uploads if u.status == OperationStatus.CHANGED and u.checksum_s3_etag), None
-        )
+        upload = next((u for u in uploads if u.status in _UPLOADED and not _deleted(u)), None)
         if upload is not None:
             found.append((Target(upload.s3_bucket, key, upload.target_name, upload, "key"), upload))
     return found
+
+
+def _deleted(upload: UploadRecord) -> bool:
+    """Deleted by `amgmt delete` (which marks every upload record of the key): nothing to check any more."""
+    return upload.s3_file_record is not None and upload.s3_file_record.status == FileStatus.DELETED
 
 
 class _Verifier:
@@ -155,9 +158,9 @@ class _Verifier:
         found = ObjectCheck(target, upload)
         record = self.objects.new_record("verify", target, self.command_args)
         record.metadata |= {"upload_operation_id": upload.operation_id, "deep": self.deep}
+        head: ObjectHead | None = None
         async with limiter:
             try:
-                head = None
                 head = await self.objects.s3.describe_object(target.key)
                 finding = compare_head(upload, head)
                 found.result, found.detail, found.checked = finding.result, finding.detail, finding.checked
@@ -202,7 +205,7 @@ class _Verifier:
                 range_size=self.objects.range_size,
                 workers=self.objects.workers,
                 budget=self.budget,
-                reporter=_NoTransferProgress(),
+                reporter=QuietReporter(),  # the run's bar counts an object's bytes once it is checked
             )
             passed = check_digests(target.url, expected, digests.finish())
             is_dir = bool(upload.source_file_record and upload.source_file_record.is_directory)
@@ -212,22 +215,6 @@ class _Verifier:
                 f"{target.url}: its members give source SHA-256 {source}, recorded {upload.checksum_original}"
             )
         return tuple(p for p in passed if p not in ("size", "etag")) + ("source-sha256",)
-
-
-class _NoTransferProgress:
-    """A deep check's bytes count once it is done (the run's bar), not range by range."""
-
-    def restore_waiting(self, head: ObjectHead, waited: float, next_check: float) -> None:
-        pass
-
-    def transfer_started(self, total: int) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def transfer_done(self) -> None:
-        pass
 
 
 async def verify_objects(

@@ -136,3 +136,14 @@ def test_the_bar_writes_a_line_for_any_operation(tmp_path: Path) -> None:
         bar.close()
         out.seek(0)
         assert "pending   k\\x1b  s3://b/k" in out.read()
+
+
+def test_all_leaves_out_objects_amgmt_deleted(amgmt, uploaded) -> None:
+    deleted = amgmt("delete", "album", "--yes")
+    run = amgmt("verify", "--all", "--json")
+    named = amgmt("verify", "album")
+
+    assert deleted.code == 0, deleted
+    assert run.code == 0, run
+    assert sorted(o["key"] for o in json.loads(run.stdout)["objects"]) == ["IMG_1.jpg.tar.gz", "a.mp4.tar.gz"]
+    assert named.code == 2 and "no upload of it is recorded as verified" in named.stderr, named
