@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from amgmt.text import iso_utc
+
 
 class Location(StrEnum):
     LOCAL = "local"
@@ -81,7 +83,7 @@ def new_operation_id() -> str:
 
 def _encode(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso_utc(value)
     if isinstance(value, StrEnum):
         return str(value)
     return value

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from amgmt.models import UploadRecord
+from amgmt.models import OperationRecord
 
 
 class Reporter(Protocol):
     def add_work(self, entries: int, nbytes: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
-    def entry_done(self, record: UploadRecord) -> None: ...
+    def entry_done(self, record: OperationRecord) -> None: ...
     def close(self) -> None: ...
 
 
@@ -23,7 +23,7 @@ class SilentReporter:
         self.total_entries = 0
         self.total_bytes = 0
         self.done_bytes = 0
-        self.finished: list[UploadRecord] = []
+        self.finished: list[OperationRecord] = []
 
     def add_work(self, entries: int, nbytes: int) -> None:
         self.total_entries += entries
@@ -32,7 +32,7 @@ class SilentReporter:
     def advance(self, nbytes: int) -> None:
         self.done_bytes += nbytes
 
-    def entry_done(self, record: UploadRecord) -> None:
+    def entry_done(self, record: OperationRecord) -> None:
         self.finished.append(record)
 
     def close(self) -> None:

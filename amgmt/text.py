@@ -1,4 +1,4 @@
-"""Text for people: one printable line for any name or message, human sizes and durations. Pure functions.
+"""Text for people: one printable line for any name or message, counts, human sizes and durations. Pure functions.
 
 The one place that decides how a name with control characters or undecodable bytes is shown (records store
 `naming.display`; terminals, logs and error messages show `printable`)."""
@@ -6,6 +6,7 @@ The one place that decides how a name with control characters or undecodable byt
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 from amgmt.naming import display
 
@@ -27,6 +28,23 @@ def printable(value: object) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def iso_utc(value: datetime) -> str:
+    """The one timestamp format of amgmt's JSON output and of the times it records in metadata: ISO 8601 in UTC with
+    `Z`, to the microsecond (fixed width): `2026-11-25T11:34:13.123456Z`. A naive time is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 entry`, `0 entries`, `3 files`: the number and the noun in agreement (`-y` -> `-ies`, else `-s`)."""
+    if n == 1:
+        return f"{n} {singular}"
+    if plural is None:
+        plural = singular[:-1] + "ies" if singular.endswith("y") and singular[-2:-1] not in "aeiou" else singular + "s"
+    return f"{n} {plural}"
 
 
 def human_size(n: float | None) -> str:

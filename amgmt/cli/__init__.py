@@ -16,7 +16,7 @@ import asyncclick as click
 from asyncclick.utils import make_default_short_help
 
 from amgmt import __version__
-from amgmt.cli.common import EXIT_CODES_HELP, log_path
+from amgmt.cli.common import EXIT_CODES_HELP, QUIET, log_path
 from amgmt.errors import AmgmtError, ExitCode
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "amgmt.cli.objects",
         "Delete an object from the bucket after showing it and asking for confirmation; its records stay.",
     ),
+    "verify": LazyCommand(
+        "amgmt.cli.verify_cmd",
+        "Check again that the objects recorded as uploaded are in the bucket as uploaded.",
+    ),
     "config": LazyCommand(
         "amgmt.cli.config_cmd",
         "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or "
@@ -108,7 +112,10 @@ class AmgmtGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy_commands:
             importlib.import_module(self.lazy_commands[cmd_name].module).register(self)
-        return self.commands.get(cmd_name)
+        command = self.commands.get(cmd_name)
+        if command is not None:
+            add_global_flags(command)
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click's own version calls get_command for every name, which would import them all.
@@ -148,7 +155,8 @@ class AmgmtGroup(click.Group):
     async def invoke(self, ctx: click.Context) -> Any:
         words = [*ctx.protected_args, *ctx.args]
         if words and not {"-h", "--help"} & set(words):
-            setup_logging(ctx.params.get("verbose", False), ctx.params.get("debug", False))
+            ctx.meta[_LOGGING] = True
+            _log_as_flagged(ctx)
         try:
             return await super().invoke(ctx)
         except AmgmtError as exc:
@@ -157,6 +165,64 @@ class AmgmtGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("amgmt: interrupted", err=True)
             raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+# -v/--verbose, --debug and -q/--quiet: accepted before the command (`amgmt -v upload`) and after it (`amgmt upload
+# all -v`); each one sets a flag in the root context's meta, where setup_logging and cli.common.quiet read it.
+_VERBOSE, _DEBUG, _LOGGING = "amgmt.verbose", "amgmt.debug", "amgmt.logging"
+
+
+def _log_as_flagged(ctx: click.Context) -> None:
+    meta = ctx.find_root().meta
+    if meta.get(_LOGGING):
+        setup_logging(bool(meta.get(_VERBOSE)), bool(meta.get(_DEBUG)))
+
+
+def _set_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    key = {"verbose": _VERBOSE, "debug": _DEBUG, "quiet": QUIET}[param.name or ""]
+    ctx.find_root().meta[key] = True
+    if key != QUIET:
+        _log_as_flagged(ctx)  # given after the command: the group already set logging up without it
+
+
+def global_flags() -> list[click.Option]:
+    return [
+        click.Option(
+            ["-v", "--verbose"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_flag,
+            help="Also print the log's INFO lines on stderr.",
+        ),
+        click.Option(
+            ["--debug"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_flag,
+            help="Log DEBUG lines too, and print them on stderr.",
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_flag,
+            help="Print only errors, failures and what was asked for (no progress, summaries or notes).",
+        ),
+    ]
+
+
+def add_global_flags(command: click.Command) -> None:
+    """Give `command` (and a group's subcommands) -v/--verbose, --debug and -q/--quiet, unless it has its own."""
+    taken = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    names = {param.name for param in command.params}
+    for option in global_flags():
+        if option.name not in names and not taken & set(option.opts):
+            command.params.append(option)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_global_flags(sub)
 
 
 LOG_MAX_BYTES = 5 * 1024 * 1024
@@ -200,9 +266,7 @@ def setup_logging(verbose: bool = False, debug: bool = False) -> None:
     epilog=EXIT_CODES_HELP,
 )
 @click.version_option(__version__, prog_name="amgmt")
-@click.option("--verbose", "-v", is_flag=True, help="Also print the log's INFO lines on stderr.")
-@click.option("--debug", is_flag=True, help="Log DEBUG lines too, and print them on stderr.")
-async def cli(verbose: bool, debug: bool) -> None:
+async def cli() -> None:
     """Pack media entries as tar.gz, upload them to S3 concurrently, verify them, and keep a record.
 
     \b
@@ -212,6 +276,9 @@ async def cli(verbose: bool, debug: bool) -> None:
       amgmt history
     Settings come from flags, MGMT_* variables, then ~/.config/amgmt/config (see `amgmt config`).
     """
+
+
+cli.params.extend(global_flags())
 
 
 def _return_freed_buffers() -> None:

@@ -11,7 +11,7 @@ from amgmt.cli.render import local_time, table, to_json
 from amgmt.objects.listing import ArchiveState, Listing, LocalEntry, Scope, build_listing
 from amgmt.objects.listing import search as search_listing
 from amgmt.objects.stats import UploadStatistics, upload_statistics
-from amgmt.text import human_duration, human_size, printable
+from amgmt.text import counted, human_duration, human_size, printable
 
 _SCOPES = click.Choice([s.value for s in Scope])
 
@@ -22,10 +22,6 @@ def _restore_text(state: str | None, expires: Any) -> str:
     if state == ArchiveState.RESTORED and expires is not None:
         return f"restored until {local_time(expires)}"
     return str(state)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
 def _upload_text(entry: LocalEntry) -> str:
@@ -40,7 +36,7 @@ def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
     blocks: list[str] = []
     if listing.local is not None:
         total = sum(e.size for e in listing.local)
-        heading = f"local dir {printable(listing.local_dir)}: {_count(len(listing.local), 'entry')}{matching}"
+        heading = f"local dir {printable(listing.local_dir)}: {counted(len(listing.local), 'entry')}{matching}"
         lines = [heading + (f", {human_size(total)}" if listing.local else "")]
         if listing.local:
             rows = [
@@ -60,7 +56,7 @@ def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
     if listing.objects is not None:
         total = sum(o.size for o in listing.objects)
         where = f"s3://{listing.bucket}/{listing.prefix}"
-        heading = f"{printable(where)}: {_count(len(listing.objects), 'object')}{matching}"
+        heading = f"{printable(where)}: {counted(len(listing.objects), 'object')}{matching}"
         lines = [heading + (f", {human_size(total)}" if listing.objects else "")]
         if listing.objects:
             rows = [
@@ -118,7 +114,7 @@ def render_statistics(stats: UploadStatistics) -> str:
         window.append(f"since {local_time(stats.since)}")
     if stats.until:
         window.append(f"until {local_time(stats.until)}")
-    lines = [f"uploads {' '.join(window) or '(all recorded)'}: {stats.operations} operations"]
+    lines = [f"uploads {' '.join(window) or '(all recorded)'}: {counted(stats.operations, 'operation')}"]
     if not stats.operations:
         return lines[0]
     counts = ", ".join(f"{status} {n}" for status, n in stats.by_status.items())
@@ -130,7 +126,8 @@ def render_statistics(stats: UploadStatistics) -> str:
         f"  entries     {stats.entries} uploaded: {human_size(stats.original_bytes)} in, "
         f"{human_size(stats.uploaded_bytes)} to S3",
         f"  ratio       {ratio} overall, {mean} mean per entry",
-        f"  throughput  {speed} ({human_duration(stats.upload_seconds)} of entry time)",
+        f"  throughput  {speed} over {human_duration(stats.wall_seconds)} of runs "
+        f"({human_duration(stats.upload_seconds)} of entry time)",
     ]
     for title, periods in (("DAY", stats.per_day), ("WEEK", stats.per_week)):
         rows = [
@@ -153,7 +150,8 @@ async def stats(since: str | None, until: str | None, as_json: bool, **kwargs: A
     """Upload totals from the metadata database: bytes per day and week, ratio, throughput, failures by reason.
 
     Days and ISO weeks are in local time, by the time an upload started. Bytes count the entries uploaded
-    (`success` or `partial`); throughput is their original bytes over their durations added up. Failures
+    (`success` or `partial`); throughput is their original bytes over the runs' wall time (while any upload was
+    in progress; not the entries' durations added up, which overlap). Failures
     (`failed`, `partial`, `cancelled`) are grouped by stage and the first words of their message, with names, keys,
     paths and numbers taken out.
     """

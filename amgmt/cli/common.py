@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ import anyio
 import asyncclick as click
 
 from amgmt.errors import ConfigError, ExitCode, NotFoundError, first_error
-from amgmt.text import human_duration, human_size, printable
+from amgmt.text import counted, human_duration, human_size, printable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,6 +29,30 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+
+QUIET = "amgmt.quiet"  # the root context's meta key of -q/--quiet
+
+
+def quiet() -> bool:
+    """Whether -q/--quiet was given (before or after the command)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().meta.get(QUIET))
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """Informational output (summaries, notes, progress lines): dropped under -q/--quiet. Errors, failures and the
+    data a command was asked for (a listing, --json) are printed with click.echo instead."""
+    if not quiet():
+        click.echo(message, err=err)
+
+
+def show_progress(progress: bool | None, *, as_json: bool = False) -> bool:
+    """Whether to draw a progress bar: --progress/--no-progress, else when stderr is a terminal; never with --json
+    or -q."""
+    if as_json or quiet():
+        return False
+    return sys.stderr.isatty() if progress is None else progress
+
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all done; 1 an entry failed or is partial; 2 bad input or configuration; "
@@ -131,14 +156,21 @@ SETTINGS_FLAGS = (
 )
 
 
-def settings_from(kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None) -> Settings:
-    """Settings from the shared options in `kwargs` (popped), plus command-specific flags."""
+def settings_from(
+    kwargs: dict[str, Any], *, require_bucket: bool, extra: dict[str, Any] | None = None, warn: bool = True
+) -> Settings:
+    """Settings from the shared options in `kwargs` (popped), plus command-specific flags; the config file's
+    warnings (unknown keys) on stderr, unless -q or `warn` is off."""
     from amgmt.config import load_settings
 
     flags = {name: kwargs.pop(name, None) for name in SETTINGS_FLAGS}
     flags.update(extra or {})
     config_path = kwargs.pop("config_path", None)
-    return load_settings(flags=flags, environ=os.environ, config_path=config_path, require_bucket=require_bucket)
+    settings = load_settings(flags=flags, environ=os.environ, config_path=config_path, require_bucket=require_bucket)
+    if warn:
+        for warning in settings.warnings:
+            say(f"amgmt: warning: {printable(warning)}", err=True)
+    return settings
 
 
 def complete_entry_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
@@ -151,7 +183,7 @@ def complete_entry_names(ctx: click.Context, param: click.Parameter, incomplete:
     given = set(ctx.params.get(param.name or "", None) or ())
     params = {k: v for k, v in ctx.params.items() if k in SETTINGS_FLAGS or k == "config_path"}
     try:
-        entries, _ = list_entries(settings_from(params, require_bucket=False))
+        entries, _ = list_entries(settings_from(params, require_bucket=False, warn=False))
     except Exception:  # noqa: BLE001 -- a completion must never print a traceback into the user's prompt
         return []
     # A name holding control characters or undecodable bytes cannot travel through the completion protocol's lines.
@@ -206,6 +238,23 @@ async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
     return MetadataStore(settings.db_path)
 
 
+def print_run_report(report: BatchReport, *, as_json: bool) -> None:
+    """The end of an upload or retry run: JSON, the summary, or with -q only what was not done (on stderr)."""
+    if as_json:
+        from amgmt.cli.render import to_json
+
+        click.echo(to_json(report.to_dict()))
+    elif not quiet():
+        click.echo(summary_text(report))
+    elif report.failures or report.aborted:
+        lines = [
+            f"{r.status:<9} {printable(r.target_name)}: {printable(r.error_message or '')}" for r in report.failures
+        ]
+        if report.aborted:
+            lines.append(f"stopped early: {printable(report.aborted)}")
+        click.echo("\n".join(lines), err=True)
+
+
 def summary_text(report: BatchReport) -> str:
     """The text summary of an upload or retry run."""
     data = report.to_dict()
@@ -213,13 +262,15 @@ def summary_text(report: BatchReport) -> str:
     ratio = f"{data['compression_ratio']:.2f}" if data["compression_ratio"] else "-"
     speed = data["throughput_bytes_per_second"]
     lines = [
-        f"{report.planned} entries in {human_duration(report.wall_seconds)}: {counts}",
+        f"{counted(report.planned, 'entry')} in {human_duration(report.wall_seconds)}: {counts}",
         f"{human_size(report.bytes_in)} in, {human_size(report.bytes_out)} out (ratio {ratio}), {human_size(speed)}/s"
         if speed
         else f"{human_size(report.bytes_in)} in",
     ]
     for note in report.ignored:
         lines.append(f"ignored: {printable(note)}")
+    if report.excluded:
+        lines.append(f"excluded by the filters: {counted(len(report.excluded), 'entry')}")
     recovery = report.recovery
     if recovery is not None:  # what this run repaired of a dead run before its first entry
         for target in recovery.finished_moves:

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli.common import settings_from, settings_options
+from amgmt.cli.common import say, settings_from, settings_options
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
 
@@ -26,7 +26,7 @@ def _show_settings(kwargs: dict[str, Any], as_json: bool) -> None:
         return
     click.echo(table(["KEY", "VALUE", "SOURCE"], rows, max_width=70))
     if settings.config_file is None:
-        click.echo("(no config file found; looked for ~/.config/amgmt/config and ~/.config/mgmt/config)")
+        say("(no config file found; looked for ~/.config/amgmt/config and ~/.config/mgmt/config)")
 
 
 @click.group("config", invoke_without_command=True)
@@ -65,7 +65,7 @@ def config_target(environ: Any = None) -> Path:
 
 def setting_name(key: str) -> str:
     """The settings field of KEY (`MGMT_CONCURRENCY`, `concurrency`, `mgmt_concurrency`); ConfigError otherwise."""
-    from amgmt.config import ENV_PREFIX, SETTING_NAMES
+    from amgmt.config import ENV_PREFIX, SETTING_NAMES, nearest_key
 
     shown = key if key.isprintable() and len(key) <= 80 else "the given key"
     if _SECRET_LIKE.search(key):
@@ -77,7 +77,9 @@ def setting_name(key: str) -> str:
     if name.startswith(ENV_PREFIX.lower()):
         name = name[len(ENV_PREFIX) :]
     if name not in SETTING_NAMES:
-        raise ConfigError(f"{shown} is not an amgmt setting (see `amgmt config` for the keys)")
+        nearest = nearest_key(key) if key.isprintable() else None
+        hint = f"did you mean {nearest}? " if nearest else ""
+        raise ConfigError(f"{shown} is not an amgmt setting ({hint}see `amgmt config` for the keys)")
     return name
 
 
@@ -103,7 +105,7 @@ def _check_settings(
 
 @config.command("set")
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @click.option(
     "--config",
     "config_path",
@@ -111,8 +113,18 @@ def _check_settings(
     default=None,
     help="The config file to change. Default: ~/.config/amgmt/config.",
 )
-async def set_(key: str, value: str, config_path: Path | None) -> None:
-    """Write KEY=VALUE (an MGMT_* setting) into the config file, after checking the value; other lines stay."""
+async def set_(key: str, value: str | None, config_path: Path | None) -> None:
+    """Write KEY=VALUE (an MGMT_* setting) into the config file, after checking the value; other lines stay.
+
+    \b
+    amgmt config set MGMT_CONCURRENCY=4     (or: amgmt config set concurrency 4)
+    An empty value (MGMT_OBJECT_PREFIX=) writes the key empty, which means its default."""
+    if value is None:
+        key, sep, value = key.partition("=")
+        if not sep:
+            raise ConfigError(f"give KEY=VALUE or KEY VALUE, such as MGMT_CONCURRENCY=4 (got {key!r} alone)")
+    elif "=" in key:
+        raise ConfigError("give KEY=VALUE or KEY VALUE, not both")
     name = setting_name(key)
     path = config_path or config_target()
     from amgmt.config import env_key
@@ -120,9 +132,9 @@ async def set_(key: str, value: str, config_path: Path | None) -> None:
     # The value must load as the next run would read it; the environment of this shell does not count here.
     _check_settings(path if path.exists() else None, {name: value}, require_bucket=False, ignore_env=(name,))
     seeded = _write(path, {env_key(name): value}, seed_from_origin=config_path is None)
-    click.echo(f"{env_key(name)}={value} written to {path}{seeded}")
+    say(f"{env_key(name)}={value} written to {path}{seeded}")
     if env_key(name) in os.environ:
-        click.echo(f"note: {env_key(name)} is set in the environment, which overrides the config file", err=True)
+        say(f"note: {env_key(name)} is set in the environment, which overrides the config file", err=True)
 
 
 @config.command("init")
@@ -172,9 +184,9 @@ async def init(
         env_key("local_dir"): str(settings.local_dir),
     }
     seeded = _write(path, values, seed_from_origin=config_path is None)
-    click.echo(f"bucket {settings.bucket} is reachable; wrote to {path}{seeded}:")
+    say(f"bucket {settings.bucket} is reachable; wrote to {path}{seeded}:")
     for key, value in values.items():
-        click.echo(f"  {key}={value}")
+        say(f"  {key}={value}")
 
 
 def register(group: click.Group) -> None:

@@ -16,7 +16,7 @@ from anyio.abc import Process
 
 from amgmt.bench.datasets import make_demo_media
 from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
-from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
+from amgmt.cli.common import STOP_SIGNALS, create_local_bucket, say
 from amgmt.errors import AmgmtError, ConfigError, ExitCode
 
 MARKER = ".amgmt-demo"
@@ -90,7 +90,7 @@ async def demo(directory: Path, concurrency: int) -> None:
     root = directory.resolve()
     _fresh_dir(root)
     media = make_demo_media(root / "media")
-    click.echo(f"sample media folder: {media}")
+    say(f"sample media folder: {media}")
     server = LocalS3Server()
     steps = _Steps()
     code = 0
@@ -127,16 +127,16 @@ async def _run_demo(server: LocalS3Server, root: Path, media: Path, concurrency:
         XDG_CONFIG_HOME=str(root / "config"),  # the user's own config file stays out of the demo
     )
     await create_local_bucket(server.endpoint_url, BUCKET)
-    click.echo(f"local S3 server: {server.endpoint_url}, bucket {BUCKET!r}\n")
+    say(f"local S3 server: {server.endpoint_url}, bucket {BUCKET!r}\n")
     code = 0
     for args in (["upload", "all", "--concurrency", str(concurrency)], ["history"]):
-        click.echo(f"$ amgmt {' '.join(args)}", err=False)
+        say(f"$ amgmt {' '.join(args)}")
         returncode = await steps.run(args, env)
         code = code or returncode
-        click.echo("")
+        say("")
         if steps.stopped_by is not None:
             return int(ExitCode.INTERRUPTED)
-    click.echo(f"originals now in {media / 'completed'}; records in {media / 'completed/.metadata/operations.db'}")
+    say(f"originals now in {media / 'completed'}; records in {media / 'completed/.metadata/operations.db'}")
     return code
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli.common import open_store, parse_when, settings_options
+from amgmt.cli.common import open_store, parse_when, say, settings_options
 from amgmt.cli.render import local_time, table, to_json
 from amgmt.errors import ConfigError
 from amgmt.models import UPLOAD_FIELDS, FileRole, Location, OperationRecord, OperationStatus, UploadRecord
-from amgmt.text import human_duration, human_size
+from amgmt.text import counted, human_duration, human_size
 
 
 def _ratio(record: OperationRecord) -> str:
@@ -89,7 +89,7 @@ async def history(
         )
     if limit and len(records) > limit:
         records = records[:limit]
-        click.echo(f"amgmt: showing the newest {limit} matching operations; -n 0 for all", err=True)
+        say(f"amgmt: showing the newest {counted(limit, 'matching operation')}; -n 0 for all", err=True)
     if output_format == "json":
         click.echo(to_json([_flat(r) for r in records]))
         return

@@ -8,7 +8,7 @@ import anyio
 import asyncclick as click
 
 from amgmt.bench.localserver import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
-from amgmt.cli.common import STOP_SIGNALS, create_local_bucket
+from amgmt.cli.common import STOP_SIGNALS, create_local_bucket, say
 
 
 @click.command("local-s3")
@@ -35,13 +35,13 @@ async def local_s3(port: int | None, bucket: str) -> None:
                 + " ".join(f"{k}={v}" for k, v in LOCAL_CREDENTIALS.items())
                 + f" AWS_DEFAULT_REGION={LOCAL_REGION}"
             )
-            click.echo("press Ctrl-C to stop")
+            say("press Ctrl-C to stop")
             async for _ in signals:
                 break
         finally:
             server.stop()
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-        click.echo("local S3 server stopped", err=True)
+        say("local S3 server stopped", err=True)
 
 
 def register(group: click.Group) -> None:

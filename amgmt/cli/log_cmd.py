@@ -10,7 +10,7 @@ import aiofiles.os
 import anyio
 import asyncclick as click
 
-from amgmt.cli.common import log_path
+from amgmt.cli.common import log_path, say
 
 
 async def _last_lines(path: Path, count: int) -> list[str]:
@@ -79,7 +79,7 @@ async def log(count: int, follow: bool) -> None:
         click.echo(line)
     if not follow:
         if identity is None:
-            click.echo(f"(no log yet: {path})", err=True)
+            say(f"(no log yet: {path})", err=True)
         return
     async with anyio.create_task_group() as tg:
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli.common import EXIT_CODES_HELP, parse_when, run_stoppable, settings_from, settings_options, summary_text
+from amgmt.cli.common import (
+    EXIT_CODES_HELP,
+    parse_when,
+    print_run_report,
+    run_stoppable,
+    say,
+    settings_from,
+    settings_options,
+    show_progress,
+)
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
 from amgmt.progress import SilentReporter
-from amgmt.text import human_size, printable
+from amgmt.text import counted, human_size, printable
 from amgmt.upload.batch import retry_targets, upload_batch
 from amgmt.upload.recovery import KEPT_RESUMABLE
 from amgmt.upload.recovery import cleanup as run_cleanup
@@ -51,8 +59,7 @@ async def retry(
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
     report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:
-        show_bar = sys.stderr.isatty() if progress is None else progress
-        reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
+        reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
         args = {
             "command": "retry",
             "operation_ids": list(operation_ids),
@@ -62,7 +69,7 @@ async def retry(
         await run_stoppable(
             lambda stop: upload_batch(settings, entries, reporter=reporter, report=report, command_args=args, stop=stop)
         )
-    click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
+    print_run_report(report, as_json=as_json)
     if report.exit_code:
         raise click.exceptions.Exit(int(report.exit_code))
 
@@ -100,7 +107,7 @@ async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_js
         return
     verb = "would abort" if dry_run else "aborted"
     if found.multipart_uploads:
-        click.echo(
+        say(
             table(
                 ["KEY", "UPLOAD ID", "STARTED", "PARTS", "SIZE"],
                 [
@@ -110,23 +117,24 @@ async def cleanup(dry_run: bool, older_than: str, include_resumable: bool, as_js
                 max_width=60,
             )
         )
-    click.echo(f"{verb} {len(found.multipart_uploads)} multipart uploads holding {human_size(found.multipart_bytes)}")
+    uploads = counted(len(found.multipart_uploads), "multipart upload")
+    say(f"{verb} {uploads} holding {human_size(found.multipart_bytes)}")
     if found.kept_multipart_uploads:
         kept = found.kept_multipart_uploads
-        click.echo(f"kept {len(kept)} multipart uploads holding {human_size(sum(u['size'] for u in kept))}:")
+        say(f"kept {counted(len(kept), 'multipart upload')} holding {human_size(sum(u['size'] for u in kept))}:")
         for u in kept:
-            click.echo(f"  {printable(u['key'])} ({u['parts']} parts, {human_size(u['size'])}): {u['reason']}")
+            say(f"  {printable(u['key'])} ({counted(u['parts'], 'part')}, {human_size(u['size'])}): {u['reason']}")
         if any(u["reason"] == KEPT_RESUMABLE for u in kept):
-            click.echo("  (--include-resumable aborts the resumable ones too)")
-    click.echo(
-        f"{'would remove' if dry_run else 'removed'} {len(found.staging_files)} staging files holding "
+            say("  (--include-resumable aborts the resumable ones too)")
+    say(
+        f"{'would remove' if dry_run else 'removed'} {counted(len(found.staging_files), 'staging file')} holding "
         f"{human_size(found.staging_bytes)}"
     )
     for leftover in found.move_leftovers:
-        click.echo(f"{'would be ' if dry_run else ''}{leftover['action']}: {leftover['path']}")
+        say(f"{'would be ' if dry_run else ''}{leftover['action']}: {leftover['path']}")
     if found.interrupted_operations:
-        click.echo(
-            f"{'would close' if dry_run else 'closed'} {len(found.interrupted_operations)} records of "
+        say(
+            f"{'would close' if dry_run else 'closed'} {counted(len(found.interrupted_operations), 'record')} of "
             "interrupted runs as cancelled"
         )
 

@@ -14,7 +14,15 @@ import anyio
 import asyncclick as click
 from tqdm import tqdm
 
-from amgmt.cli.common import EXIT_CODES_HELP, settings_from, settings_options, watch_stop_signals
+from amgmt.cli.common import (
+    EXIT_CODES_HELP,
+    quiet,
+    say,
+    settings_from,
+    settings_options,
+    show_progress,
+    watch_stop_signals,
+)
 from amgmt.cli.render import local_time, table, to_json
 from amgmt.errors import ConfigError, ExitCode, first_error
 from amgmt.models import FileStatus, OperationRecord, OperationStatus, UploadRecord
@@ -23,7 +31,7 @@ from amgmt.objects.resolve import DeletePlan, Objects, ObjectStatus, head_to_dic
 from amgmt.objects.restore import DEFAULT_POLL_SECONDS, DEFAULT_RESTORE_DAYS, RESTORE_TIMES
 from amgmt.objects.transfer import QuietReporter
 from amgmt.s3 import RESTORE_TIERS, ObjectHead, RestoreState
-from amgmt.text import human_duration, human_size, printable
+from amgmt.text import counted, human_duration, human_size, printable
 
 T = TypeVar("T")
 # EX_TEMPFAIL of sysexits.h: not done yet, try again later. A script can tell "downloaded" (0) from "restore under
@@ -76,6 +84,8 @@ class CliReporter(QuietReporter):
 
     def restore_waiting(self, head: ObjectHead, waited: float, next_check: float) -> None:
         super().restore_waiting(head, waited, next_check)
+        if quiet():
+            return
         line = (
             f"restore of {self.label} ({head.storage_class}) in progress: waited {human_duration(waited)}, "
             f"next check in {human_duration(next_check)}"
@@ -112,11 +122,6 @@ class CliReporter(QuietReporter):
             self._bar = None
 
 
-def _count(n: int, word: str) -> str:
-    plural = word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" else word + "s"
-    return f"{n} {word if n == 1 else plural}"
-
-
 def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
     head = outcome.head
     what = f"{outcome.target.url} ({human_size(head.size)}, {head.storage_class})"
@@ -124,7 +129,7 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
         usual = RESTORE_TIMES.get((head.storage_class or "", options.tier))
         asked = "restore requested" if outcome.state == DownloadState.RESTORE_STARTED else "restore already in progress"
         lines = [
-            f"{what}: {asked} ({options.tier} tier, readable for {_count(options.days, 'day')} once done"
+            f"{what}: {asked} ({options.tier} tier, readable for {counted(options.days, 'day')} once done"
             f"{'; usually ' + usual if usual else ''})",
             "nothing downloaded yet: run the same command again when the restore is done, or add --wait "
             f"(exit code {RESTORE_PENDING_EXIT})",
@@ -134,7 +139,7 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
     if outcome.extracted:
         x = outcome.extracted
         counts = ", ".join(
-            _count(n, word) for n, word in ((x.files, "file"), (x.directories, "directory"), (x.links, "link"))
+            counted(n, word) for n, word in ((x.files, "file"), (x.directories, "directory"), (x.links, "link"))
         )
         lines = [
             f"extracted {what} into {options.dest_dir.absolute()} in {took}: "
@@ -223,8 +228,7 @@ async def download(
     options = DownloadOptions(
         dest_dir=dest, extract=extract, force=force, tier=tier, days=days, wait=wait, poll_interval=poll_interval
     )
-    show_bar = (sys.stderr.isatty() if progress is None else progress) and not as_json
-    reporter = CliReporter(bar=show_bar, label=target)
+    reporter = CliReporter(bar=show_progress(progress, as_json=as_json), label=target)
     args = {
         "command": "download",
         "target": target,
@@ -244,7 +248,10 @@ async def download(
         outcome = await until_signalled(run, note="nothing was kept (a restore already asked for goes on in S3)")
     finally:
         reporter.close()
-    click.echo(to_json(outcome.to_dict()) if as_json else _download_text(outcome, options))
+    if as_json:
+        click.echo(to_json(outcome.to_dict()))
+    else:
+        say(_download_text(outcome, options))
     if outcome.state != DownloadState.DOWNLOADED:
         raise click.exceptions.Exit(RESTORE_PENDING_EXIT)
 
@@ -257,6 +264,8 @@ def _detail(record: OperationRecord) -> str:
         gone = record.s3_file_record is not None and record.s3_file_record.status == FileStatus.DELETED
         deleted = " (object deleted since)" if gone else ""
         return f"from {record.target_path}; {verified}{deleted}".rstrip("; ")
+    if record.operation_type == "verify":
+        return f"{record.metadata.get('result')}: {', '.join(record.metadata.get('checked') or [])}"
     if record.operation_type == "restore":
         meta = record.metadata
         return f"{meta.get('tier')} tier, {meta.get('days')} days: {meta.get('answer')}"
@@ -346,7 +355,7 @@ def _plan_text(plan: DeletePlan) -> str:
             f"from {upload.target_path}"
         )
     if len(plan.uploads) > 5:
-        lines.append(f"  {''.ljust(14)}  and {len(plan.uploads) - 5} older upload records")
+        lines.append(f"  {''.ljust(14)}  and {counted(len(plan.uploads) - 5, 'older upload record')}")
     lines.append("the records stay (marked deleted); the object cannot be recovered unless the bucket keeps versions")
     return "\n".join(printable(line) for line in lines)
 
@@ -368,7 +377,8 @@ async def delete(target: str, yes: bool, as_json: bool, **kwargs: Any) -> None:
     settings = settings_from(kwargs, require_bucket=True)
     async with Objects.open(settings, record=True) as objects:
         plan = await objects.plan_delete(target)
-        click.echo(_plan_text(plan), err=as_json)
+        if not (yes and quiet()):  # a question is never asked without showing what it is about
+            click.echo(_plan_text(plan), err=as_json)
         if not yes:
             if not sys.stdin.isatty():
                 raise ConfigError(
@@ -395,9 +405,9 @@ async def delete(target: str, yes: bool, as_json: bool, **kwargs: Any) -> None:
             )
         )
         return
-    click.echo(
+    say(
         printable(
-            f"deleted {plan.target.url}; {_count(marked, 'upload record')} marked deleted; "
+            f"deleted {plan.target.url}; {counted(marked, 'upload record')} marked deleted; "
             f"operation {record.operation_id[:8]}"
         )
     )

@@ -8,9 +8,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from amgmt.models import UploadRecord
+from amgmt.models import OperationRecord, UploadRecord
 from amgmt.progress import SilentReporter
-from amgmt.text import human_size
+from amgmt.text import human_size, printable
 
 
 class TqdmReporter(SilentReporter):
@@ -19,21 +19,26 @@ class TqdmReporter(SilentReporter):
     The bar is drawn from the first `add_work`, which a batch calls once it holds the run lock and has recovered
     what a dead run left: a run refused at the start shows no bar at all."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, desc: str = "upload", unit: str = "B", noun: str = "entries"
+    ) -> None:
         super().__init__()
         self._stream = stream
         self._bar: tqdm | None = None
+        self._desc = desc
+        self._unit = unit  # "B": a byte bar (KiB, MiB, ...); another unit counts items
+        self._noun = noun  # what the "done/total" beside the bar counts
 
     def _shown(self) -> tqdm:
         if self._bar is None:
             self._bar = tqdm(
                 total=0,
-                unit="B",
-                unit_scale=True,
+                unit=self._unit,
+                unit_scale=self._unit == "B",
                 unit_divisor=1024,
                 file=self._stream or sys.stderr,
                 dynamic_ncols=True,
-                desc="upload",
+                desc=self._desc,
                 leave=True,
             )
         return self._bar
@@ -42,20 +47,23 @@ class TqdmReporter(SilentReporter):
         super().add_work(entries, nbytes)
         bar = self._shown()
         bar.total = self.total_bytes
-        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=False)
+        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} {self._noun}", refresh=False)
         bar.refresh()
 
     def advance(self, nbytes: int) -> None:
         super().advance(nbytes)
         self._shown().update(nbytes)
 
-    def entry_done(self, record: UploadRecord) -> None:
+    def entry_done(self, record: OperationRecord) -> None:
         super().entry_done(record)
         bar = self._shown()
-        detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
-        line = f"{record.status:<9} {record.target_name}  {human_size(record.original_size)}  {detail}"
-        bar.write("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line))
-        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} entries", refresh=True)
+        if isinstance(record, UploadRecord):
+            detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
+            line = f"{record.status:<9} {record.target_name}  {human_size(record.original_size)}  {detail}"
+        else:
+            line = f"{record.status:<9} {record.target_name}  {record.error_message or record.target_path}"
+        bar.write(printable(line), file=self._stream or sys.stderr)  # tqdm.write defaults to stdout
+        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} {self._noun}", refresh=True)
 
     def close(self) -> None:
         if self._bar is not None:

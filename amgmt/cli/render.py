@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from amgmt.text import printable
+from amgmt.text import iso_utc, printable
 
 
 def local_time(value: datetime | None) -> str:
@@ -32,5 +32,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
     return "\n".join(lines)
 
 
+def _json_value(value: Any) -> Any:
+    return iso_utc(value) if isinstance(value, datetime) else str(value)
+
+
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    """JSON as every --json prints it; a time in the one format (text.iso_utc: `2026-11-25T11:34:13.123456Z`)."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_value)

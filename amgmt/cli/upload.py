@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import asyncclick as click
@@ -10,28 +9,58 @@ import asyncclick as click
 from amgmt.cli.common import (
     EXIT_CODES_HELP,
     complete_entry_names,
+    print_run_report,
     run_stoppable,
+    say,
     settings_from,
     settings_options,
-    summary_text,
+    show_progress,
 )
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
-from amgmt.local.entries import list_entries, plan, resolve_names
+from amgmt.local.entries import EntryFilter, FilterRule, list_entries, plan, resolve_names
 from amgmt.naming import display
 from amgmt.progress import SilentReporter
-from amgmt.text import human_size, printable
+from amgmt.text import counted, human_size, printable
 from amgmt.upload.batch import upload_batch
 from amgmt.upload.report import BatchReport
 
+_FILTER_OPTIONS = ("exclude", "include")
 
-@click.command("upload", epilog=EXIT_CODES_HELP)
+
+class _FilterOrderCommand(click.Command):
+    """Keeps the order of --exclude and --include across the two options (click keeps it only within one): the
+    parser's order of occurrences, noted before the real parse, pairs each value with its option."""
+
+    async def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _, _, order = await self.make_parser(ctx).parse_args(args=list(args))
+        ctx.meta["amgmt.filter_order"] = [p.name for p in order if p.name in _FILTER_OPTIONS]
+        return await super().parse_args(ctx, args)
+
+
+def _filter_rules(ctx: click.Context, exclude: tuple[str, ...], include: tuple[str, ...]) -> list[FilterRule]:
+    values = {"exclude": iter(exclude), "include": iter(include)}
+    return [FilterRule(name == "include", next(values[name])) for name in ctx.meta.get("amgmt.filter_order", [])]
+
+
+FILTER_HELP = (
+    "Filters: --exclude/--include PATTERN (repeatable) are shell patterns (*, ?, [...]) on entry names, applied as by "
+    "`aws s3`: every entry is taken unless a rule leaves it out, and of the rules that match an entry the last one "
+    "decides; MGMT_EXCLUDE comes before them. As in rclone, when the first of them is an --include, what no rule "
+    "matches is left out (`--include '*.mp4'` alone: only .mp4 entries). They choose entries, never files inside "
+    "an entry's archive. " + EXIT_CODES_HELP
+)
+
+
+@click.command("upload", cls=_FilterOrderCommand, epilog=FILTER_HELP)
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_entry_names)
 @settings_options
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")
 @click.option("--part-size", type=str, default=None, help="Multipart part size, e.g. 16MiB [MGMT_PART_SIZE, 8MiB].")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out the entries whose name matches.")
+@click.option("--include", multiple=True, metavar="PATTERN", help="Take the entries whose name matches.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing object that holds other content.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
@@ -41,6 +70,8 @@ async def upload(
     concurrency: int | None,
     storage_class: str | None,
     part_size: str | None,
+    exclude: tuple[str, ...],
+    include: tuple[str, ...],
     overwrite: bool,
     dry_run: bool,
     as_json: bool,
@@ -64,29 +95,12 @@ async def upload(
         raise ConfigError("`all` cannot be combined with names")
     else:
         entries, ignored = resolve_names(settings, list(names)), []
+    rules = _filter_rules(click.get_current_context(), exclude, include)
+    entries, excluded = EntryFilter.build(settings.exclude, rules).select(settings, entries)
     if dry_run:
-        planned = plan(settings, entries)
-        if as_json:
-            click.echo(
-                to_json({"dry_run": True, "entries": [p.to_dict(settings.bucket) for p in planned], "ignored": ignored})
-            )
-            return
-        rows = [
-            (
-                display(p.path.name),
-                "dir" if p.is_directory else "file",
-                human_size(p.size),
-                f"s3://{settings.bucket}/{p.key}",
-            )
-            for p in planned
-        ]
-        click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
-        for note in ignored:
-            click.echo(f"ignored: {printable(note)}")
-        click.echo(f"{len(planned)} entries, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
+        _print_plan(settings, entries, ignored=ignored, excluded=excluded, as_json=as_json)
         return
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    reporter = TqdmReporter() if show_bar and not as_json else SilentReporter()
+    reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
     command_args = {
         "command": "upload",
         "names": [display(n) for n in names],
@@ -95,8 +109,9 @@ async def upload(
         "storage_class": settings.storage_class,
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
+        "filters": [str(rule) for rule in rules],
     }
-    report = BatchReport(ignored=ignored, keep_records=as_json)
+    report = BatchReport(ignored=ignored, excluded=excluded, keep_records=as_json)
     await run_stoppable(
         lambda stop: upload_batch(
             settings,
@@ -108,10 +123,39 @@ async def upload(
             stop=stop,
         )
     )
-    click.echo(to_json(report.to_dict()) if as_json else summary_text(report))
+    print_run_report(report, as_json=as_json)
     code = int(report.exit_code)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], excluded: list[str], as_json: bool) -> None:
+    """--dry-run: each entry with its size and destination, what is ignored and what the filters left out."""
+    planned = plan(settings, entries)
+    if as_json:
+        data = {
+            "dry_run": True,
+            "entries": [p.to_dict(settings.bucket) for p in planned],
+            "ignored": ignored,
+            "excluded": excluded,
+        }
+        click.echo(to_json(data))
+        return
+    rows = [
+        (
+            display(p.path.name),
+            "dir" if p.is_directory else "file",
+            human_size(p.size),
+            f"s3://{settings.bucket}/{p.key}",
+        )
+        for p in planned
+    ]
+    click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
+    for note in ignored:
+        say(f"ignored: {printable(note)}")
+    for note in excluded:
+        say(f"excluded: {printable(note)}")
+    say(f"{counted(len(planned), 'entry')}, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
 
 
 def register(group: click.Group) -> None:

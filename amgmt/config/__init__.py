@@ -5,6 +5,7 @@ Owns every setting's name, default and parser; must not open the network, the da
 from amgmt.config.file import (
     config_home,
     default_config_path,
+    nearest_key,
     own_config_path,
     parse_config_file,
     write_config_values,
@@ -37,6 +38,7 @@ __all__ = [
     "format_size",
     "layout_problem",
     "load_settings",
+    "nearest_key",
     "own_config_path",
     "parse_config_file",
     "parse_size",

@@ -6,6 +6,7 @@ refused on writing. Must not validate values (that is `load.py`) nor read the en
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 import tempfile
@@ -78,7 +79,38 @@ def parse_config_file(path: Path) -> dict[str, str]:
     around `=` are tolerated. Keys amgmt does not know (the origin's other keys, AWS credentials) are dropped here,
     so they never travel further. The last of repeated keys wins.
     """
-    return _parse_config_text(_read_config_text(path), show_value(path))
+    return read_config_file(path)[0]
+
+
+def read_config_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """`parse_config_file`, and a warning for each key that looks meant for amgmt but is not one of its settings (an
+    `MGMT_*` key, or one close to a setting's key), naming the nearest setting. AWS_* keys are dropped silently."""
+    values: dict[str, str] = {}
+    unknown: list[tuple[int, str]] = []
+    _parse_config_text(_read_config_text(path), show_value(path), values=values, unknown=unknown)
+    warnings = []
+    for number, key in unknown:
+        nearest = nearest_key(key)
+        hint = f" (did you mean {nearest}?)" if nearest else ""
+        warnings.append(f"config file {show_value(path)} line {number}: {key} is not an amgmt setting{hint}; ignored")
+    return values, warnings
+
+
+def nearest_key(key: str) -> str | None:
+    """The setting key closest to a mistyped one (`MGMT_BUKET` -> `MGMT_BUCKET`, `bucket` -> `MGMT_BUCKET`)."""
+    upper = key.upper()
+    for candidate in (upper, upper if upper.startswith("MGMT_") else "MGMT_" + upper):
+        found = difflib.get_close_matches(candidate, sorted(CONFIG_KEYS), n=1, cutoff=0.75)
+        if found:
+            return found[0]
+    return None
+
+
+def _meant_for_amgmt(key: str) -> bool:
+    upper = key.upper()
+    if upper.startswith("AWS_"):
+        return False  # credentials and the AWS chain's own settings: never amgmt's, never echoed
+    return upper.startswith(("MGMT_", "AMGMT_")) or nearest_key(key) is not None
 
 
 def _read_config_text(path: Path) -> str:
@@ -90,8 +122,14 @@ def _read_config_text(path: Path) -> str:
         raise ConfigError(f"config file {show_value(path)}: cannot read it: {exc.strerror or exc}") from exc
 
 
-def _parse_config_text(content: str, shown: str) -> dict[str, str]:
-    values: dict[str, str] = {}
+def _parse_config_text(
+    content: str,
+    shown: str,
+    *,
+    values: dict[str, str] | None = None,
+    unknown: list[tuple[int, str]] | None = None,
+) -> dict[str, str]:
+    values = {} if values is None else values
     for number, line in enumerate(content.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -106,6 +144,8 @@ def _parse_config_text(content: str, shown: str) -> dict[str, str]:
             raise ConfigError(f"config file {shown} line {number}: expected KEY=VALUE")
         if key in CONFIG_KEYS:
             values[key] = value
+        elif unknown is not None and _meant_for_amgmt(key):
+            unknown.append((number, key))
     return values
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from amgmt.config.file import default_config_path, parse_config_file
+from amgmt.config.file import default_config_path, read_config_file
 from amgmt.config.locations import Layout, layout_problem, path_kind, to_path
 from amgmt.config.settings import SETTING_NAMES, Settings, env_key
 from amgmt.config.values import DEFAULTS, PARSERS, Invalid, is_empty, show_value
@@ -86,7 +86,7 @@ def load_settings(
     cwd = Path.cwd() if cwd is None else Path(cwd).absolute()
 
     config_file = _config_file(config_path, environ, cwd)
-    file_values = parse_config_file(config_file) if config_file is not None else {}
+    file_values, warnings = read_config_file(config_file) if config_file is not None else ({}, [])
     layers = _Layers(flags, environ, file_values, config_file)
     sources: dict[str, str] = {}
 
@@ -109,6 +109,7 @@ def load_settings(
         **{name: values[name] for name in SETTING_NAMES},
         sources=MappingProxyType(ordered_sources),
         config_file=config_file,
+        warnings=tuple(warnings),
     )
 
 

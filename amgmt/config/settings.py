@@ -30,6 +30,7 @@ class Settings:
     completed_dir: Path
     preserve_structure: bool
     duplicate_handling: str  # "timestamp" | "subdirectory" | "error"
+    exclude: tuple[str, ...]  # shell patterns of entry names `upload` leaves out (before --exclude/--include)
     endpoint_url: str | None
     storage_class: str | None
     concurrency: int
@@ -49,6 +50,7 @@ class Settings:
     connect_timeout: float  # seconds to open a connection to the endpoint
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
+    warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(ENV KEY, value as text, source) for every setting, in field order; the text is valid as an env value."""
@@ -56,7 +58,7 @@ class Settings:
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(Settings) if f.name not in ("sources", "config_file")
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("sources", "config_file", "warnings")
 )
 CONFIG_KEYS = frozenset(ENV_PREFIX + name.upper() for name in SETTING_NAMES)
 

@@ -193,6 +193,17 @@ def _parse_endpoint(value: object) -> str:
     return text
 
 
+def _parse_patterns(value: object) -> tuple[str, ...]:
+    if isinstance(value, (tuple, list)):
+        items = [str(item) for item in value]
+    else:
+        items = _text(value).split(",")
+    patterns = tuple(item.strip() for item in items if item.strip())
+    if any(not pattern.isprintable() for pattern in patterns):
+        raise Invalid("control characters are not allowed in a pattern")
+    return patterns
+
+
 def _parse_name(value: object) -> str:
     text = _text(value)
     if _has_control(text):
@@ -205,6 +216,7 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "object_prefix": _parse_prefix,
     "preserve_structure": _parse_bool,
     "duplicate_handling": _choice(DUPLICATE_MODES),
+    "exclude": _parse_patterns,
     "endpoint_url": _parse_endpoint,
     "storage_class": _parse_storage_class,
     "concurrency": _integer(1, 256),
@@ -226,6 +238,7 @@ DEFAULTS: dict[str, object] = {
     "object_prefix": "",
     "preserve_structure": False,
     "duplicate_handling": "timestamp",
+    "exclude": (),
     "endpoint_url": None,
     "storage_class": None,
     "concurrency": 8,
@@ -252,6 +265,8 @@ def format_value(name: str, value: object) -> str:
         return "true" if value else "false"
     if name in SIZE_FIELDS and isinstance(value, int):
         return format_size(value)
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -4,8 +4,10 @@ Synchronous and read-only: lstat, scandir and the settings; never opens a file's
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,90 @@ def resolve_names(settings: Settings, names: list[str]) -> list[Path]:
         if path not in found:
             found.append(path)
     return found
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """One `--exclude PATTERN` or `--include PATTERN`: a shell glob (`*`, `?`, `[...]`) on an entry's name."""
+
+    include: bool
+    pattern: str
+    origin: str = ""  # where the rule came from when not the command line: "MGMT_EXCLUDE"
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    def __str__(self) -> str:
+        return f"{self.origin or ('--include' if self.include else '--exclude')} {self.pattern!r}"
+
+
+def check_pattern(pattern: str, *, option: str) -> str:
+    """A filter pattern as given, or a one-line ConfigError (empty, or holding control characters)."""
+    if not pattern.strip() or not pattern.isprintable():
+        raise ConfigError(f"{option} {display(pattern)!r}: expected a shell pattern such as '*.tmp'")
+    return pattern
+
+
+IMPLIED_EXCLUDE = FilterRule(False, "*")  # what rclone adds after --include rules: leave out what none matches
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries a run takes, by `--exclude`/`--include` on the command line and MGMT_EXCLUDE.
+
+    As `aws s3`: every entry is taken unless a rule says otherwise, and when several rules match an entry, the last
+    one decides. MGMT_EXCLUDE comes first, so the command line can take back what it leaves out. One addition, from
+    rclone: when the command line's first rule is an `--include`, what no rule matches is left out, so that
+    `--include '*.mp4'` alone means "only the .mp4 entries" (in `aws s3` such a rule would change nothing).
+    Filters choose whole entries: they never leave a file out of an entry's archive.
+    """
+
+    rules: tuple[FilterRule, ...] = ()
+    default_include: bool = True
+
+    @classmethod
+    def build(cls, configured: Iterable[str] = (), given: Sequence[FilterRule] = ()) -> EntryFilter:
+        rules = [FilterRule(False, check_pattern(p, option="MGMT_EXCLUDE"), "MGMT_EXCLUDE") for p in configured]
+        for rule in given:
+            check_pattern(rule.pattern, option=f"--{'include' if rule.include else 'exclude'}")
+        return cls(tuple(rules) + tuple(given), default_include=not (given and given[0].include))
+
+    def decide(self, name: str) -> FilterRule | None:
+        """The rule that leaves `name` out, or None when the entry is taken."""
+        taken, deciding = self.default_include, None
+        for rule in self.rules:
+            if rule.matches(name):
+                taken, deciding = rule.include, rule
+        if taken:
+            return None
+        return deciding or IMPLIED_EXCLUDE
+
+    def select(self, settings: Settings, entries: list[Path]) -> tuple[list[Path], list[str]]:
+        """(the entries taken, one note per entry left out and the rule that did it). An entry is matched by its
+        name, or with MGMT_PRESERVE_STRUCTURE by its path inside the local dir (`*` also matches `/`)."""
+        if not self.rules:
+            return entries, []
+        kept: list[Path] = []
+        excluded: list[str] = []
+        for entry in entries:
+            name = _filter_name(settings, entry)
+            rule = self.decide(name)
+            if rule is None:
+                kept.append(entry)
+            elif rule is IMPLIED_EXCLUDE:
+                excluded.append(f"{display(name)} (no --include matches it)")
+            else:
+                excluded.append(f"{display(name)} ({display(str(rule))})")
+        return kept, excluded
+
+
+def _filter_name(settings: Settings, entry: Path) -> str:
+    if settings.preserve_structure:
+        try:
+            return entry.relative_to(settings.local_dir).as_posix()
+        except ValueError:
+            pass
+    return entry.name
 
 
 def entry_key(settings: Settings, entry: Path) -> str:

@@ -23,6 +23,7 @@ from amgmt.objects.restore import DEFAULT_POLL_SECONDS, DEFAULT_RESTORE_DAYS, re
 from amgmt.objects.transfer import DownloadReporter, QuietReporter, fetch_to_file, place_file, unlink_if_present
 from amgmt.objects.verify import StreamDigests, check_digests, expected_of
 from amgmt.s3 import RESTORE_TIERS, ByteBudget, ObjectHead
+from amgmt.text import iso_utc
 
 if TYPE_CHECKING:
     from amgmt.objects.resolve import Objects, Target
@@ -138,7 +139,7 @@ async def download_object(
         "upload_operation_id": target.upload.operation_id if target.upload else None,
     }
     if head.restore:
-        record.metadata["restore_expiry"] = head.restore.expiry.isoformat() if head.restore.expiry else None
+        record.metadata["restore_expiry"] = iso_utc(head.restore.expiry) if head.restore.expiry else None
         record.metadata["restore_waited_seconds"] = round(waited, 3)
     try:
         outcome = await _fetch(objects, target, head, options, reporter, final)

@@ -1,10 +1,12 @@
 """Safe unpacking of a downloaded tar.gz: every member header checked before anything is written, then extracted
-with tarfile's "data" filter. Pure file work (called from a thread); knows nothing of S3 or the store.
+with tarfile's "data" filter; and the source digest an archive's members give. Pure file work (called from a
+thread); knows nothing of S3 or the store.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import tarfile
 import zlib
@@ -13,8 +15,10 @@ from pathlib import Path, PurePosixPath
 
 from amgmt.errors import ConfigError, EntryError, ValidationError
 from amgmt.naming import display
+from amgmt.text import counted
 
 SHOWN_PROBLEMS = 10
+HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -120,17 +124,19 @@ def plan_extraction(archive: Path, dest: Path, *, force: bool) -> ExtractSummary
         raise EntryError(f"cannot read {display(archive)}: {exc.strerror or exc}", stage="extract") from exc
     if unsafe:
         raise ValidationError(
-            f"refusing to extract: {len(unsafe)} unsafe member(s): {_describe_members(unsafe)}; nothing was extracted",
+            f"refusing to extract: {counted(len(unsafe), 'unsafe member')}: {_describe_members(unsafe)}; "
+            "nothing was extracted",
             stage="extract",
         )
     if blocked:
         raise ConfigError(
-            f"refusing to extract: {len(blocked)} path(s) in {display(dest)} are a directory where the archive has "
-            f"a file, or the reverse: {_describe_members(blocked)}; nothing was extracted"
+            f"refusing to extract: {counted(len(blocked), 'path')} in {display(dest)}: a directory where the archive "
+            f"has a file, or the reverse: {_describe_members(blocked)}; nothing was extracted"
         )
     if existing:
+        verb = "exists" if len(existing) == 1 else "exist"
         raise ConfigError(
-            f"refusing to extract: {len(existing)} path(s) already exist in {display(dest)}: "
+            f"refusing to extract: {counted(len(existing), 'path')} already {verb} in {display(dest)}: "
             f"{_describe_members(existing)}; use --force to replace them; nothing was extracted"
         )
     return ExtractSummary(tuple(top), files, directories, links, nbytes, replaced)
@@ -162,3 +168,37 @@ def extract_archive(archive: Path, dest: Path, *, force: bool) -> ExtractSummary
     except OSError as exc:
         raise EntryError(f"extraction into {display(dest)} failed: {exc.strerror or exc}", stage="extract") from exc
     return summary
+
+
+def source_digest(archive: Path, *, is_directory: bool) -> str:
+    """The source SHA-256 that `local.archive.compress_entry` recorded for the entry this tar.gz holds, recomputed
+    from its members in archive order: a file entry's bytes, or a directory's manifest (`manifest_line` per member).
+    Reads the archive as a stream; writes nothing."""
+    from amgmt.local.archive import manifest_line  # the one definition of the manifest
+
+    manifest = hashlib.sha256()
+    try:
+        with tarfile.open(archive, "r|gz") as tar:
+            for member in tar:
+                digest = hashlib.sha256()
+                if member.isfile():
+                    stream = tar.extractfile(member)
+                    while stream is not None and (chunk := stream.read(HASH_CHUNK)):
+                        digest.update(chunk)
+                    if not is_directory:
+                        return digest.hexdigest()
+                    fields = (b"file", str(member.size).encode("ascii"), digest.hexdigest().encode("ascii"))
+                elif member.isdir():
+                    fields = (b"dir", b"0", b"")
+                elif member.issym():
+                    fields = (b"symlink", b"0", os.fsencode(member.linkname))
+                else:
+                    continue  # amgmt archives no other kind
+                manifest.update(manifest_line(os.fsencode(member.name), *fields))
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValidationError(f"{display(archive.name)} is not a readable tar.gz: {exc}", stage="verify") from exc
+    except OSError as exc:
+        raise EntryError(f"cannot read {display(archive)}: {exc.strerror or exc}", stage="verify") from exc
+    if not is_directory:
+        raise ValidationError(f"{display(archive.name)} holds no file", stage="verify")
+    return manifest.hexdigest()

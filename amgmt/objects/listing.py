@@ -23,6 +23,7 @@ from amgmt.models import OperationStatus
 from amgmt.naming import display
 from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket
 from amgmt.store import MetadataStore, UploadSummary
+from amgmt.text import iso_utc
 
 # The statuses after which the object at the key is the upload's own.
 _UPLOADED = frozenset({OperationStatus.SUCCESS, OperationStatus.PARTIAL})
@@ -270,7 +271,7 @@ def _encode(value: Any) -> dict[str, Any]:
     for f in dataclasses.fields(value):
         item = getattr(value, f.name)
         if isinstance(item, datetime):
-            item = item.isoformat()
+            item = iso_utc(item)
         elif isinstance(item, StrEnum):
             item = str(item)
         out[f.name] = item

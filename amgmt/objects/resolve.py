@@ -28,6 +28,7 @@ from amgmt.objects.transfer import MAX_RANGE_SIZE, DownloadReporter
 from amgmt.parts import MiB
 from amgmt.s3 import ClientOptions, ObjectHead, S3Bucket
 from amgmt.store import MetadataStore
+from amgmt.text import iso_utc
 
 SAVE_TIMEOUT = 10.0
 _USABLE = frozenset({OperationStatus.SUCCESS, OperationStatus.PARTIAL})  # the object was uploaded and verified
@@ -276,7 +277,7 @@ class Objects:
                     continue
                 upload.s3_file_record.status = FileStatus.DELETED
                 upload.s3_file_record.tags["deleted_by_operation_id"] = record.operation_id
-                upload.s3_file_record.tags["deleted_at"] = (record.completed_at or utcnow()).isoformat()
+                upload.s3_file_record.tags["deleted_at"] = iso_utc(record.completed_at or utcnow())
                 if self.store is not None:
                     await self.store.save_operation(upload)
             await self.save_record(record)

@@ -14,6 +14,7 @@ from typing import Any
 
 from amgmt.models import OperationStatus, Stage
 from amgmt.store import MetadataStore, UploadSummary
+from amgmt.text import iso_utc
 
 # Entries whose bytes reached S3: `partial` ones were uploaded and verified, only their original did not move.
 UPLOADED = frozenset({OperationStatus.SUCCESS, OperationStatus.PARTIAL})
@@ -61,7 +62,8 @@ class UploadStatistics:
     compression_ratio: float | None  # original bytes / archive bytes, over all uploaded entries
     mean_compression_ratio: float | None  # the mean of the entries' own ratios
     upload_seconds: float  # the uploaded entries' durations added up (entries of a run overlap)
-    throughput: float | None  # original bytes per second of entry duration
+    wall_seconds: float  # the runs' wall time: while at least one upload (any status) was in progress
+    throughput: float | None  # original bytes of the uploaded entries per second of the runs' wall time
     per_day: list[PeriodTotals]
     per_week: list[PeriodTotals]
     failures: list[FailureReason]  # most frequent first
@@ -69,7 +71,7 @@ class UploadStatistics:
     def to_dict(self) -> dict[str, Any]:
         def encode(value: Any) -> Any:
             if isinstance(value, datetime):
-                return value.isoformat()
+                return iso_utc(value)
             if isinstance(value, list):
                 return [encode(v) for v in value]
             if dataclasses.is_dataclass(value):
@@ -125,7 +127,7 @@ def compute_statistics(
     seconds = sum(s.duration_seconds or 0.0 for s in uploaded)
     timed = [s for s in uploaded if s.duration_seconds]
     timed_bytes = sum(s.original_size or 0 for s in timed)
-    timed_seconds = sum(s.duration_seconds or 0.0 for s in timed)
+    wall = busy_seconds(rows)
     return UploadStatistics(
         since=since,
         until=until,
@@ -137,11 +139,27 @@ def compute_statistics(
         compression_ratio=round(original / archived, 4) if archived else None,
         mean_compression_ratio=round(sum(ratios) / len(ratios), 4) if ratios else None,
         upload_seconds=round(seconds, 6),
-        throughput=round(timed_bytes / timed_seconds, 1) if timed_seconds else None,
+        wall_seconds=round(wall, 6),
+        throughput=round(timed_bytes / wall, 1) if wall and timed_bytes else None,
         per_day=_periods(rows, lambda when: when.strftime("%Y-%m-%d"), tz),
         per_week=_periods(rows, _iso_week, tz),
         failures=_failures(rows),
     )
+
+
+def busy_seconds(rows: Iterable[UploadSummary]) -> float:
+    """The time during which at least one of these uploads was in progress: the union of their [start, end]
+    intervals. Entries of one run overlap (-c N), so their durations added up would count the run N times; gaps
+    between runs are not counted. The record has no run id, and needs none: a run is busy while an entry is."""
+    spans = sorted(
+        (s.started_at.timestamp(), s.started_at.timestamp() + s.duration_seconds) for s in rows if s.duration_seconds
+    )
+    total, covered_until = 0.0, float("-inf")
+    for begin, finish in spans:
+        if finish > covered_until:
+            total += finish - max(begin, covered_until)
+            covered_until = finish
+    return total
 
 
 async def upload_statistics(

@@ -25,6 +25,7 @@ from amgmt.naming import display
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.store import MetadataStore
+from amgmt.text import counted
 from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
@@ -180,8 +181,8 @@ class _BatchRun:
         report.planned = len(self.entries)
         started = time.perf_counter()
         log.info(
-            "batch start: %d entries, bucket %s, prefix %r, concurrency %d",
-            report.planned,
+            "batch start: %s, bucket %s, prefix %r, concurrency %d",
+            counted(report.planned, "entry"),
             settings.bucket,
             settings.object_prefix,
             self.concurrency,

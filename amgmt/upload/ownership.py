@@ -11,6 +11,7 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.models import FileStatus, OperationStatus, UploadRecord, utcnow
 from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_RESERVATION, METADATA_SOURCE_SHA256, ObjectInfo
 from amgmt.store import MetadataStore
+from amgmt.text import iso_utc
 
 # record.metadata flags of an upload that replaced an object at its key
 REPLACED_FLAGS = ("replaced_identical_content", "replaced_unconfirmed_object", "replaced_unverifiable_object")
@@ -120,5 +121,5 @@ async def supersede_replaced(store: MetadataStore, record: UploadRecord, *, over
             continue
         s3_file.status = FileStatus.DELETED
         s3_file.tags["superseded_by_operation_id"] = record.operation_id
-        s3_file.tags["superseded_at"] = utcnow().isoformat()
+        s3_file.tags["superseded_at"] = iso_utc(utcnow())
         await store.save_operation(older)

@@ -14,6 +14,7 @@ from amgmt.models import FileRecord, FileStatus, Location, UploadRecord, utcnow
 from amgmt.naming import display
 from amgmt.s3 import ObjectInfo, PartDone
 from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
+from amgmt.text import iso_utc
 
 
 class StoreJournal:
@@ -149,7 +150,7 @@ def record_moved(record: UploadRecord, final: Path) -> None:
             "s3_bucket": record.s3_bucket,
             "s3_object_key": record.s3_object_key,
             "upload_operation_id": record.operation_id,
-            "upload_timestamp": utcnow().isoformat(),
+            "upload_timestamp": iso_utc(utcnow()),
         },
     )
     if source:

@@ -26,6 +26,7 @@ from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.store import JournaledUpload, MetadataStore
+from amgmt.text import iso_utc
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
 
@@ -241,7 +242,7 @@ async def abort_stale_multiparts(
         found_upload = {
             "key": upload["key"],
             "upload_id": upload["upload_id"],
-            "initiated": initiated.isoformat() if initiated else None,
+            "initiated": iso_utc(initiated) if initiated else None,
             "parts": len(parts),
             "size": size,
         }

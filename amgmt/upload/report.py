@@ -11,6 +11,7 @@ from typing import Any
 
 from amgmt.errors import ExitCode
 from amgmt.models import OperationStatus, UploadRecord, utcnow
+from amgmt.text import iso_utc
 from amgmt.upload.recovery import Cleanup
 
 _UPLOADED = (OperationStatus.SUCCESS, OperationStatus.PARTIAL, OperationStatus.CHANGED)
@@ -43,6 +44,7 @@ class BatchReport:
     aborted_exit: ExitCode = ExitCode.STORAGE  # and its exit code
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # entries the --exclude/--include filters left out
     planned: int = 0
     recovery: Cleanup | None = None
 
@@ -76,7 +78,7 @@ class BatchReport:
     def to_dict(self) -> dict[str, Any]:
         wall = self.wall_seconds or 0.0
         return {
-            "started_at": self.started_at.isoformat(),
+            "started_at": iso_utc(self.started_at),
             "wall_seconds": round(wall, 3),
             "entries": self.planned,
             "counts": self.counts(),
@@ -87,6 +89,7 @@ class BatchReport:
             "aborted": self.aborted,
             "interrupted": self.interrupted,
             "ignored": self.ignored,
+            "excluded": self.excluded,
             "recovered": self.recovery.to_dict() if self.recovery else None,
             "exit_code": int(self.exit_code),
             "failures": [

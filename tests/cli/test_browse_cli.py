@@ -146,7 +146,7 @@ def test_history_exports_and_filters(amgmt, ran: dict[str, dict]) -> None:
     run = amgmt("history", "--format", "csv", "-n", "1")
     assert run.code == 0, run
     assert len(list(csv.DictReader(io.StringIO(run.stdout)))) == 1
-    assert run.stderr == "amgmt: showing the newest 1 matching operations; -n 0 for all\n"
+    assert run.stderr == "amgmt: showing the newest 1 matching operation; -n 0 for all\n"  # "1 operation" (issue 15)
     assert amgmt("history", "-n", "3").stderr == ""
 
 
@@ -185,7 +185,8 @@ def test_stats_of_known_records(amgmt, local_dir: Path) -> None:
     data = json.loads(run.stdout)
     assert (data["operations"], data["entries"], data["original_bytes"], data["uploaded_bytes"]) == (
         4, 2, 12 * MiB, 3 * MiB)
-    assert data["compression_ratio"] == 4.0 and data["throughput"] == 3 * MiB
+    # issue 15: throughput over the runs' wall time (6 s: the failed entries took run time too), not 12 MiB / 4 s
+    assert data["compression_ratio"] == 4.0 and data["throughput"] == 2 * MiB and data["wall_seconds"] == 6.0
     assert [(d["period"], d["entries"], d["failures"]) for d in data["per_day"]] == [
         ("2026-11-23", 1, 0), ("2026-11-24", 1, 0), ("2026-12-01", 0, 1), ("2026-12-02", 0, 1)]
     assert [(w["period"], w["original_bytes"]) for w in data["per_week"]] == [("2026-W48", 12 * MiB), ("2026-W49", 0)]
