@@ -234,11 +234,11 @@ async def run_entries(
     entries: MemoryObjectReceiveStream[PlannedEntry],
     *,
     workers: int,
-    finished: Callable[[UploadRecord], None],
+    finished: Callable[[PlannedEntry, UploadRecord], None],
     taking: Callable[[], bool] | None = None,
 ) -> AmgmtError | None:
     """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
-    through the whole pipeline; `finished` gets every entry's record, however it ended. An entry taken while
+    through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
     `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
     workers (their entries are recorded cancelled) and is returned."""
     stopped: list[AmgmtError] = []
@@ -257,7 +257,7 @@ async def run_entries(
                     return
                 finally:
                     rec = pipeline.record
-                    finished(rec)
+                    finished(entry, rec)
                     log.info(
                         "entry %s: %s %s -> %s%s",
                         rec.operation_id,
@@ -373,7 +373,9 @@ class _BatchRun:
             if self.stop is not None:
                 outer.start_soon(_stop_when, self.stop, outer.cancel_scope, report)
             outer.start_soon(produce)
-            error = await run_entries(ctx, receive, workers=self.concurrency, finished=report.records.append)
+            error = await run_entries(
+                ctx, receive, workers=self.concurrency, finished=lambda _, record: report.records.append(record)
+            )
             if error is not None:
                 report.aborted, report.aborted_exit = str(error), error.exit_code
             outer.cancel_scope.cancel()  # the workers are done: stop waiting for a stop
