@@ -19,6 +19,7 @@ from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
 from amgmt.local.entries import list_entries, plan, resolve_names
+from amgmt.local.settling import look_at_all, too_young
 from amgmt.naming import display
 from amgmt.progress import SilentReporter
 from amgmt.text import human_size, printable
@@ -33,6 +34,12 @@ from amgmt.upload.report import BatchReport
 @click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")
 @click.option("--part-size", type=str, default=None, help="Multipart part size, e.g. 16MiB [MGMT_PART_SIZE, 8MiB].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing object that holds other content.")
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Leave out entries changed less than SECONDS ago or open for writing (still arriving).",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
@@ -42,6 +49,7 @@ async def upload(
     storage_class: str | None,
     part_size: str | None,
     overwrite: bool,
+    min_age: float | None,
     dry_run: bool,
     as_json: bool,
     progress: bool | None,
@@ -64,6 +72,10 @@ async def upload(
         raise ConfigError("`all` cannot be combined with names")
     else:
         entries, ignored = resolve_names(settings, list(names)), []
+    if min_age is not None:
+        young = too_young(look_at_all(entries), min_age=min_age)
+        entries = [entry for entry in entries if entry not in young]
+        ignored += [f"{display(path.name)}: {reason}" for path, reason in young.items()]
     if dry_run:
         planned = plan(settings, entries)
         if as_json:

@@ -8,13 +8,11 @@ It never prints: the caller gets every event (start, entry finished, heartbeat, 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from watchfiles import awatch
 from amgmt.config import Settings
 from amgmt.errors import AmgmtError, ExitCode
 from amgmt.local.entries import PlannedEntry, list_entries, plan_entry, top_level_entry
-from amgmt.local.settling import Look, SettleClock, describe_writers, held_open, look_at, look_at_all, too_young
+from amgmt.local.settling import describe_writers, held_open, look_at, look_at_all, too_young
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import display
 from amgmt.progress import SilentReporter
@@ -34,6 +32,7 @@ from amgmt.upload.batch import open_run, run_entries
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import KnownKeys, release_key
 from amgmt.upload.pipeline import PipelineContext
+from amgmt.upload.watch_entries import Phase, WatchedEntries, WatchedEntry
 from amgmt.upload.watch_status import LISTED, state_path, write_state
 
 log = logging.getLogger("amgmt")
@@ -72,25 +71,6 @@ class WatchOptions:
         return min(self.settle / 2, 1.0)
 
 
-class Phase(StrEnum):
-    WAITING = "waiting"  # looked at on its schedule until it settles
-    READY = "ready"  # settled; queued for a worker
-    IN_FLIGHT = "in flight"  # handed to the workers
-    PARKED = "parked"  # ended for good with this content: taken again only once it changes
-
-
-@dataclass
-class _Entry:
-    path: Path
-    phase: Phase = Phase.WAITING
-    next_check: float = 0.0
-    not_before: float = 0.0  # a retry's backoff
-    attempts: int = 0
-    fingerprint: str | None = None  # when it settled (READY, IN_FLIGHT) or ended (PARKED)
-    settled_at: float = 0.0
-    held_by: str | None = None
-
-
 @dataclass
 class Watch:
     """One watch of the local dir; `await Watch(...).run()` returns its exit code (or raises a run-wide error)."""
@@ -104,9 +84,8 @@ class Watch:
     credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.clock = SettleClock(self.options.settle)
-        self.known: dict[Path, _Entry] = {}
-        self.ready: deque[Path] = deque()
+        options = self.options
+        self.entries = WatchedEntries(options.settle, options.max_attempts, options.retry_delay, options.hint_delay)
         self.counts: Counter[str] = Counter()
         self.failures = 0  # entries that ended failed, partial or changed for good
         self.last_errors: deque[dict[str, str]] = deque(maxlen=LAST_ERRORS)
@@ -205,7 +184,7 @@ class Watch:
         await self.stop.wait()
         self.stopping = True
         self._state = "stopping"
-        in_flight = sum(1 for e in self.known.values() if e.phase == Phase.IN_FLIGHT)
+        in_flight = sum(1 for e in self.entries.known.values() if e.phase == Phase.IN_FLIGHT)
         log.info("watch stopping: %d entries in flight finish first (at most %gs)", in_flight, self.options.stop_grace)
         self._events_stop.set()
         self._feeding.cancel()
@@ -229,8 +208,8 @@ class Watch:
                         reason = young[look.path]
                         self.notify({"event": "left", "target_name": display(look.path.name), "reason": reason})
                         continue
-                    entry = self.known[look.path] = _Entry(look.path, Phase.IN_FLIGHT, fingerprint=look.fingerprint)
-                    entry.settled_at = time.monotonic()
+                    entry = WatchedEntry(look.path, Phase.IN_FLIGHT, settled_at=time.monotonic())
+                    self.entries.known[look.path] = entry
                     await send.send(await anyio.to_thread.run_sync(plan_entry, self.settings, look.path))
 
     async def _feed(self, send: ObjectSendStream[PlannedEntry]) -> None:
@@ -239,94 +218,58 @@ class Watch:
         async with send:
             with self._feeding:
                 while True:
-                    while not self.ready:
+                    entry = self.entries.next_ready()
+                    if entry is None:
                         await self._ready_event.wait()
                         self._ready_event = anyio.Event()
-                    path = self.ready.popleft()
-                    entry = self.known.get(path)
-                    if entry is None or entry.phase != Phase.READY:
                         continue
-                    look = await anyio.to_thread.run_sync(look_at, path)
+                    look = await anyio.to_thread.run_sync(look_at, entry.path)
                     if look.fingerprint != entry.fingerprint:
-                        self._wait_again(entry, look, time.monotonic())
+                        self.entries.changed_since_ready(entry, look, time.monotonic())
+                        self._wake.set()
                         continue
-                    planned = await anyio.to_thread.run_sync(plan_entry, self.settings, path)
+                    planned = await anyio.to_thread.run_sync(plan_entry, self.settings, entry.path)
                     entry.phase = Phase.IN_FLIGHT
                     await send.send(planned)
 
     def _finished(self, planned: PlannedEntry, record: UploadRecord) -> None:
         """A worker's entry ended: done, parked, retried later, or waiting to settle again."""
         now = time.monotonic()
-        path = planned.path
-        entry = self.known.get(path) or _Entry(path)
         if self._ctx is not None:
             release_key(self._ctx.claimed_keys, record)
         status = OperationStatus(record.status)
         self.counts[str(status)] += 1
-        retry_in: float | None = None
-        if status == OperationStatus.CANCELLED:
-            self.known.pop(path, None)  # stopped, or another entry's run-wide error: the next start takes it
-        elif status == OperationStatus.SUCCESS and not path.exists():
-            self.known.pop(path, None)
-            self.clock.forget(path)
-        elif status in (OperationStatus.SUCCESS, OperationStatus.SKIPPED):
-            self._park(entry, now)  # still here (completed dir off, or a duplicate)
-        elif status == OperationStatus.CHANGED and not self.options.once:
-            self.clock.forget(path)  # it is another entry now: it settles again
-            entry.phase, entry.next_check = Phase.WAITING, now
-        else:  # failed, partial (uploaded, not moved), or changed in a --once run
-            entry.attempts += 1
-            if entry.attempts < self.options.max_attempts and not self.options.once:
-                retry_in = self.options.retry_delay * 2 ** (entry.attempts - 1)
-                entry.phase, entry.not_before = Phase.WAITING, now + retry_in
-                entry.next_check = entry.not_before
-            else:
-                self._park(entry, now)
-                self.failures += 1
+        outcome = self.entries.finished(
+            planned.path, status, still_there=os.path.lexists(planned.path), now=now, once=self.options.once
+        )
+        if outcome.failed:
+            self.failures += 1
         if record.error_message and status not in (OperationStatus.SKIPPED, OperationStatus.CANCELLED):
             self.last_errors.append(
                 {"at": utcnow().isoformat(), "target_name": record.target_name, "error": record.error_message}
             )
         self._wake.set()
-        self.notify(self._entry_event(record, entry, now, retry_in))
-
-    @staticmethod
-    def _park(entry: _Entry, now: float) -> None:
-        """Not taken again with its content as the next look finds it (the pipeline may have touched it: a move
-        put back changes a ctime), only once that changes."""
-        entry.phase, entry.fingerprint, entry.next_check = Phase.PARKED, None, now
-
-    def _entry_event(self, record: UploadRecord, entry: _Entry, now: float, retry_in: float | None) -> dict[str, Any]:
-        if retry_in is not None:
-            then = f"retry {entry.attempts + 1}/{self.options.max_attempts} in {retry_in:g}s"
-        elif entry.phase == Phase.PARKED and record.status not in ("success", "skipped"):
-            then = "left for `amgmt retry`"
-        elif entry.phase == Phase.WAITING:
-            then = "waits to settle again"
-        else:
-            then = ""
-        return {
-            "event": "entry",
-            "operation_id": record.operation_id,
-            "status": str(record.status),
-            "target_name": record.target_name,
-            "s3_object_key": record.s3_object_key,
-            "original_size": record.original_size,
-            "error_message": record.error_message,
-            "settled_to_done_seconds": round(now - entry.settled_at, 3) if entry.settled_at else None,
-            "then": then,
-        }
+        settled_at = outcome.entry.settled_at
+        self.notify(
+            {
+                "event": "entry",
+                "operation_id": record.operation_id,
+                "status": str(record.status),
+                "target_name": record.target_name,
+                "s3_object_key": record.s3_object_key,
+                "original_size": record.original_size,
+                "error_message": record.error_message,
+                "settled_to_done_seconds": round(now - settled_at, 3) if settled_at else None,
+                "then": outcome.then,
+            }
+        )
 
     # -- finding and settling entries -------------------------------------------------------------------------
 
     def _hint(self, path: Path, now: float) -> None:
-        """Something happened at `path`: look at its entry soon (a new one is added)."""
         top = top_level_entry(self.settings, path)
-        if top is None or self.stopping:
-            return
-        entry = self.known.setdefault(top, _Entry(top, next_check=now))
-        if entry.phase in (Phase.WAITING, Phase.PARKED):
-            entry.next_check = min(entry.next_check, max(now + self.options.hint_delay, entry.not_before))
+        if top is not None and not self.stopping:
+            self.entries.hint(top, now)
 
     async def _hints(self) -> None:
         """OS events on the local dir itself (a new entry, a write to a top-level file), or with --poll a listing
@@ -354,7 +297,7 @@ class Watch:
             present, _ = await anyio.to_thread.run_sync(list_entries, self.settings)
             now = time.monotonic()
             for path in present:
-                if path not in self.known:
+                if path not in self.entries.known:
                     self._hint(path, now)
             self._wake.set()
             await anyio.sleep(self.options.poll_interval)
@@ -364,75 +307,32 @@ class Watch:
         parked entries looked at again (changed ones are new content to upload)."""
         while not self.stopping:
             present, _ = await anyio.to_thread.run_sync(list_entries, self.settings)
-            now = time.monotonic()
-            listed = set(present)
-            for path in present:
-                entry = self.known.setdefault(path, _Entry(path, next_check=now))
-                if entry.phase == Phase.PARKED:
-                    entry.next_check = now
-            for path, entry in list(self.known.items()):
-                if path not in listed and entry.phase in (Phase.WAITING, Phase.PARKED):
-                    self._forget(path)
+            self.entries.listed(present, time.monotonic())
             self._wake.set()
             await anyio.sleep(self.options.rescan)
 
     async def _checks(self) -> None:
         """Look at every entry whose check is due; queue those settled and not held open for writing."""
         while not self.stopping:
-            now = time.monotonic()
-            due = [e for e in self.known.values() if e.phase in (Phase.WAITING, Phase.PARKED) and e.next_check <= now]
+            due = self.entries.due(time.monotonic())
             if due:
-                looks = await anyio.to_thread.run_sync(look_at_all, [e.path for e in due])
-                await self._judge(looks)
-            upcoming = [e.next_check for e in self.known.values() if e.phase in (Phase.WAITING, Phase.PARKED)]
-            delay = max(min(upcoming, default=math.inf) - time.monotonic(), 0.01)
+                looks = await anyio.to_thread.run_sync(look_at_all, due)
+                for look in looks:
+                    if look.gone and look.problem:
+                        log.info("watch: cannot look at %s", look.problem)
+                settled = self.entries.judge(looks, time.monotonic())
+                held = await anyio.to_thread.run_sync(held_open, settled) if settled else {}
+                now = time.monotonic()
+                for look in settled:
+                    if look.path in held:
+                        self.entries.held(look.path, describe_writers(held[look.path]), now)
+                    else:
+                        self.entries.make_ready(look, now)
+                        self._ready_event.set()
+            delay = max(self.entries.next_check() - time.monotonic(), 0.01)
             with anyio.move_on_after(min(delay, self.options.rescan)):
                 await self._wake.wait()
             self._wake = anyio.Event()
-
-    async def _judge(self, looks: list[Look]) -> None:
-        now = time.monotonic()
-        settled: list[Look] = []
-        for look in looks:
-            entry = self.known.get(look.path)
-            if entry is None or entry.phase not in (Phase.WAITING, Phase.PARKED):
-                continue
-            if look.gone:
-                if look.problem:
-                    log.info("watch: cannot look at %s", look.problem)
-                self._forget(look.path)
-                continue
-            if entry.phase == Phase.PARKED:
-                if entry.fingerprint is None or look.fingerprint == entry.fingerprint:
-                    entry.fingerprint = look.fingerprint
-                    entry.next_check = math.inf
-                    continue
-                entry.phase, entry.attempts = Phase.WAITING, 0  # new content since it ended: a new entry
-            if self.clock.observe(look, now) and now >= entry.not_before:
-                settled.append(look)
-            else:
-                state = self.clock.entries[look.path]
-                entry.next_check = max(state.settles_at(self.options.settle), entry.not_before)
-        held = await anyio.to_thread.run_sync(held_open, settled) if settled else {}
-        for look in settled:
-            entry = self.known[look.path]
-            if look.path in held:
-                entry.held_by = describe_writers(held[look.path])
-                entry.next_check = now + min(self.options.settle, 5.0)
-                continue
-            entry.phase, entry.fingerprint, entry.settled_at, entry.held_by = Phase.READY, look.fingerprint, now, None
-            self.ready.append(look.path)
-            self._ready_event.set()
-
-    def _wait_again(self, entry: _Entry, look: Look, now: float) -> None:
-        entry.phase = Phase.WAITING
-        self.clock.observe(look, now)
-        entry.next_check = now
-        self._wake.set()
-
-    def _forget(self, path: Path) -> None:
-        self.known.pop(path, None)
-        self.clock.forget(path)
 
     # -- what the outside sees --------------------------------------------------------------------------------
 
@@ -455,24 +355,8 @@ class Watch:
 
     def snapshot(self) -> dict[str, Any]:
         """What `amgmt watch --status` shows: the state, what waits (and until when), in flight, counts, errors."""
-        now = time.monotonic()
-        waiting: list[dict[str, Any]] = []
-        in_flight: list[str] = []
-        retrying: list[dict[str, Any]] = []
-        for entry in self.known.values():
-            name = display(entry.path.name)
-            if entry.phase == Phase.IN_FLIGHT:
-                in_flight.append(name)
-            elif entry.phase == Phase.READY:
-                waiting.append({"target_name": name, "settles_in": 0.0, "held_by": None})
-            elif entry.phase == Phase.WAITING and entry.not_before > now:
-                retry_in = round(entry.not_before - now, 1)
-                retrying.append({"target_name": name, "attempt": entry.attempts + 1, "in": retry_in})
-            elif entry.phase == Phase.WAITING:
-                state = self.clock.entries.get(entry.path)
-                settles = state.settles_at(self.options.settle) - now if state else self.options.settle
-                settles = round(max(settles, 0.0), 1)
-                waiting.append({"target_name": name, "settles_in": settles, "held_by": entry.held_by})
+        summary = self.entries.summary(time.monotonic())
+        waiting, in_flight = summary["waiting"], summary["in_flight"]
         settings = self.settings
         return {
             "pid": os.getpid(),
@@ -485,10 +369,10 @@ class Watch:
             "rescan": self.options.rescan,
             "mode": "once" if self.options.once else self._events_mode,
             "waiting_count": len(waiting),
-            "waiting": sorted(waiting, key=lambda w: w["settles_in"])[:LISTED],
+            "waiting": sorted(waiting, key=lambda w: float(w["settles_in"]))[:LISTED],
             "in_flight_count": len(in_flight),
             "in_flight": sorted(in_flight)[:LISTED],
-            "retrying": retrying[:LISTED],
+            "retrying": summary["retrying"][:LISTED],
             "counts": dict(self.counts),
             "failed_for_good": self.failures,
             "last_errors": list(self.last_errors),
