@@ -7,6 +7,7 @@ here except where a function says so. It never opens a file's contents.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from amgmt.text import human_duration, printable
 @dataclass(frozen=True)
 class Look:
     """An entry as seen at one moment. `fingerprint` changes whenever a member is added, removed, renamed, written
-    or has its attributes changed (it holds every member's size, mtime and ctime, and the root's ctime); None when
+    or has its attributes changed (it holds every file's size, mtime and ctime, every directory's ctime); None when
     the entry is gone or is not a regular file or directory."""
 
     path: Path
@@ -50,16 +51,20 @@ def look_at(path: Path) -> Look:
         return Look(path, None)
     identity = Identity.of_members(members)
     newest = max((m.ctime_ns for m in members), default=0)
+    digest = hashlib.sha256(f"{identity.digest}:{identity.root_ctime_ns}".encode())
     dirs = [m for m in members if m.kind == "dir"]
     for member in dirs:
-        # A member added to or removed from a directory changes only that directory's times.
+        # A member added to or removed from a directory changes only that directory's times (the identity leaves
+        # them out): a file created and deleted again between two looks still shows.
         try:
-            newest = max(newest, os.lstat(os.path.join(path, os.fsdecode(member.relpath))).st_ctime_ns)
+            ctime_ns = os.lstat(os.path.join(path, os.fsdecode(member.relpath))).st_ctime_ns
         except OSError:
             return _changing(path)
+        newest = max(newest, ctime_ns)
+        digest.update(member.relpath + b"\0" + str(ctime_ns).encode() + b"\n")
     return Look(
         path,
-        fingerprint=f"{identity.digest}:{identity.root_ctime_ns}",
+        fingerprint=digest.hexdigest(),
         newest_change=newest / 1e9,
         files=tuple((m.dev, m.ino) for m in members if m.kind == "file"),
         dirs=tuple((m.dev, m.ino) for m in dirs),

@@ -1,0 +1,130 @@
+"""When an entry counts as settled (local/settling.py) and what the watch does with an entry whose upload ended
+(upload/watch_entries.py): real files, times given."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amgmt.local.settling import SettleClock, held_open, look_at, too_young
+from amgmt.models import OperationStatus
+from amgmt.upload.watch_entries import Phase, WatchedEntries
+
+HOLD_OPEN = "import sys; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); sys.stdin.read()"
+
+
+def test_the_fingerprint_changes_with_every_kind_of_change(tmp_path: Path) -> None:
+    shoot = tmp_path / "shoot"
+    (shoot / "sub").mkdir(parents=True)
+    (shoot / "sub" / "a.txt").write_text("a")
+    seen = {look_at(shoot).fingerprint}
+    changes = [
+        lambda: (shoot / "sub" / "a.txt").write_text("b"),  # same size, written
+        lambda: (shoot / "sub" / "b.txt").write_text(""),  # a member added deep inside
+        lambda: (shoot / "sub" / "b.txt").unlink(),  # and removed again
+        lambda: os.chmod(shoot / "sub" / "a.txt", 0o600),  # attributes only
+        lambda: (shoot / "sub" / "a.txt").rename(shoot / "sub" / "c.txt"),
+    ]
+    for change in changes:
+        time.sleep(0.01)
+        change()
+        fingerprint = look_at(shoot).fingerprint
+        assert fingerprint not in seen
+        seen.add(fingerprint)
+    assert look_at(shoot).fingerprint in seen  # and nothing else changes it
+    assert look_at(tmp_path / "missing").gone
+    os.symlink(shoot, tmp_path / "link")
+    assert look_at(tmp_path / "link").gone  # not an entry
+
+
+def test_settled_only_after_two_equal_looks_settle_seconds_apart(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mov"
+    path.write_bytes(b"1")
+    clock = SettleClock(settle=2.0)
+    assert not clock.observe(look_at(path), 100.0)
+    assert not clock.observe(look_at(path), 101.9)
+    path.write_bytes(b"12")
+    assert not clock.observe(look_at(path), 102.0)  # changed: the two seconds start again
+    assert not clock.observe(look_at(path), 103.9)
+    assert clock.observe(look_at(path), 104.0)
+
+
+def test_too_young_by_the_last_change_anywhere_inside(tmp_path: Path) -> None:
+    shoot = tmp_path / "shoot"
+    (shoot / "sub").mkdir(parents=True)
+    (shoot / "sub" / "a.txt").write_text("a")
+    now = time.time()
+    looks = [look_at(shoot)]
+    assert too_young(looks, min_age=5, now=now + 6) == {}
+    assert "younger than 5 s" in too_young(looks, min_age=5, now=now + 1)[shoot]
+    (shoot / "sub" / "a.txt").unlink()  # a removal shows only in the directory's own times
+    assert shoot in too_young([look_at(shoot)], min_age=5, now=now + 4.9)
+
+
+def test_held_open_names_the_writer_and_not_a_reader(tmp_path: Path) -> None:
+    written, read = tmp_path / "w.bin", tmp_path / "r.bin"
+    written.write_bytes(b"w")
+    read.write_bytes(b"r")
+    procs = []
+    for path, mode in ((written, "ab"), (read, "rb")):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), mode], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        procs.append(proc)
+    try:
+        held = held_open([look_at(written), look_at(read)])
+        assert list(held) == [written] and [w.pid for w in held[written]] == [procs[0].pid]
+    finally:
+        for proc in procs:
+            proc.communicate("", timeout=10)
+    assert held_open([look_at(written)]) == {}
+
+
+def _entries() -> WatchedEntries:
+    return WatchedEntries(settle=1.0, max_attempts=3, retry_delay=10.0, hint_delay=0.5)
+
+
+def test_an_entry_that_failed_is_retried_with_doubling_backoff_then_parked(tmp_path: Path) -> None:
+    entries = _entries()
+    path = tmp_path / "a.mov"
+    entries.listed([path], 0.0)
+    thens = [entries.finished(path, OperationStatus.FAILED, still_there=True, now=t, once=False) for t in (0, 20, 50)]
+    assert [o.then for o in thens] == ["retry 2/3 in 10s", "retry 3/3 in 20s", "left for `amgmt retry`"]
+    assert [o.failed for o in thens] == [False, False, True]
+    assert entries.known[path].phase == Phase.PARKED
+
+
+def test_what_becomes_of_an_entry_by_how_it_ended(tmp_path: Path) -> None:
+    entries = _entries()
+    path = tmp_path / "a.mov"
+    for status, still_there, once, phase in [
+        (OperationStatus.SUCCESS, False, False, None),  # moved: forgotten
+        (OperationStatus.CANCELLED, True, False, None),  # stopped: the next start takes it
+        (OperationStatus.SUCCESS, True, False, Phase.PARKED),  # completed dir off: not taken again unchanged
+        (OperationStatus.SKIPPED, True, False, Phase.PARKED),
+        (OperationStatus.CHANGED, True, False, Phase.WAITING),  # another entry now: settles again
+        (OperationStatus.CHANGED, True, True, Phase.PARKED),  # --once: reported, left
+    ]:
+        entries.listed([path], 0.0)
+        entries.finished(path, status, still_there=still_there, now=1.0, once=once)
+        entry = entries.known.get(path)
+        assert (entry.phase if entry else None) == phase, status
+        entries.forget(path)
+
+
+def test_a_parked_entry_comes_back_only_when_its_content_changes(tmp_path: Path) -> None:
+    entries = _entries()
+    path = tmp_path / "a.mov"
+    path.write_bytes(b"a")
+    entries.listed([path], 0.0)
+    entries.finished(path, OperationStatus.SKIPPED, still_there=True, now=1.0, once=False)
+    assert entries.judge([look_at(path)], 2.0) == [] and entries.known[path].phase == Phase.PARKED
+    entries.hint(path, 3.0)
+    assert entries.judge([look_at(path)], 3.5) == [] and entries.known[path].phase == Phase.PARKED
+    path.write_bytes(b"ab")
+    assert entries.judge([look_at(path)], 4.0) == []
+    assert entries.known[path].phase == Phase.WAITING
+    assert [look.path for look in entries.judge([look_at(path)], 5.0)] == [path]  # settled a second later
