@@ -10,7 +10,7 @@ from typing import Any
 import asyncclick as click
 
 from amgmt.cli.common import run_stoppable, settings_from, settings_options
-from amgmt.cli.render import to_json
+from amgmt.cli.render import local_time, to_json
 from amgmt.naming import display
 from amgmt.text import human_duration, human_size, printable
 from amgmt.upload.watch import RESCAN_DEFAULT, Watch, WatchOptions
@@ -141,11 +141,19 @@ def event_text(event: dict[str, Any]) -> str:
     return f"{_now()} stopped: {_counts(event['counts'])} (exit {event['exit_code']}){error}"
 
 
+def _when(iso: object) -> str:
+    try:
+        return local_time(datetime.fromisoformat(str(iso)))
+    except ValueError:
+        return printable(iso)
+
+
 def status_text(state: dict[str, Any]) -> str:
     """`amgmt watch --status` for people."""
+    started, updated = _when(state["started_at"]), _when(state["updated_at"])
     lines = [
         f"watch of {printable(state['local_dir'])} -> {printable(state['destination'])}: {state['state']}"
-        f" (pid {state['pid']}, since {printable(state['started_at'])}, last update {printable(state['updated_at'])})",
+        f" (pid {state['pid']}, since {started}, last update {updated})",
         f"settle {state['settle']:g}s, rescan {state['rescan']:g}s, {state['mode']}",
         f"done: {_counts(state['counts'])}; failed for good: {state['failed_for_good']}",
         f"in flight ({state['in_flight_count']}): {', '.join(printable(n) for n in state['in_flight']) or '-'}",
