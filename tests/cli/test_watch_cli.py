@@ -78,3 +78,11 @@ def test_upload_all_min_age_leaves_young_and_open_entries(amgmt: Amgmt, local_di
 
     plain = amgmt("upload", "all", "--no-progress")  # without --min-age everything goes
     assert plain.code == 0 and keys() == ["old.mov.tar.gz", "open.mov.tar.gz", "young.mov.tar.gz"], str(plain)
+
+
+def test_a_missing_bucket_stops_the_watch_before_anything_with_exit_3(amgmt: Amgmt, local_dir: Path) -> None:
+    (local_dir / "a.mov").write_bytes(b"a" * 100)
+    result = amgmt("watch", "--settle", "0.5", "--bucket", "no-such-bucket-here")
+    assert result.code == 3, str(result)
+    assert result.stderr.startswith("amgmt: error: bucket 'no-such-bucket-here' does not exist")
+    assert "Traceback" not in result.stderr and (local_dir / "a.mov").exists()

@@ -136,6 +136,8 @@ def test_a_file_held_open_for_writing_is_not_taken_until_it_is_closed_and_status
         assert as_json["running"] is True and as_json["pid"] == watch.pid
         assert as_json["waiting"][0]["target_name"] == "recording.mov"
         assert f"pid {holder.pid}" in as_json["waiting"][0]["held_by"]
+        assert run_amgmt(watch_env, "watch", "--once").returncode == 5  # one watch (one run) per local dir
+        assert run_amgmt(watch_env, "upload", "all").returncode == 5
     finally:
         holder.communicate("", timeout=10)
     closed_at = time.time()
