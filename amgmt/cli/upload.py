@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import asyncclick as click
@@ -73,9 +74,7 @@ async def upload(
     else:
         entries, ignored = resolve_names(settings, list(names)), []
     if min_age is not None:
-        young = too_young(look_at_all(entries), min_age=min_age)
-        entries = [entry for entry in entries if entry not in young]
-        ignored += [f"{display(path.name)}: {reason}" for path, reason in young.items()]
+        entries, ignored = _old_enough(entries, ignored, min_age)
     if dry_run:
         planned = plan(settings, entries)
         if as_json:
@@ -104,6 +103,7 @@ async def upload(
         "names": [display(n) for n in names],
         "concurrency": settings.concurrency,
         "overwrite": overwrite,
+        "min_age": min_age,
         "storage_class": settings.storage_class,
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
@@ -124,6 +124,14 @@ async def upload(
     code = int(report.exit_code)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _old_enough(entries: list[Path], ignored: list[str], min_age: float) -> tuple[list[Path], list[str]]:
+    """--min-age: the entries that have not changed for `min_age` seconds and are not open for writing; the others
+    join the ignored notes, with why."""
+    young = too_young(look_at_all(entries), min_age=min_age)
+    kept = [entry for entry in entries if entry not in young]
+    return kept, ignored + [f"{display(path.name)}: {reason}" for path, reason in young.items()]
 
 
 def register(group: click.Group) -> None:
