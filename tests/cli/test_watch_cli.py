@@ -3,19 +3,39 @@ what has settled is uploaded, what is still arriving (changed lately, or open fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-
 from typing import Any
 
 Amgmt = Any  # the `amgmt` fixture of tests/cli/conftest.py
 
-# Long enough that a fresh entry is still younger once the command has started (about 1-2 s on a busy machine).
-SETTLE = 3.0
+SETTLE = 1.0
+# Appends to a file every 0.2 s (opening and closing it each time) until killed: young whenever it is looked at.
+APPENDER = "import sys, time\nwhile True:\n    open(sys.argv[1], 'ab').write(b'.')\n    time.sleep(0.2)"
 HOLD_OPEN = "import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); sys.stdin.read()"
+
+
+@contextlib.contextmanager
+def appending(path: Path) -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(path)])
+    try:
+        wait_until_exists(path)
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def wait_until_exists(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
 
 def test_once_uploads_what_has_settled_and_leaves_what_is_still_arriving(
@@ -23,10 +43,9 @@ def test_once_uploads_what_has_settled_and_leaves_what_is_still_arriving(
 ) -> None:  # type: ignore[no-untyped-def]
     (local_dir / "old.mov").write_bytes(b"o" * 4000)
     time.sleep(SETTLE + 0.1)
-    (local_dir / "young.mov").write_bytes(b"y" * 4000)
+    with appending(local_dir / "young.mov"):
+        first = amgmt("watch", "--once", "--settle", str(SETTLE))
     young_since = time.monotonic()
-
-    first = amgmt("watch", "--once", "--settle", str(SETTLE))
 
     assert first.code == 0, str(first)
     assert keys() == ["old.mov.tar.gz"]
@@ -60,12 +79,12 @@ def test_upload_all_min_age_leaves_young_and_open_entries(amgmt: Amgmt, local_di
     (local_dir / "old.mov").write_bytes(b"o" * 4000)
     (local_dir / "open.mov").write_bytes(b"p" * 4000)
     time.sleep(SETTLE + 0.1)
-    (local_dir / "young.mov").write_bytes(b"y" * 4000)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(local_dir / "open.mov")], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        result = amgmt("upload", "all", "--min-age", str(SETTLE), "--no-progress")
+        with appending(local_dir / "young.mov"):
+            result = amgmt("upload", "all", "--min-age", str(SETTLE), "--no-progress")
     finally:
         holder.communicate("", timeout=10)
 

@@ -48,7 +48,8 @@ for i in range(count):
 print(time.time(), flush=True)
 """
 
-HOLD_OPEN = "import sys; f = open(sys.argv[1], 'ab'); f.write(b'x' * 1000); f.flush(); print('open', flush=True); sys.stdin.read()"
+HOLD_OPEN = ("import sys; f = open(sys.argv[1], 'ab'); f.write(b'x' * 1000); f.flush(); print('open', flush=True);"
+             " sys.stdin.read()")
 
 
 @pytest.fixture
