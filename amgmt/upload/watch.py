@@ -239,9 +239,13 @@ class Watch:
             release_key(self._ctx.claimed_keys, record)
         status = OperationStatus(record.status)
         self.counts[str(status)] += 1
+        moved = bool(record.completed_dir_path)  # whatever is at its name now is a new entry
+        there = os.path.lexists(planned.path)
         outcome = self.entries.finished(
-            planned.path, status, still_there=os.path.lexists(planned.path), now=now, once=self.options.once
+            planned.path, status, still_there=there and not moved, now=now, once=self.options.once
         )
+        if moved and there and not self.options.once:
+            self.entries.hint(planned.path, now)
         if outcome.failed:
             self.failures += 1
         if record.error_message and status not in (OperationStatus.SKIPPED, OperationStatus.CANCELLED):

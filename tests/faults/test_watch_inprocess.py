@@ -4,6 +4,7 @@ is retried with backoff and then left for `amgmt retry`, the heartbeat is writte
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from amgmt.config import Settings
 from amgmt.errors import ExitCode
+from amgmt.parts import MiB
+from amgmt.upload.pipeline import EntryPipeline
 from amgmt.upload.watch import Watch, WatchOptions
 from faultkit import S3Faults
 
@@ -140,3 +143,66 @@ async def test_the_heartbeat_says_what_waits_and_what_is_done(make_settings, loc
     assert beat["counts"] == {"success": 1} and beat["state"] == "watching" and beat["in_flight_count"] == 0
     assert events[-1]["event"] == "stop" and events[-1]["exit_code"] == 0
 
+
+
+async def test_a_stop_cancels_what_outlasts_the_grace_as_upload_does_and_the_next_start_resumes(
+    make_settings, local_dir: Path, s3_faults: S3Faults, s3_client: Any, bucket: str
+) -> None:  # type: ignore[no-untyped-def]
+    async def slow_part(params: dict[str, Any]) -> None:
+        await anyio.sleep(0.4)  # parts trickle out: the stop comes mid-upload
+        return None
+
+    s3_faults.on("UploadPart", slow_part)
+    (local_dir / "film.mov").write_bytes(random.Random(4).randbytes(12 * MiB))  # 3 parts of 5 MiB
+    settings = make_settings(part_size="5MiB", parts_in_flight=1, concurrency=1)
+    options = WatchOptions(settle=0.3, rescan=60, stop_grace=0.2)
+
+    async def until_a_part_is_sent(events: Events) -> None:
+        await wait_until(lambda: s3_faults.count("UploadPart"))
+        await anyio.sleep(0.5)
+
+    s3_faults.count("UploadPart")
+    code, events = await run_watch(settings, options, until_a_part_is_sent)
+
+    assert code == ExitCode.OK  # a stop is not a failure
+    assert [e["status"] for e in finished(events, "film.mov")] == ["cancelled"]
+    assert (local_dir / "film.mov").exists()
+    assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1  # left open, journaled
+
+    s3_faults.handlers.clear()
+    code, events = await run_watch(settings, WatchOptions(settle=0.3, rescan=60), lambda events: wait_until(
+        lambda: finished(events, "film.mov")))
+    [done] = finished(events, "film.mov")
+    assert done["status"] == "success" and code == ExitCode.OK
+    records = await stored_records_all(settings)
+    [success] = [r for r in records if r.status == "success"]
+    assert success.metadata["parts_reused"] >= 1 and success.metadata.get("resumed_upload_id")
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_a_new_entry_under_the_name_of_one_just_moved_is_not_mistaken_for_it(
+    make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The name is free again the moment the move happens: a file dropped there before the watch hears the entry
+    ended is a new entry (here its upload meets the first one's object and fails, as `upload` would)."""
+    real_cleanup = EntryPipeline._cleanup
+    dropped: list[Path] = []
+
+    async def cleanup_after_a_new_drop(self: EntryPipeline) -> None:
+        if not dropped and self.record.completed_dir_path:
+            (local_dir / "take.wav").write_bytes(b"second take" * 100)
+            dropped.append(local_dir / "take.wav")
+        await real_cleanup(self)
+
+    monkeypatch.setattr(EntryPipeline, "_cleanup", cleanup_after_a_new_drop)
+    (local_dir / "take.wav").write_bytes(b"first take" * 100)
+    settings = make_settings()
+
+    async def scenario(events: Events) -> None:
+        await wait_until(lambda: len(finished(events, "take.wav")) == 2)
+
+    _, events = await run_watch(settings, WatchOptions(settle=0.3, rescan=60, max_attempts=1), scenario)
+
+    first, second = finished(events, "take.wav")
+    assert first["status"] == "success" and dropped
+    assert second["status"] == "failed" and "already exists with other content" in second["error_message"]
