@@ -24,7 +24,7 @@ from amgmt.text import human_duration, printable
 class Look:
     """An entry as seen at one moment. `fingerprint` changes whenever a member is added, removed, renamed, written
     or has its attributes changed (it holds every file's size, mtime and ctime, every directory's ctime); None when
-    the entry is gone or is not a regular file or directory."""
+    the entry is gone or is not a regular file or directory; the reason, for one that cannot be walked."""
 
     path: Path
     fingerprint: str | None
@@ -45,7 +45,9 @@ def look_at(path: Path) -> Look:
     except FileNotFoundError:
         return Look(path, None) if not os.path.lexists(path) else _changing(path)  # a member went while walked
     except OSError as exc:
-        return Look(path, None, problem=f"{display(path)}: {exc.strerror or exc}")
+        # Not gone: it settles like any entry (while the reason stays the same), and its pipeline says why it fails.
+        problem = f"{display(path)}: {exc.strerror or exc}"
+        return Look(path, f"unreadable: {problem}", problem=problem)
     root = members[0]
     if root.kind not in ("file", "dir"):
         return Look(path, None)

@@ -203,7 +203,7 @@ class Watch:
                 young = await anyio.to_thread.run_sync(lambda: too_young(looks, min_age=self.options.settle))
                 for look in looks:
                     if look.gone:
-                        continue
+                        continue  # removed meanwhile, or not a file or directory
                     if look.path in young:
                         reason = young[look.path]
                         self.notify({"event": "left", "target_name": display(look.path.name), "reason": reason})
@@ -321,9 +321,6 @@ class Watch:
             due = self.entries.due(time.monotonic())
             if due:
                 looks = await anyio.to_thread.run_sync(look_at_all, due)
-                for look in looks:
-                    if look.gone and look.problem:
-                        log.info("watch: cannot look at %s", look.problem)
                 settled = self.entries.judge(looks, time.monotonic())
                 held = await anyio.to_thread.run_sync(held_open, settled) if settled else {}
                 now = time.monotonic()

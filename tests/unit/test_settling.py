@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from amgmt.local import settling
 from amgmt.local.settling import SettleClock, held_open, look_at, too_young
 from amgmt.models import OperationStatus
 from amgmt.upload.watch_entries import Phase, WatchedEntries
@@ -128,3 +131,20 @@ def test_a_parked_entry_comes_back_only_when_its_content_changes(tmp_path: Path)
     assert entries.judge([look_at(path)], 4.0) == []
     assert entries.known[path].phase == Phase.WAITING
     assert [look.path for look in entries.judge([look_at(path)], 5.0)] == [path]  # settled a second later
+
+
+def test_an_entry_that_cannot_be_walked_is_not_gone_and_settles_on_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its upload then fails with a recorded reason, instead of the watch forgetting it without a word."""
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(settling, "members_of", refuse)
+    first, second = look_at(shoot), look_at(shoot)
+    assert not first.gone and first.fingerprint == second.fingerprint
+    assert first.problem is not None and "Permission denied" in first.problem
+    assert too_young([first], min_age=5) == {}  # --once and --min-age hand it on: its pipeline says why it fails
