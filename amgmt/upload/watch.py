@@ -327,8 +327,7 @@ class Watch:
                 for look in settled:
                     if look.path in held:
                         self.entries.held(look.path, describe_writers(held[look.path]), now)
-                    else:
-                        self.entries.make_ready(look, now)
+                    elif self.entries.make_ready(look, now):
                         self._ready_event.set()
             delay = max(self.entries.next_check() - time.monotonic(), 0.01)
             with anyio.move_on_after(min(delay, self.options.rescan)):

@@ -116,13 +116,18 @@ class WatchedEntries:
         return settled
 
     def held(self, path: Path, by: str, now: float) -> None:
-        entry = self.known[path]
-        entry.held_by, entry.next_check = by, now + min(self.settle, 5.0)
+        entry = self.known.get(path)
+        if entry is not None and entry.phase in LOOKED_AT:
+            entry.held_by, entry.next_check = by, now + min(self.settle, 5.0)
 
-    def make_ready(self, look: Look, now: float) -> None:
-        entry = self.known[look.path]
+    def make_ready(self, look: Look, now: float) -> bool:
+        """Queue a settled entry; False when it went meanwhile (removed while its writers were looked for)."""
+        entry = self.known.get(look.path)
+        if entry is None or entry.phase not in LOOKED_AT:
+            return False
         entry.phase, entry.fingerprint, entry.settled_at, entry.held_by = Phase.READY, look.fingerprint, now, None
         self.ready.append(look.path)
+        return True
 
     def next_ready(self) -> WatchedEntry | None:
         while self.ready:

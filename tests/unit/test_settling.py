@@ -148,3 +148,15 @@ def test_an_entry_that_cannot_be_walked_is_not_gone_and_settles_on_its_reason(
     assert not first.gone and first.fingerprint == second.fingerprint
     assert first.problem is not None and "Permission denied" in first.problem
     assert too_young([first], min_age=5) == {}  # --once and --min-age hand it on: its pipeline says why it fails
+
+
+def test_an_entry_removed_while_its_writers_were_looked_for_is_not_queued(tmp_path: Path) -> None:
+    entries = _entries()
+    path = tmp_path / "a.mov"
+    path.write_bytes(b"a")
+    entries.listed([path], 0.0)
+    entries.judge([look_at(path)], 0.0)
+    [settled] = entries.judge([look_at(path)], 1.5)
+    entries.listed([], 1.6)  # a rescan in between: it is gone
+    entries.held(path, "pid 1 (x)", 1.7)
+    assert entries.make_ready(settled, 1.7) is False and entries.next_ready() is None
