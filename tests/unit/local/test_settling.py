@@ -1,5 +1,5 @@
-"""When an entry counts as settled (local/settling.py) and what the watch does with an entry whose upload ended
-(upload/watch_entries.py): real files, times given."""
+"""When an entry counts as settled (local/settling.py): what a look sees, the settle clock, the age rule, writers.
+Real files and real processes; times given."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import pytest
 
 from amgmt.local import settling
 from amgmt.local.settling import SettleClock, held_open, look_at, too_young
-from amgmt.models import OperationStatus
-from amgmt.upload.watch_entries import Phase, WatchedEntries
 
 HOLD_OPEN = "import sys; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); sys.stdin.read()"
 
@@ -86,53 +84,6 @@ def test_held_open_names_the_writer_and_not_a_reader(tmp_path: Path) -> None:
     assert held_open([look_at(written)]) == {}
 
 
-def _entries() -> WatchedEntries:
-    return WatchedEntries(settle=1.0, max_attempts=3, retry_delay=10.0, hint_delay=0.5)
-
-
-def test_an_entry_that_failed_is_retried_with_doubling_backoff_then_parked(tmp_path: Path) -> None:
-    entries = _entries()
-    path = tmp_path / "a.mov"
-    entries.listed([path], 0.0)
-    thens = [entries.finished(path, OperationStatus.FAILED, still_there=True, now=t, once=False) for t in (0, 20, 50)]
-    assert [o.then for o in thens] == ["retry 2/3 in 10s", "retry 3/3 in 20s", "left for `amgmt retry`"]
-    assert [o.failed for o in thens] == [False, False, True]
-    assert entries.known[path].phase == Phase.PARKED
-
-
-def test_what_becomes_of_an_entry_by_how_it_ended(tmp_path: Path) -> None:
-    entries = _entries()
-    path = tmp_path / "a.mov"
-    for status, still_there, once, phase in [
-        (OperationStatus.SUCCESS, False, False, None),  # moved: forgotten
-        (OperationStatus.CANCELLED, True, False, None),  # stopped: the next start takes it
-        (OperationStatus.SUCCESS, True, False, Phase.PARKED),  # completed dir off: not taken again unchanged
-        (OperationStatus.SKIPPED, True, False, Phase.PARKED),
-        (OperationStatus.CHANGED, True, False, Phase.WAITING),  # another entry now: settles again
-        (OperationStatus.CHANGED, True, True, Phase.PARKED),  # --once: reported, left
-    ]:
-        entries.listed([path], 0.0)
-        entries.finished(path, status, still_there=still_there, now=1.0, once=once)
-        entry = entries.known.get(path)
-        assert (entry.phase if entry else None) == phase, status
-        entries.forget(path)
-
-
-def test_a_parked_entry_comes_back_only_when_its_content_changes(tmp_path: Path) -> None:
-    entries = _entries()
-    path = tmp_path / "a.mov"
-    path.write_bytes(b"a")
-    entries.listed([path], 0.0)
-    entries.finished(path, OperationStatus.SKIPPED, still_there=True, now=1.0, once=False)
-    assert entries.judge([look_at(path)], 2.0) == [] and entries.known[path].phase == Phase.PARKED
-    entries.hint(path, 3.0)
-    assert entries.judge([look_at(path)], 3.5) == [] and entries.known[path].phase == Phase.PARKED
-    path.write_bytes(b"ab")
-    assert entries.judge([look_at(path)], 4.0) == []
-    assert entries.known[path].phase == Phase.WAITING
-    assert [look.path for look in entries.judge([look_at(path)], 5.0)] == [path]  # settled a second later
-
-
 def test_an_entry_that_cannot_be_walked_is_not_gone_and_settles_on_its_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,15 +99,3 @@ def test_an_entry_that_cannot_be_walked_is_not_gone_and_settles_on_its_reason(
     assert not first.gone and first.fingerprint == second.fingerprint
     assert first.problem is not None and "Permission denied" in first.problem
     assert too_young([first], min_age=5) == {}  # --once and --min-age hand it on: its pipeline says why it fails
-
-
-def test_an_entry_removed_while_its_writers_were_looked_for_is_not_queued(tmp_path: Path) -> None:
-    entries = _entries()
-    path = tmp_path / "a.mov"
-    path.write_bytes(b"a")
-    entries.listed([path], 0.0)
-    entries.judge([look_at(path)], 0.0)
-    [settled] = entries.judge([look_at(path)], 1.5)
-    entries.listed([], 1.6)  # a rescan in between: it is gone
-    entries.held(path, "pid 1 (x)", 1.7)
-    assert entries.make_ready(settled, 1.7) is False and entries.next_ready() is None
