@@ -109,13 +109,14 @@ class Watch:
     async def run(self) -> ExitCode:
         settings, options = self.settings, self.options
         present, _ = list_entries(settings)  # their keys: unjournaled multipart uploads of a dead run are aborted
-        async with open_run(settings, present, workers=self.workers, credentials=self.credentials) as run:
+        async with open_run(
+            settings, present, workers=self.workers, compressor=self.compressor, credentials=self.credentials
+        ) as run:
             ctx = self._ctx = run.pipeline_context(
                 keys=KnownKeys(None),  # a listing goes stale over a long watch: every entry looks with a HEAD
                 reporter=SilentReporter(),
                 overwrite=False,
                 command_args=self.command_args,
-                compressor=self.compressor,
             )
             self._events_mode = "poll" if options.poll else "inotify" if options.events else "rescans only"
             self._state = "watching"
