@@ -43,7 +43,7 @@ HEARTBEAT = 300.0  # seconds between heartbeat lines
 STOP_GRACE = 30.0  # after a stop, how long entries in flight may take to finish before they are cancelled
 MAX_ATTEMPTS = 3  # per entry and watch; then it is left for `amgmt retry` (or the next watch)
 RETRY_DELAY = 60.0  # before the second attempt; doubled for each further one
-STATE_EVERY = 1.0  # seconds between writes of the state file while something changes
+STATE_EVERY = 1.0  # seconds between writes of the state file (its countdowns change every second)
 LAST_ERRORS = 10
 
 Notify = Callable[[dict[str, Any]], None]
