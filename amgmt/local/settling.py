@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amgmt.local.identity import Identity, members_of
-from amgmt.local.writers import Writer, writers_of
+from amgmt.local.writers import Writer, holders, writers_of
 from amgmt.naming import display
 from amgmt.text import human_duration, printable
 
@@ -29,7 +29,7 @@ class Look:
     path: Path
     fingerprint: str | None
     newest_change: float = 0.0  # the latest ctime (seconds since the epoch) of any member, directories included
-    files: tuple[tuple[int, int], ...] = ()  # (st_dev, st_ino) of its regular files
+    files: tuple[tuple[bytes, int, int], ...] = ()  # (path, st_dev, st_ino) of its regular files
     dirs: tuple[tuple[int, int], ...] = ()  # and of its directories
     problem: str | None = None  # why it could not be looked at (permission denied, ...)
 
@@ -68,7 +68,7 @@ def look_at(path: Path) -> Look:
         path,
         fingerprint=digest.hexdigest(),
         newest_change=newest / 1e9,
-        files=tuple((m.dev, m.ino) for m in members if m.kind == "file"),
+        files=tuple((_member_path(path, m.relpath), m.dev, m.ino) for m in members if m.kind == "file"),
         dirs=tuple((m.dev, m.ino) for m in dirs),
     )
 
@@ -82,25 +82,30 @@ def _changing(path: Path) -> Look:
     return Look(path, f"changing:{time.monotonic_ns()}", newest_change=time.time())
 
 
+def _member_path(root: Path, relpath: bytes) -> bytes:
+    return os.fsencode(root) + (b"/" + relpath if relpath else b"")
+
+
 def held_open(looks: Sequence[Look]) -> dict[Path, list[Writer]]:
     """The entries of `looks` that a process holds open for writing (or works inside, for a directory), with those
-    processes: the handles the move after the upload refuses (completed.py). One /proc scan for all of them, and one
-    more per entry only when something is held."""
+    processes: the rule the move after the upload applies (writers.holders: the kernel's read lease for each file,
+    /proc for directories and what the kernel cannot answer). One round for all of them, and one more per entry
+    only when something is held."""
     present = [look for look in looks if not look.gone]
-    if not present or not writers_of(
-        [i for look in present for i in look.files], directories=[d for look in present for d in look.dirs]
-    ):
+    every_file = [f for look in present for f in look.files]
+    if not present or not holders(every_file, [d for look in present for d in look.dirs], writers_of):
         return {}
     held: dict[Path, list[Writer]] = {}
     for look in present:
-        writers = writers_of(look.files, directories=look.dirs)
+        writers = holders(look.files, look.dirs, writers_of)
         if writers:
             held[look.path] = writers
     return held
 
 
 def describe_writers(writers: Sequence[Writer]) -> str:
-    return ", ".join(f"pid {w.pid} ({printable(w.command)})" for w in writers[:3])
+    """`pid N (command)`, as the move says it; a holder the kernel reports and /proc does not show has no pid."""
+    return ", ".join(f"pid {w.pid} ({printable(w.command)})" if w.pid else "a process" for w in writers[:3])
 
 
 def too_young(looks: Sequence[Look], *, min_age: float, now: float | None = None) -> dict[Path, str]:
