@@ -34,6 +34,9 @@ class LazyCommand(NamedTuple):
 # Every command of `amgmt`. A module that registers several commands appears once per command.
 COMMANDS: Mapping[str, LazyCommand] = {
     "upload": LazyCommand("amgmt.cli.upload", "Pack, upload, verify and move entries of the local dir."),
+    "watch": LazyCommand(
+        "amgmt.cli.watch_cmd", "Upload each entry of the local dir once it has settled, until stopped."
+    ),
     "history": LazyCommand(
         "amgmt.cli.history",
         "Past operations, newest first: what was uploaded, where, when, how big, whether it verified.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import asyncclick as click
@@ -20,6 +21,7 @@ from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
 from amgmt.local.entries import EntryFilter, FilterRule, list_entries, plan, resolve_names
+from amgmt.local.settling import look_at_all, too_young
 from amgmt.naming import display
 from amgmt.progress import SilentReporter
 from amgmt.text import counted, human_size, printable
@@ -62,6 +64,12 @@ FILTER_HELP = (
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out the entries whose name matches.")
 @click.option("--include", multiple=True, metavar="PATTERN", help="Take the entries whose name matches.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing object that holds other content.")
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Leave out entries changed less than SECONDS ago or open for writing (still arriving).",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
@@ -73,6 +81,7 @@ async def upload(
     exclude: tuple[str, ...],
     include: tuple[str, ...],
     overwrite: bool,
+    min_age: float | None,
     dry_run: bool,
     as_json: bool,
     progress: bool | None,
@@ -97,6 +106,8 @@ async def upload(
         entries, ignored = resolve_names(settings, list(names)), []
     rules = _filter_rules(click.get_current_context(), exclude, include)
     entries, excluded = EntryFilter.build(settings.exclude, rules).select(settings, entries)
+    if min_age is not None:
+        entries, ignored = _old_enough(entries, ignored, min_age)
     if dry_run:
         _print_plan(settings, entries, ignored=ignored, excluded=excluded, as_json=as_json)
         return
@@ -106,6 +117,7 @@ async def upload(
         "names": [display(n) for n in names],
         "concurrency": settings.concurrency,
         "overwrite": overwrite,
+        "min_age": min_age,
         "storage_class": settings.storage_class,
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
@@ -156,6 +168,14 @@ def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], exclud
     for note in excluded:
         say(f"excluded: {printable(note)}")
     say(f"{counted(len(planned), 'entry')}, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
+
+
+def _old_enough(entries: list[Path], ignored: list[str], min_age: float) -> tuple[list[Path], list[str]]:
+    """--min-age: the entries that have not changed for `min_age` seconds and are not open for writing; the others
+    join the ignored notes, with why."""
+    young = too_young(look_at_all(entries), min_age=min_age)
+    kept = [entry for entry in entries if entry not in young]
+    return kept, ignored + [f"{display(path.name)}: {reason}" for path, reason in young.items()]
 
 
 def register(group: click.Group) -> None:

@@ -48,6 +48,7 @@ class Settings:
     addressing_style: str  # resolved: "path" | "virtual" | "auto"
     read_timeout: float  # seconds without a byte from the server before a request is given up (and retried)
     connect_timeout: float  # seconds to open a connection to the endpoint
+    settle_seconds: float  # `amgmt watch`: how long an entry must stay unchanged before it is taken
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
     warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them

@@ -232,6 +232,7 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "addressing_style": _choice(ADDRESSING_STYLES),
     "read_timeout": _positive_seconds,
     "connect_timeout": _positive_seconds,
+    "settle_seconds": _positive_seconds,
 }
 DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -254,6 +255,7 @@ DEFAULTS: dict[str, object] = {
     "addressing_style": "auto",
     "read_timeout": 60.0,
     "connect_timeout": 10.0,
+    "settle_seconds": 30.0,
 }
 
 

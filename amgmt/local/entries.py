@@ -37,7 +37,7 @@ def list_entries(settings: Settings) -> tuple[list[Path], list[str]]:
         raise ConfigError(f"cannot list the local dir {display(settings.local_dir)}: {exc.strerror}") from exc
     for item in items:
         path = Path(item.path)
-        if path in reserved or item.name.startswith(".") or item.name.endswith(PARTIAL_SUFFIX):
+        if _left_out(path, reserved):
             continue
         try:
             mode = item.stat(follow_symlinks=False).st_mode
@@ -50,6 +50,23 @@ def list_entries(settings: Settings) -> tuple[list[Path], list[str]]:
         else:
             ignored.append(f"{display(item.name)}: not a regular file or directory")
     return entries, ignored
+
+
+def _left_out(path: Path, reserved: set[Path]) -> bool:
+    return path in reserved or path.name.startswith(".") or path.name.endswith(PARTIAL_SUFFIX)
+
+
+def top_level_entry(settings: Settings, path: Path) -> Path | None:
+    """The entry of the local dir that `path` lies in (or is), if `upload all` would list one by that name: None for
+    amgmt's own dirs, hidden names, partial archives and paths outside the local dir. Judged by the name alone."""
+    try:
+        relative = path.relative_to(settings.local_dir)
+    except ValueError:
+        return None
+    if not relative.parts:
+        return None
+    top = settings.local_dir / relative.parts[0]
+    return None if _left_out(top, _reserved(settings)) else top
 
 
 def resolve_names(settings: Settings, names: list[str]) -> list[Path]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from amgmt.config import Settings
 from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, UploadError
 from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
 from amgmt.local.runlock import RunLock
-from amgmt.models import OperationRecord, OperationStatus
+from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
@@ -161,6 +163,119 @@ async def upload_batch(
 
 
 @dataclass
+class OpenRun:
+    """A run that may take entries: the local dir's lock held, S3 connected and the bucket checked, the store open,
+    and what a dead run left repaired. `upload_batch` feeds it a list; `amgmt watch` feeds it for as long as it runs.
+    """
+
+    settings: Settings
+    s3: S3Bucket
+    store: MetadataStore
+    recovery: Cleanup
+    compress: Compressor
+
+    def pipeline_context(
+        self,
+        *,
+        keys: KnownKeys,
+        reporter: Reporter,
+        overwrite: bool,
+        command_args: dict[str, Any],
+    ) -> PipelineContext:
+        """What every entry of this run shares: the byte budget, the compression limiter, the claimed keys."""
+        settings = self.settings
+        return PipelineContext(
+            keys=keys,
+            settings=settings,
+            store=self.store,
+            s3=self.s3,
+            budget=ByteBudget(settings.parts_in_flight * settings.part_size),
+            compress=self.compress,
+            reporter=reporter,
+            overwrite=overwrite,
+            command_args=command_args,
+        )
+
+
+@asynccontextmanager
+async def open_run(
+    settings: Settings,
+    entries: list[Path],
+    *,
+    workers: int,
+    compressor: Compressor | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> AsyncIterator[OpenRun]:
+    """Lock the local dir (BusyError when another run holds it), connect, check the bucket, create the private
+    dirs, open the store, repair what a dead run left (`entries`: the keys whose unjournaled multipart uploads
+    are aborted) and start the compression pool (unless a `compressor` is given), in that order; all of it is held
+    until the block ends."""
+    options = ClientOptions.from_settings(settings, max_connections=settings.parts_in_flight + 2 * workers + 4)
+    if credentials is not None:
+        options = replace(options, local_credentials=credentials)
+    with RunLock(settings.local_dir):
+        async with S3Bucket.connect(options) as s3:
+            await s3.check_bucket()  # before anything is created on disk
+            _private_dir(settings.db_path.parent)
+            _private_dir(settings.staging_dir)
+            async with MetadataStore(settings.db_path) as store:
+                try:
+                    recovery = await recover_interrupted(settings, store, s3, entries)
+                except UploadError as exc:  # before any entry: nothing else could do better
+                    raise StorageError(f"the endpoint does not answer like S3: {exc}") from exc
+                if compressor is not None:
+                    yield OpenRun(settings, s3, store, recovery, compressor)
+                else:
+                    async with CompressionPool(anyio.CapacityLimiter(os.cpu_count() or 1)) as pool:
+                        yield OpenRun(settings, s3, store, recovery, pool)
+
+
+async def run_entries(
+    ctx: PipelineContext,
+    entries: MemoryObjectReceiveStream[PlannedEntry],
+    *,
+    workers: int,
+    finished: Callable[[PlannedEntry, UploadRecord], None],
+    taking: Callable[[], bool] | None = None,
+) -> AmgmtError | None:
+    """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
+    through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
+    `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
+    workers (their entries are recorded cancelled) and is returned."""
+    stopped: list[AmgmtError] = []
+
+    async def worker(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
+        async with queue:
+            async for entry in queue:
+                if taking is not None and not taking():
+                    continue
+                pipeline = EntryPipeline(ctx, entry)
+                try:
+                    await pipeline.run()
+                except AmgmtError as exc:  # run-wide: stop every worker, one clear message
+                    stopped.append(exc)
+                    scope.cancel()
+                    return
+                finally:
+                    rec = pipeline.record
+                    finished(entry, rec)
+                    log.info(
+                        "entry %s: %s %s -> %s%s",
+                        rec.operation_id,
+                        rec.status,
+                        rec.target_name,
+                        rec.s3_object_key,
+                        f" ({rec.error_message})" if rec.error_message else "",
+                    )
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker, entries.clone(), tg.cancel_scope)
+        entries.close()
+    return stopped[0] if stopped else None
+
+
+@dataclass
 class _BatchRun:
     settings: Settings
     entries: list[Path]
@@ -187,32 +302,21 @@ class _BatchRun:
             settings.object_prefix,
             self.concurrency,
         )
-        options = ClientOptions.from_settings(
-            settings, max_connections=settings.parts_in_flight + 2 * self.concurrency + 4
-        )
-        if self.credentials is not None:
-            options = replace(options, local_credentials=self.credentials)
         try:
-            with RunLock(settings.local_dir):
-                async with S3Bucket.connect(options) as s3:
-                    await s3.check_bucket()  # before anything is created on disk
-                    _private_dir(settings.db_path.parent)
-                    _private_dir(settings.staging_dir)
-                    async with MetadataStore(settings.db_path) as store:
-                        try:
-                            report.recovery = await recover_interrupted(settings, store, s3, self.entries)
-                        except UploadError as exc:  # before any entry: nothing else could do better
-                            raise StorageError(f"the endpoint does not answer like S3: {exc}") from exc
-                        if report.recovery.finished_moves:
-                            # Recovery finished these entries' interrupted moves: nothing is left to do for them.
-                            done = set(report.recovery.finished_moves)
-                            self.entries = [e for e in self.entries if display(e) not in done]
-                            report.planned = len(self.entries)
-                        if self.compressor is not None:
-                            await self._run_workers(s3, store, self.compressor)
-                        else:
-                            async with CompressionPool(anyio.CapacityLimiter(os.cpu_count() or 1)) as pool:
-                                await self._run_workers(s3, store, pool)
+            async with open_run(
+                settings,
+                self.entries,
+                workers=self.concurrency,
+                compressor=self.compressor,
+                credentials=self.credentials,
+            ) as run:
+                report.recovery = run.recovery
+                if run.recovery.finished_moves:
+                    # Recovery finished these entries' interrupted moves: nothing is left to do for them.
+                    done = set(run.recovery.finished_moves)
+                    self.entries = [e for e in self.entries if display(e) not in done]
+                    report.planned = len(self.entries)
+                await self._run_workers(run)
         except AmgmtError as exc:
             if report.aborted is None and not report.finished:
                 log.error("batch stopped: %s", exc)
@@ -246,15 +350,10 @@ class _BatchRun:
             log.info("listing s3://%s/%s failed, checking each key with HEAD: %s", s3.bucket, prefix, exc)
             return KnownKeys(None)
 
-    async def _run_workers(self, s3: S3Bucket, store: MetadataStore, compress: Compressor) -> None:
+    async def _run_workers(self, run: OpenRun) -> None:
         settings, report = self.settings, self.report
-        ctx = PipelineContext(
-            keys=await self._known_keys(s3),
-            settings=settings,
-            store=store,
-            s3=s3,
-            budget=ByteBudget(settings.parts_in_flight * settings.part_size),
-            compress=compress,
+        ctx = run.pipeline_context(
+            keys=await self._known_keys(run.s3),
             reporter=self.reporter,
             overwrite=self.overwrite,
             command_args=self.command_args,
@@ -263,36 +362,21 @@ class _BatchRun:
         self.reporter.add_work(len(planned), sum(p.size for p in planned))
         send, receive = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=self.concurrency)
 
-        async def worker(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
-            async with queue:
-                async for entry in queue:
-                    pipeline = EntryPipeline(ctx, entry)
+        async def produce() -> None:
+            async with send:
+                for entry in planned:
                     try:
-                        await pipeline.run()
-                    except AmgmtError as exc:  # run-wide: stop every worker, one clear message
-                        report.aborted, report.aborted_exit = str(exc), exc.exit_code
-                        scope.cancel()
+                        await send.send(entry)
+                    except anyio.BrokenResourceError:  # the workers stopped on a run-wide error
                         return
-                    finally:
-                        report.add(pipeline.record)
-                        rec = pipeline.record
-                        log.info(
-                            "entry %s: %s %s -> %s%s",
-                            rec.operation_id,
-                            rec.status,
-                            rec.target_name,
-                            rec.s3_object_key,
-                            f" ({rec.error_message})" if rec.error_message else "",
-                        )
 
         async with anyio.create_task_group() as outer:
             if self.stop is not None:
                 outer.start_soon(_stop_when, self.stop, outer.cancel_scope, report)
-            async with anyio.create_task_group() as tg:
-                for _ in range(self.concurrency):
-                    tg.start_soon(worker, receive.clone(), tg.cancel_scope)
-                receive.close()
-                async with send:
-                    for entry in planned:
-                        await send.send(entry)
+            outer.start_soon(produce)
+            error = await run_entries(
+                ctx, receive, workers=self.concurrency, finished=lambda _, record: report.add(record)
+            )
+            if error is not None:
+                report.aborted, report.aborted_exit = str(error), error.exit_code
             outer.cancel_scope.cancel()  # the workers are done: stop waiting for a stop

@@ -41,6 +41,13 @@ def claim_key(claimed: dict[str, str], record: UploadRecord) -> None:
         )
 
 
+def release_key(claimed: dict[str, str], record: UploadRecord) -> None:
+    """The entry ended: its key is free for a later entry of a long run (`amgmt watch`: a new `clip.mp4` dropped
+    after the first one was uploaded and moved meets that object as existing, as a run of its own would)."""
+    if claimed.get(record.s3_object_key) == record.target_path:
+        del claimed[record.s3_object_key]
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What to do about an object already at the key: `reuse` it (this very archive, nothing to send), or send and
