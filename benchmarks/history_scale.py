@@ -115,6 +115,8 @@ COMMANDS: tuple[tuple[str, list[str]], ...] = (
     ("history (newest 20)", ["history"]),
     ("history --status failed", ["history", "--status", "failed"]),
     ("history --type delete", ["history", "--type", "delete"]),
+    ("history --status cancelled (a status no row has)", ["history", "--status", "cancelled"]),
+    ("history --type restore (a type no row has)", ["history", "--type", "restore"]),
     ("history --since (last week)", ["history", "--since", "2026-12-24"]),
     ("history --target (substring: reads rows until 20 match)", ["history", "--target", "C999"]),
     ("history --target (no match: reads every row)", ["history", "--target", "no-such-name"]),

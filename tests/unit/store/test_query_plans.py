@@ -90,3 +90,20 @@ async def test_a_name_search_reads_every_row_by_design(traced: tuple[MetadataSto
     await store.list_operations(target="clip0")
     [(sql, plan)] = [(sql, plan) for sql, plan in plans(store.path, statements).items() if "operations WHERE" in sql]
     assert any(FULL_SCAN.search(line) for line in plan), plan
+
+
+NAMES = ["Straße.mov", "STRASSE.MOV", "a_b.mov", "a%b.mov", "axb.mov", "café.jpg", "CAFÉ.JPG", "Cafe\u0301.jpg",
+         "tab\tname", "plain.MP4", "K-kelvin\u212a.x", "back\\slash"]
+
+
+@pytest.mark.parametrize("needle", ["strasse", "ß", "a_b", "a%b", "CAFÉ", "café", "MP4", "\t", "kelvink", "k",
+                                    "\\s", "nothing"])
+async def test_a_name_search_matches_what_python_folding_matches(tmp_path: Path, needle: str) -> None:
+    """The search reads ASCII values with SQLite's LIKE and only the others through Python's fold: the same
+    answers as folding every value (NFC + casefold: ß is ss, a Kelvin sign is k, a combining accent composes)."""
+    async with MetadataStore(tmp_path / "operations.db") as store:
+        for i, name in enumerate(NAMES):
+            await store.save_operation(make_upload(minutes=i, name=name))
+        found = {r.target_name for r in await store.list_operations(target=needle, limit=None)}
+    wanted = {n for n in NAMES if (fold(needle) or "") in (fold(n) or "") or (fold(needle) or "") in fold(f"/media/in/{n}")}
+    assert found == wanted
