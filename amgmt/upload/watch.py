@@ -28,6 +28,7 @@ from amgmt.local.settling import describe_writers, held_open, look_at, look_at_a
 from amgmt.models import OperationStatus, UploadRecord, utcnow
 from amgmt.naming import display
 from amgmt.progress import SilentReporter
+from amgmt.text import iso_utc
 from amgmt.upload.batch import open_run, run_entries
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import KnownKeys, release_key
@@ -251,7 +252,7 @@ class Watch:
             self.failures += 1
         if record.error_message and status not in (OperationStatus.SKIPPED, OperationStatus.CANCELLED):
             self.last_errors.append(
-                {"at": utcnow().isoformat(), "target_name": record.target_name, "error": record.error_message}
+                {"at": iso_utc(utcnow()), "target_name": record.target_name, "error": record.error_message}
             )
         self._wake.set()
         settled_at = outcome.entry.settled_at
@@ -364,8 +365,8 @@ class Watch:
             "state": self._state,
             "local_dir": display(settings.local_dir),
             "destination": f"s3://{settings.bucket}/{settings.object_prefix}",
-            "started_at": self.started_at.isoformat(),
-            "updated_at": utcnow().isoformat(),
+            "started_at": iso_utc(self.started_at),
+            "updated_at": iso_utc(utcnow()),
             "settle": self.options.settle,
             "rescan": self.options.rescan,
             "mode": "once" if self.options.once else self._events_mode,

@@ -90,7 +90,7 @@ def test_upload_all_min_age_leaves_young_and_open_entries(amgmt: Amgmt, local_di
 
     assert result.code == 0, str(result)
     assert keys() == ["old.mov.tar.gz"]
-    assert "1 entries in" in result.stdout
+    assert "1 entry in" in result.stdout
     assert f"ignored: open.mov: open for writing by pid {holder.pid}" in result.stdout, result.stdout
     assert "ignored: young.mov: changed " in result.stdout and f"younger than {SETTLE:g} s" in result.stdout
     assert (local_dir / "young.mov").exists() and (local_dir / "open.mov").exists()
