@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from amgmt.checksums import StoredChecksum
 from amgmt.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ class ClientOptions:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
-    checksum_mode: str = "when_supported"  # or "when_required"
+    checksum_algorithm: str = "auto"  # see Settings.checksum_algorithm; probed once per connection (probe.py)
+    probe_prefix: str = ""  # where the checksum probe may write its short-lived objects (the run's key prefix)
     payload_signing: bool = False  # see Settings.payload_signing
     addressing_style: str = "auto"
     max_connections: int = 32
@@ -58,7 +60,8 @@ class ClientOptions:
             endpoint_url=settings.endpoint_url,
             region=settings.region,
             profile=settings.profile,
-            checksum_mode=settings.checksum_mode,
+            checksum_algorithm=settings.checksum_algorithm,
+            probe_prefix=settings.object_prefix,
             payload_signing=settings.payload_signing,
             addressing_style=settings.addressing_style,
             max_connections=max_connections,
@@ -75,6 +78,8 @@ class ObjectInfo:
     storage_class: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     last_modified: datetime | None = None
+    checksum: StoredChecksum | None = None  # the flexible checksum the object holds, when HEAD asked for it
+    encryption: str | None = None  # x-amz-server-side-encryption: "AES256", "aws:kms" (its ETag is then no MD5)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class PartDone:
     size: int
     md5: str
     etag: str
-    checksum: str | None = None  # the part's CRC32 when the endpoint takes checksums
+    checksum: str | None = None  # the part's flexible checksum (header value) when the upload sends one
 
 
 class MultipartJournal(Protocol):
@@ -146,3 +151,4 @@ class UploadResult:
     multipart: bool
     part_count: int
     upload_id: str | None
+    checksum: StoredChecksum | None = None  # the whole object's flexible checksum as computed here and sent
