@@ -142,7 +142,7 @@ class S3Bucket(BucketListings):
             async with self._checksums_lock:
                 if self._checksums is None:
                     options = self.options
-                    self._checksums = await probe_checksums(self, options.checksum_algorithm, options.probe_prefix)
+                    self._checksums = await probe_checksums(self, options.checksum_algorithm, options.probe_key_base)
         return self._checksums
 
     async def direct(self) -> DirectRequests | None:

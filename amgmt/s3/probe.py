@@ -9,6 +9,7 @@ happens. Must not retry (S3Bucket.request does) nor decide anything about entrie
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -49,15 +50,19 @@ class ChecksumSupport:
 MD5_ONLY = ChecksumSupport(None, note="MGMT_CHECKSUM_ALGORITHM=md5")
 
 
-async def probe_checksums(s3: S3Bucket, requested: str, prefix: str) -> ChecksumSupport:
+async def probe_checksums(s3: S3Bucket, requested: str, key_base: str) -> ChecksumSupport:
     """What `requested` ("auto" or an algorithm) gives on this endpoint. "auto" tries CRC64NVME (the fastest) and
     settles for Content-MD5 where the endpoint keeps no checksum that proves anything; an algorithm named
-    explicitly that the endpoint cannot prove at all stops the run (StorageError, naming the setting)."""
+    explicitly that the endpoint cannot prove at all stops the run (StorageError, naming the setting).
+
+    The probe writes under `key_base` (ClientOptions.probe_key_base), after removing what an earlier probe with
+    the same base left: only a run killed during its probe leaves anything, and the run lock of the local dir the
+    base is named for keeps those runs to one at a time."""
     if requested == checksums.MD5:
         return MD5_ONLY
     algorithm = checksums.CRC64NVME if requested == "auto" else requested
-    base = f"{prefix}/" if prefix else ""
-    key = f"{base}.amgmt-probe-{secrets.token_hex(8)}"
+    await _remove_leftovers(s3, key_base)
+    key = f"{key_base}{secrets.token_hex(8)}"
     try:
         single = await _probe_single_put(s3, key, algorithm)
         multipart = await _probe_multipart(s3, key, algorithm)
@@ -187,6 +192,21 @@ async def _stored(s3: S3Bucket, key: str, algorithm: str) -> checksums.StoredChe
         "probe HEAD", key, lambda: s3.client.head_object(Bucket=s3.bucket, Key=key, ChecksumMode="ENABLED")
     )
     return checksums.from_response(resp, algorithm)
+
+
+async def _remove_leftovers(s3: S3Bucket, key_base: str) -> None:
+    """Objects and open uploads of earlier probes with this base (one listing page each: a killed probe leaves at
+    most one of each); quietly, as without the permission to list them none can be found."""
+    try:
+        keys = await s3.list_keys(key_base, max_pages=1) or frozenset()
+        uploads = await s3.list_multipart_uploads(key_base)
+    except AmgmtError as exc:
+        log.debug("checksum probe leftovers not listed: %s", exc)
+        return
+    for left in sorted(keys):
+        await _quietly(functools.partial(s3.delete_object, left))
+    for upload in uploads:
+        await _quietly(functools.partial(s3.abort_multipart, upload["key"], upload["upload_id"]))
 
 
 async def _quietly(call: Callable[[], Awaitable[Any]]) -> None:

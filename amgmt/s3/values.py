@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from amgmt.checksums import StoredChecksum
@@ -42,7 +45,9 @@ class ClientOptions:
     region: str | None = None
     profile: str | None = None
     checksum_algorithm: str = "auto"  # see Settings.checksum_algorithm; probed once per connection (probe.py)
-    probe_prefix: str = ""  # where the checksum probe may write its short-lived objects (the run's key prefix)
+    # The start of the checksum probe's short-lived keys: under the run's key prefix, named for the local dir, whose
+    # run lock makes every earlier one a leftover of a run that was killed (probe.py removes them).
+    probe_key_base: str = ".amgmt-probe-"
     payload_signing: bool = False  # see Settings.payload_signing
     addressing_style: str = "auto"
     max_connections: int = 32
@@ -61,13 +66,19 @@ class ClientOptions:
             region=settings.region,
             profile=settings.profile,
             checksum_algorithm=settings.checksum_algorithm,
-            probe_prefix=settings.object_prefix,
+            probe_key_base=probe_key_base(settings.object_prefix, settings.local_dir),
             payload_signing=settings.payload_signing,
             addressing_style=settings.addressing_style,
             max_connections=max_connections,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
+
+
+def probe_key_base(prefix: str, local_dir: Path) -> str:
+    """`PREFIX/.amgmt-probe-<16 hex digits of SHA-1 of the local dir>-`: a run's probe keys (see ClientOptions)."""
+    base = f"{prefix}/" if prefix else ""
+    return f"{base}.amgmt-probe-{hashlib.sha1(os.fsencode(local_dir)).hexdigest()[:16]}-"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.local.entries import list_entries
 from amgmt.models import OperationStatus
 from amgmt.parts import MiB
+from amgmt.s3.values import probe_key_base
 from amgmt.store import MetadataStore
 from amgmt.upload.batch import upload_batch
 from amgmt.upload.compressor import CompressionPool, Compressor
@@ -203,3 +204,24 @@ async def test_an_interrupted_upload_resumes_with_its_checksums(
     assert record.verification_method == "crc64nvme"
     data = s3_client.get_object(Bucket=bucket, Key=record.s3_object_key)["Body"].read()
     assert record.checksum_s3 == f"crc64nvme:{crc64nvme(data)}"
+
+
+async def test_what_a_killed_runs_probe_left_is_removed_by_the_next_run(
+    make_settings, make_media, s3_client: Any, bucket: str
+) -> None:
+    # A run killed during its probe leaves a probe object or upload; the probe keys carry the local dir's hash,
+    # whose run lock makes any earlier one a leftover. Another local dir's probe keys are not touched.
+    make_media({"clip.mp4": 30_000})
+    settings = make_settings(object_prefix="media")
+    base = probe_key_base(settings.object_prefix, settings.local_dir)
+    other = probe_key_base(settings.object_prefix, settings.local_dir.parent / "elsewhere")
+    assert base.startswith("media/.amgmt-probe-") and base != other
+    s3_client.put_object(Bucket=bucket, Key=f"{base}0123456789abcdef", Body=b"left by a killed run")
+    s3_client.create_multipart_upload(Bucket=bucket, Key=f"{base}fedcba9876543210")
+    s3_client.put_object(Bucket=bucket, Key=f"{other}0123456789abcdef", Body=b"another local dir's, running")
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.counts() == {"success": 1}, report.to_dict()["failures"]
+    assert keys(s3_client, bucket) == sorted([f"{other}0123456789abcdef", "media/clip.mp4.tar.gz"])
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
