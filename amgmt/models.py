@@ -176,6 +176,7 @@ class UploadRecord(OperationRecord):
     checksum_original: str | None = None  # SHA-256 of the source (directory: of its sorted manifest)
     checksum_compressed: str | None = None  # SHA-256 of the tar.gz
     checksum_s3_etag: str | None = None
+    checksum_s3: str | None = None  # (amgmt) the object's flexible checksum from HEAD: "crc64nvme:BASE64", ...
     completed_dir_path: str | None = None
     compressed_file_path: str | None = None
     source_file_record: FileRecord | None = None
@@ -184,7 +185,8 @@ class UploadRecord(OperationRecord):
     completed_file_record: FileRecord | None = None
     # (amgmt) where the entry got to, and how the object was proven intact
     stage: str = Stage.VALIDATE
-    verification_method: str | None = None  # "etag" or "sha256-readback"
+    # "crc64nvme" | "crc32c" | "sha256" (the stored checksum), "etag" or "sha256-readback"
+    verification_method: str | None = None
     part_size: int | None = None
     part_count: int | None = None
 

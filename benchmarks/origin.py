@@ -119,8 +119,10 @@ def boto3_client(session: BenchmarkSession) -> Any:
         endpoint_url=session.target.endpoint_url,
         region_name=probe.region or boto_session.region_name or LOCAL_REGION,
         config=Config(
-            request_checksum_calculation=probe.checksum_mode,
-            response_checksum_validation=probe.checksum_mode,
+            # botocore's defaults on AWS, none it computes itself on other endpoints (as before MGMT_CHECKSUM_MODE
+            # gave way to amgmt's own MGMT_CHECKSUM_ALGORITHM)
+            request_checksum_calculation="when_supported" if session.target.endpoint_url is None else "when_required",
+            response_checksum_validation="when_supported" if session.target.endpoint_url is None else "when_required",
             s3={"addressing_style": probe.addressing_style},
         ),
     )

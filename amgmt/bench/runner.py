@@ -366,7 +366,7 @@ class BenchmarkSession:
             "parts_in_flight": probe.parts_in_flight,
             "multipart_threshold": probe.multipart_threshold,
             "compression_level": probe.compression_level,
-            "checksum_mode": probe.checksum_mode,
+            "checksum_algorithm": probe.checksum_algorithm,
             "addressing_style": probe.addressing_style,
             "storage_class": probe.storage_class,
             "warmup": self.config.warmup,

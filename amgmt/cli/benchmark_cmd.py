@@ -125,7 +125,7 @@ def render_table(report: BenchmarkReport) -> str:
     lines.append(f"data set: {report.dataset.describe()}; {repeats}")
     lines.append(
         f"target: {report.target.describe()}; compression level {report.settings['compression_level']}, "
-        f"checksums {report.settings['checksum_mode']}"
+        f"checksums {report.settings.get('checksum_algorithm', '-')}"
     )
     cpus = report.machine.get("usable_cpus")
     lines.append(

@@ -297,7 +297,7 @@ async def create_local_bucket(endpoint_url: str, bucket: str) -> None:
         bucket=bucket,
         endpoint_url=endpoint_url,
         region=LOCAL_REGION,
-        checksum_mode="when_required",
+        checksum_algorithm="md5",  # creates a bucket only: nothing to probe
         addressing_style="path",
         max_connections=2,
         local_credentials=LOCAL_KEYS,

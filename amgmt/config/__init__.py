@@ -15,7 +15,7 @@ from amgmt.config.locations import LAYOUT_RULES, Layout, layout_problem
 from amgmt.config.settings import ENV_PREFIX, SETTING_NAMES, Settings, env_key
 from amgmt.config.values import (
     ADDRESSING_STYLES,
-    CHECKSUM_MODES,
+    CHECKSUM_ALGORITHMS,
     DUPLICATE_MODES,
     STORAGE_CLASSES,
     format_size,
@@ -24,7 +24,7 @@ from amgmt.config.values import (
 
 __all__ = [
     "ADDRESSING_STYLES",
-    "CHECKSUM_MODES",
+    "CHECKSUM_ALGORITHMS",
     "DUPLICATE_MODES",
     "ENV_PREFIX",
     "LAYOUT_RULES",

@@ -188,10 +188,9 @@ def _file_problem(path: Path) -> str | None:
 
 
 def _resolve_auto(values: dict[str, Any]) -> None:
-    """`auto` checksum mode and addressing style made concrete for the endpoint."""
-    # S3-compatible stores reject botocore's default CRC checksums and often virtual-hosted addressing.
+    """`auto` addressing style made concrete for the endpoint (`auto` checksums are probed on the endpoint itself:
+    amgmt.s3.probe)."""
+    # S3-compatible stores often lack virtual-hosted addressing (DNS for bucket.host).
     custom_endpoint = values["endpoint_url"] is not None
-    if values["checksum_mode"] == "auto":
-        values["checksum_mode"] = "when_required" if custom_endpoint else "when_supported"
     if values["addressing_style"] == "auto" and custom_endpoint:
         values["addressing_style"] = "path"

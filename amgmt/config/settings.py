@@ -40,7 +40,7 @@ class Settings:
     part_size: int
     multipart_threshold: int
     parts_in_flight: int
-    checksum_mode: str  # resolved: "when_supported" | "when_required"
+    checksum_algorithm: str  # "auto" | "crc64nvme" | "crc32c" | "sha256" | "md5" (amgmt.checksums)
     payload_signing: bool  # SigV4 SHA-256 of every request body; off: UNSIGNED-PAYLOAD (Content-MD5 still checks data)
     compression_level: int
     profile: str | None

@@ -14,7 +14,8 @@ from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
 from amgmt.text import printable
 
 DUPLICATE_MODES = ("timestamp", "subdirectory", "error")
-CHECKSUM_MODES = ("auto", "when_supported", "when_required")
+# auto: the fastest flexible checksum the endpoint proves to keep (probed once per run), else md5. See amgmt.checksums.
+CHECKSUM_ALGORITHMS = ("auto", "crc64nvme", "crc32c", "sha256", "md5")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 STORAGE_CLASSES = (
     "STANDARD",
@@ -224,7 +225,7 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "part_size": _size(MIN_PART_SIZE, MAX_PART_SIZE),
     "multipart_threshold": _size(0, None),
     "parts_in_flight": _integer(1, 1024),
-    "checksum_mode": _choice(CHECKSUM_MODES),
+    "checksum_algorithm": _choice(CHECKSUM_ALGORITHMS),
     "payload_signing": _parse_bool,
     "compression_level": _integer(1, 3),
     "profile": _parse_name,
@@ -247,7 +248,7 @@ DEFAULTS: dict[str, object] = {
     "part_size": 8 * MiB,
     "multipart_threshold": 8 * MiB,
     "parts_in_flight": 8,
-    "checksum_mode": "auto",
+    "checksum_algorithm": "auto",
     "payload_signing": False,
     "compression_level": 1,
     "profile": None,

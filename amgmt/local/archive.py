@@ -37,6 +37,8 @@ class ArchiveResult:
     archive_sha256: str  # hex SHA-256 of the whole .tar.gz
     part_size: int
     part_md5s: tuple[str, ...]  # hex MD5 of each consecutive part_size slice of the archive (last may be shorter)
+    part_crc64nvmes: tuple[str, ...]  # base64 CRC64NVME of the same slices (the x-amz-checksum-crc64nvme values)
+    archive_crc64nvme: str  # base64 CRC64NVME of the whole .tar.gz (S3's FULL_OBJECT checksum of the object)
     source_sha256: str  # regular file: SHA-256 of its bytes; directory: SHA-256 of its manifest
     source_size: int  # bytes of regular files read (a directory: the sum)
     file_count: int  # regular files archived
@@ -110,6 +112,8 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         archive_sha256=archive.sha256.hexdigest(),
         part_size=part_size,
         part_md5s=archive.part_md5s,
+        part_crc64nvmes=archive.part_crc64nvmes,
+        archive_crc64nvme=archive.crc64nvme,
         source_sha256=packed.source_sha256,
         source_size=packed.source_size,
         file_count=packed.file_count,

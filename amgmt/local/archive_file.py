@@ -1,5 +1,5 @@
-"""The staging archive file as it is written: its SHA-256 and part MD5s taken as the bytes pass, a partial name
-until it is complete, CompressionError for a full or failing staging dir.
+"""The staging archive file as it is written: its SHA-256, part MD5s and part CRC64NVMEs taken as the bytes pass, a
+partial name until it is complete, CompressionError for a full or failing staging dir.
 
 Runs in the compression worker processes (imports no anyio, S3 or store); reads nothing back.
 """
@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 
+from amgmt import checksums
 from amgmt.errors import CompressionError
 from amgmt.naming import PARTIAL_SUFFIX
 from amgmt.text import printable
@@ -21,8 +22,11 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class ArchiveFile:
-    """The staging archive of `entry` being written: hashes it and splits MD5s at part boundaries as bytes pass,
-    and writes it to ARCHIVE.partial, renamed into place by finish()."""
+    """The staging archive of `entry` being written: hashes it and splits MD5s and CRC64NVMEs at part boundaries
+    as bytes pass, and writes it to ARCHIVE.partial, renamed into place by finish().
+
+    The CRC64NVME of each part is what its upload sends for the server to check (x-amz-checksum-crc64nvme); the
+    whole archive's is combined from them (checksums.combine), so each byte goes through the CRC once."""
 
     def __init__(self, out: io.RawIOBase, part_size: int, archive_path: str, entry: str) -> None:
         self._file = out
@@ -34,6 +38,8 @@ class ArchiveFile:
         self._room = part_size  # bytes left in the current part
         self._md5 = hashlib.md5()
         self._md5s: list[str] = []
+        self._crc = checksums.RunningCrc(checksums.CRC64NVME)
+        self._crcs: list[str] = []
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -65,6 +71,7 @@ class ArchiveFile:
         n = len(data)
         if n <= self._room:  # the usual case: the chunk stays inside the current part
             self._md5.update(data)
+            self._crc.update(data)
             self._room -= n
         else:
             self._split(data)
@@ -90,9 +97,12 @@ class ArchiveFile:
             if self._room == 0:  # close a full part only when more bytes arrive: no empty trailing part
                 self._md5s.append(self._md5.hexdigest())
                 self._md5 = hashlib.md5()
+                self._crcs.append(self._crc.encoded)
+                self._crc = checksums.RunningCrc(checksums.CRC64NVME)
                 self._room = self._part_size
             take = min(self._room, end - pos)
             self._md5.update(view[pos : pos + take])
+            self._crc.update(view[pos : pos + take])
             self._room -= take
             pos += take
 
@@ -101,6 +111,20 @@ class ArchiveFile:
         if self._room < self._part_size or not self._md5s:
             return (*self._md5s, self._md5.hexdigest())
         return tuple(self._md5s)
+
+    @property
+    def part_crc64nvmes(self) -> tuple[str, ...]:
+        """The header value of each part's CRC64NVME (the same parts as part_md5s)."""
+        if self._room < self._part_size or not self._crcs:
+            return (*self._crcs, self._crc.encoded)
+        return tuple(self._crcs)
+
+    @property
+    def crc64nvme(self) -> str:
+        """The whole archive's CRC64NVME (header value), combined from its parts'."""
+        parts = self.part_crc64nvmes
+        sizes = [self._part_size] * (len(parts) - 1) + [self.size - self._part_size * (len(parts) - 1)]
+        return checksums.combine(checksums.CRC64NVME, parts, sizes)
 
     def finish(self) -> None:
         """Close the file and give it its final name."""

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aioboto3
+import anyio
 from aiobotocore.config import AioConfig
 
+from amgmt import checksums
 from amgmt.errors import ConfigError, ObjectExistsError, StorageError, UploadError, VerificationError
 from amgmt.parts import normalise_etag
 from amgmt.s3 import reservation
@@ -24,12 +26,14 @@ from amgmt.s3.errors import (
     NO_UPLOAD_CODES,
     NOT_FOUND_CODES,
     STORAGE_CLASS_CODES,
+    S3Failure,
     S3UploadError,
     answer_of,
     has_code,
     translate_errors,
 )
 from amgmt.s3.listing import BucketListings
+from amgmt.s3.probe import ChecksumSupport, probe_checksums
 from amgmt.s3.retry import RETRY_POLICY, RetryPolicy
 from amgmt.s3.values import (
     RESTORE_TIERS,
@@ -64,6 +68,8 @@ class S3Bucket(BucketListings):
         self.retry = retry if retry is not None else RETRY_POLICY
         self._direct = direct  # HEAD and single PUT without botocore's per-call cost, once proven to work
         self._conditional_put = True  # until the endpoint answers 501 to If-None-Match
+        self._checksums: ChecksumSupport | None = None  # probed at the first upload, then kept (probe.py)
+        self._checksums_lock = anyio.Lock()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -74,8 +80,10 @@ class S3Bucket(BucketListings):
             read_timeout=options.read_timeout,
             # One request per botocore call: amgmt's RetryPolicy is the only one (see retry.py for the bound).
             retries={"mode": "standard", "total_max_attempts": 1},
-            request_checksum_calculation=options.checksum_mode,
-            response_checksum_validation=options.checksum_mode,
+            # botocore computes no checksum of its own: amgmt sends those it computed while packing (probe.py says
+            # which the endpoint keeps), so no body is hashed again here, nor again on every retry.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
             # botocore hashes every body with SHA-256 for SigV4 over plain HTTP (0.4-0.6 CPU-s/GiB on the event loop
             # thread, measured); unsigned, as botocore does over HTTPS, the body is still checked by its Content-MD5.
             s3={"addressing_style": options.addressing_style, "payload_signing_enabled": options.payload_signing},
@@ -100,20 +108,42 @@ class S3Bucket(BucketListings):
                         await direct.close()
 
     async def request(
-        self, action: str, key: str | None, call: Callable[[], Awaitable[_T]], *, stats: UploadStats | None = None
+        self,
+        action: str,
+        key: str | None,
+        call: Callable[[], Awaitable[_T]],
+        *,
+        stats: UploadStats | None = None,
+        final_codes: frozenset[str] = frozenset(),
     ) -> _T:
         """One S3 request, its errors translated, sent again by the RetryPolicy while its failure is transient;
-        `stats.retries` counts the requests sent again."""
+        `stats.retries` counts the requests sent again. A failure with one of `final_codes` is not sent again: the
+        answer sought by a request made to be refused (the checksum probe's wrong values: BadDigest, otherwise
+        taken for a body corrupted in transit)."""
 
-        async def once() -> _T:
-            with translate_errors(action, bucket=self.bucket, key=key):
-                return await call()
+        async def attempt() -> _T:
+            try:
+                with translate_errors(action, bucket=self.bucket, key=key):
+                    return await call()
+            except S3Failure as exc:
+                if final_codes and has_code(exc, final_codes):
+                    exc.transient = False
+                raise
 
         def count() -> None:
             if stats is not None:
                 stats.retries += 1
 
-        return await self.retry.run(once, on_retry=count)
+        return await self.retry.run(attempt, on_retry=count)
+
+    async def checksum_support(self) -> ChecksumSupport:
+        """The flexible checksum uploads to this bucket send and verify by: probed once, at the first call."""
+        if self._checksums is None:
+            async with self._checksums_lock:
+                if self._checksums is None:
+                    options = self.options
+                    self._checksums = await probe_checksums(self, options.checksum_algorithm, options.probe_key_base)
+        return self._checksums
 
     async def direct(self) -> DirectRequests | None:
         """The direct transport when it has proven to work on this endpoint, else None (botocore does it)."""
@@ -143,13 +173,17 @@ class S3Bucket(BucketListings):
 
     # -- one object --------------------------------------------------------------------------------------------
 
-    async def head(self, key: str, *, stats: UploadStats | None = None) -> dict[str, Any] | None:
-        """The raw HEAD response (botocore's keys, whichever transport sent it); None when there is no such key."""
+    async def head(
+        self, key: str, *, stats: UploadStats | None = None, checksum_mode: bool = False
+    ) -> dict[str, Any] | None:
+        """The raw HEAD response (botocore's keys, whichever transport sent it); None when there is no such key.
+        `checksum_mode`: the object's flexible checksum too (x-amz-checksum-mode: ENABLED)."""
         direct = await self.direct()
+        mode = {"ChecksumMode": "ENABLED"} if checksum_mode else {}
         call = (
-            (lambda: direct.head(key))
+            (lambda: direct.head(key, checksum_mode=checksum_mode))
             if direct is not None
-            else (lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+            else (lambda: self.client.head_object(Bucket=self.bucket, Key=key, **mode))
         )
         try:
             return await self.request("HEAD", key, call, stats=stats)
@@ -158,14 +192,15 @@ class S3Bucket(BucketListings):
                 return None
             raise
 
-    async def head_object(self, key: str) -> ObjectInfo | None:
-        """The object's size, ETag, storage class and metadata; None when there is no such key."""
-        return await self.describe_object(key)
+    async def head_object(self, key: str, *, checksum: str | None = None) -> ObjectInfo | None:
+        """The object's size, ETag, storage class and metadata (and with `checksum`, its flexible checksum of that
+        algorithm); None when there is no such key."""
+        return await self.describe_object(key, checksum=checksum)
 
-    async def describe_object(self, key: str) -> ObjectHead | None:
+    async def describe_object(self, key: str, *, checksum: str | None = None) -> ObjectHead | None:
         """HEAD with what a download or a status needs (restore state, archive tier, content type); None when there
         is no such key."""
-        resp = await self.head(key)
+        resp = await self.head(key, checksum_mode=checksum is not None)
         if resp is None:
             return None
         return ObjectHead(
@@ -178,6 +213,8 @@ class S3Bucket(BucketListings):
             restore=parse_restore(resp.get("Restore")),
             archive_status=resp.get("ArchiveStatus"),
             content_type=resp.get("ContentType"),
+            checksum=checksums.from_response(resp, checksum) if checksum else None,
+            encryption=resp.get("ServerSideEncryption"),
         )
 
     async def first_part_size(self, key: str) -> tuple[int, int] | None:
@@ -278,15 +315,21 @@ class S3Bucket(BucketListings):
         storage_class: str | None,
         stats: UploadStats,
         if_absent: bool,
+        checksum: tuple[str, str] | None = None,
+        payload_sha256: str | None = None,
     ) -> Any:
         """The object in one PUT, retried; create-if-absent (If-None-Match: *) when asked, unless the endpoint has
-        answered 501 to that before (then a plain PUT, here and for the rest of the run)."""
+        answered 501 to that before (then a plain PUT, here and for the rest of the run). `checksum`: (algorithm,
+        header value) of a flexible checksum for the server to check; `payload_sha256`: the body's SHA-256 (hex)
+        when already known, for the payload signature (not computed again)."""
         direct = await self.direct()
+        if checksum is not None:
+            extra = {**extra, **checksums.request_fields(*checksum)}
 
         async def send(conditional: bool) -> Any:
             fields = {**extra, "IfNoneMatch": "*"} if conditional else dict(extra)
             if direct is not None:
-                call = lambda: direct.put(key, data, content_md5, fields)  # noqa: E731
+                call = lambda: direct.put(key, data, content_md5, fields, payload_sha256=payload_sha256)  # noqa: E731
             else:
                 call = lambda: self.client.put_object(  # noqa: E731
                     Bucket=self.bucket, Key=key, Body=data, ContentMD5=content_md5, **fields

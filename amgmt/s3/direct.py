@@ -9,13 +9,11 @@ calls were most of amgmt's CPU. A stand-alone comparison against radosgw (500 x 
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import hashlib
 import logging
 import time
 import urllib.request
-import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -24,6 +22,7 @@ import aiohttp
 import anyio
 import yarl
 
+from amgmt import checksums
 from amgmt.s3.bodies import off_loop
 from amgmt.s3.errors import answer_from_body, error_for, translate_errors
 from amgmt.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
@@ -34,17 +33,36 @@ log = logging.getLogger(__name__)
 _PROBE_KEY = "amgmt-probe"
 PROBE_ATTEMPTS = 3
 PROBE_BACKOFF = 0.25
-_EXTRA_HEADERS = {"ContentType": "content-type", "StorageClass": "x-amz-storage-class", "IfNoneMatch": "if-none-match"}
+_EXTRA_HEADERS = {
+    "ContentType": "content-type",
+    "StorageClass": "x-amz-storage-class",
+    "IfNoneMatch": "if-none-match",
+    "ChecksumAlgorithm": "x-amz-sdk-checksum-algorithm",
+    **{checksums.api_name(a): checksums.header(a) for a in checksums.FLEXIBLE},
+}
+# HEAD answer headers -> botocore's keys, for the object's flexible checksum and encryption
+_HEAD_HEADERS = {
+    "x-amz-checksum-type": "ChecksumType",
+    "x-amz-server-side-encryption": "ServerSideEncryption",
+    **{checksums.header(a): checksums.api_name(a) for a in checksums.FLEXIBLE},
+}
 
 
 class ObjectTransport(Protocol):
     """HEAD and single PUT of one object, answered as botocore's head_object/put_object answer (the same keys), a
     failure raised as amgmt's error (errors.error_for), once: the caller's RetryPolicy decides about another."""
 
-    async def head(self, key: str, *, action: str = "HEAD") -> dict[str, Any]: ...
+    async def head(self, key: str, *, action: str = "HEAD", checksum_mode: bool = False) -> dict[str, Any]: ...
 
     async def put(
-        self, key: str, body: bytearray, content_md5: str, extra: Mapping[str, Any], *, action: str = "PUT"
+        self,
+        key: str,
+        body: bytearray,
+        content_md5: str,
+        extra: Mapping[str, Any],
+        *,
+        action: str = "PUT",
+        payload_sha256: str | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -118,9 +136,10 @@ class DirectRequests:
         log.debug("direct S3 requests not used: HEAD bucket answered %d", status)
         return False
 
-    async def head(self, key: str, *, action: str = "HEAD") -> dict[str, Any]:
+    async def head(self, key: str, *, action: str = "HEAD", checksum_mode: bool = False) -> dict[str, Any]:
+        asked = {"x-amz-checksum-mode": "ENABLED"} if checksum_mode else {}
         with translate_errors(action, bucket=self._options.bucket, key=key):
-            status, headers, body = await self._send("HEAD", self._object_path(key), {})
+            status, headers, body = await self._send("HEAD", self._object_path(key), asked)
         if status != 200:
             raise error_for(action, answer_from_body(status, body), bucket=self._options.bucket, key=key)
         metadata = {
@@ -129,7 +148,9 @@ class DirectRequests:
             if name.lower().startswith("x-amz-meta-")
         }
         modified = headers.get("Last-Modified")
+        found = {api: headers[name] for name, api in _HEAD_HEADERS.items() if name in headers}
         return {
+            **found,
             "ContentLength": int(headers.get("Content-Length") or 0),
             "ETag": headers.get("ETag"),
             "StorageClass": headers.get("x-amz-storage-class"),
@@ -142,31 +163,35 @@ class DirectRequests:
         }
 
     async def put(
-        self, key: str, body: bytearray, content_md5: str, extra: Mapping[str, Any], *, action: str = "PUT"
+        self,
+        key: str,
+        body: bytearray,
+        content_md5: str,
+        extra: Mapping[str, Any],
+        *,
+        action: str = "PUT",
+        payload_sha256: str | None = None,
     ) -> dict[str, Any]:
+        """`extra` as botocore's put_object takes it (Metadata, ContentType, StorageClass, IfNoneMatch, a flexible
+        checksum); `payload_sha256`: the body's SHA-256 when the caller has it (the archive's, for a single PUT), so
+        that a signed payload is not hashed again, nor on every retry."""
         headers = {"content-md5": content_md5}
         for name, value in extra.items():
             if name == "Metadata":
                 headers.update({f"x-amz-meta-{k.lower()}": str(v) for k, v in value.items()})
             else:
                 headers[_EXTRA_HEADERS[name]] = str(value)
-        crc, payload = await off_loop(self._body_digests, body)
-        if crc is not None:  # what botocore adds to a PutObject in this mode
-            headers["x-amz-checksum-crc32"] = crc
-            headers["x-amz-sdk-checksum-algorithm"] = "CRC32"
+        if not self._options.payload_signing:
+            payload = UNSIGNED_PAYLOAD
+        elif payload_sha256 is not None:
+            payload = payload_sha256
+        else:
+            payload = await off_loop(_sha256_hex, body)
         with translate_errors(action, bucket=self._options.bucket, key=key):
             status, answer, text = await self._send("PUT", self._object_path(key), headers, body, payload=payload)
         if status != 200:
             raise error_for(action, answer_from_body(status, text), bucket=self._options.bucket, key=key)
         return {"ETag": answer.get("ETag"), "ResponseMetadata": {"HTTPStatusCode": status}}
-
-    def _body_digests(self, body: bytearray) -> tuple[str | None, str]:
-        """(CRC32 header value or None, SigV4 payload hash) of a body, as the settings ask for them."""
-        crc = None
-        if self._options.checksum_mode == "when_supported":
-            crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
-        payload = hashlib.sha256(body).hexdigest() if self._options.payload_signing else UNSIGNED_PAYLOAD
-        return crc, payload
 
     def _object_path(self, key: str) -> str:
         return encode_path(f"{self._bucket_path}/{key}")
@@ -202,3 +227,7 @@ def _proxied(scheme: str, host: str) -> bool:
     """Whether the environment sends requests for `scheme://host` through a proxy (HTTP_PROXY/HTTPS_PROXY, unless
     NO_PROXY names the host), as botocore reads it."""
     return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(host)
+
+
+def _sha256_hex(body: bytearray) -> str:
+    return hashlib.sha256(body).hexdigest()

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from amgmt import checksums
+from amgmt.checksums import StoredChecksum
 from amgmt.errors import UploadError, first_error
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
 from amgmt.s3 import bodies, reservation
@@ -47,6 +49,9 @@ async def upload_file(
     if_absent: bool = False,
     owner: str = "",
     takeover: str | None = None,
+    checksum: str | None = None,
+    part_checksums: Sequence[str] = (),
+    payload_sha256: str | None = None,
 ) -> UploadResult:
     """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
@@ -67,30 +72,42 @@ async def upload_file(
     reservation (else UploadError: somebody else wrote it, and it is not overwritten), and the complete is sent
     If-Match its ETag where the server honours that (AWS). A failed or cancelled upload removes its reservation
     again; one killed with SIGKILL leaves it for the next run to take over (or `amgmt cleanup` to remove).
+
+    With `checksum` (a flexible checksum algorithm, see amgmt.checksums), every PUT and part also carries that
+    checksum for the server to check, a multipart upload is created for it (CRCs: FULL_OBJECT, SHA-256: COMPOSITE)
+    and completed with the whole object's value, which the result holds for verification. `part_checksums` are
+    the parts' values when already computed (the CRC64NVMEs of the packing pass); otherwise each part's is computed
+    once, as it is read, and kept for its retries. `payload_sha256`: the archive's SHA-256, the payload hash of a
+    signed single PUT.
     """
     ranges = part_ranges(size, part_size)
-    if len(ranges) != len(part_md5s):
+    if len(ranges) != len(part_md5s) or (part_checksums and len(part_checksums) != len(ranges)):
         raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
     extra: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": "application/gzip"}
     if storage_class:
         extra["StorageClass"] = storage_class
     if len(ranges) == 1:
         async with budget.hold(size):
-            data = await bodies.read_range(path, 0, size)
-            resp = await s3.put_bytes(
+            resp, sent = await _put_whole(
+                s3,
                 key,
-                data,
+                await bodies.read_range(path, 0, size),
                 md5_base64(part_md5s[0]),
                 extra,
                 storage_class=storage_class,
                 stats=stats,
                 if_absent=if_absent,
+                checksum=checksum,
+                known=part_checksums[0] if part_checksums else None,
+                payload_sha256=payload_sha256,
             )
         stats.parts_sent += 1
         stats.bytes_sent += size
         if on_progress:
             on_progress(size)
-        return UploadResult(etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None)
+        return UploadResult(
+            etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None, checksum=sent
+        )
     upload = MultipartUpload(
         s3,
         key,
@@ -104,8 +121,45 @@ async def upload_file(
         on_progress=on_progress,
         journal=journal,
         reserved_by={owner, takeover} - {None, ""} if (if_absent or takeover) else set(),  # type: ignore[arg-type]
+        checksum=checksum,
+        part_checksums=dict(enumerate(part_checksums, start=1)),
     )
     return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
+
+
+async def _put_whole(
+    s3: S3Bucket,
+    key: str,
+    data: bytearray,
+    content_md5: str,
+    extra: dict[str, Any],
+    *,
+    storage_class: str | None,
+    stats: UploadStats,
+    if_absent: bool,
+    checksum: str | None,
+    known: str | None,
+    payload_sha256: str | None,
+) -> tuple[Any, StoredChecksum | None]:
+    """The single PUT, with the body's checksum of `checksum` (`known`, or computed here once, off the event loop);
+    (the answer, the checksum sent)."""
+    sent = None
+    if checksum is not None:
+        if known is None:
+            known = await bodies.off_loop(functools.partial(checksums.of_bytes, checksum), data)
+        sent = StoredChecksum(checksum, known, checksums.FULL_OBJECT)
+    resp = await s3.put_bytes(
+        key,
+        data,
+        content_md5,
+        extra,
+        storage_class=storage_class,
+        stats=stats,
+        if_absent=if_absent,
+        checksum=(sent.algorithm, sent.value) if sent else None,
+        payload_sha256=payload_sha256,
+    )
+    return resp, sent
 
 
 @dataclass
@@ -124,15 +178,12 @@ class MultipartUpload:
     on_progress: ProgressCallback | None
     journal: MultipartJournal | None
     reserved_by: set[str]  # the owners whose reservation of the key this upload may complete over
+    checksum: str | None = None  # the flexible checksum algorithm sent with every part, or None
+    part_checksums: dict[int, str] = field(default_factory=dict)  # part number -> its checksum's header value
     upload_id: str | None = None
     completed: dict[int, dict[str, Any]] = field(default_factory=dict)
     # (cleanup, also when cancelled), run last-registered first when the upload does not complete.
     _cleanups: list[tuple[Cleanup, bool]] = field(default_factory=list)
-
-    @property
-    def use_crc(self) -> bool:
-        # botocore adds a CRC32 to every part in this mode; declaring it lets S3 keep the full-object checksum.
-        return self.s3.options.checksum_mode == "when_supported"
 
     async def run(self, *, resume_upload_id: str | None, reserve_for: str | None) -> UploadResult:
         try:
@@ -143,8 +194,9 @@ class MultipartUpload:
             if self.upload_id is None:
                 await self.create()
             await self.send_parts()
+            whole = await self.whole_checksum()
             condition = await self.check_reservation()
-            done = await self.complete(condition)
+            done = await self.complete(condition, whole)
         except anyio.get_cancelled_exc_class():
             # Left open and journaled: a later run resumes it (and reserves the key again). The key is not left
             # holding an empty object meanwhile.
@@ -156,7 +208,11 @@ class MultipartUpload:
         if self.journal:
             await self.journal.finished(self.upload_id, "completed")  # type: ignore[arg-type]
         return UploadResult(
-            etag=normalise_etag(done.get("ETag")), multipart=True, part_count=len(self.ranges), upload_id=self.upload_id
+            etag=normalise_etag(done.get("ETag")),
+            multipart=True,
+            part_count=len(self.ranges),
+            upload_id=self.upload_id,
+            checksum=whole,
         )
 
     async def resume(self, upload_id: str) -> None:
@@ -171,8 +227,6 @@ class MultipartUpload:
             found = on_server.get(number)
             if found and normalise_etag(found["ETag"]) == self.part_md5s[number - 1] and found["Size"] == length:
                 self.completed[number] = {"PartNumber": number, "ETag": found["ETag"]}
-                if self.use_crc and found.get("ChecksumCRC32"):
-                    self.completed[number]["ChecksumCRC32"] = found["ChecksumCRC32"]
                 self.stats.parts_reused += 1
                 if self.on_progress:
                     self.on_progress(length)
@@ -182,7 +236,13 @@ class MultipartUpload:
         self._on_failure(self.release_reservation, also_when_cancelled=True)
 
     async def create(self) -> None:
-        extra = {**self.extra, "ChecksumAlgorithm": "CRC32"} if self.use_crc else self.extra
+        extra = self.extra
+        if self.checksum is not None:
+            extra = {
+                **extra,
+                "ChecksumAlgorithm": self.checksum.upper(),
+                "ChecksumType": checksums.checksum_type(self.checksum),
+            }
         s3 = self.s3
         created = await s3.creating(
             self.storage_class,
@@ -208,28 +268,27 @@ class MultipartUpload:
 
     async def send_part(self, number: int, offset: int, length: int) -> None:
         s3, md5 = self.s3, self.part_md5s[number - 1]
-        checksum: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if self.use_crc else {}
         async with self.budget.hold(length):
+            body = await bodies.read_range(self.path, offset, length)
+            checksum = await self._checksum_fields(number, body)
             send = functools.partial(
                 s3.client.upload_part,
                 Bucket=s3.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
                 PartNumber=number,
-                Body=await bodies.read_range(self.path, offset, length),
+                Body=body,
                 ContentMD5=md5_base64(md5),
                 **checksum,
             )
+            del body
             resp = await s3.request(f"upload part {number} of", self.key, send, stats=self.stats)
             del send  # the part's bytes go before the budget is given back
-        part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
-        if self.use_crc and resp.get("ChecksumCRC32"):
-            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
-        self.completed[number] = part
+        self.completed[number] = {"PartNumber": number, "ETag": resp["ETag"]}
         self.stats.parts_sent += 1
         self.stats.bytes_sent += length
         if self.journal:
-            done = PartDone(number, length, md5, normalise_etag(resp["ETag"]), part.get("ChecksumCRC32"))
+            done = PartDone(number, length, md5, normalise_etag(resp["ETag"]), self.part_checksums.get(number))
             await self.journal.part_done(self.upload_id, done)  # type: ignore[arg-type]
         if self.on_progress:
             self.on_progress(length)
@@ -240,9 +299,38 @@ class MultipartUpload:
             return {}
         return {"IfMatch": await reservation.reservation_etag(self.s3, self.key, self.reserved_by)}
 
-    async def complete(self, condition: Mapping[str, str]) -> Any:
+    async def _checksum_fields(self, number: int, body: bytearray) -> dict[str, str]:
+        """botocore's checksum parameters of part `number`, its value computed from `body` (once, off the event
+        loop) unless known already."""
+        if self.checksum is None:
+            return {}
+        if number not in self.part_checksums:
+            compute = functools.partial(checksums.of_bytes, self.checksum)
+            self.part_checksums[number] = await bodies.off_loop(compute, body)
+        return checksums.request_fields(self.checksum, self.part_checksums[number])
+
+    async def whole_checksum(self) -> StoredChecksum | None:
+        """The whole object's checksum, combined from the parts' (a part reused from an earlier run whose value
+        is not known here is read once to compute it)."""
+        if self.checksum is None:
+            return None
+        for number, offset, length in self.ranges:
+            if number not in self.part_checksums:
+                async with self.budget.hold(length):
+                    await self._checksum_fields(number, await bodies.read_range(self.path, offset, length))
+        values = [self.part_checksums[number] for number, _offset, _length in self.ranges]
+        value = checksums.combine(self.checksum, values, [length for _number, _offset, length in self.ranges])
+        return StoredChecksum(self.checksum, value, checksums.checksum_type(self.checksum))
+
+    async def complete(self, condition: Mapping[str, str], whole: StoredChecksum | None) -> Any:
         s3 = self.s3
         parts = [self.completed[n] for n in sorted(self.completed)]
+        fields: dict[str, str] = dict(condition)
+        if whole is not None:
+            name = checksums.api_name(whole.algorithm)
+            parts = [{**part, name: self.part_checksums[part["PartNumber"]]} for part in parts]
+            if whole.type == checksums.FULL_OBJECT:  # S3 checks it against the one it computes
+                fields.update(ChecksumType=whole.type, **{name: whole.value})
         return await s3.request(
             "complete multipart upload of",
             self.key,
@@ -251,7 +339,7 @@ class MultipartUpload:
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": parts},
-                **condition,
+                **fields,
             ),
             stats=self.stats,
         )

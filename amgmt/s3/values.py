@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from amgmt.checksums import StoredChecksum
 from amgmt.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,7 +44,10 @@ class ClientOptions:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
-    checksum_mode: str = "when_supported"  # or "when_required"
+    checksum_algorithm: str = "auto"  # see Settings.checksum_algorithm; probed once per connection (probe.py)
+    # The start of the checksum probe's short-lived keys: under the run's key prefix, named for the local dir, whose
+    # run lock makes every earlier one a leftover of a run that was killed (probe.py removes them).
+    probe_key_base: str = ".amgmt-probe-"
     payload_signing: bool = False  # see Settings.payload_signing
     addressing_style: str = "auto"
     max_connections: int = 32
@@ -58,13 +65,20 @@ class ClientOptions:
             endpoint_url=settings.endpoint_url,
             region=settings.region,
             profile=settings.profile,
-            checksum_mode=settings.checksum_mode,
+            checksum_algorithm=settings.checksum_algorithm,
+            probe_key_base=probe_key_base(settings.object_prefix, settings.local_dir),
             payload_signing=settings.payload_signing,
             addressing_style=settings.addressing_style,
             max_connections=max_connections,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
         )
+
+
+def probe_key_base(prefix: str, local_dir: Path) -> str:
+    """`PREFIX/.amgmt-probe-<16 hex digits of SHA-1 of the local dir>-`: a run's probe keys (see ClientOptions)."""
+    base = f"{prefix}/" if prefix else ""
+    return f"{base}.amgmt-probe-{hashlib.sha1(os.fsencode(local_dir)).hexdigest()[:16]}-"
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,8 @@ class ObjectInfo:
     storage_class: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     last_modified: datetime | None = None
+    checksum: StoredChecksum | None = None  # the flexible checksum the object holds, when HEAD asked for it
+    encryption: str | None = None  # x-amz-server-side-encryption: "AES256", "aws:kms" (its ETag is then no MD5)
 
 
 @dataclass(frozen=True)
@@ -118,7 +134,7 @@ class PartDone:
     size: int
     md5: str
     etag: str
-    checksum: str | None = None  # the part's CRC32 when the endpoint takes checksums
+    checksum: str | None = None  # the part's flexible checksum (header value) when the upload sends one
 
 
 class MultipartJournal(Protocol):
@@ -146,3 +162,4 @@ class UploadResult:
     multipart: bool
     part_count: int
     upload_id: str | None
+    checksum: StoredChecksum | None = None  # the whole object's flexible checksum as computed here and sent

@@ -45,6 +45,7 @@ class JournaledUpload:
     part_count: int
     parts: tuple[JournaledPart, ...] = ()
     created_at: datetime | None = None  # when it was journaled (this machine's clock); None before it is
+    checksum_algorithm: str | None = None  # the flexible checksum it was created with; None: Content-MD5 only
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ def journaled_upload(row: sqlite3.Row | dict[str, Any], parts: Sequence[sqlite3.
         part_count=row["part_count"],
         parts=tuple(JournaledPart(p["part_number"], p["size"], p["md5"], p["etag"], p["checksum"]) for p in parts),
         created_at=decode_time(row["created_at"]),
+        checksum_algorithm=row["checksum_algorithm"],
     )
 
 

@@ -104,6 +104,12 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX ix_operations_status;
     DROP INDEX ix_operations_type;
     """,
+    # 4: S3's flexible checksums: the one the object holds as HEAD reported it at verification (beside its ETag),
+    # and the one a multipart upload was created with (a resume must complete it with the same one).
+    """
+    ALTER TABLE operations ADD COLUMN checksum_s3 TEXT;
+    ALTER TABLE multipart_uploads ADD COLUMN checksum_algorithm TEXT;
+    """,
 )
 
 

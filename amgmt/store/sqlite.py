@@ -310,12 +310,14 @@ class MetadataStore:
             upload.part_size,
             upload.part_count,
             utc_iso(datetime.now(UTC)),
+            upload.checksum_algorithm,
         ]
         await self._run(
             f"journal upload {upload.upload_id[:12]}",
             lambda conn: conn.execute(
                 "INSERT OR IGNORE INTO multipart_uploads (upload_id, operation_id, bucket, object_key,"
-                " archive_sha256, part_size, part_count, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+                " archive_sha256, part_size, part_count, state, created_at, checksum_algorithm)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
                 row,
             ),
             immediate=True,

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from amgmt.checksums import StoredChecksum
 from amgmt.config import Settings
 from amgmt.errors import (
     AmgmtError,
@@ -45,13 +46,9 @@ from amgmt.models import (
     utcnow,
 )
 from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
-from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, expected_etag, plan_part_size
+from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import (
-    METADATA_SOURCE_SHA256,
-    ByteBudget,
-    S3Bucket,
-)
+from amgmt.s3 import ByteBudget, S3Bucket
 from amgmt.store import MetadataStore
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import KnownKeys, Verdict, claim_key, judge_existing, supersede_replaced
@@ -63,6 +60,7 @@ from amgmt.upload.records import (
     source_file_record,
 )
 from amgmt.upload.sending import ArchiveSender
+from amgmt.upload.verification import verify_object
 
 SAVE_TIMEOUT = 10.0
 # Outcomes whose entry counts as processed in full on the progress bar (a skipped one needs no more work).
@@ -113,6 +111,7 @@ class EntryPipeline:
             self.record.metadata["target_path_hex"] = os.fsencode(entry).hex()
         self.staging = settings.staging_dir / staging_name(self.record.operation_id, entry.name)
         self.archive: ArchiveResult | None = None
+        self._sent_checksum: StoredChecksum | None = None  # the whole object's, as this run's upload sent it
         self._timings: dict[str, float] = {}
         self._reported = 0  # source-equivalent bytes already reported to the progress bar
 
@@ -298,7 +297,8 @@ class EntryPipeline:
             record.metadata["reused_existing_object"] = False
             record.metadata["replaced_unverifiable_object"] = str(exc)
             await self._enter(Stage.UPLOAD)
-            await self._sender().send(None, if_absent=False, takeover=None)
+            result = await self._sender().send(None, if_absent=False, takeover=None)
+            self._sent_checksum = result.checksum
             await self._enter(Stage.VERIFY)
             await self._verify()
 
@@ -363,6 +363,7 @@ class EntryPipeline:
                 resume, if_absent=verdict is None, takeover=verdict.takeover if verdict else None
             )
         record.metadata["multipart"] = result.multipart
+        self._sent_checksum = result.checksum
         if record.compressed_file_record:
             record.compressed_file_record.status = FileStatus.COMPLETED
 
@@ -394,31 +395,10 @@ class EntryPipeline:
     async def _verify(self) -> None:
         assert self.archive is not None
         record = self.record
-        key = record.s3_object_key
-        info = await self.ctx.s3.head_object(key)
-        if info is None:
-            raise VerificationError(f"s3://{record.s3_bucket}/{key} is missing after the upload")
-        if info.size != self.archive.archive_size:
-            raise VerificationError(
-                f"s3://{record.s3_bucket}/{key} has {info.size} bytes, the archive {self.archive.archive_size}"
-            )
-        claimed = info.metadata.get(METADATA_SOURCE_SHA256)
-        if claimed is not None and claimed != self.archive.source_sha256:
-            raise VerificationError(f"s3://{record.s3_bucket}/{key} carries another source checksum")
-        parts = self.archive.part_md5s
-        predicted = expected_etag(parts, multipart=len(parts) > 1)
-        if info.etag == predicted:
-            method = "etag"
-        else:
-            # The endpoint's ETag is not the predicted MD5 scheme (other part size, SSE, R2...): read it back.
-            # Read exactly the object just HEADed (If-Match): one written meanwhile fails the read, not the check.
-            digest = await self.ctx.s3.object_sha256(key, if_match=info.etag)
-            if digest != self.archive.archive_sha256:
-                raise VerificationError(
-                    f"s3://{record.s3_bucket}/{key} does not match the archive (read-back SHA-256 differs)"
-                )
-            method = "sha256-readback"
-        record_verified(record, info, method)
+        verified = await verify_object(
+            self.ctx.s3, record.s3_bucket, record.s3_object_key, self.archive, sent=self._sent_checksum
+        )
+        record_verified(record, verified.info, verified.method)
 
     async def _move(self) -> str | None:
         """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial); raises

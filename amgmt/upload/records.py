@@ -20,10 +20,13 @@ from amgmt.text import iso_utc
 class StoreJournal:
     """The multipart journal of one entry's upload, written to the metadata store as parts finish."""
 
-    def __init__(self, store: MetadataStore, record: UploadRecord, archive: ArchiveResult) -> None:
+    def __init__(
+        self, store: MetadataStore, record: UploadRecord, archive: ArchiveResult, *, checksum_algorithm: str | None
+    ) -> None:
         self.store = store
         self.record = record
         self.archive = archive
+        self.checksum_algorithm = checksum_algorithm
 
     async def started(self, upload_id: str) -> None:
         self.record.metadata["upload_id"] = upload_id
@@ -36,6 +39,7 @@ class StoreJournal:
                 archive_sha256=self.archive.archive_sha256,
                 part_size=self.archive.part_size,
                 part_count=len(self.archive.part_md5s),
+                checksum_algorithm=self.checksum_algorithm,
             )
         )
         await self.store.save_operation(self.record)
@@ -124,6 +128,7 @@ def record_verified(record: UploadRecord, info: ObjectInfo, method: str) -> None
     """Stage 5: how the object was proven, and what the server says of it."""
     record.verification_method = method
     record.checksum_s3_etag = info.etag
+    record.checksum_s3 = info.checksum.text if info.checksum else None
     record.s3_storage_class = info.storage_class
     record.compressed_size = info.size
     if record.s3_file_record:

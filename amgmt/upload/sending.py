@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from amgmt import checksums
 from amgmt.errors import UploadError
 from amgmt.local.archive import ArchiveResult
 from amgmt.models import UploadRecord
@@ -53,10 +54,26 @@ class ArchiveSender:
             if stats.resumed_upload_id:
                 metadata["resumed_upload_id"] = stats.resumed_upload_id
 
+    async def checksum(self) -> str | None:
+        """The flexible checksum this archive is sent and verified with (probe.py), None for Content-MD5 only."""
+        support = await self.s3.checksum_support()
+        return support.sends(multipart=len(self.archive.part_md5s) > 1)
+
+    def _part_checksums(self, algorithm: str | None) -> tuple[str, ...]:
+        """The parts' checksums the packing pass computed already: its CRC64NVMEs, or for a single part sent with
+        SHA-256, the archive's SHA-256 itself. Others are computed as the parts are read (once each)."""
+        archive = self.archive
+        if algorithm == checksums.CRC64NVME:
+            return archive.part_crc64nvmes
+        if algorithm == checksums.SHA256 and len(archive.part_md5s) == 1:
+            return (checksums.sha256_value(archive.archive_sha256),)
+        return ()
+
     async def _upload_file(
         self, resume: str | None, stats: UploadStats, *, if_absent: bool, takeover: str | None
     ) -> UploadResult:
         record = self.record
+        algorithm = await self.checksum()
         return await upload_file(
             self.s3,
             record.s3_object_key,
@@ -72,24 +89,30 @@ class ArchiveSender:
             storage_class=self.storage_class,
             budget=self.budget,
             on_progress=self.on_progress,
-            journal=StoreJournal(self.store, record, self.archive),
+            journal=StoreJournal(self.store, record, self.archive, checksum_algorithm=algorithm),
             resume_upload_id=resume,
             stats=stats,
             if_absent=if_absent,
             owner=record.operation_id,
             takeover=takeover,
+            checksum=algorithm,
+            part_checksums=self._part_checksums(algorithm),
+            payload_sha256=self.archive.archive_sha256,  # the single PUT's body is the whole archive
         )
 
     async def resumable_upload(self) -> str | None:
         """An interrupted multipart upload of this very archive to resume; stale ones of other content are aborted."""
         record = self.record
         resume = None
+        algorithm = await self.checksum()
         for journaled in await self.store.open_multiparts(bucket=record.s3_bucket, key=record.s3_object_key):
             if not await operation_ended(self.store, journaled.operation_id):
                 continue  # a run in progress elsewhere (sharing this database) owns it: never touched
-            same = (journaled.archive_sha256, journaled.part_size) == (
+            # Created for another checksum (or none): its complete would have to name that one; start afresh.
+            same = (journaled.archive_sha256, journaled.part_size, journaled.checksum_algorithm) == (
                 self.archive.archive_sha256,
                 self.archive.part_size,
+                algorithm,
             )
             if same and resume is None:
                 resume = journaled.upload_id

@@ -161,6 +161,12 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     stall_seconds: float = 3.0
     check_content_md5: bool = True
+    # As AWS S3 does and the moto server does not: refuse a body whose x-amz-checksum-* header does not match it
+    # (400 BadDigest, outcome "bad_checksum"); a request whose checksum matched is forwarded as "checksum_checked".
+    check_checksums: bool = False
+    # As AWS S3 does for SSE-KMS objects: their ETag is not the MD5 of the data (here: the MD5 of moto's ETag, mapped
+    # back for If-Match). Needs a bucket whose default encryption is aws:kms.
+    kms_etags: bool = False
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -173,6 +179,7 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing: asyncio.Event | None = None
+        self._kms_etags: dict[str, str] = {}  # the ETag shown -> moto's
 
     # -- life ----------------------------------------------------------------------------------------------------
 
@@ -297,13 +304,24 @@ class FaultProxy:
         if self.check_content_md5 and _md5_mismatch(request.headers, body):
             return self._error(req, "bad_digest", 400, "BadDigest",
                                "The Content-MD5 you specified did not match what we received.")
-        return await self._forward(request, req, body)
+        outcome = "forwarded"
+        if self.check_checksums and req.operation in ("PutObject", "UploadPart"):  # a complete's is the object's
+            algorithm, matches = _checksum_check(request.headers, body)
+            if algorithm and not matches:
+                return self._error(req, "bad_checksum", 400, "BadDigest",
+                                   f"The {algorithm.upper()} you specified did not match the calculated checksum.")
+            if algorithm:
+                outcome = "checksum_checked"  # and forwarded
+        return await self._forward(request, req, body, outcome)
 
     def _upstream(self, request: web.Request, body: bytes) -> Any:
         """The request sent on to the server as the client sent it (an async context manager of the response)."""
         assert self._session is not None
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
         headers.popall("Content-Length", None)  # aiohttp sets it from `body`
+        shown = headers.get("If-Match", "").strip('"')
+        if shown in self._kms_etags:  # a signed header, but the moto server does not check signatures
+            headers["If-Match"] = f'"{self._kms_etags[shown]}"'
         url = URL(self.upstream.rstrip("/") + request.raw_path, encoded=True)
         return self._session.request(
             request.method,
@@ -315,12 +333,17 @@ class FaultProxy:
             allow_redirects=False,
         )
 
-    async def _forward(self, request: web.Request, req: ProxyRequest, body: bytes) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, req: ProxyRequest, body: bytes, outcome: str = "forwarded"
+    ) -> web.StreamResponse:
         async with self._upstream(request, body) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            kms = self.kms_etags and upstream.headers.get("x-amz-server-side-encryption") == "aws:kms"
             for name, value in upstream.headers.items():
                 if name.lower() in HOP_BY_HOP:
                     continue
+                if kms and name.lower() == "etag":
+                    value = self._kms_etag(value)
                 if name.lower() == "content-length" and request.method != "HEAD" and upstream.status not in (
                     204, 304
                 ):
@@ -332,8 +355,14 @@ class FaultProxy:
                 async for chunk in upstream.content.iter_chunked(BODY_CHUNK):
                     await response.write(chunk)
             await response.write_eof()
-        self._record(req, "forwarded", upstream.status)
+        self._record(req, outcome, upstream.status)
         return response
+
+    def _kms_etag(self, etag: str) -> str:
+        real = etag.strip('"')
+        shown = hashlib.md5(b"kms:" + real.encode()).hexdigest()
+        self._kms_etags[shown] = real
+        return f'"{shown}"'
 
     def _error(self, req: ProxyRequest, outcome: str, status: int, code: str, message: str) -> web.Response:
         self._record(req, outcome, status)
@@ -379,3 +408,21 @@ def _md5_mismatch(headers: Any, body: bytes) -> bool:
     if claimed is None or "aws-chunked" in headers.get("Content-Encoding", ""):
         return False
     return base64.b64encode(hashlib.md5(body).digest()).decode() != claimed.strip()
+
+
+def _checksum_check(headers: Any, body: bytes) -> tuple[str | None, bool]:
+    """(the algorithm of the request's x-amz-checksum-* header, whether the body matches it); (None, True) without
+    one. The CRCs by awscrt, as S3 computes them."""
+    from awscrt import checksums as crt
+
+    for algorithm in ("crc64nvme", "crc32c", "crc32", "sha256"):
+        claimed = headers.get(f"x-amz-checksum-{algorithm}")
+        if claimed is None:
+            continue
+        if algorithm == "sha256":
+            raw = hashlib.sha256(body).digest()
+        else:
+            width = 8 if algorithm == "crc64nvme" else 4
+            raw = int(getattr(crt, algorithm)(body)).to_bytes(width, "big")
+        return algorithm, base64.b64encode(raw).decode() == claimed.strip()
+    return None, True

@@ -43,6 +43,17 @@ TWENTY_PERCENT = FaultRates(slowdown=0.07, internal=0.05, drop=0.05, stall=0.03)
 
 
 @pytest.fixture
+def make_settings(make_settings):  # type: ignore[no-untyped-def]
+    """The shared make_settings on the Content-MD5 path by default: these tests count each upload's requests through
+    the proxy, which the checksum probe's own requests (`auto`: tests/faults/test_checksum_faults.py) would join."""
+
+    def make(**flags: Any) -> Any:
+        return make_settings(**{"checksum_algorithm": "md5", **flags})
+
+    return make
+
+
+@pytest.fixture
 def proxy(s3_server: LocalS3Server) -> Iterator[FaultProxy]:
     """A proxy to the test server with no faults yet; each test sets rates, rules and scope."""
     with FaultProxy(s3_server.endpoint_url, seed=20250611, stall_seconds=STALL_SECONDS) as running:

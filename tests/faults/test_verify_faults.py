@@ -27,8 +27,8 @@ def lie_about(monkeypatch: pytest.MonkeyPatch, *, head: HeadFilter | None = None
     """HEAD of KEY passes through `head`; its read-back returns `digest` when given."""
     real_head, real_sha = S3Bucket.head_object, S3Bucket.object_sha256
 
-    async def head_object(self: S3Bucket, key: str) -> ObjectInfo | None:
-        info = await real_head(self, key)
+    async def head_object(self: S3Bucket, key: str, **kwargs: Any) -> ObjectInfo | None:
+        info = await real_head(self, key, **kwargs)
         return head(info) if head and key == KEY else info
 
     async def object_sha256(self: S3Bucket, key: str, **kwargs: Any) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import amgmt.upload.pipeline
+import amgmt.upload.verification
 import amgmt.s3.bodies
 import amgmt.upload.records
 import amgmt.upload.sending
@@ -341,7 +342,7 @@ async def test_a_read_back_reads_only_the_object_it_verifies(make_settings, loca
     """When the ETag cannot be predicted, the object is read back: an object written at the key between that
     HEAD and the read (If-Match) fails the verification instead of being hashed in its place."""
     source = write_random(local_dir / "clip.bin", 4000, seed=12)
-    monkeypatch.setattr(amgmt.upload.pipeline, "expected_etag", lambda parts, multipart: "unpredictable")
+    monkeypatch.setattr(amgmt.upload.verification, "expected_etag", lambda parts, multipart: "unpredictable")
     real_read_back = amgmt.s3.client.S3Bucket.object_sha256
 
     async def intruding(self: amgmt.s3.client.S3Bucket, key: str, **kwargs: Any) -> str:

@@ -54,6 +54,10 @@ MIXED: dict[str, int | bytes | None] = {
     "big.bin": 12 * MiB,
 }
 PART_SIZE = "5MiB"
+# The tests below that are about Content-MD5 and the ETag keep to that path (radosgw's, and
+# MGMT_CHECKSUM_ALGORITHM=md5's) on moto too, where `auto` would verify multipart uploads by their stored CRC64NVME
+# instead: tests/integration/test_flexible_checksums.py covers that path.
+ETAG_PATH = "md5"
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ async def test_mixed_dir_round_trips_and_is_verified_by_etag(
     make_media(MIXED)
     before = tmp_path / "before"
     shutil.copytree(local_dir, before)
-    settings = make_real_settings(part_size=PART_SIZE)
+    settings = make_real_settings(part_size=PART_SIZE, checksum_algorithm=ETAG_PATH)
     entries, _ = list_entries(settings)
     assert sorted(e.name for e in entries) == ["big.bin", "clip.mp4", "empty.dat", "notes.txt", "project"]
 
@@ -241,7 +245,7 @@ async def test_wrong_content_md5_is_rejected_by_radosgw_and_caught_by_verify_on_
       by "sha256-readback" rather than "etag". Verification does not fail: it proves the data, not the header.
     """
     make_media({"big.bin": 12 * MiB, "small.txt": b"small\n" * 10, "ok.txt": b"untouched"})
-    settings = make_real_settings(part_size=PART_SIZE, concurrency=3)
+    settings = make_real_settings(part_size=PART_SIZE, concurrency=3, checksum_algorithm=ETAG_PATH)
     entries, _ = list_entries(settings)
     started = time.monotonic()
 
@@ -308,7 +312,7 @@ async def test_interrupted_multipart_upload_resumes_from_list_parts(
 ) -> None:
     make_media({"big.bin": 12 * MiB})
     original = (local_dir / "big.bin").read_bytes()
-    settings = make_real_settings(part_size=PART_SIZE, parts_in_flight=1, concurrency=1)
+    settings = make_real_settings(part_size=PART_SIZE, parts_in_flight=1, concurrency=1, checksum_algorithm=ETAG_PATH)
     entries, _ = list_entries(settings)
 
     first = await _interrupted_upload(monkeypatch, settings, entries)
@@ -341,7 +345,7 @@ async def test_resume_of_an_upload_the_server_no_longer_has_starts_afresh(
     rule). ListParts then fails: NoSuchUpload on moto and AWS, NoSuchKey on radosgw. Either way amgmt starts a new
     upload instead of failing the entry (and every later run of it)."""
     make_media({"big.bin": 12 * MiB})
-    settings = make_real_settings(part_size=PART_SIZE, parts_in_flight=1, concurrency=1)
+    settings = make_real_settings(part_size=PART_SIZE, parts_in_flight=1, concurrency=1, checksum_algorithm=ETAG_PATH)
     entries, _ = list_entries(settings)
 
     await _interrupted_upload(monkeypatch, settings, entries)

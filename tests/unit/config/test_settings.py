@@ -77,7 +77,7 @@ def test_defaults(sandbox: Env) -> None:
     assert settings.endpoint_url is None and settings.storage_class is None
     assert settings.concurrency == 8 and settings.parts_in_flight == 8
     assert settings.part_size == 8 * MiB and settings.multipart_threshold == 8 * MiB
-    assert settings.checksum_mode == "when_supported"
+    assert settings.checksum_algorithm == "auto"
     assert settings.addressing_style == "auto"
     assert settings.compression_level == 1
     assert settings.profile is None and settings.region is None
@@ -240,7 +240,7 @@ def test_db_path_that_is_a_directory_is_refused(sandbox: Env) -> None:
         ("MGMT_PART_SIZE", "8 parsecs", "expected a size"),
         ("MGMT_MULTIPART_THRESHOLD", "-1", "expected a size"),
         ("MGMT_MULTIPART_THRESHOLD", "8T", "expected a size"),
-        ("MGMT_CHECKSUM_MODE", "always", "auto, when_supported, when_required"),
+        ("MGMT_CHECKSUM_ALGORITHM", "always", "auto, crc64nvme, crc32c, sha256, md5"),
         ("MGMT_COMPRESSION_LEVEL", "4", "from 1 to 3"),
         ("MGMT_COMPRESSION_LEVEL", "-1", "from 1 to 3"),
         ("MGMT_ADDRESSING_STYLE", "dns", "auto, path, virtual"),
@@ -320,19 +320,25 @@ def test_storage_class_upper_cased(sandbox: Env) -> None:
     assert sandbox.load(env={"MGMT_STORAGE_CLASS": "glacier_ir"}).storage_class == "GLACIER_IR"
 
 
-def test_endpoint_resolves_checksum_and_addressing_auto(sandbox: Env) -> None:
+def test_endpoint_resolves_addressing_auto_and_checksums_stay_for_the_probe(sandbox: Env) -> None:
+    # MGMT_CHECKSUM_MODE gave way to MGMT_CHECKSUM_ALGORITHM: `auto` is not resolved from the endpoint's URL but
+    # probed on the endpoint itself (amgmt.s3.probe), so it stays `auto` here, with an endpoint or without.
     custom = sandbox.load(env={"MGMT_ENDPOINT_URL": "http://127.0.0.1:9000"})
     assert custom.endpoint_url == "http://127.0.0.1:9000"
-    assert custom.checksum_mode == "when_required"
+    assert custom.checksum_algorithm == "auto"
     assert custom.addressing_style == "path"
 
-    explicit = sandbox.load(env={"MGMT_ENDPOINT_URL": "https://s3.example.com", "MGMT_CHECKSUM_MODE": "when_supported",
+    explicit = sandbox.load(env={"MGMT_ENDPOINT_URL": "https://s3.example.com", "MGMT_CHECKSUM_ALGORITHM": "CRC32C",
                                  "MGMT_ADDRESSING_STYLE": "virtual"})
-    assert explicit.checksum_mode == "when_supported"
+    assert explicit.checksum_algorithm == "crc32c"
     assert explicit.addressing_style == "virtual"
 
-    aws = sandbox.load(env={"MGMT_CHECKSUM_MODE": "AUTO"})
-    assert aws.checksum_mode == "when_supported" and aws.addressing_style == "auto"
+    aws = sandbox.load(env={"MGMT_CHECKSUM_ALGORITHM": "AUTO"})
+    assert aws.checksum_algorithm == "auto" and aws.addressing_style == "auto"
+    for value in ("md5", "sha256", "crc64nvme"):
+        assert sandbox.load(env={"MGMT_CHECKSUM_ALGORITHM": value}).checksum_algorithm == value
+    with pytest.raises(ConfigError, match=r"MGMT_CHECKSUM_ALGORITHM=crc32 \(from env\): expected one of auto, crc64nvme"):
+        sandbox.load(env={"MGMT_CHECKSUM_ALGORITHM": "crc32"})
 
 
 # --- config file ------------------------------------------------------------------------------------------------
@@ -600,7 +606,7 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     assert table["MGMT_ENDPOINT_URL"] == ("http://localhost:9000", "env MGMT_ENDPOINT_URL")
     assert table["MGMT_REGION"] == ("eu-west-1", f"config {path}")
     assert table["MGMT_PART_SIZE"] == ("16MiB", f"config {path}")
-    assert table["MGMT_CHECKSUM_MODE"] == ("when_required", "default")
+    assert table["MGMT_CHECKSUM_ALGORITHM"] == ("auto", "default")
     assert table["MGMT_ADDRESSING_STYLE"] == ("path", "default")
     assert table["MGMT_PRESERVE_STRUCTURE"] == ("false", "default")
     assert table["MGMT_PROFILE"] == ("", "default")
@@ -616,7 +622,7 @@ def test_describe_values_load_back_to_the_same_settings(sandbox: Env) -> None:
     env = {key: value for key, value, _ in first.describe()}
     second = load_settings(environ={**sandbox.environ, **env}, cwd=sandbox.cwd)
     for name in ("part_size", "multipart_threshold", "object_prefix", "storage_class", "local_dir", "db_path",
-                 "checksum_mode", "addressing_style", "concurrency", "completed_enabled", "read_timeout",
+                 "checksum_algorithm", "addressing_style", "concurrency", "completed_enabled", "read_timeout",
                  "connect_timeout"):
         assert getattr(second, name) == getattr(first, name)
 

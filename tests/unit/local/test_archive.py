@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import gzip
 import hashlib
@@ -22,11 +23,15 @@ from pathlib import Path
 
 import pytest
 
+from awscrt import checksums as crt_checksums
+
+from amgmt import checksums
 from amgmt.local import archive, archive_file, deflate
 from amgmt.local.archive import ArchiveResult, compress_entry, sha256_file
 from amgmt.errors import CompressionError
 
 KiB = 1024
+MiB = 1024 * KiB
 NON_UTF8 = os.fsdecode(b"raw-\xff\xfe-name.bin")
 LONG_NAME = "n" * 251 + ".bin"  # 255 bytes: the longest name most file systems allow
 
@@ -218,6 +223,22 @@ def test_part_md5s_are_md5s_of_each_slice(tmp_path: Path) -> None:
     assert len(result.part_md5s) == math.ceil(len(data) / part_size) == 5
     slices = [data[i : i + part_size] for i in range(0, len(data), part_size)]
     assert list(result.part_md5s) == [hashlib.md5(s).hexdigest() for s in slices]
+
+
+@pytest.mark.parametrize("part_size", [64 * KiB, 1000, 10 * MiB])
+def test_part_crc64nvmes_and_the_whole_archives_in_the_same_pass(tmp_path: Path, part_size: int) -> None:
+    # The x-amz-checksum-crc64nvme of each part and S3's FULL_OBJECT CRC64NVME of the archive (combined from the
+    # parts', not computed again), at the same boundaries as the part MD5s.
+    source = make_file(tmp_path / "src" / "a.bin", os.urandom(300 * KiB))
+
+    result = compress(source, tmp_path, part_size=part_size)
+
+    data = Path(result.archive_path).read_bytes()
+    slices = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    assert list(result.part_crc64nvmes) == [checksums.of_bytes("crc64nvme", s) for s in slices]
+    assert len(result.part_crc64nvmes) == len(result.part_md5s)
+    expected = base64.b64encode(crt_checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+    assert result.archive_crc64nvme == expected
 
 
 @pytest.mark.parametrize("delta", [-1, 0, 1])

@@ -70,7 +70,7 @@ async def no_sleep(seconds: float) -> None:
 
 
 def bucket(client: FakeClient) -> S3Bucket:
-    return S3Bucket(client, ClientOptions(bucket="b", checksum_mode="when_required"),
+    return S3Bucket(client, ClientOptions(bucket="b", checksum_algorithm="md5"),
                     retry=RetryPolicy(sleep=no_sleep))
 
 

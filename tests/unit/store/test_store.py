@@ -16,6 +16,8 @@ import anyio
 import pytest
 
 from amgmt.store import schema as store_module
+from amgmt.store import records as store_records
+from amgmt.store import sqlite as store_sqlite
 from amgmt.errors import NotFoundError, StoreError
 from amgmt.models import (
     UPLOAD_FIELDS,
@@ -372,10 +374,16 @@ async def test_reopening_keeps_data_and_applies_only_missing_migrations(
 ) -> None:
     record = with_all_file_records(make_upload())
     released = store_module.MIGRATIONS
-    # A database made by the first release (schema v1) ...
+    # A database made by the first release (schema v1, whose operations rows had no later column) ...
     monkeypatch.setattr(store_module, "MIGRATIONS", released[:1])
-    async with MetadataStore(db_path) as first:
-        await first.save_operation(record)
+    first_columns = [c for c in store_records._OPERATION_COLUMNS if c not in ("checksum_s3",)]
+    with monkeypatch.context() as first_release:
+        first_release.setattr(store_records, "_OPERATION_COLUMNS", tuple(first_columns))
+        first_release.setattr(
+            store_sqlite, "UPSERT_OPERATION", store_records._upsert_sql("operations", first_columns, ["operation_id"])
+        )
+        async with MetadataStore(db_path) as first:
+            await first.save_operation(record)
     assert raw_rows(db_path, "PRAGMA user_version") == [(1,)]
     # ... is upgraded by this one, keeping its rows.
     monkeypatch.setattr(store_module, "MIGRATIONS", released)
