@@ -132,9 +132,9 @@ def test_cleanup_keeps_a_resumable_upload_says_so_and_its_dry_run_reports_what_i
     assert [u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]] == [upload["UploadId"]]
 
     text = _cli(env, "cleanup")
-    assert text.returncode == 0 and "kept 1 multipart uploads" in text.stdout and "resumable" in text.stdout, text
+    assert text.returncode == 0 and "kept 1 multipart upload" in text.stdout and "resumable" in text.stdout, text
     assert "--include-resumable" in text.stdout
 
     everything = _cli(env, "cleanup", "--include-resumable")
-    assert everything.returncode == 0 and "aborted 1 multipart uploads" in everything.stdout, everything
+    assert everything.returncode == 0 and "aborted 1 multipart upload" in everything.stdout, everything
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
