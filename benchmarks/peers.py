@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -117,20 +117,43 @@ async def timed_peer(session: BenchmarkSession, label: str,
 
 async def run_limit(session: BenchmarkSession, target: Target, s5cmd: str, part_size: int) -> RunResult:
     """s5cmd uploading amgmt's own archives, built before the clock starts: amgmt's ceiling on this server."""
+
+    async def archives(local: Path, run_dir: Path) -> tuple[Path, int, int]:
+        built_dir = run_dir / "archives"
+        built_dir.mkdir()
+        source = archive_bytes = 0
+        for entry in sorted(local.iterdir(), key=lambda p: os.fsencode(p.name)):
+            built = await anyio.to_process.run_sync(
+                functools.partial(compress_entry, part_size=part_size, level=1), str(entry),
+                str(built_dir / f"{entry.name}.tar.gz"))
+            source += built.source_size
+            archive_bytes += built.archive_size
+        return built_dir, source, archive_bytes
+
+    return await _s5cmd_copy(session, target, s5cmd, "limit: s5cmd cp of ready archives", archives)
+
+
+async def run_raw(session: BenchmarkSession, target: Target, s5cmd: str) -> RunResult:
+    """s5cmd copying the raw files (no archives, no verification, no moves): the reference for small entries, which
+    amgmt should approach although it packs, verifies, moves and records each one."""
+
+    async def raw(local: Path, run_dir: Path) -> tuple[Path, int, int]:
+        source = sum(tree_size(p)[0] for p in local.iterdir())
+        return local, source, source
+
+    return await _s5cmd_copy(session, target, s5cmd, "limit: s5cmd cp of the raw files", raw)
+
+
+async def _s5cmd_copy(session: BenchmarkSession, target: Target, s5cmd: str, label: str,
+                      prepare: Callable[[Path, Path], Awaitable[tuple[Path, int, int]]]) -> RunResult:
+    """`s5cmd cp DIR/*` of what `prepare(local, run_dir)` gives (the dir, source bytes, bytes sent) on a fresh copy
+    of the data set, timed and metered; the objects are removed afterwards."""
     run_dir, prefix = session.new_run_dir("limit-s5cmd")
     try:
         local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
-        archives = run_dir / "archives"
-        archives.mkdir()
-        entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
-        source = archive_bytes = 0
-        for entry in entries:
-            built = await anyio.to_process.run_sync(
-                functools.partial(compress_entry, part_size=part_size, level=1), str(entry),
-                str(archives / f"{entry.name}.tar.gz"))
-            source += built.source_size
-            archive_bytes += built.archive_size
-        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{archives}/*",
+        entries = len(list(local.iterdir()))
+        directory, source, sent = await prepare(local, run_dir)
+        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{directory}/*",
                 f"s3://{target.bucket}/{prefix}/"]
         with session.meter() as meter:
             started = time.perf_counter()
@@ -139,32 +162,9 @@ async def run_limit(session: BenchmarkSession, target: Target, s5cmd: str, part_
     finally:
         await session.discard(run_dir, prefix)
     assert meter.usage is not None
-    return RunResult(label="limit: s5cmd cp of ready archives", kind=RunKind.PEER, repeat=1, concurrency=None,
-                     part_size=None, parts_in_flight=None, wall_seconds=wall, entries=len(entries),
-                     entries_ok=len(entries), source_bytes=source, archive_bytes=archive_bytes, usage=meter.usage,
-                     stage_seconds={"upload": wall}, object_prefix=prefix)
-
-
-async def run_raw(session: BenchmarkSession, target: Target, s5cmd: str) -> RunResult:
-    """s5cmd copying the raw files (no archives, no verification, no moves): the reference for small entries, which
-    amgmt should approach although it packs, verifies, moves and records each one."""
-    run_dir, prefix = session.new_run_dir("limit-s5cmd-raw")
-    try:
-        local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
-        entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
-        source = sum(tree_size(p)[0] for p in entries)
-        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{local}/*", f"s3://{target.bucket}/{prefix}/"]
-        with session.meter() as meter:
-            started = time.perf_counter()
-            await anyio.to_thread.run_sync(_run, args, target.env)
-            wall = time.perf_counter() - started
-    finally:
-        await session.discard(run_dir, prefix)
-    assert meter.usage is not None
-    return RunResult(label="limit: s5cmd cp of the raw files", kind=RunKind.PEER, repeat=1, concurrency=None,
-                     part_size=None, parts_in_flight=None, wall_seconds=wall, entries=len(entries),
-                     entries_ok=len(entries), source_bytes=source, archive_bytes=source, usage=meter.usage,
-                     stage_seconds={"upload": wall}, object_prefix=prefix)
+    return RunResult(label=label, kind=RunKind.PEER, repeat=1, concurrency=None, part_size=None, parts_in_flight=None,
+                     wall_seconds=wall, entries=entries, entries_ok=entries, source_bytes=source, archive_bytes=sent,
+                     usage=meter.usage, stage_seconds={"upload": wall}, object_prefix=prefix)
 
 
 def subprocess_env(keys: tuple[str, str]) -> dict[str, str]:

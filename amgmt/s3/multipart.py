@@ -87,26 +87,21 @@ async def upload_file(
     if storage_class:
         extra["StorageClass"] = storage_class
     if len(ranges) == 1:
-        async with budget.hold(size):
-            resp, sent = await _put_whole(
-                s3,
-                key,
-                await bodies.read_range(path, 0, size),
-                md5_base64(part_md5s[0]),
-                extra,
-                storage_class=storage_class,
-                stats=stats,
-                if_absent=if_absent,
-                checksum=checksum,
-                known=part_checksums[0] if part_checksums else None,
-                payload_sha256=payload_sha256,
-            )
-        stats.parts_sent += 1
-        stats.bytes_sent += size
-        if on_progress:
-            on_progress(size)
-        return UploadResult(
-            etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None, checksum=sent
+        return await _upload_single(
+            s3,
+            key,
+            path,
+            size=size,
+            md5=part_md5s[0],
+            extra=extra,
+            storage_class=storage_class,
+            budget=budget,
+            stats=stats,
+            on_progress=on_progress,
+            if_absent=if_absent,
+            checksum=checksum,
+            known=part_checksums[0] if part_checksums else None,
+            payload_sha256=payload_sha256,
         )
     upload = MultipartUpload(
         s3,
@@ -125,6 +120,47 @@ async def upload_file(
         part_checksums=dict(enumerate(part_checksums, start=1)),
     )
     return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
+
+
+async def _upload_single(
+    s3: S3Bucket,
+    key: str,
+    path: str,
+    *,
+    size: int,
+    md5: str,
+    extra: dict[str, Any],
+    storage_class: str | None,
+    budget: ByteBudget,
+    stats: UploadStats,
+    on_progress: ProgressCallback | None,
+    if_absent: bool,
+    checksum: str | None,
+    known: str | None,
+    payload_sha256: str | None,
+) -> UploadResult:
+    """A one-part archive: one PUT of its bytes, read whole while holding their size in the budget."""
+    async with budget.hold(size):
+        resp, sent = await _put_whole(
+            s3,
+            key,
+            await bodies.read_range(path, 0, size),
+            md5_base64(md5),
+            extra,
+            storage_class=storage_class,
+            stats=stats,
+            if_absent=if_absent,
+            checksum=checksum,
+            known=known,
+            payload_sha256=payload_sha256,
+        )
+    stats.parts_sent += 1
+    stats.bytes_sent += size
+    if on_progress:
+        on_progress(size)
+    return UploadResult(
+        etag=normalise_etag(resp.get("ETag")), multipart=False, part_count=1, upload_id=None, checksum=sent
+    )
 
 
 async def _put_whole(
