@@ -99,18 +99,18 @@ def test_a_file_written_slowly_is_uploaded_once_after_the_writer_stops(
     start_watch, make_settings, local_dir: Path, s3_client: Any, bucket: str
 ) -> None:  # type: ignore[no-untyped-def]
     db = make_settings().db_path
-    watch = start_watch("--settle", "1")
+    watch = start_watch("--settle", "2")
     recording = local_dir / "slow.log"
-    # A write every 0.25 s for 3 s: never a second without a change, so never settled while it runs.
-    writer = subprocess.run([sys.executable, "-c", SLOW_WRITER, str(recording), "13", "0.25"],
-                            capture_output=True, text=True, timeout=30, check=True)
+    # The writer: a write every 0.5 s for 10 s, never 2 s without a change, so never settled while it runs.
+    writer = subprocess.run([sys.executable, "-c", SLOW_WRITER, str(recording), "21", "0.5"],
+                            capture_output=True, text=True, timeout=60, check=True)
     written_until = float(writer.stdout.strip())
     final = recording.read_bytes()
 
     wait_for(lambda: [o for o in operations(db, "slow.log") if o["status"] == "success"], what="the upload")
 
     [operation] = operations(db, "slow.log")  # one operation: no attempt before it settled
-    assert operation["started_at"].timestamp() >= written_until + 1.0 - 0.05, (operation, written_until)
+    assert operation["started_at"].timestamp() >= written_until + 2.0 - 0.05, (operation, written_until)
     assert archive_members(s3_client, bucket, "slow.log.tar.gz") == {"slow.log": final}
     assert (local_dir / "completed" / "slow.log").read_bytes() == final and not recording.exists()
     assert keys(s3_client, bucket) == ["slow.log.tar.gz"]
