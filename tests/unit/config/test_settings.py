@@ -134,6 +134,19 @@ def test_empty_value_resets_to_default_over_lower_layers(sandbox: Env) -> None:
     assert settings.sources["endpoint_url"] == "env MGMT_ENDPOINT_URL"
 
 
+def test_the_hook_its_timeout_and_an_empty_flag_that_turns_a_configured_hook_off(sandbox: Env) -> None:
+    sandbox.config("MGMT_HOOK='curl -fsS -d \"$AMGMT_STATUS\" https://chat.example.com/h'\n")
+    configured = sandbox.load(env={"MGMT_HOOK_TIMEOUT": "2.5"})
+    off = sandbox.load(flags={"hook": ""})
+    assert configured.hook == 'curl -fsS -d "$AMGMT_STATUS" https://chat.example.com/h'
+    assert configured.hook_timeout == 2.5 and off.hook_timeout == 30.0
+    assert off.hook is None and off.sources["hook"] == "flag"
+    with pytest.raises(ConfigError, match=r"MGMT_HOOK_TIMEOUT=0 \(from env\): expected a number of seconds"):
+        sandbox.load(env={"MGMT_HOOK_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="MGMT_HOOK.*control characters"):
+        sandbox.load(flags={"hook": "echo a\necho b"})
+
+
 def test_unknown_flag_is_a_programming_error(sandbox: Env) -> None:
     with pytest.raises(TypeError, match="concurency"):
         sandbox.load(flags={"concurency": 3})
