@@ -144,6 +144,17 @@ def settings_options(func: F) -> F:
     return func
 
 
+def hook_option(func: F) -> F:
+    """`--hook CMD` of the commands that upload (upload, retry, watch)."""
+    return click.option(
+        "--hook",
+        metavar="CMD",
+        type=str,
+        default=None,
+        help="Shell command run after each entry ends, its record in AMGMT_* variables [MGMT_HOOK].",
+    )(func)
+
+
 SETTINGS_FLAGS = (
     "local_dir",
     "completed_dir",

@@ -9,6 +9,7 @@ import asyncclick as click
 
 from amgmt.cli.common import (
     EXIT_CODES_HELP,
+    hook_option,
     parse_when,
     print_run_report,
     run_stoppable,
@@ -31,6 +32,7 @@ from amgmt.upload.report import BatchReport
 @click.command("retry", epilog=EXIT_CODES_HELP)
 @click.argument("operation_ids", nargs=-1)
 @settings_options
+@hook_option
 @click.option(
     "--failed",
     is_flag=True,
@@ -45,6 +47,7 @@ async def retry(
     concurrency: int | None,
     as_json: bool,
     progress: bool | None,
+    hook: str | None,
     **kwargs: Any,
 ) -> None:
     """Upload again the entries of failed, cancelled or partial operations (ids or unique id prefixes).
@@ -55,7 +58,7 @@ async def retry(
     """
     if not operation_ids and not failed:
         raise ConfigError("name operation ids, or pass --failed")
-    settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency})
+    settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency, "hook": hook})
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
     report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:

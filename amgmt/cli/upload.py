@@ -10,6 +10,7 @@ import asyncclick as click
 from amgmt.cli.common import (
     EXIT_CODES_HELP,
     complete_entry_names,
+    hook_option,
     print_run_report,
     run_stoppable,
     say,
@@ -58,6 +59,7 @@ FILTER_HELP = (
 @click.command("upload", cls=_FilterOrderCommand, epilog=FILTER_HELP)
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_entry_names)
 @settings_options
+@hook_option
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")
 @click.option("--part-size", type=str, default=None, help="Multipart part size, e.g. 16MiB [MGMT_PART_SIZE, 8MiB].")
@@ -85,6 +87,7 @@ async def upload(
     dry_run: bool,
     as_json: bool,
     progress: bool | None,
+    hook: str | None,
     **kwargs: Any,
 ) -> None:
     """Pack, upload, verify and move entries of the local dir.
@@ -96,7 +99,7 @@ async def upload(
     settings = settings_from(
         kwargs,
         require_bucket=True,
-        extra={"concurrency": concurrency, "storage_class": storage_class, "part_size": part_size},
+        extra={"concurrency": concurrency, "storage_class": storage_class, "part_size": part_size, "hook": hook},
     )
     if names == ("all",):
         entries, ignored = list_entries(settings)

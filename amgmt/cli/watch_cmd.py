@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncclick as click
 
-from amgmt.cli.common import run_stoppable, settings_from, settings_options
+from amgmt.cli.common import hook_option, run_stoppable, settings_from, settings_options
 from amgmt.cli.render import local_time, to_json
 from amgmt.naming import display
 from amgmt.text import human_duration, human_size, printable
@@ -25,6 +25,7 @@ WATCH_EXIT_HELP = (
 
 @click.command("watch", epilog=WATCH_EXIT_HELP)
 @settings_options
+@hook_option
 @click.option(
     "--settle",
     type=str,
@@ -55,6 +56,7 @@ async def watch(
     storage_class: str | None,
     part_size: str | None,
     as_json: bool,
+    hook: str | None,
     **kwargs: Any,
 ) -> None:
     """Upload each entry of the local dir once it has settled, until stopped.
@@ -79,6 +81,7 @@ async def watch(
             "storage_class": storage_class,
             "part_size": part_size,
             "settle_seconds": settle,
+            "hook": hook,
         },
     )
     options = WatchOptions(settle=settings.settle_seconds, rescan=rescan, poll=poll, once=once)

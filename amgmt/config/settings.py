@@ -49,6 +49,8 @@ class Settings:
     read_timeout: float  # seconds without a byte from the server before a request is given up (and retried)
     connect_timeout: float  # seconds to open a connection to the endpoint
     settle_seconds: float  # `amgmt watch`: how long an entry must stay unchanged before it is taken
+    hook: str | None  # a shell command run after each entry ends, the record in AMGMT_* variables (upload/hooks.py)
+    hook_timeout: float  # seconds before the hook's process group is killed
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
     warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them

@@ -234,6 +234,8 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "read_timeout": _positive_seconds,
     "connect_timeout": _positive_seconds,
     "settle_seconds": _positive_seconds,
+    "hook": _parse_name,
+    "hook_timeout": _positive_seconds,
 }
 DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -257,6 +259,8 @@ DEFAULTS: dict[str, object] = {
     "read_timeout": 60.0,
     "connect_timeout": 10.0,
     "settle_seconds": 30.0,
+    "hook": None,
+    "hook_timeout": 30.0,
 }
 
 

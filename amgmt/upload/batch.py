@@ -29,6 +29,7 @@ from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.store import MetadataStore
 from amgmt.text import counted
 from amgmt.upload.compressor import CompressionPool, Compressor
+from amgmt.upload.hooks import EntryHook
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
@@ -241,8 +242,20 @@ async def run_entries(
     """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
     through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
     `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
-    workers (their entries are recorded cancelled) and is returned."""
+    workers (their entries are recorded cancelled) and is returned.
+
+    With `MGMT_HOOK` set, the hook of each ended entry runs in a task of its own (at most `workers` at once), so a
+    slow hook holds no worker; the group waits for the hooks before it ends."""
     stopped: list[AmgmtError] = []
+    settings = ctx.settings
+    hook = EntryHook(settings.hook, settings.hook_timeout, ctx.store) if settings.hook else None
+    hooks_running = anyio.CapacityLimiter(workers)
+
+    async def run_hook(record: UploadRecord) -> None:
+        assert hook is not None
+        with anyio.CancelScope(shield=True):  # a stopping run still reports its ended entries (bounded by the timeout)
+            async with hooks_running:
+                await hook.after(record)
 
     async def worker(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
         async with queue:
@@ -267,6 +280,8 @@ async def run_entries(
                         rec.s3_object_key,
                         f" ({rec.error_message})" if rec.error_message else "",
                     )
+                    if hook is not None:
+                        tg.start_soon(run_hook, rec)
 
     async with anyio.create_task_group() as tg:
         for _ in range(workers):

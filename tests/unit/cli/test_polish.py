@@ -70,17 +70,18 @@ def test_nearest_key_of_a_mistyped_one() -> None:
     assert nearest_key("MGMT_BUKET") == "MGMT_BUCKET"
     assert nearest_key("MGMT_CONCURENCY") == "MGMT_CONCURRENCY"
     assert nearest_key("bucket") == "MGMT_BUCKET"
-    assert nearest_key("MGMT_FOO") is None
+    assert nearest_key("MGMT_HOOKS") == "MGMT_HOOK"
+    assert nearest_key("MGMT_QUUX") is None  # (MGMT_FOO is now close to MGMT_HOOK)
 
 
 def test_unknown_config_keys_are_warned_about_never_credentials(tmp_path: Path) -> None:
     config = tmp_path / "config"
-    config.write_text("MGMT_BUKET=b1\nAWS_SECRET_ACCESS_KEY=s3cr3t\nMGMT_FOO=1\nOTHER=2\nMGMT_BUCKET=real-bucket\n")
+    config.write_text("MGMT_BUKET=b1\nAWS_SECRET_ACCESS_KEY=s3cr3t\nMGMT_QUUX=1\nOTHER=2\nMGMT_BUCKET=real-bucket\n")
     settings = load_settings(config_path=config, environ={"HOME": str(tmp_path)}, cwd=tmp_path, require_bucket=False)
     assert settings.bucket == "real-bucket"
     assert settings.warnings == (
         f"config file {config} line 1: MGMT_BUKET is not an amgmt setting (did you mean MGMT_BUCKET?); ignored",
-        f"config file {config} line 3: MGMT_FOO is not an amgmt setting; ignored",
+        f"config file {config} line 3: MGMT_QUUX is not an amgmt setting; ignored",
     )
     assert "s3cr3t" not in repr(settings)
 

@@ -134,6 +134,19 @@ def test_empty_value_resets_to_default_over_lower_layers(sandbox: Env) -> None:
     assert settings.sources["endpoint_url"] == "env MGMT_ENDPOINT_URL"
 
 
+def test_the_hook_its_timeout_and_an_empty_flag_that_turns_a_configured_hook_off(sandbox: Env) -> None:
+    sandbox.config("MGMT_HOOK='curl -fsS -d \"$AMGMT_STATUS\" https://chat.example.com/h'\n")
+    configured = sandbox.load(env={"MGMT_HOOK_TIMEOUT": "2.5"})
+    off = sandbox.load(flags={"hook": ""})
+    assert configured.hook == 'curl -fsS -d "$AMGMT_STATUS" https://chat.example.com/h'
+    assert configured.hook_timeout == 2.5 and off.hook_timeout == 30.0
+    assert off.hook is None and off.sources["hook"] == "flag"
+    with pytest.raises(ConfigError, match=r"MGMT_HOOK_TIMEOUT=0 \(from env\): expected a number of seconds"):
+        sandbox.load(env={"MGMT_HOOK_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="MGMT_HOOK.*control characters"):
+        sandbox.load(flags={"hook": "echo a\necho b"})
+
+
 def test_unknown_flag_is_a_programming_error(sandbox: Env) -> None:
     with pytest.raises(TypeError, match="concurency"):
         sandbox.load(flags={"concurency": 3})
@@ -598,7 +611,7 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     rows = settings.describe()
     keys = [key for key, _, _ in rows]
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
-    assert len(keys) == len(set(keys)) == 25  # MGMT_EXCLUDE (issue 15) and MGMT_SETTLE_SECONDS (issue 13) added
+    assert len(keys) == len(set(keys)) == 27  # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT (issue 15), MGMT_SETTLE_SECONDS (13)
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")
