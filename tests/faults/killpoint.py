@@ -83,6 +83,10 @@ def install(spec: str) -> None:
     for point in filter(None, (p.strip() for p in spec.split(";"))):
         target, substring, nth, when, *rest = point.split("|")
         sig = getattr(signal, rest[0]) if rest else signal.SIGKILL
+        if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            # Started from a shell's background job (SIGINT ignored, so Python installed no KeyboardInterrupt
+            # handler): the injected Ctrl-C must act as a terminal's would on a foreground amgmt.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         holder, attribute = _resolve(target)
         setattr(holder, attribute, _wrap(getattr(holder, attribute), substring, int(nth), when, sig))
         if target in ("os.link", "os.rename", "os.unlink"):
