@@ -268,8 +268,10 @@ class MultipartUpload:
                     self.on_progress(length)
 
     async def reserve_key(self, owner: str) -> None:
-        await reservation.reserve_key(self.s3, self.key, owner, self.stats)
+        # Registered before the request: a run cancelled while the reserving PUT is under way (the server may have
+        # made the object already) still removes it. Release removes only our own reservation, never another's.
         self._on_failure(self.release_reservation, also_when_cancelled=True)
+        await reservation.reserve_key(self.s3, self.key, owner, self.stats)
 
     async def create(self) -> None:
         extra = self.extra

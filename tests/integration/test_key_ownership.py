@@ -24,6 +24,7 @@ import amgmt.s3.bodies
 import amgmt.upload.records
 import amgmt.upload.sending
 import amgmt.s3.client
+import amgmt.s3.reservation
 from amgmt.local.archive import compress_entry
 from amgmt.local.entries import resolve_names
 from amgmt.upload.batch import upload_batch
@@ -357,3 +358,33 @@ async def test_a_read_back_reads_only_the_object_it_verifies(make_settings, loca
     assert record.status == OperationStatus.FAILED, record.error_message
     assert "read back" in (record.error_message or "")
     assert source.exists() and not (local_dir / "completed" / "clip.bin").exists()
+
+
+async def test_a_run_stopped_while_its_reservation_is_being_made_leaves_no_reservation(
+    make_settings, local_dir: Path, s3_client: Any, bucket: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The run is stopped (another entry's run-wide error, a Ctrl-C) while the reserving PUT is under way: the
+    server has made the empty object, the answer has not come back. The reservation is still removed (seen on
+    radosgw: a storage class it refuses stopped the run and left the reservation of the multipart entry)."""
+    source = write_random(local_dir / "clip.bin", 11 * MiB, seed=12)
+    real = amgmt.s3.reservation.reserve_key
+    made = anyio.Event()
+
+    async def reserve_then_wait(*args: Any, **kwargs: Any) -> None:
+        await real(*args, **kwargs)  # the object exists on the server from here
+        made.set()
+        await anyio.sleep_forever()  # the answer "has not come back" when the stop arrives
+
+    monkeypatch.setattr(amgmt.s3.reservation, "reserve_key", reserve_then_wait)
+    stop = anyio.Event()
+
+    async def stop_once_made() -> None:
+        await made.wait()
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_once_made)
+        report = await upload_batch(make_settings(part_size="5MiB"), [source], stop=stop)
+    assert report.interrupted, report.to_dict()
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket)
+    assert source.exists()
