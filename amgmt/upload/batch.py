@@ -26,7 +26,7 @@ from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.store import MetadataStore
+from amgmt.store import Store, metadata_store, store_exists
 from amgmt.text import counted
 from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.hooks import EntryHook
@@ -55,7 +55,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
     The local dir's lock is held while the records are read: no run is working on it, so its uploads still
     `pending` belong to a run that was killed (the next run's recovery records them cancelled) and are retried too.
     BusyError (exit 5) while a run holds it, as the upload itself would be refused."""
-    if not settings.db_path.exists():
+    if not store_exists(settings):
         raise NotFoundError(f"no metadata database at {display(settings.db_path)} (nothing uploaded from here yet?)")
     local = display(settings.local_dir)
 
@@ -65,7 +65,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
         )
 
     with RunLock(settings.local_dir):
-        async with MetadataStore(settings.db_path) as store:
+        async with metadata_store(settings) as store:
             chosen = [await store.get_operation(op_id) for op_id in ids]
             if failed:
                 latest: dict[str, Any] = {}
@@ -98,7 +98,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
 # -- the run --------------------------------------------------------------------------------------------------
 
 
-async def recover_interrupted(settings: Settings, store: MetadataStore, s3: S3Bucket, entries: list[Path]) -> Cleanup:
+async def recover_interrupted(settings: Settings, store: Store, s3: S3Bucket, entries: list[Path]) -> Cleanup:
     """Before any entry starts (the run lock is held): close records of a run that died, remove its staging
     archives, and abort multipart uploads to this run's keys that the journal does not know (a crash between
     create and journal). Journaled open uploads are kept: their entries resume them."""
@@ -171,7 +171,7 @@ class OpenRun:
 
     settings: Settings
     s3: S3Bucket
-    store: MetadataStore
+    store: Store
     recovery: Cleanup
     compress: Compressor
 
@@ -219,7 +219,7 @@ async def open_run(
             await s3.check_bucket()  # before anything is created on disk
             _private_dir(settings.db_path.parent)
             _private_dir(settings.staging_dir)
-            async with MetadataStore(settings.db_path) as store:
+            async with metadata_store(settings) as store:
                 try:
                     recovery = await recover_interrupted(settings, store, s3, entries)
                 except UploadError as exc:  # before any entry: nothing else could do better

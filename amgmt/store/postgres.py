@@ -1,0 +1,184 @@
+"""PostgresStore: the Store backend on a PostgreSQL database (asyncpg): its connection pool, its transactions, its
+migrations, and the translation of its errors. The only module importing asyncpg; the queries are the Store base's
+(base.py), turned into PostgreSQL's by dialect.py. The database URL's password never leaves this module: messages
+name the database by `where` (text.redacted_url)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import anyio
+import asyncpg
+
+from amgmt.errors import StoreError
+from amgmt.models import OperationRecord
+from amgmt.store import schema
+from amgmt.store.base import Store
+from amgmt.store.dialect import postgres_migration, postgres_sql
+from amgmt.store.records import (
+    UPSERT_FILE_RECORD,
+    UPSERT_OPERATION,
+    file_records_sql,
+    operations_sql,
+    records_from_rows,
+    upload_id_chunks,
+)
+from amgmt.text import redacted_url
+
+_MIGRATION_LOCK = 0x616D676D74  # pg_advisory_xact_lock key: "amgmt"; concurrent openers migrate one at a time
+_CONNECTION_LOST = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+
+
+class PostgresStore(Store):
+    """The operations database at a `postgresql://` URL: a small pool of connections, opened with `async with` or
+    `open()`. Writes are shielded from cancellation (a transaction commits or rolls back whole, as SQLite's do),
+    bounded by `command_timeout`; `connect_timeout` bounds each connection attempt."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        host_id: str | None = None,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+        max_connections: int = 4,
+    ) -> None:
+        super().__init__(host_id=host_id)
+        self._url = url
+        self.where = redacted_url(url)
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.max_connections = max_connections
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        """Connect (a pool of up to `max_connections`), create the schema or migrate it."""
+        if self._pool is not None:
+            return
+        with self._translate_errors("connect"):
+            pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self.max_connections,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+            )
+        try:
+            with self._translate_errors("migrate the schema"):
+                async with pool.acquire() as conn:
+                    await self._migrate(conn)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                pool.terminate()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(self.connect_timeout):
+                    await pool.close()
+            except (TimeoutError, *_CONNECTION_LOST, asyncpg.PostgresError):
+                pool.terminate()  # a server gone away must not hold up the end of the run
+
+    def _require_open(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"metadata database {self.where} is not open")
+        return self._pool
+
+    # -- the primitives of Store ------------------------------------------------------------------------------
+
+    async def _write_rows(self, doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
+        async with self._writing(doing) as conn:
+            await conn.executemany(postgres_sql(UPSERT_OPERATION), operation_rows)
+            if file_rows:
+                await conn.executemany(postgres_sql(UPSERT_FILE_RECORD), file_rows)
+
+    async def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
+        async with self._writing(doing) as conn:
+            await conn.execute(postgres_sql(sql), *params)
+
+    async def _fetch(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        async with self._reading(doing) as conn:
+            return [dict(r) for r in await conn.fetch(postgres_sql(sql), *params)]
+
+    async def _fetch_pair(
+        self, doing: str, first: tuple[str, Sequence[Any]], second: tuple[str, Sequence[Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with self._reading(doing) as conn:
+            one = [dict(r) for r in await conn.fetch(postgres_sql(first[0]), *first[1])]
+            two = [dict(r) for r in await conn.fetch(postgres_sql(second[0]), *second[1])]
+            return one, two
+
+    async def _select(self, doing: str, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
+        async with self._reading(doing) as conn:
+            rows = [dict(r) for r in await conn.fetch(postgres_sql(operations_sql(tail)), *params)]
+            file_rows = [
+                dict(found)
+                for chunk in upload_id_chunks(rows)
+                for found in await conn.fetch(postgres_sql(file_records_sql(len(chunk))), *chunk)
+            ]
+        return records_from_rows(rows, file_rows, self.where)
+
+    # -- connections and transactions -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _reading(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, in a read-only transaction (one snapshot for every query in it)."""
+        pool = self._require_open()
+        with self._translate_errors(doing):
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                yield conn
+
+    @asynccontextmanager
+    async def _writing(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool in a transaction that a cancelled caller does not interrupt: it commits or
+        rolls back whole (bounded by the connection's command timeout)."""
+        pool = self._require_open()
+        with anyio.CancelScope(shield=True), self._translate_errors(doing):
+            async with pool.acquire() as conn, conn.transaction():
+                yield conn
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        """Every missing migration, in one transaction, under an advisory lock (two runs opening a new database at
+        once migrate it once). The version is a row of `amgmt_schema` (SQLite keeps it in `PRAGMA user_version`)."""
+        known = len(schema.MIGRATIONS)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS amgmt_schema (version INTEGER NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM amgmt_schema")
+            if version is None:
+                await conn.execute("INSERT INTO amgmt_schema (version) VALUES (0)")
+                version = 0
+            if version > known:
+                raise StoreError(
+                    f"metadata database {self.where} has schema version {version}, newer than this amgmt "
+                    f"supports ({known}); upgrade amgmt"
+                )
+            for number in range(version + 1, known + 1):
+                await conn.execute(postgres_migration(schema.MIGRATIONS[number - 1], number))
+            if version < known:
+                await conn.execute("UPDATE amgmt_schema SET version = $1", known)
+
+    @contextmanager
+    def _translate_errors(self, doing: str) -> Iterator[None]:
+        """asyncpg's and the network's errors as one-line StoreErrors (exit 4), naming the database without its
+        password."""
+        try:
+            yield
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise StoreError(f"metadata database {self.where} is unreachable (cannot {doing}): {exc}") from exc
+            raise StoreError(f"metadata database {self.where}: cannot {doing}: {_one_line(exc)}") from exc
+        except _CONNECTION_LOST as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise StoreError(f"metadata database {self.where} is unreachable (cannot {doing}): {reason}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
