@@ -3,13 +3,14 @@
 # usage: pg_up.sh DIR PORT      start (initdb on the first start); writes DIR/url (mode 0600):
 #                               postgresql://amgmt:<generated password>@127.0.0.1:PORT/amgmt
 #        pg_up.sh DIR stop      stop the server and remove its data (the cluster is throwaway)
+#        pg_up.sh DIR halt      stop the server, keep its data (`pg_up.sh DIR PORT` starts it again)
 # needs: the Debian `postgresql` package (its binaries in /usr/lib/postgresql/<version>/bin; PG_BIN overrides).
 # PG_UP_OPTIONS: extra server options, e.g. "-c fsync=off" for tests that do not measure anything.
 # PostgreSQL refuses to run as root: run by root, the server runs as `nobody` (PG_UP_USER overrides), with its
 # data in a private dir of that user's (its path in DIR/datadir), since DIR may sit where `nobody` cannot go.
 # The password is generated here and only written to DIR/url and the cluster; the script never prints it.
 set -euo pipefail
-[ $# -ge 2 ] || { echo "usage: $0 DIR PORT | $0 DIR stop" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: $0 DIR PORT | $0 DIR stop | $0 DIR halt" >&2; exit 2; }
 D=$(realpath -m "$1"); PORT=$2
 if [ -z "${PG_BIN:-}" ]; then
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
@@ -28,12 +29,14 @@ if [ "$(id -u)" = 0 ]; then
   PG_UID=$(id -u "$PG_USER"); PG_GID=$(id -g "$PG_USER")
 fi
 
-if [ "$PORT" = stop ]; then
+if [ "$PORT" = stop ] || [ "$PORT" = halt ]; then
   [ -f "$D/datadir" ] || exit 0
   DATA=$(cat "$D/datadir")
-  if [ -f "$DATA/postmaster.pid" ]; then
-    as_owner "$PG_BIN/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1 || true
+  if [ -f "$DATA/cluster/postmaster.pid" ]; then
+    as_owner "$PG_BIN/pg_ctl" -D "$DATA/cluster" -m fast -w -t 30 stop >/dev/null 2>&1 \
+      || as_owner "$PG_BIN/pg_ctl" -D "$DATA/cluster" -m immediate -w stop >/dev/null 2>&1 || true
   fi
+  [ "$PORT" = halt ] && exit 0
   # The data dir is ours only when it is the one this script made (its name says so).
   case "$DATA" in */amgmt-pg.*|"$D"/data) rm -rf "$DATA" ;; esac
   rm -f "$D/datadir" "$D/url"

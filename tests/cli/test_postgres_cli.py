@@ -1,0 +1,84 @@
+"""`amgmt` on the PostgreSQL store (MGMT_DB_URL / --db-url) as a user runs it: a real upload recorded in a fresh
+database of the session's server, `history --host`, `show`, `config` (the URL's password never shown), and the
+database unreachable (exit 4, nothing moved). Marked `pg`: they need the PostgreSQL server of tests/conftest.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from amgmt.bench.localserver import free_port
+
+pytestmark = pytest.mark.pg
+
+
+def password_of(url: str) -> str:
+    password = urlsplit(url).password
+    assert password and len(password) >= 16  # pg_up.sh generates one: the checks below mean something
+    return password
+
+
+def test_upload_recorded_in_postgresql_with_the_host(amgmt, make_media, local_dir: Path, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    secret = password_of(pg_url)
+    make_media({"a.mp4": 1000, "dir/b.txt": b"hello", "c.mov": 3000})
+    env = {"MGMT_DB_URL": pg_url, "MGMT_HOST_ID": "ingest-a"}
+    run = amgmt("upload", "all", env=env)
+    assert run.code == 0, run
+    assert sorted(p.name for p in (local_dir / "completed").iterdir() if p.name != ".metadata") == [
+        "a.mp4", "c.mov", "dir"]
+    # The records are in PostgreSQL, not in a SQLite file beside the completed dir.
+    assert not (local_dir / "completed" / ".metadata" / "operations.db").exists()
+
+    run = amgmt("history", "--json", env=env)
+    assert run.code == 0, run
+    ops = json.loads(run.stdout)
+    assert sorted((op["target_name"], op["status"], op["host_id"]) for op in ops) == [
+        ("a.mp4", "success", "ingest-a"), ("c.mov", "success", "ingest-a"), ("dir", "success", "ingest-a")]
+    # --db-url on the command line does the same as MGMT_DB_URL; --host filters exactly.
+    run = amgmt("history", "--json", "--db-url", pg_url, "--host", "ingest-a")
+    assert run.code == 0 and len(json.loads(run.stdout)) == 3, run
+    run = amgmt("history", "--db-url", pg_url, "--host", "ingest-b")
+    assert run.code == 0 and "no operations recorded matching these filters" in run.stdout, run
+    run = amgmt("show", "--json", ops[0]["operation_id"][:8], env=env)
+    assert run.code == 0 and json.loads(run.stdout)["host_id"] == "ingest-a", run
+    run = amgmt("show", ops[0]["operation_id"][:8], env=env)
+    assert run.code == 0 and any(line.split() == ["host_id", "ingest-a"] for line in run.stdout.splitlines()), run
+
+    # A second host's run on the same catalog is recorded under its own host.
+    make_media({"again.mp4": 1000})
+    run = amgmt("upload", "all", "--json", env={**env, "MGMT_HOST_ID": "ingest-b"})
+    assert run.code == 0, run
+    run = amgmt("history", "--json", "--host", "ingest-b", env=env)
+    assert [op["target_name"] for op in json.loads(run.stdout)] == ["again.mp4"], run
+
+    for args in (("config",), ("config", "--db-url", pg_url), ("history",), ("upload", "all")):
+        run = amgmt(*args, env=env)
+        assert secret not in run.stdout + run.stderr, run
+    run = amgmt("config", env=env)
+    line = next(line for line in run.stdout.splitlines() if line.startswith("MGMT_DB_URL"))
+    assert ":***@127.0.0.1:" in line, run
+    line = next(line for line in run.stdout.splitlines() if line.startswith("MGMT_HOST_ID"))
+    assert "ingest-a" in line, run
+
+
+def test_database_unreachable_exits_4_and_moves_nothing(amgmt, make_media, local_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    make_media({"a.mp4": 1000, "b.mp4": 2000})
+    url = f"postgresql://amgmt:not-the-password-7f3a@127.0.0.1:{free_port()}/amgmt"  # nobody listens there
+    run = amgmt("upload", "all", env={"MGMT_DB_URL": url})
+    assert run.code == 4, run
+    assert run.stderr.startswith("amgmt: error: metadata database postgresql://amgmt:***@127.0.0.1:"), run
+    assert "unreachable" in run.stderr and len(run.stderr.strip().splitlines()) == 1, run
+    assert "not-the-password-7f3a" not in run.stdout + run.stderr, run
+    assert sorted(p.name for p in local_dir.iterdir() if p.name != "completed") == ["a.mp4", "b.mp4"]
+    run = amgmt("history", env={"MGMT_DB_URL": url})
+    assert run.code == 4 and "not-the-password-7f3a" not in run.stdout + run.stderr, run
+
+
+def test_a_bad_database_url_is_refused_without_showing_its_password(amgmt) -> None:  # type: ignore[no-untyped-def]
+    run = amgmt("history", env={"MGMT_DB_URL": "mysql://amgmt:hunter2-secret@127.0.0.1/amgmt"})
+    assert run.code == 2, run
+    assert "MGMT_DB_URL=mysql://amgmt:***@127.0.0.1/amgmt" in run.stderr, run
+    assert "hunter2-secret" not in run.stdout + run.stderr, run
