@@ -129,10 +129,12 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _reading(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        """A connection of the pool, in a read-only transaction (one snapshot for every query in it)."""
+        """A connection of the pool, each query its own statement (no BEGIN/COMMIT round trips): a record's row and
+        its file records are written in one transaction, so a reader never sees an operation without them; it may
+        see them newer than the row it read first, which is as good."""
         pool = self._require_open()
         with self._translate_errors(doing):
-            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            async with pool.acquire() as conn:
                 yield conn
 
     @asynccontextmanager
