@@ -340,12 +340,23 @@ class Store(ABC):
         """Two queries; a backend may read them in one transaction."""
         return await self._fetch(doing, *first), await self._fetch(doing, *second)
 
+    def made_here(self, record: OperationRecord) -> bool:
+        """Whether this host made the record (or it predates host ids): only then can a run here know that the
+        run which left it pending is dead. In a catalog shared by several hosts, /data/ingest on another host is
+        another folder, and its run may be alive."""
+        return self.host_id is None or record.host_id is None or record.host_id == self.host_id
+
     async def mark_interrupted(self, *, target_prefix: str, reason: str) -> list[OperationRecord]:
-        """Operations still 'pending' under `target_prefix` belong to a run that died: record them cancelled."""
+        """Operations of this host (`made_here`) still 'pending' under `target_prefix` belong to a run that died:
+        record them cancelled."""
         stale = await self._select(
             "find interrupted operations", "WHERE status = ? " + NEWEST_FIRST, [str(OperationStatus.PENDING)]
         )
-        stale = [r for r in stale if r.target_path == target_prefix or r.target_path.startswith(target_prefix + "/")]
+        stale = [
+            r
+            for r in stale
+            if (r.target_path == target_prefix or r.target_path.startswith(target_prefix + "/")) and self.made_here(r)
+        ]
         for record in stale:
             stage = getattr(record, "stage", "?")
             record.finish(OperationStatus.CANCELLED, error=f"{stage}: {reason}")

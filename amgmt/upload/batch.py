@@ -60,8 +60,10 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
     local = display(settings.local_dir)
 
     def interrupted(record: OperationRecord) -> bool:
-        return record.status == OperationStatus.PENDING and (
-            record.target_path == local or record.target_path.startswith(local + "/")
+        return (
+            record.status == OperationStatus.PENDING
+            and (record.target_path == local or record.target_path.startswith(local + "/"))
+            and store.made_here(record)
         )
 
     with RunLock(settings.local_dir):
@@ -79,7 +81,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
         if record.operation_type != "upload":
             notes.append(f"{short}: a {record.operation_type} operation, not an upload")
         elif record.status == OperationStatus.PENDING and not interrupted(record):
-            notes.append(f"{short} {record.target_name}: in progress in a run on another local dir, not retried")
+            notes.append(f"{short} {record.target_name}: in progress in another run (local dir or host), not retried")
         elif record.status not in RETRYABLE and not interrupted(record):
             notes.append(f"{short} {record.target_name}: {record.status}, nothing to retry")
         else:

@@ -64,7 +64,11 @@ async def close_interrupted(settings: Settings, store: Store, found: Cleanup) ->
     if found.dry_run:
         pending = await store.list_operations(status=OperationStatus.PENDING, limit=None)
         prefix = display(settings.local_dir)
-        stale = [r for r in pending if r.target_path == prefix or r.target_path.startswith(prefix + "/")]
+        stale = [
+            r
+            for r in pending
+            if (r.target_path == prefix or r.target_path.startswith(prefix + "/")) and store.made_here(r)
+        ]
         found.interrupted_operations = [r.operation_id for r in stale]
     else:
         stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)

@@ -530,6 +530,25 @@ async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(st
     assert (await store.get_operation(done.operation_id)).status == OperationStatus.SUCCESS
 
 
+async def test_mark_interrupted_leaves_the_pending_records_of_other_hosts(store: Store) -> None:
+    # /media on another host is another folder (a catalog shared by several hosts): its run may be alive.
+    store.host_id = "ingest-1"
+    mine, theirs, older = make_upload(name="a.mp4"), make_upload(name="b.mp4"), make_upload(name="c.mp4")
+    theirs.host_id = "ingest-2"
+    older.host_id = None
+    for record, path in ((mine, "/media/a.mp4"), (theirs, "/media/b.mp4"), (older, "/media/c.mp4")):
+        record.target_path = path
+    await store.save_operations([theirs])
+    store.host_id = None
+    await store.save_operations([older])  # saved before amgmt recorded hosts
+    store.host_id = "ingest-1"
+    await store.save_operations([mine])
+    stale = await store.mark_interrupted(target_prefix="/media", reason="process died")
+    assert sorted(r.target_name for r in stale) == ["a.mp4", "c.mp4"]
+    assert (await store.get_operation(theirs.operation_id)).status == OperationStatus.PENDING
+    assert [store.made_here(r) for r in (mine, theirs, older)] == [True, False, True]
+
+
 # -- several records in one transaction, the host of each operation ----------------------------------------------
 
 
