@@ -88,6 +88,8 @@ def redacted_url(url: str) -> str:
         if query:
             pairs = [(k, "***" if k.lower() in ("password", "passfile") else v) for k, v in parse_qsl(query, True)]
             query = urlencode(pairs, safe="*")
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url  # nothing hidden: as given (urlunsplit would turn sqlite:///x into sqlite:/x)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "***"

@@ -5,7 +5,7 @@ The only package that imports aiosqlite, sqlite3 or asyncpg (asyncpg only when P
 S3 or an entry on disk."""
 
 from amgmt.store.base import MIN_ID_PREFIX, Store
-from amgmt.store.factory import StoreLocation, metadata_store, store_exists, store_name
+from amgmt.store.factory import StoreLocation, metadata_store, sqlite_store, store_exists, store_name
 from amgmt.store.records import JournaledPart, JournaledUpload, UploadSummary
 from amgmt.store.sqlite import MetadataStore
 
@@ -18,6 +18,7 @@ __all__ = [
     "StoreLocation",
     "UploadSummary",
     "metadata_store",
+    "sqlite_store",
     "store_exists",
     "store_name",
 ]

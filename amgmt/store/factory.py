@@ -45,3 +45,8 @@ def store_name(settings: StoreLocation) -> str:
 
         return redacted_url(settings.db_url)
     return str(settings.db_path)
+
+
+def sqlite_store(settings: StoreLocation) -> Store:
+    """The SQLite file at `db_path`, whatever `db_url` says (`amgmt db migrate` copies it elsewhere)."""
+    return MetadataStore(settings.db_path, host_id=settings.host_id)

@@ -82,3 +82,36 @@ def test_a_bad_database_url_is_refused_without_showing_its_password(amgmt) -> No
     assert run.code == 2, run
     assert "MGMT_DB_URL=mysql://amgmt:***@127.0.0.1/amgmt" in run.stderr, run
     assert "hunter2-secret" not in run.stdout + run.stderr, run
+
+
+def test_db_migrate_copies_the_sqlite_history_once_and_verifies_it(amgmt, make_media, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    secret = password_of(pg_url)
+    make_media({"a.mp4": 1000, "dir/b.txt": b"hello", "big.mov": 9 * 2**20})  # big.mov: a multipart upload
+    env = {"MGMT_HOST_ID": "ingest-a"}
+    assert amgmt("upload", "all", env=env).code == 0
+    before = amgmt("history", "--json", "-n", "0", env=env)
+    assert before.code == 0, before
+
+    run = amgmt("db", "migrate", "--to", pg_url, env=env)
+    assert run.code == 0, run
+    assert run.stdout.startswith("copied 3 operations (12 file records) and 1 journaled multipart upload (2 parts) from ")
+    assert "into postgresql://amgmt:***@127.0.0.1:" in run.stdout and "every one found there" in run.stdout, run
+    again = amgmt("db", "migrate", "--to", pg_url, "--json", env=env)  # idempotent: the same counts, nothing doubled
+    assert again.code == 0, again
+    report = json.loads(again.stdout)
+    assert report["verified"] is True
+    assert (report["operations"], report["found_operations"], report["upload_parts"]) == (3, 3, 2)
+    for output in (run.stdout + run.stderr, again.stdout + again.stderr):
+        assert secret not in output
+
+    after = amgmt("history", "--json", "-n", "0", env={**env, "MGMT_DB_URL": pg_url})
+    assert after.code == 0, after
+    assert json.loads(after.stdout) == json.loads(before.stdout)  # the same records, in the same order
+    assert {op["host_id"] for op in json.loads(after.stdout)} == {"ingest-a"}
+
+
+def test_db_migrate_refuses_a_bad_url_and_a_missing_history(amgmt) -> None:  # type: ignore[no-untyped-def]
+    run = amgmt("db", "migrate", "--to", "sqlite:///tmp/x.db")
+    assert run.code == 2 and "MGMT_DB_URL=sqlite:///tmp/x.db (from flag): expected a postgresql://" in run.stderr, run
+    run = amgmt("db", "migrate", "--to", "postgresql://amgmt:pw-secret-9@127.0.0.1:1/amgmt")
+    assert run.code == 2 and "no metadata database at" in run.stderr and "pw-secret-9" not in run.stderr, run
