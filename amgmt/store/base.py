@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -87,6 +88,14 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    shared = False  # whether several hosts may use the database at once (then a run also takes `run_lock`)
+
+    @asynccontextmanager
+    async def run_lock(self, key: str) -> AsyncIterator[None]:
+        """The catalog's lock of one local dir (`key`: its `dir_identity`), held while the block runs; BusyError
+        (exit 5) when another run holds it. A store no other host uses has nothing to add to the local flock."""
+        yield
 
     def check_alive(self) -> None:  # noqa: B027 -- a backend with nothing to check keeps this
         """Raise StoreError (exit 4) when writing on would lose records (the SQLite file was deleted or replaced).

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from amgmt.errors import StoreError
+from amgmt.errors import BusyError, StoreError
 from amgmt.models import OperationRecord
 from amgmt.store import schema
 from amgmt.store.base import Store
@@ -85,6 +85,31 @@ class PostgresStore(Store):
                     await pool.close()
             except (TimeoutError, *_CONNECTION_LOST, asyncpg.PostgresError):
                 pool.terminate()  # a server gone away must not hold up the end of the run
+
+    shared = True
+
+    @asynccontextmanager
+    async def run_lock(self, key: str) -> AsyncIterator[None]:
+        """A session advisory lock named by `key`, on a connection of its own held for the block: the server drops
+        it when that connection ends, so a run whose host died leaves no lock once its connection is gone."""
+        with self._translate_errors("take the local dir's run lock"):
+            conn = await asyncpg.connect(self._url, timeout=self.connect_timeout, command_timeout=self.command_timeout)
+        try:
+            with self._translate_errors("take the local dir's run lock"):
+                held = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", f"amgmt-run:{key}")
+            if not held:
+                raise BusyError(
+                    f"another amgmt run (on this host or another) is uploading from this local dir: its lock "
+                    f"{key[:12]} is held in {self.where}; wait for it to finish, or stop it first"
+                )
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.fail_after(self.connect_timeout):
+                        await conn.close()
+                except (TimeoutError, *_CONNECTION_LOST, asyncpg.PostgresError):
+                    conn.terminate()
 
     def _require_open(self) -> asyncpg.Pool:
         if self._pool is None:

@@ -32,7 +32,13 @@ from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.hooks import EntryHook
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
-from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
+from amgmt.upload.recovery import (
+    Cleanup,
+    abort_stale_multiparts,
+    catalog_lock,
+    close_interrupted,
+    remove_stale_staging,
+)
 from amgmt.upload.report import BatchReport
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
@@ -221,7 +227,7 @@ async def open_run(
             await s3.check_bucket()  # before anything is created on disk
             _private_dir(settings.db_path.parent)
             _private_dir(settings.staging_dir)
-            async with metadata_store(settings) as store:
+            async with metadata_store(settings) as store, catalog_lock(settings, store):
                 try:
                     recovery = await recover_interrupted(settings, store, s3, entries)
                 except UploadError as exc:  # before any entry: nothing else could do better

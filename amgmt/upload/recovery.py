@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from amgmt.local.copying import remove_tree_quietly
 from amgmt.local.destinations import CompletedDir
 from amgmt.local.identity import Identity
 from amgmt.local.move_recovery import recover_move
-from amgmt.local.runlock import RunLock
+from amgmt.local.runlock import RunLock, dir_identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
 from amgmt.s3 import ClientOptions, S3Bucket
@@ -56,6 +57,14 @@ class Cleanup:
         out = asdict(self) | {"staging_bytes": self.staging_bytes, "multipart_bytes": self.multipart_bytes}
         del out["handled_tags"]
         return out
+
+
+def catalog_lock(settings: Settings, store: Store) -> AbstractAsyncContextManager[None]:
+    """The local dir's lock in a catalog several hosts share (PostgreSQL), beside the local flock: flock does not
+    reach the other hosts of a folder shared over NFS/SMB. Nothing for a store of this host alone."""
+    if not store.shared:
+        return nullcontext()
+    return store.run_lock(dir_identity(settings.db_path.parent))
 
 
 async def close_interrupted(settings: Settings, store: Store, found: Cleanup) -> None:
@@ -298,6 +307,7 @@ async def cleanup(
     with RunLock(settings.local_dir):
         async with (
             metadata_store(settings) as store,
+            catalog_lock(settings, store),
             S3Bucket.connect(ClientOptions.from_settings(settings)) as s3,
         ):
             await s3.check_bucket()

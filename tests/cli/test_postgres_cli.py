@@ -5,6 +5,10 @@ database unreachable (exit 4, nothing moved). Marked `pg`: they need the Postgre
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,6 +17,12 @@ import pytest
 from amgmt.bench.localserver import free_port
 
 pytestmark = pytest.mark.pg
+
+
+def amgmt_env(amgmt) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment the `amgmt` fixture runs the CLI with (its closure's `base`)."""
+    cells = dict(zip(amgmt.__code__.co_freevars, amgmt.__closure__ or (), strict=True))
+    return dict(cells["base"].cell_contents)
 
 
 def password_of(url: str) -> str:
@@ -115,3 +125,41 @@ def test_db_migrate_refuses_a_bad_url_and_a_missing_history(amgmt) -> None:  # t
     assert run.code == 2 and "MGMT_DB_URL=sqlite:///tmp/x.db (from flag): expected a postgresql://" in run.stderr, run
     run = amgmt("db", "migrate", "--to", "postgresql://amgmt:pw-secret-9@127.0.0.1:1/amgmt")
     assert run.code == 2 and "no metadata database at" in run.stderr and "pw-secret-9" not in run.stderr, run
+
+
+def test_two_runs_on_one_folder_seen_at_two_paths_exclude_each_other_in_the_catalog(  # type: ignore[no-untyped-def]
+    amgmt, make_media, local_dir: Path, tmp_path: Path, pg_url: str
+) -> None:
+    # One folder mounted at two paths (two hosts, NFS): flock does not reach across, the catalog's lock does. Here
+    # two folders that flock tells apart stand for the two views of one: they share the metadata dir that holds the
+    # folder's id (dir-id), as the two hosts' views of one folder do.
+    make_media({"a.mp4": 1000})
+    other_view = tmp_path / "mounted-elsewhere"
+    other_view.mkdir()
+    (other_view / "b.mp4").write_bytes(b"b" * 1000)
+    env = {"MGMT_DB_URL": pg_url, "MGMT_DB_PATH": str(tmp_path / "shared-metadata" / "operations.db")}
+    started, release = tmp_path / "hook-started", tmp_path / "hook-release"
+    # The first run's hook holds it (and its locks) until the test has tried the second run: no sleep decides.
+    hook = f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "amgmt", "upload", "all", "--hook", hook],
+        env={**os.environ, **amgmt_env(amgmt), **env, "MGMT_HOOK_TIMEOUT": "120"}, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        run = amgmt("upload", "all", "--local-dir", str(other_view), env=env)
+        assert run.code == 5, run
+        assert "another amgmt run (on this host or another) is uploading from this local dir" in run.stderr, run
+        assert password_of(pg_url) not in run.stdout + run.stderr
+        assert (other_view / "b.mp4").exists()
+    finally:
+        release.touch()
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, out + err
+    run = amgmt("upload", "all", "--local-dir", str(other_view), env=env)  # the lock is free again
+    assert run.code == 0, run
+    assert not (other_view / "b.mp4").exists()

@@ -152,3 +152,40 @@ async def test_the_server_stopped_mid_run_gives_store_error_on_the_next_write_an
     for error in (write.value, read.value):
         assert "unreachable" in str(error) and password not in str(error), error
         assert error.exit_code == 4
+
+
+@pytest.mark.pg
+async def test_the_run_lock_of_a_local_dir_is_held_once_in_the_catalog(pg_url: str) -> None:
+    from amgmt.errors import BusyError
+
+    async with PostgresStore(pg_url) as first, PostgresStore(pg_url) as second:
+        assert first.shared and second.shared
+        async with first.run_lock("a" * 32):
+            with pytest.raises(BusyError, match=r"^another amgmt run \(on this host or another\) is uploading from this"):
+                async with second.run_lock("a" * 32):
+                    pytest.fail("taken twice")
+            async with second.run_lock("b" * 32):  # another local dir: its own lock
+                pass
+        async with second.run_lock("a" * 32):  # released at the end of the block
+            pass
+
+
+@pytest.mark.pg
+async def test_a_run_lock_whose_connection_died_is_free_again(pg_url: str) -> None:
+    # A host that dies takes its connection with it: the server drops the lock (here: the backend is killed).
+    async with PostgresStore(pg_url) as holder, PostgresStore(pg_url) as other:
+        async with holder.run_lock("c" * 32):
+            rows = await other._fetch(
+                "test",
+                "SELECT pg_terminate_backend(pid) AS gone FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid <> pg_backend_pid()",
+                [],
+            )
+            assert rows == [{"gone": True}]
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        async with other.run_lock("c" * 32):
+                            break
+                    except Exception:  # noqa: BLE001 -- until the server has ended the killed session
+                        await anyio.sleep(0.05)
