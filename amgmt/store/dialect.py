@@ -50,3 +50,35 @@ def postgres_sql(sql: str) -> str:
             continue
         out.append(ch)
     return "".join(out)
+
+
+@lru_cache(maxsize=8)
+def postgres_save_sql(operation_columns: tuple[str, ...], file_columns: tuple[str, ...]) -> str:
+    """One statement (so one round trip, atomic by itself) that upserts `operations` rows ($1) and then their
+    `file_records` rows ($2), each given as a JSON array of objects keyed by column: what SQLite does with two
+    `executemany` in one transaction run whole in its thread (records.UPSERT_OPERATION, UPSERT_FILE_RECORD)."""
+
+    def upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...], param: str) -> str:
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in key)
+        return (
+            f"INSERT INTO {table} ({quoted}) SELECT {quoted} FROM jsonb_populate_recordset(NULL::{table}, {param})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+        )
+
+    return (
+        f"WITH saved AS ({upsert('operations', operation_columns, ('operation_id',), '$1::jsonb')} RETURNING 1) "
+        + upsert("file_records", file_columns, ("operation_id", "role"), "$2::jsonb")
+    )
+
+
+def postgres_select_sql(sql: str) -> str:
+    """`SELECT * FROM operations <tail>` (records.operations_sql) with each row's file records as a JSON array in
+    `amgmt_files`: the records of a query in one round trip instead of one plus one per 500 uploads."""
+    head = "SELECT * FROM operations "
+    assert sql.startswith(head), sql
+    files = (
+        "(SELECT coalesce(json_agg(f), '[]'::json) FROM file_records AS f"
+        " WHERE f.operation_id = operations.operation_id) AS amgmt_files"
+    )
+    return postgres_sql(f"SELECT *, {files} FROM operations {sql[len(head) :]}")

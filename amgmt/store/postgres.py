@@ -5,6 +5,7 @@ name the database by `where` (text.redacted_url)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -14,17 +15,10 @@ import asyncpg
 
 from amgmt.errors import BusyError, StoreError
 from amgmt.models import OperationRecord
-from amgmt.store import schema
+from amgmt.store import records, schema
 from amgmt.store.base import Store
-from amgmt.store.dialect import postgres_migration, postgres_sql
-from amgmt.store.records import (
-    UPSERT_FILE_RECORD,
-    UPSERT_OPERATION,
-    file_records_sql,
-    operations_sql,
-    records_from_rows,
-    upload_id_chunks,
-)
+from amgmt.store.dialect import postgres_migration, postgres_save_sql, postgres_select_sql, postgres_sql
+from amgmt.store.records import operations_sql, records_from_rows
 from amgmt.text import redacted_url
 
 _MIGRATION_LOCK = 0x616D676D74  # pg_advisory_xact_lock key: "amgmt"; concurrent openers migrate one at a time
@@ -43,7 +37,7 @@ class PostgresStore(Store):
         host_id: str | None = None,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
-        max_connections: int = 4,
+        max_connections: int = 8,
     ) -> None:
         super().__init__(host_id=host_id)
         self._url = url
@@ -119,10 +113,11 @@ class PostgresStore(Store):
     # -- the primitives of Store ------------------------------------------------------------------------------
 
     async def _write_rows(self, doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
+        operation_columns, file_columns = records.OPERATION_COLUMNS, records.FILE_COLUMNS
+        operations = json.dumps([dict(zip(operation_columns, row, strict=True)) for row in operation_rows])
+        files = json.dumps([dict(zip(file_columns, row, strict=True)) for row in file_rows])
         async with self._writing(doing) as conn:
-            await conn.executemany(postgres_sql(UPSERT_OPERATION), operation_rows)
-            if file_rows:
-                await conn.executemany(postgres_sql(UPSERT_FILE_RECORD), file_rows)
+            await conn.execute(postgres_save_sql(operation_columns, file_columns), operations, files)
 
     async def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
         async with self._writing(doing) as conn:
@@ -142,12 +137,9 @@ class PostgresStore(Store):
 
     async def _select(self, doing: str, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
         async with self._reading(doing) as conn:
-            rows = [dict(r) for r in await conn.fetch(postgres_sql(operations_sql(tail)), *params)]
-            file_rows = [
-                dict(found)
-                for chunk in upload_id_chunks(rows)
-                for found in await conn.fetch(postgres_sql(file_records_sql(len(chunk))), *chunk)
-            ]
+            found = await conn.fetch(postgres_select_sql(operations_sql(tail)), *params)
+        rows = [dict(r) for r in found]
+        file_rows = [f for row in rows for f in json.loads(row.pop("amgmt_files"))]
         return records_from_rows(rows, file_rows, self.where)
 
     # -- connections and transactions -------------------------------------------------------------------------
@@ -164,11 +156,11 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _writing(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        """A connection of the pool in a transaction that a cancelled caller does not interrupt: it commits or
-        rolls back whole (bounded by the connection's command timeout)."""
+        """A connection of the pool for one write statement (atomic by itself, so no BEGIN/COMMIT round trips),
+        which a cancelled caller does not interrupt: it commits or fails whole (bounded by the command timeout)."""
         pool = self._require_open()
         with anyio.CancelScope(shield=True), self._translate_errors(doing):
-            async with pool.acquire() as conn, conn.transaction():
+            async with pool.acquire() as conn:
                 yield conn
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:

@@ -71,8 +71,8 @@ class UploadSummary:
 
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
 
-_OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
-_FILE_COLUMNS: tuple[str, ...] = ("operation_id", "role", *(f.name for f in dataclasses.fields(FileRecord)))
+OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
+FILE_COLUMNS: tuple[str, ...] = ("operation_id", "role", *(f.name for f in dataclasses.fields(FileRecord)))
 
 
 def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -87,21 +87,21 @@ def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     )
 
 
-UPSERT_OPERATION = _upsert_sql("operations", _OPERATION_COLUMNS, ["operation_id"])
-UPSERT_FILE_RECORD = _upsert_sql("file_records", _FILE_COLUMNS, ["operation_id", "role"])
+UPSERT_OPERATION = _upsert_sql("operations", OPERATION_COLUMNS, ["operation_id"])
+UPSERT_FILE_RECORD = _upsert_sql("file_records", FILE_COLUMNS, ["operation_id", "role"])
 
 
 def operation_row(record: OperationRecord) -> list[Any]:
     """The `operations` row of a record, in OPERATION_COLUMNS order."""
     # A plain OperationRecord lacks the upload fields: those columns get NULL.
-    return [to_column(getattr(record, column, None)) for column in _OPERATION_COLUMNS]
+    return [to_column(getattr(record, column, None)) for column in OPERATION_COLUMNS]
 
 
 def file_row(operation_id: str, role: FileRole, record: FileRecord) -> list[Any]:
     """The `file_records` row of one of an upload's FileRecords."""
     values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     values |= {"operation_id": operation_id, "role": role.value}
-    return [to_column(values[column]) for column in _FILE_COLUMNS]
+    return [to_column(values[column]) for column in FILE_COLUMNS]
 
 
 def select_operations(

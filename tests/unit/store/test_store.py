@@ -398,9 +398,9 @@ async def test_reopening_keeps_data_and_applies_only_missing_migrations(
     released = store_module.MIGRATIONS
     # A database made by the first release (schema v1, whose operations rows had no later column) ...
     monkeypatch.setattr(store_module, "MIGRATIONS", released[:1])
-    first_columns = [c for c in store_records._OPERATION_COLUMNS if c not in ("checksum_s3", "host_id")]
+    first_columns = [c for c in store_records.OPERATION_COLUMNS if c not in ("checksum_s3", "host_id")]
     with monkeypatch.context() as first_release:
-        first_release.setattr(store_records, "_OPERATION_COLUMNS", tuple(first_columns))
+        first_release.setattr(store_records, "OPERATION_COLUMNS", tuple(first_columns))
         first_release.setattr(
             store_sqlite, "UPSERT_OPERATION", store_records._upsert_sql("operations", first_columns, ["operation_id"])
         )
