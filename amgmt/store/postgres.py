@@ -22,7 +22,16 @@ from amgmt.store.records import operations_sql, records_from_rows
 from amgmt.text import redacted_url
 
 _MIGRATION_LOCK = 0x616D676D74  # pg_advisory_xact_lock key: "amgmt"; concurrent openers migrate one at a time
-_CONNECTION_LOST = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+# The server unreachable or gone: the network's errors, asyncpg's for a closed connection, and its protocol's own
+# confusion when the server goes away in the middle of a statement (InternalClientError "another operation is in
+# progress", seen with the server stopped mid-run).
+_CONNECTION_LOST = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InternalClientError,
+)
 
 
 class PostgresStore(Store):
@@ -54,7 +63,9 @@ class PostgresStore(Store):
         with self._translate_errors("connect"):
             pool = await asyncpg.create_pool(
                 self._url,
-                min_size=1,
+                # No floor of idle connections: asyncpg would keep reconnecting to a server gone away, logging a
+                # traceback each time; connections are made when a query needs one.
+                min_size=0,
                 max_size=self.max_connections,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
@@ -151,7 +162,7 @@ class PostgresStore(Store):
         see them newer than the row it read first, which is as good."""
         pool = self._require_open()
         with self._translate_errors(doing):
-            async with pool.acquire() as conn:
+            async with pool.acquire() as conn, _dropped_when_lost(conn):
                 yield conn
 
     @asynccontextmanager
@@ -160,7 +171,7 @@ class PostgresStore(Store):
         which a cancelled caller does not interrupt: it commits or fails whole (bounded by the command timeout)."""
         pool = self._require_open()
         with anyio.CancelScope(shield=True), self._translate_errors(doing):
-            async with pool.acquire() as conn:
+            async with pool.acquire() as conn, _dropped_when_lost(conn):
                 yield conn
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
@@ -197,6 +208,17 @@ class PostgresStore(Store):
         except _CONNECTION_LOST as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise StoreError(f"metadata database {self.where} is unreachable (cannot {doing}): {reason}") from exc
+
+
+@asynccontextmanager
+async def _dropped_when_lost(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A connection whose server went away mid-statement is closed at once, not handed to the next query in an
+    unknown protocol state; the pool makes a new one when one is needed."""
+    try:
+        yield
+    except (*_CONNECTION_LOST, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError):
+        conn.terminate()
+        raise
 
 
 def _one_line(exc: BaseException) -> str:

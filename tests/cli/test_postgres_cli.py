@@ -17,6 +17,7 @@ import pytest
 from amgmt.bench.localserver import free_port
 
 pytestmark = pytest.mark.pg
+PG_SCRIPT = Path(__file__).parents[1] / "tools" / "pg_up.sh"
 
 
 def amgmt_env(amgmt) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -163,3 +164,42 @@ def test_two_runs_on_one_folder_seen_at_two_paths_exclude_each_other_in_the_cata
     run = amgmt("upload", "all", "--local-dir", str(other_view), env=env)  # the lock is free again
     assert run.code == 0, run
     assert not (other_view / "b.mp4").exists()
+
+
+def test_the_server_stopped_mid_run_stops_it_with_exit_4_and_a_rerun_repairs(  # type: ignore[no-untyped-def]
+    amgmt, make_media, local_dir: Path, tmp_path: Path, s3_client, bucket: str
+) -> None:
+    # A server of this test's own: the first entry's hook stops it (the run is not told), so the database goes away
+    # in the middle of the run, at a point no sleep decides.
+    pg_dir = tmp_path / "pg"
+    port = str(free_port())
+    started = subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), port], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        url = (pg_dir / "url").read_text().strip()
+        make_media({"a.mp4": 1000, "b.mp4": 2000, "c.mp4": 3000})
+        env = {"MGMT_DB_URL": url, "MGMT_CONCURRENCY": "1"}
+        halt = f"bash {PG_SCRIPT} {pg_dir} halt"
+        run = amgmt("upload", "all", "--hook", halt, env=env, timeout=120)
+        assert run.code == 4, run
+        assert "Traceback" not in run.stderr, run
+        assert "metadata database postgresql://amgmt:***@127.0.0.1:" in run.stdout + run.stderr, run
+        assert password_of(url) not in run.stdout + run.stderr
+        moved = sorted(p.name for p in (local_dir / "completed").iterdir() if p.name != ".metadata")
+        assert len(moved) <= 2, run  # the run stopped: not every entry went through
+
+        again = subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), port], capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        run = amgmt("upload", "all", env=env, timeout=120)
+        assert run.code == 0, run
+        assert sorted(p.name for p in (local_dir / "completed").iterdir() if p.name != ".metadata") == [
+            "a.mp4", "b.mp4", "c.mp4"]
+        assert sorted(p.name for p in local_dir.iterdir() if p.name != "completed") == []
+        keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+        assert keys == ["a.mp4.tar.gz", "b.mp4.tar.gz", "c.mp4.tar.gz"]
+        history = json.loads(amgmt("history", "--json", "-n", "0", env=env).stdout)
+        done = sorted(op["target_name"] for op in history if op["status"] in ("success", "skipped"))
+        assert set(done) == {"a.mp4", "b.mp4", "c.mp4"}, history
+        assert not [op for op in history if op["status"] == "pending"], history
+    finally:
+        subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), "stop"], capture_output=True, timeout=60)
