@@ -71,9 +71,13 @@ class PostgresStore(Store):
                 command_timeout=self.command_timeout,
             )
         try:
-            with self._translate_errors("migrate the schema"):
-                async with pool.acquire() as conn:
+            with self._translate_errors("connect"):
+                conn = await pool.acquire()  # the first connection: the pool makes them when needed
+            try:
+                with self._translate_errors("migrate the schema"):
                     await self._migrate(conn)
+            finally:
+                await pool.release(conn)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 pool.terminate()
