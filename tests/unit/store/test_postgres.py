@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +35,10 @@ def test_asyncpg_is_imported_only_by_the_postgresql_backend() -> None:
         if any(line.startswith(("import asyncpg", "from asyncpg")) for line in path.read_text().splitlines())
     )
     assert importing == ["store/postgres.py"]
+    # ... and only when PostgreSQL is asked for: a SQLite run never loads it.
+    code = "import sys, amgmt.store, amgmt.upload.batch, amgmt.cli.history; print('asyncpg' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "False"
 
 
 def test_parameters_are_numbered_outside_quoted_literals() -> None:
