@@ -6,11 +6,12 @@ S3 or an entry on disk."""
 
 from amgmt.store.base import MIN_ID_PREFIX, Store
 from amgmt.store.factory import StoreLocation, metadata_store, sqlite_store, store_exists, store_name
-from amgmt.store.records import JournaledPart, JournaledUpload, UploadSummary
+from amgmt.store.records import HostActivity, JournaledPart, JournaledUpload, UploadSummary
 from amgmt.store.sqlite import MetadataStore
 
 __all__ = [
     "MIN_ID_PREFIX",
+    "HostActivity",
     "JournaledPart",
     "JournaledUpload",
     "MetadataStore",

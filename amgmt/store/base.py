@@ -19,6 +19,7 @@ import anyio
 from amgmt.errors import NotFoundError
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.store.records import (
+    HostActivity,
     JournaledPart,
     JournaledUpload,
     UploadSummary,
@@ -302,6 +303,35 @@ class Store(ABC):
         )
         rows = await self._fetch("summarise uploads", sql, params)
         return [upload_summary(row, path=self.where) for row in rows]
+
+    async def host_activity(self, *, since: datetime) -> list[HostActivity]:
+        """Every host that recorded an upload, most recently seen first, with its pending uploads and what ended
+        since `since` (one pass over the uploads, grouped by host)."""
+        window = utc_iso(since)
+        ended = "status IN ('failed', 'partial', 'cancelled')"
+        rows = await self._fetch(
+            "summarise hosts",
+            "SELECT host_id, max(coalesce(completed_at, started_at)) AS last_seen,"
+            " sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,"
+            " sum(CASE WHEN status = 'success' AND started_at >= ? THEN 1 ELSE 0 END) AS done,"
+            f" sum(CASE WHEN {ended} AND started_at >= ? THEN 1 ELSE 0 END) AS failed,"
+            " sum(CASE WHEN status = 'success' AND started_at >= ? THEN coalesce(original_size, 0) ELSE 0 END)"
+            " AS bytes_done"
+            " FROM operations WHERE operation_type = 'upload' GROUP BY host_id",
+            [window, window, window],
+        )
+        found = [
+            HostActivity(
+                host_id=row["host_id"],
+                last_seen=datetime.fromisoformat(row["last_seen"]),
+                pending=int(row["pending"]),
+                done=int(row["done"]),
+                failed=int(row["failed"]),
+                bytes_done=int(row["bytes_done"]),
+            )
+            for row in rows
+        ]
+        return sorted(found, key=lambda h: h.last_seen, reverse=True)
 
     # -- the multipart journal -------------------------------------------------------------------------------
 

@@ -69,6 +69,19 @@ class UploadSummary:
     source_modified_at: datetime | None  # the source's mtime when it was uploaded (its FileRecord's modified_at)
 
 
+@dataclass(frozen=True)
+class HostActivity:
+    """One host's uploads as the catalog holds them (`amgmt fleet`): when it last did anything, what it has pending
+    (in flight, or left by a run that died), and what ended in the window asked for."""
+
+    host_id: str | None  # None: operations saved before amgmt recorded hosts
+    last_seen: datetime  # the newest start or end of any of its uploads
+    pending: int
+    done: int  # success, in the window
+    failed: int  # failed, partial or cancelled, in the window
+    bytes_done: int  # source bytes of the successes in the window
+
+
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
 
 OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS

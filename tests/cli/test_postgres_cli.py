@@ -203,3 +203,22 @@ def test_the_server_stopped_mid_run_stops_it_with_exit_4_and_a_rerun_repairs(  #
         assert not [op for op in history if op["status"] == "pending"], history
     finally:
         subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), "stop"], capture_output=True, timeout=60)
+
+
+def test_fleet_lists_the_hosts_of_the_catalog(amgmt, make_media, local_dir: Path, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    make_media({"a.mp4": 1000, "b.mp4": 2000})
+    assert amgmt("upload", "all", env={"MGMT_DB_URL": pg_url, "MGMT_HOST_ID": "ingest-a"}).code == 0
+    make_media({"c.mp4": 3000})
+    assert amgmt("upload", "all", env={"MGMT_DB_URL": pg_url, "MGMT_HOST_ID": "ingest-b"}).code == 0
+
+    run = amgmt("fleet", "--json", env={"MGMT_DB_URL": pg_url})
+    assert run.code == 0, run
+    hosts = json.loads(run.stdout)
+    assert [(h["host_id"], h["pending"], h["done_last_hour"], h["failed_last_hour"], h["bytes_last_hour"])
+            for h in hosts] == [("ingest-b", 0, 1, 0, 3000), ("ingest-a", 0, 2, 0, 3000)]
+    assert all(h["last_seen"].endswith("Z") for h in hosts)
+    run = amgmt("fleet", env={"MGMT_DB_URL": pg_url})
+    assert run.code == 0, run
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "LAST", "SEEN", "PENDING", "DONE", "1H", "FAILED", "1H", "THROUGHPUT", "1H"]
+    assert [line.split()[0] for line in lines[1:]] == ["ingest-b", "ingest-a"]

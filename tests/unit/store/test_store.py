@@ -549,6 +549,37 @@ async def test_mark_interrupted_leaves_the_pending_records_of_other_hosts(store:
     assert [store.made_here(r) for r in (mine, theirs, older)] == [True, False, True]
 
 
+async def test_host_activity_sums_each_hosts_uploads(store: Store) -> None:
+    def upload(host: str | None, minutes: int, status: OperationStatus, size: int = 100) -> UploadRecord:
+        record = make_upload(minutes=minutes, name=f"{host}-{minutes}.mp4", original_size=size)
+        record.host_id = host
+        record.status = status
+        if status != OperationStatus.PENDING:
+            record.finish(status, when=record.started_at + timedelta(seconds=30))
+        return record
+
+    records = [
+        upload("ingest-1", 0, OperationStatus.SUCCESS, 5000),  # before the window
+        upload("ingest-1", 70, OperationStatus.SUCCESS, 1000),
+        upload("ingest-1", 75, OperationStatus.SUCCESS, 2000),
+        upload("ingest-1", 80, OperationStatus.FAILED),
+        upload("ingest-1", 90, OperationStatus.PENDING),
+        upload("ingest-2", 65, OperationStatus.CANCELLED),
+        upload(None, 1, OperationStatus.SUCCESS),  # saved before amgmt recorded hosts
+    ]
+    await store.save_operations(records)
+    await store.save_operation(make_operation(minutes=120))  # not an upload: not counted
+    found = await store.host_activity(since=T0 + timedelta(minutes=60))
+    assert [(h.host_id, h.pending, h.done, h.failed, h.bytes_done) for h in found] == [
+        ("ingest-1", 1, 2, 1, 3000),
+        ("ingest-2", 0, 0, 1, 0),
+        (None, 0, 0, 0, 0),
+    ]
+    assert found[0].last_seen == T0 + timedelta(minutes=90)  # the pending upload's start
+    assert found[1].last_seen == T0 + timedelta(minutes=65, seconds=30)  # its end
+    assert await store.host_activity(since=T0) != found
+
+
 # -- several records in one transaction, the host of each operation ----------------------------------------------
 
 
