@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from amgmt.errors import BusyError, StoreError
+from amgmt.errors import BusyError, ConfigError, StoreError
 from amgmt.models import OperationRecord
 from amgmt.store import records, schema
 from amgmt.store.base import Store
@@ -205,6 +205,8 @@ class PostgresStore(Store):
         password."""
         try:
             yield
+        except asyncpg.ClientConfigurationError as exc:  # a parameter of the URL asyncpg refuses, before any work
+            raise ConfigError(f"MGMT_DB_URL={self.where}: {_one_line(exc)}") from exc
         except asyncpg.PostgresError as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
                 raise StoreError(f"metadata database {self.where} is unreachable (cannot {doing}): {exc}") from exc

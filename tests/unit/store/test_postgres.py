@@ -79,6 +79,15 @@ async def test_a_server_nobody_listens_on_gives_store_error_without_the_password
     assert info.value.exit_code == ExitCode.STORE == 4
 
 
+async def test_a_url_parameter_asyncpg_refuses_is_a_config_error_without_the_password() -> None:
+    from amgmt.errors import ConfigError
+
+    url = f"postgresql://amgmt:hunter2-secret@127.0.0.1:{free_port()}/amgmt?sslmode=bogus"
+    with pytest.raises(ConfigError, match=r"^MGMT_DB_URL=postgresql://amgmt:\*\*\*@127.0.0.1:\d+/amgmt\?sslmode=bogus: ") as info:
+        await PostgresStore(url).open()
+    assert "sslmode" in str(info.value) and "hunter2" not in str(info.value) and info.value.exit_code == 2
+
+
 @pytest.mark.pg
 async def test_a_wrong_password_gives_store_error_without_it(pg_url: str) -> None:
     parts = urlsplit(pg_url)
