@@ -144,6 +144,7 @@ class OperationRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     user: str | None = None
     command_args: dict[str, Any] = field(default_factory=dict)
+    host_id: str | None = None  # (amgmt) MGMT_HOST_ID of the host that made it; None on records from before
 
     def finish(self, status: OperationStatus, *, error: str | None = None, when: datetime | None = None) -> None:
         """Close the operation: final status, completion time and duration."""

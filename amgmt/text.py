@@ -70,3 +70,26 @@ def human_duration(seconds: float | None) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def redacted_url(url: str) -> str:
+    """A database URL fit to show: its password (`postgresql://user:SECRET@host/db`) replaced by `***`, and a
+    `password=` query parameter too. Anything that does not parse as a URL is shown as `***` whole."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{hostport}" if colon else f"{user}@{hostport}"
+        query = parts.query
+        if query:
+            pairs = [(k, "***" if k.lower() in ("password", "passfile") else v) for k, v in parse_qsl(query, True)]
+            query = urlencode(pairs, safe="*")
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url  # nothing hidden: as given (urlunsplit would turn sqlite:///x into sqlite:/x)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "***"

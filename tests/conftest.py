@@ -151,6 +151,7 @@ RGW_START_TIMEOUT = 180.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rgw: runs against a real Ceph radosgw (deselect with -m 'not rgw')")
+    config.addinivalue_line("markers", "pg: runs against a real PostgreSQL server (deselect with -m 'not pg')")
 
 
 @dataclass(frozen=True)
@@ -318,3 +319,87 @@ def _two_step_moves_when_os_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(source, destination)
 
     monkeypatch.setattr(_placing, "rename_noreplace", rename_noreplace)
+
+
+# -- PostgreSQL for the store's second backend ------------------------------------------------------------------
+# A throwaway cluster per session (tests/tools/pg_up.sh: initdb in a temp dir, 127.0.0.1, a free port, a generated
+# password; as `nobody` when the tests run as root), a fresh database per test. Tests that take `pg_url` are marked
+# `pg`. Without PostgreSQL installed they are skipped, unless AMGMT_REQUIRE_PG=1 (CI), where it is an error.
+# AMGMT_TEST_PG_URL=postgresql://USER:PASSWORD@127.0.0.1:PORT/DB uses a server that is already running (its user
+# must be allowed to create databases).
+
+import glob  # noqa: E402
+from urllib.parse import urlsplit, urlunsplit  # noqa: E402
+
+PG_SCRIPT = Path(__file__).parent / "tools" / "pg_up.sh"
+PG_INSTALL = "apt-get install --no-install-recommends postgresql"
+# The data of a test database is worth nothing after the test: no fsync, no waiting for the WAL on commit.
+PG_TEST_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """A PostgreSQL server of the test session: `url` names its `amgmt` database (the password in it)."""
+
+    url: str
+
+    def database_url(self, name: str) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+    def psql(self, sql: str) -> None:
+        """Run `sql` as the server's user; the password goes through the environment, never the command line."""
+        parts = urlsplit(self.url)
+        env = {**os.environ, "PGPASSWORD": parts.password or "", "PGCONNECT_TIMEOUT": "10"}
+        netloc = f"{parts.username}@{parts.hostname}:{parts.port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        subprocess.run([_pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql], env=env,
+                       check=True, capture_output=True, timeout=60)
+
+
+def _pg_tool(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else name
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """A throwaway PostgreSQL cluster on a free port of 127.0.0.1 for the whole session, stopped (its data removed)
+    at the end. Skipped when PostgreSQL is not installed, an error instead with AMGMT_REQUIRE_PG=1."""
+    external = os.environ.get("AMGMT_TEST_PG_URL")
+    if external:
+        yield PgServer(external)
+        return
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        reason = f"PostgreSQL is not installed ({PG_INSTALL})"
+        if os.environ.get("AMGMT_REQUIRE_PG") == "1":
+            pytest.fail(f"AMGMT_REQUIRE_PG=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    pg_dir = tmp_path_factory.mktemp("pg")
+    env = {**os.environ, "PG_UP_OPTIONS": PG_TEST_OPTIONS}
+    problems = []
+    for _attempt in range(2):  # a second try on another port when the free port was taken in between
+        port = free_port()
+        proc = subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), str(port)], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL, env=env)
+        if proc.returncode == 0:
+            break
+        problems.append(f"port {port}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    else:
+        subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), "stop"], capture_output=True, timeout=60)
+        pytest.fail("PostgreSQL did not start:\n" + "\n".join(problems), pytrace=False)
+    try:
+        yield PgServer((pg_dir / "url").read_text().strip())
+    finally:
+        subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), "stop"], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh, empty database of the session's server (dropped after the test)."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    pg_server.psql(f"CREATE DATABASE {name}")
+    try:
+        yield pg_server.database_url(name)
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -226,6 +226,7 @@ class BenchmarkSession:
             local_dir=str(local),
             completed_dir=str(local / "completed"),
             db_path=str(metadata / "operations.db"),
+            db_url="",  # "" resets a MGMT_DB_URL of the environment: benchmark records never go into a user's catalog
             staging_dir=str(metadata / "staging"),
             completed_enabled=True,
             preserve_structure=False,

@@ -82,6 +82,12 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "Show the effective settings (flag > MGMT_* environment > config file > default) and their sources, or "
         "change them.",
     ),
+    "fleet": LazyCommand(
+        "amgmt.cli.fleet_cmd",
+        "The hosts that recorded uploads in this catalog: when each was last seen, its pending uploads, and what it "
+        "finished in the last hour.",
+    ),
+    "db": LazyCommand("amgmt.cli.db_cmd", "The metadata database: copy the SQLite history into PostgreSQL."),
     "log": LazyCommand(
         "amgmt.cli.log_cmd", "Print the last lines of amgmt's log file, and with --follow the new ones."
     ),

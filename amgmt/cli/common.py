@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from asyncclick.shell_completion import CompletionItem
 
     from amgmt.config import Settings
-    from amgmt.store import MetadataStore
+    from amgmt.store import Store
     from amgmt.upload.report import BatchReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,6 +138,13 @@ def settings_options(func: F) -> F:
             default=None,
             help="Metadata database [MGMT_DB_PATH, default: COMPLETED_DIR/.metadata/operations.db].",
         ),
+        click.option(
+            "--db-url",
+            "db_url",
+            type=str,
+            default=None,
+            help="PostgreSQL store instead of the SQLite file: postgresql://USER@HOST[:PORT]/DB [MGMT_DB_URL].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -164,6 +171,7 @@ SETTINGS_FLAGS = (
     "profile",
     "region",
     "db_path",
+    "db_url",
 )
 
 
@@ -240,13 +248,13 @@ def parse_when(text: str, *, option: str, now: datetime | None = None) -> dateti
     return value.astimezone(UTC)
 
 
-async def open_store(kwargs: dict[str, Any]) -> MetadataStore:
-    from amgmt.store import MetadataStore
+async def open_store(kwargs: dict[str, Any]) -> Store:
+    from amgmt.store import metadata_store, store_exists
 
     settings = settings_from(kwargs, require_bucket=False)
-    if not settings.db_path.exists():
+    if not store_exists(settings):
         raise NotFoundError(f"no metadata database at {settings.db_path} (nothing uploaded from here yet?)")
-    return MetadataStore(settings.db_path)
+    return metadata_store(settings)
 
 
 def print_run_report(report: BatchReport, *, as_json: bool) -> None:

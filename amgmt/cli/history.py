@@ -37,6 +37,7 @@ FORMATS = ("table", "csv", "json")
     default=None,
     help="Only operations with a file record there: local (the source), s3 (an object), completed (moved).",
 )
+@click.option("--host", type=str, default=None, help="Only operations recorded by this MGMT_HOST_ID (exact).")
 @click.option(
     "-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most this many; 0 = all."
 )
@@ -60,6 +61,7 @@ async def history(
     until: str | None,
     target: str | None,
     location: str | None,
+    host: str | None,
     limit: int,
     output_format: str | None,
     as_json: bool,
@@ -85,6 +87,7 @@ async def history(
             until=before,
             target=target,
             location=location,
+            host=host,
             limit=limit + 1 if limit else None,
         )
     if limit and len(records) > limit:
@@ -97,7 +100,7 @@ async def history(
         click.echo(history_csv(records), nl=False)
         return
     if not records:
-        filtered = any((status, operation_type, since, until, target, location))
+        filtered = any((status, operation_type, since, until, target, location, host))
         click.echo("no operations recorded" + (" matching these filters" if filtered else ""))
         return
     rows = []

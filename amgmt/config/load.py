@@ -6,6 +6,7 @@ Reads only the config file and what exists at the configured paths; must not cre
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ class _Layers:
 
 
 def _error(name: str, raw: _Raw, reason: str) -> ConfigError:
-    return ConfigError(f"{env_key(name)}={show_value(raw.value)} (from {raw.origin}): {reason}")
+    return ConfigError(f"{env_key(name)}={show_value(raw.value, name)} (from {raw.origin}): {reason}")
 
 
 def load_settings(
@@ -189,8 +190,10 @@ def _file_problem(path: Path) -> str | None:
 
 def _resolve_auto(values: dict[str, Any]) -> None:
     """`auto` addressing style made concrete for the endpoint (`auto` checksums are probed on the endpoint itself:
-    amgmt.s3.probe)."""
+    amgmt.s3.probe); the host id, when not set, is the host name."""
     # S3-compatible stores often lack virtual-hosted addressing (DNS for bucket.host).
+    if values["host_id"] is None:
+        values["host_id"] = socket.gethostname() or "localhost"
     custom_endpoint = values["endpoint_url"] is not None
     if values["addressing_style"] == "auto" and custom_endpoint:
         values["addressing_style"] = "path"

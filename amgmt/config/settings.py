@@ -51,6 +51,8 @@ class Settings:
     settle_seconds: float  # `amgmt watch`: how long an entry must stay unchanged before it is taken
     hook: str | None  # a shell command run after each entry ends, the record in AMGMT_* variables (upload/hooks.py)
     hook_timeout: float  # seconds before the hook's process group is killed
+    db_url: str | None  # postgresql://...: the PostgreSQL store instead of the SQLite file at db_path (amgmt.store)
+    host_id: str  # recorded on every operation (the host name unless set)
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
     warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from amgmt.parts import MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
-from amgmt.text import printable
+from amgmt.text import printable, redacted_url
 
 DUPLICATE_MODES = ("timestamp", "subdirectory", "error")
 # auto: the fastest flexible checksum the endpoint proves to keep (probed once per run), else md5. See amgmt.checksums.
@@ -38,15 +38,16 @@ _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _SIZE = re.compile(r"^([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "k": 1024, "m": MiB, "g": GiB}
 _MAX_SHOWN = 200
+SECRET_FIELDS = frozenset({"db_url"})  # shown with their password replaced (text.redacted_url), never whole
 
 
 class Invalid(Exception):
     """A value was rejected; the reason is completed into a ConfigError naming the key and source."""
 
 
-def show_value(value: object) -> str:
-    """A value as one readable line (text.printable), very long values cut."""
-    text = printable(value)
+def show_value(value: object, name: str = "") -> str:
+    """A value as one readable line (text.printable), very long values cut; a secret setting's password hidden."""
+    text = printable(redacted_url(str(value)) if name in SECRET_FIELDS else value)
     if len(text) > _MAX_SHOWN:
         text = text[:_MAX_SHOWN] + "..."
     return text
@@ -212,6 +213,28 @@ def _parse_name(value: object) -> str:
     return text
 
 
+def _parse_db_url(value: object) -> str:
+    text = _text(value)
+    invalid = Invalid("expected a postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE URL")
+    if _has_control(text) or " " in text:
+        raise invalid
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        raise invalid from None
+    if parts.scheme.lower() not in ("postgresql", "postgres") or not parts.hostname:
+        raise invalid
+    return text
+
+
+def _parse_host_id(value: object) -> str:
+    text = _parse_name(value).strip()
+    if not text or len(text) > 255:
+        raise Invalid("expected a name of 1 to 255 characters")
+    return text
+
+
 PARSERS: dict[str, Callable[[object], Any]] = {
     "bucket": _parse_bucket,
     "object_prefix": _parse_prefix,
@@ -236,6 +259,8 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "settle_seconds": _positive_seconds,
     "hook": _parse_name,
     "hook_timeout": _positive_seconds,
+    "db_url": _parse_db_url,
+    "host_id": _parse_host_id,
 }
 DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -261,6 +286,8 @@ DEFAULTS: dict[str, object] = {
     "settle_seconds": 30.0,
     "hook": None,
     "hook_timeout": 30.0,
+    "db_url": None,
+    "host_id": None,  # resolved to the host name by load_settings
 }
 
 
@@ -268,6 +295,8 @@ def format_value(name: str, value: object) -> str:
     """A setting's value as `amgmt config` prints it and the config file holds it (valid as an env value)."""
     if value is None:
         return ""
+    if name in SECRET_FIELDS:
+        return redacted_url(str(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if name in SIZE_FIELDS and isinstance(value, int):

@@ -22,7 +22,7 @@ from amgmt.local.entries import PlannedEntry, list_entries, plan
 from amgmt.models import OperationStatus
 from amgmt.naming import display
 from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket
-from amgmt.store import MetadataStore, UploadSummary
+from amgmt.store import UploadSummary, metadata_store, store_exists
 from amgmt.text import iso_utc
 
 # The statuses after which the object at the key is the upload's own.
@@ -166,8 +166,8 @@ async def build_listing(settings: Settings, scope: Scope, *, page_size: int = LI
             listed[:] = await s3.list_objects(prefix, page_size=page_size)
 
     async def read_store() -> None:
-        if settings.db_path.exists():
-            async with MetadataStore(settings.db_path) as store:
+        if store_exists(settings):
+            async with metadata_store(settings) as store:
                 summaries[:] = await store.upload_summaries(bucket=settings.bucket or None, key_prefix=prefix)
 
     try:

@@ -27,7 +27,7 @@ from amgmt.objects.download import DownloadOptions, DownloadOutcome, download_ob
 from amgmt.objects.transfer import MAX_RANGE_SIZE, DownloadReporter
 from amgmt.parts import MiB
 from amgmt.s3 import ClientOptions, ObjectHead, S3Bucket
-from amgmt.store import MetadataStore
+from amgmt.store import Store, metadata_store, store_exists
 from amgmt.text import iso_utc
 
 SAVE_TIMEOUT = 10.0
@@ -107,7 +107,7 @@ class Objects:
     """The bucket's objects as amgmt sees them, through one S3 client and the metadata store. `store` is None when
     the command only reads and no database exists yet."""
 
-    def __init__(self, settings: Settings, s3: S3Bucket, store: MetadataStore | None) -> None:
+    def __init__(self, settings: Settings, s3: S3Bucket, store: Store | None) -> None:
         self.settings = settings
         self.s3 = s3
         self.store = store
@@ -120,8 +120,8 @@ class Objects:
         """Connect (and check the bucket); open the store, creating it only when this command records."""
         async with contextlib.AsyncExitStack() as stack:
             store = None
-            if record or settings.db_path.exists():
-                store = await stack.enter_async_context(MetadataStore(settings.db_path))
+            if record or store_exists(settings):
+                store = await stack.enter_async_context(metadata_store(settings))
             options = ClientOptions.from_settings(settings, max_connections=max(4, settings.parts_in_flight + 2))
             s3 = await stack.enter_async_context(S3Bucket.connect(options))
             await s3.check_bucket()

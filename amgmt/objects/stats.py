@@ -13,7 +13,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from amgmt.models import OperationStatus, Stage
-from amgmt.store import MetadataStore, UploadSummary
+from amgmt.store import Store, UploadSummary
 from amgmt.text import iso_utc
 
 # Entries whose bytes reached S3: `partial` ones were uploaded and verified, only their original did not move.
@@ -163,7 +163,7 @@ def busy_seconds(rows: Iterable[UploadSummary]) -> float:
 
 
 async def upload_statistics(
-    store: MetadataStore, *, tz: tzinfo | None, since: datetime | None = None, until: datetime | None = None
+    store: Store, *, tz: tzinfo | None, since: datetime | None = None, until: datetime | None = None
 ) -> UploadStatistics:
     """The statistics of the uploads recorded in `store` that started in [since, until)."""
     summaries = await store.upload_summaries(since=since, until=until)

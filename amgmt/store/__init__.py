@@ -1,8 +1,25 @@
-"""The metadata store: operations, their file records and the multipart journal, in SQLite (aiosqlite).
+"""The metadata store: operations, their file records and the multipart journal, behind one interface (`Store`) with
+two backends: SQLite (aiosqlite, the default) and PostgreSQL (asyncpg, `MGMT_DB_URL`).
 
-The only package that imports aiosqlite or sqlite3; it never touches S3 or an entry on disk."""
+The only package that imports aiosqlite, sqlite3 or asyncpg (asyncpg only when PostgreSQL is used); it never touches
+S3 or an entry on disk."""
 
-from amgmt.store.records import JournaledPart, JournaledUpload, UploadSummary
-from amgmt.store.sqlite import MIN_ID_PREFIX, MetadataStore
+from amgmt.store.base import MIN_ID_PREFIX, Store
+from amgmt.store.factory import StoreLocation, metadata_store, sqlite_store, store_exists, store_name
+from amgmt.store.records import HostActivity, JournaledPart, JournaledUpload, UploadSummary
+from amgmt.store.sqlite import MetadataStore
 
-__all__ = ["MIN_ID_PREFIX", "JournaledPart", "JournaledUpload", "MetadataStore", "UploadSummary"]
+__all__ = [
+    "MIN_ID_PREFIX",
+    "HostActivity",
+    "JournaledPart",
+    "JournaledUpload",
+    "MetadataStore",
+    "Store",
+    "StoreLocation",
+    "UploadSummary",
+    "metadata_store",
+    "sqlite_store",
+    "store_exists",
+    "store_name",
+]

@@ -1,5 +1,7 @@
 """The store's rows and the records they hold: the journal and summary values, the columns, and the mapping between a
-row and an OperationRecord (`select_operations` reads them back). Plain sqlite3 in the caller's transaction."""
+row and an OperationRecord (`records_from_rows`; `select_operations` reads them back with plain sqlite3 in the
+caller's transaction). The SQL here is written once for both backends (`?` parameters; amgmt.store.dialect turns it
+into PostgreSQL's)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import dataclasses
 import json
 import sqlite3
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -67,37 +69,52 @@ class UploadSummary:
     source_modified_at: datetime | None  # the source's mtime when it was uploaded (its FileRecord's modified_at)
 
 
+@dataclass(frozen=True)
+class HostActivity:
+    """One host's uploads as the catalog holds them (`amgmt fleet`): when it last did anything, what it has pending
+    (in flight, or left by a run that died), and what ended in the window asked for."""
+
+    host_id: str | None  # None: operations saved before amgmt recorded hosts
+    last_seen: datetime  # the newest start or end of any of its uploads
+    pending: int
+    done: int  # success, in the window
+    failed: int  # failed, partial or cancelled, in the window
+    bytes_done: int  # source bytes of the successes in the window
+
+
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
 
-_OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
-_FILE_COLUMNS: tuple[str, ...] = ("operation_id", "role", *(f.name for f in dataclasses.fields(FileRecord)))
+OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS
+FILE_COLUMNS: tuple[str, ...] = ("operation_id", "role", *(f.name for f in dataclasses.fields(FileRecord)))
 
 
 def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     # ON CONFLICT DO UPDATE, not INSERT OR REPLACE: a replace deletes the row first, and the delete would cascade
     # to the operation's file records.
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    # Column names quoted: `user` is a reserved word in PostgreSQL.
+    quoted = [f'"{c}"' for c in columns]
+    updates = ", ".join(f"{q} = excluded.{q}" for c, q in zip(columns, quoted, strict=True) if c not in key)
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"INSERT INTO {table} ({', '.join(quoted)}) VALUES ({', '.join('?' for _ in columns)}) "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
 
 
-UPSERT_OPERATION = _upsert_sql("operations", _OPERATION_COLUMNS, ["operation_id"])
-UPSERT_FILE_RECORD = _upsert_sql("file_records", _FILE_COLUMNS, ["operation_id", "role"])
+UPSERT_OPERATION = _upsert_sql("operations", OPERATION_COLUMNS, ["operation_id"])
+UPSERT_FILE_RECORD = _upsert_sql("file_records", FILE_COLUMNS, ["operation_id", "role"])
 
 
 def operation_row(record: OperationRecord) -> list[Any]:
     """The `operations` row of a record, in OPERATION_COLUMNS order."""
     # A plain OperationRecord lacks the upload fields: those columns get NULL.
-    return [to_column(getattr(record, column, None)) for column in _OPERATION_COLUMNS]
+    return [to_column(getattr(record, column, None)) for column in OPERATION_COLUMNS]
 
 
 def file_row(operation_id: str, role: FileRole, record: FileRecord) -> list[Any]:
     """The `file_records` row of one of an upload's FileRecords."""
     values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     values |= {"operation_id": operation_id, "role": role.value}
-    return [to_column(values[column]) for column in _FILE_COLUMNS]
+    return [to_column(values[column]) for column in FILE_COLUMNS]
 
 
 def select_operations(
@@ -105,18 +122,42 @@ def select_operations(
 ) -> list[OperationRecord]:
     """Operations `SELECT * FROM operations <tail>`, uploads with their file records attached (in one transaction).
     `path` (the database) is for the message of an unreadable row."""
-    rows = [dict(r) for r in conn.execute(f"SELECT * FROM operations {tail}", params).fetchall()]
-    upload_ids = [r["operation_id"] for r in rows if r["operation_type"] == "upload"]
+    rows = [dict(r) for r in conn.execute(operations_sql(tail), params).fetchall()]
+    file_rows = [
+        dict(found)
+        for chunk in upload_id_chunks(rows)
+        for found in conn.execute(file_records_sql(len(chunk)), chunk).fetchall()
+    ]
+    return records_from_rows(rows, file_rows, path)
+
+
+def operations_sql(tail: str) -> str:
+    return f"SELECT * FROM operations {tail}"
+
+
+def file_records_sql(count: int) -> str:
+    """The file records of `count` operations (`upload_id_chunks` gives their ids)."""
+    return f"SELECT * FROM file_records WHERE operation_id IN ({', '.join('?' for _ in range(count))})"
+
+
+def upload_id_chunks(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The ids of the uploads among `operations` rows, in chunks of at most _IN_CHUNK."""
+    ids = [r["operation_id"] for r in rows if r["operation_type"] == "upload"]
+    return [ids[start : start + _IN_CHUNK] for start in range(0, len(ids), _IN_CHUNK)]
+
+
+def records_from_rows(
+    rows: Sequence[dict[str, Any]], file_rows: Sequence[dict[str, Any]], where: object
+) -> list[OperationRecord]:
+    """The records of `operations` rows (dicts), with their `file_records` rows attached; `where` (the database)
+    is for the message of an unreadable row."""
     files: dict[str, dict[str, dict[str, Any]]] = {}
-    for start in range(0, len(upload_ids), _IN_CHUNK):
-        chunk = upload_ids[start : start + _IN_CHUNK]
-        sql = f"SELECT * FROM file_records WHERE operation_id IN ({', '.join('?' for _ in chunk)})"
-        for found in conn.execute(sql, chunk).fetchall():
-            files.setdefault(found["operation_id"], {})[found["role"]] = dict(found)
-    return [_record(row, files.get(row["operation_id"], {}), path) for row in rows]
+    for found in file_rows:
+        files.setdefault(found["operation_id"], {})[found["role"]] = found
+    return [_record(row, files.get(row["operation_id"], {}), where) for row in rows]
 
 
-def _record(row: dict[str, Any], files: dict[str, dict[str, Any]], path: Path) -> OperationRecord:
+def _record(row: dict[str, Any], files: dict[str, dict[str, Any]], path: object) -> OperationRecord:
     try:
         row["metadata"] = json.loads(row["metadata"] or "{}")
         row["command_args"] = json.loads(row["command_args"] or "{}")
@@ -138,6 +179,7 @@ def operation_filters(
     until: datetime | None,
     target: str | None,
     location: str | None,
+    host: str | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The WHERE clauses of `MetadataStore.list_operations` and their parameters (a filter left None adds none)."""
     clauses: list[str] = []
@@ -157,6 +199,9 @@ def operation_filters(
     if target is not None:
         clauses.append("(instr(amgmt_fold(target_name), ?) > 0 OR instr(amgmt_fold(target_path), ?) > 0)")
         params += [fold(target)] * 2
+    if host is not None:
+        clauses.append("host_id = ?")
+        params.append(host)
     if location is not None:
         clauses.append(
             "EXISTS (SELECT 1 FROM file_records AS f WHERE f.operation_id = operations.operation_id AND f.location = ?)"
@@ -165,7 +210,7 @@ def operation_filters(
     return clauses, params
 
 
-def journaled_upload(row: sqlite3.Row | dict[str, Any], parts: Sequence[sqlite3.Row]) -> JournaledUpload:
+def journaled_upload(row: Mapping[str, Any], parts: Sequence[Mapping[str, Any]]) -> JournaledUpload:
     """A `multipart_uploads` row with its `upload_parts` rows."""
     return JournaledUpload(
         upload_id=row["upload_id"],
@@ -181,7 +226,7 @@ def journaled_upload(row: sqlite3.Row | dict[str, Any], parts: Sequence[sqlite3.
     )
 
 
-def upload_summary(row: sqlite3.Row, *, path: Path) -> UploadSummary:
+def upload_summary(row: Mapping[str, Any], *, path: object) -> UploadSummary:
     """An UploadSummary from its query's row (`path`, the database, is for the message of an unreadable row)."""
     try:
         return UploadSummary(

@@ -110,6 +110,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE operations ADD COLUMN checksum_s3 TEXT;
     ALTER TABLE multipart_uploads ADD COLUMN checksum_algorithm TEXT;
     """,
+    # 5: the host that made each operation (MGMT_HOST_ID), for `history --host`; NULL on rows saved before.
+    """
+    ALTER TABLE operations ADD COLUMN host_id TEXT;
+    CREATE INDEX ix_operations_host_started ON operations (host_id, started_at);
+    """,
 )
 
 

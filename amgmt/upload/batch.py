@@ -26,13 +26,19 @@ from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
-from amgmt.store import MetadataStore
+from amgmt.store import Store, metadata_store, store_exists
 from amgmt.text import counted
 from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.hooks import EntryHook
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
-from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
+from amgmt.upload.recovery import (
+    Cleanup,
+    abort_stale_multiparts,
+    catalog_lock,
+    close_interrupted,
+    remove_stale_staging,
+)
 from amgmt.upload.report import BatchReport
 
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
@@ -55,17 +61,19 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
     The local dir's lock is held while the records are read: no run is working on it, so its uploads still
     `pending` belong to a run that was killed (the next run's recovery records them cancelled) and are retried too.
     BusyError (exit 5) while a run holds it, as the upload itself would be refused."""
-    if not settings.db_path.exists():
+    if not store_exists(settings):
         raise NotFoundError(f"no metadata database at {display(settings.db_path)} (nothing uploaded from here yet?)")
     local = display(settings.local_dir)
 
     def interrupted(record: OperationRecord) -> bool:
-        return record.status == OperationStatus.PENDING and (
-            record.target_path == local or record.target_path.startswith(local + "/")
+        return (
+            record.status == OperationStatus.PENDING
+            and (record.target_path == local or record.target_path.startswith(local + "/"))
+            and store.made_here(record)
         )
 
     with RunLock(settings.local_dir):
-        async with MetadataStore(settings.db_path) as store:
+        async with metadata_store(settings) as store:
             chosen = [await store.get_operation(op_id) for op_id in ids]
             if failed:
                 latest: dict[str, Any] = {}
@@ -79,7 +87,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
         if record.operation_type != "upload":
             notes.append(f"{short}: a {record.operation_type} operation, not an upload")
         elif record.status == OperationStatus.PENDING and not interrupted(record):
-            notes.append(f"{short} {record.target_name}: in progress in a run on another local dir, not retried")
+            notes.append(f"{short} {record.target_name}: in progress in another run (local dir or host), not retried")
         elif record.status not in RETRYABLE and not interrupted(record):
             notes.append(f"{short} {record.target_name}: {record.status}, nothing to retry")
         else:
@@ -98,7 +106,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
 # -- the run --------------------------------------------------------------------------------------------------
 
 
-async def recover_interrupted(settings: Settings, store: MetadataStore, s3: S3Bucket, entries: list[Path]) -> Cleanup:
+async def recover_interrupted(settings: Settings, store: Store, s3: S3Bucket, entries: list[Path]) -> Cleanup:
     """Before any entry starts (the run lock is held): close records of a run that died, remove its staging
     archives, and abort multipart uploads to this run's keys that the journal does not know (a crash between
     create and journal). Journaled open uploads are kept: their entries resume them."""
@@ -171,7 +179,7 @@ class OpenRun:
 
     settings: Settings
     s3: S3Bucket
-    store: MetadataStore
+    store: Store
     recovery: Cleanup
     compress: Compressor
 
@@ -219,7 +227,7 @@ async def open_run(
             await s3.check_bucket()  # before anything is created on disk
             _private_dir(settings.db_path.parent)
             _private_dir(settings.staging_dir)
-            async with MetadataStore(settings.db_path) as store:
+            async with metadata_store(settings) as store, catalog_lock(settings, store):
                 try:
                     recovery = await recover_interrupted(settings, store, s3, entries)
                 except UploadError as exc:  # before any entry: nothing else could do better

@@ -21,7 +21,7 @@ from anyio.abc import ByteReceiveStream, Process
 
 from amgmt.errors import StoreError
 from amgmt.models import UploadRecord
-from amgmt.store import MetadataStore
+from amgmt.store import Store
 from amgmt.text import printable
 
 log = logging.getLogger("amgmt")
@@ -144,7 +144,7 @@ class EntryHook:
 
     command: str
     timeout: float
-    store: MetadataStore
+    store: Store
 
     async def after(self, record: UploadRecord) -> HookResult:
         """Shielded (a stopping run still tells the hook about its cancelled entries), bounded by the timeout."""

@@ -10,7 +10,7 @@ from amgmt.errors import NotFoundError, UploadError, ValidationError
 from amgmt.local.archive import ArchiveResult
 from amgmt.models import FileStatus, OperationStatus, UploadRecord, utcnow
 from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_RESERVATION, METADATA_SOURCE_SHA256, ObjectInfo
-from amgmt.store import MetadataStore
+from amgmt.store import Store
 from amgmt.text import iso_utc
 
 # record.metadata flags of an upload that replaced an object at its key
@@ -57,9 +57,7 @@ class Verdict:
     takeover: str | None = None
 
 
-async def judge_existing(
-    store: MetadataStore, record: UploadRecord, archive: ArchiveResult, existing: ObjectInfo
-) -> Verdict:
+async def judge_existing(store: Store, record: UploadRecord, archive: ArchiveResult, existing: ObjectInfo) -> Verdict:
     """Decide about `existing` at the record's key; set the record's flag saying why. UploadError for what must
     not be overwritten without --overwrite: another run's reservation, or other content nothing of ours owns."""
     where = f"s3://{record.s3_bucket}/{record.s3_object_key}"
@@ -93,7 +91,7 @@ async def judge_existing(
     raise UploadError(f"{where} already exists with other content; use --overwrite to replace it")
 
 
-async def operation_ended(store: MetadataStore, operation_id: str) -> bool:
+async def operation_ended(store: Store, operation_id: str) -> bool:
     """Whether `operation_id` is an operation of this database that is not in progress (a dead attempt)."""
     try:
         owner = await store.get_operation(operation_id)
@@ -102,7 +100,7 @@ async def operation_ended(store: MetadataStore, operation_id: str) -> bool:
     return owner.operation_id == operation_id and owner.status != OperationStatus.PENDING
 
 
-async def _unconfirmed_upload_of_ours(store: MetadataStore, record: UploadRecord, source_sha256: str) -> bool:
+async def _unconfirmed_upload_of_ours(store: Store, record: UploadRecord, source_sha256: str) -> bool:
     """Whether the object of `source_sha256` at the key was put there by uploads of ours none of which succeeded
     (no original in the completed dir depends on it)."""
     uploads = await store.find_uploads_by_key(bucket=record.s3_bucket, key=record.s3_object_key)
@@ -110,7 +108,7 @@ async def _unconfirmed_upload_of_ours(store: MetadataStore, record: UploadRecord
     return bool(ours) and all(u.status not in (OperationStatus.SUCCESS, OperationStatus.PENDING) for u in ours)
 
 
-async def supersede_replaced(store: MetadataStore, record: UploadRecord, *, overwrite: bool) -> None:
+async def supersede_replaced(store: Store, record: UploadRecord, *, overwrite: bool) -> None:
     """After an object was replaced at the record's key, the older uploads of other archives there say so (as
     `delete` does): their content is no longer in S3."""
     metadata = record.metadata

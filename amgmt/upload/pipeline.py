@@ -49,7 +49,7 @@ from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, S3Bucket
-from amgmt.store import MetadataStore
+from amgmt.store import Store
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import KnownKeys, Verdict, claim_key, judge_existing, supersede_replaced
 from amgmt.upload.records import (
@@ -72,7 +72,7 @@ class PipelineContext:
     """Everything one entry's pipeline needs, passed explicitly (no globals)."""
 
     settings: Settings
-    store: MetadataStore
+    store: Store
     s3: S3Bucket
     budget: ByteBudget  # request bodies in memory, shared by every upload of the run
     compress: Compressor

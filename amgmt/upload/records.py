@@ -13,7 +13,7 @@ from amgmt.local.entries import PlannedEntry
 from amgmt.models import FileRecord, FileStatus, Location, UploadRecord, utcnow
 from amgmt.naming import display
 from amgmt.s3 import ObjectInfo, PartDone
-from amgmt.store import JournaledPart, JournaledUpload, MetadataStore
+from amgmt.store import JournaledPart, JournaledUpload, Store
 from amgmt.text import iso_utc
 
 
@@ -21,7 +21,7 @@ class StoreJournal:
     """The multipart journal of one entry's upload, written to the metadata store as parts finish."""
 
     def __init__(
-        self, store: MetadataStore, record: UploadRecord, archive: ArchiveResult, *, checksum_algorithm: str | None
+        self, store: Store, record: UploadRecord, archive: ArchiveResult, *, checksum_algorithm: str | None
     ) -> None:
         self.store = store
         self.record = record

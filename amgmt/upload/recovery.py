@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,11 +22,11 @@ from amgmt.local.copying import remove_tree_quietly
 from amgmt.local.destinations import CompletedDir
 from amgmt.local.identity import Identity
 from amgmt.local.move_recovery import recover_move
-from amgmt.local.runlock import RunLock
+from amgmt.local.runlock import RunLock, dir_identity
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
 from amgmt.s3 import ClientOptions, S3Bucket
-from amgmt.store import JournaledUpload, MetadataStore
+from amgmt.store import JournaledUpload, Store, metadata_store
 from amgmt.text import iso_utc
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
@@ -58,13 +59,25 @@ class Cleanup:
         return out
 
 
-async def close_interrupted(settings: Settings, store: MetadataStore, found: Cleanup) -> None:
+def catalog_lock(settings: Settings, store: Store) -> AbstractAsyncContextManager[None]:
+    """The local dir's lock in a catalog several hosts share (PostgreSQL), beside the local flock: flock does not
+    reach the other hosts of a folder shared over NFS/SMB. Nothing for a store of this host alone."""
+    if not store.shared:
+        return nullcontext()
+    return store.run_lock(dir_identity(settings.db_path.parent))
+
+
+async def close_interrupted(settings: Settings, store: Store, found: Cleanup) -> None:
     """Pending records of this local dir belong to a run that died: record them cancelled, with the reason, and
     finish or undo the moves they were in the middle of (a dry run only says what it would do)."""
     if found.dry_run:
         pending = await store.list_operations(status=OperationStatus.PENDING, limit=None)
         prefix = display(settings.local_dir)
-        stale = [r for r in pending if r.target_path == prefix or r.target_path.startswith(prefix + "/")]
+        stale = [
+            r
+            for r in pending
+            if (r.target_path == prefix or r.target_path.startswith(prefix + "/")) and store.made_here(r)
+        ]
         found.interrupted_operations = [r.operation_id for r in stale]
     else:
         stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
@@ -74,7 +87,7 @@ async def close_interrupted(settings: Settings, store: MetadataStore, found: Cle
     await settle_move_leftovers(settings, store, found)
 
 
-async def _finish_moved(settings: Settings, store: MetadataStore, record: OperationRecord, found: Cleanup) -> None:
+async def _finish_moved(settings: Settings, store: Store, record: OperationRecord, found: Cleanup) -> None:
     """A run that died in stage 6 had already verified the object (the move starts only after verification).
     move_recovery.recover_move finishes the move when it can prove it (the record then says success, with how this
     was found out), undoes it otherwise, and records "changed" when the entry is no longer what was uploaded."""
@@ -117,7 +130,7 @@ async def _finish_moved(settings: Settings, store: MetadataStore, record: Operat
     await store.save_operation(record)
 
 
-async def settle_move_leftovers(settings: Settings, store: MetadataStore, found: Cleanup) -> None:
+async def settle_move_leftovers(settings: Settings, store: Store, found: Cleanup) -> None:
     """Temporaries of moves whose records are not being recovered (directly in the completed dir and the local
     dir): an unfinished copy (.amgmt-moving-*) is removed; an original taken away (.amgmt-removing-*) is removed
     only when its operation succeeded (the copy was proven before it was installed), otherwise it is put back
@@ -164,7 +177,7 @@ async def settle_move_leftovers(settings: Settings, store: MetadataStore, found:
             found.move_leftovers.append({"path": display(path), "action": action})
 
 
-async def remove_stale_staging(staging_dir: Path, store: MetadataStore, found: Cleanup) -> None:
+async def remove_stale_staging(staging_dir: Path, store: Store, found: Cleanup) -> None:
     """Staging archives amgmt made for an operation that is no longer in progress (crash leftovers) are removed.
 
     Only regular files named as `staging_name` names them (or their `.partial`) whose operation id is one of the
@@ -204,7 +217,7 @@ KEPT_RESUMABLE = "resumable: journaled within --older-than; `amgmt retry --faile
 
 async def abort_stale_multiparts(
     s3: S3Bucket,
-    store: MetadataStore,
+    store: Store,
     prefix: str,
     found: Cleanup,
     *,
@@ -259,7 +272,7 @@ async def abort_stale_multiparts(
 
 
 async def _keep_journaled(
-    store: MetadataStore,
+    store: Store,
     journal: JournaledUpload,
     interrupted: set[str],
     now: datetime,
@@ -293,7 +306,8 @@ async def cleanup(
     found = Cleanup(dry_run=dry_run)
     with RunLock(settings.local_dir):
         async with (
-            MetadataStore(settings.db_path) as store,
+            metadata_store(settings) as store,
+            catalog_lock(settings, store),
             S3Bucket.connect(ClientOptions.from_settings(settings)) as s3,
         ):
             await s3.check_bucket()

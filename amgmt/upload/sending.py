@@ -22,7 +22,7 @@ from amgmt.s3 import (
     UploadStats,
     upload_file,
 )
-from amgmt.store import MetadataStore
+from amgmt.store import Store
 from amgmt.upload.ownership import operation_ended
 from amgmt.upload.records import StoreJournal
 
@@ -32,7 +32,7 @@ class ArchiveSender:
     """Sends `archive` (staged at `staging`) to the record's key."""
 
     s3: S3Bucket
-    store: MetadataStore
+    store: Store
     budget: ByteBudget
     storage_class: str | None
     record: UploadRecord

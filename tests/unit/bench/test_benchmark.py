@@ -270,3 +270,15 @@ def test_every_module_imports_without_boto3_but_through_aioboto3() -> None:
     failed = {f[0] for f in failures}
     assert not failed & {"amgmt.bench", "amgmt.bench.datasets", "amgmt.bench.meter", "amgmt.bench.report",
                          "amgmt.bench.localserver"}
+
+
+def test_benchmark_runs_never_record_into_the_users_catalog(tmp_path: Path) -> None:
+    # A user's MGMT_DB_URL (issue 14) must not receive benchmark records: each run has its own SQLite file.
+    from amgmt.bench.datasets import dataset_spec
+    from amgmt.bench.runner import BenchmarkConfig, BenchmarkSession
+
+    environ = {"MGMT_DB_URL": "postgresql://amgmt:secret@127.0.0.1:5432/catalog", "HOME": str(tmp_path)}
+    session = BenchmarkSession(BenchmarkConfig(dataset_spec("small", 0.01), environ=environ))
+    settings = session.run_settings(tmp_path / "run", concurrency=1)
+    assert settings.db_url is None
+    assert settings.db_path == tmp_path / "run" / "local" / "completed" / ".metadata" / "operations.db"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import socket
 import pytest
 
 from amgmt.errors import ConfigError
@@ -611,7 +612,8 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     rows = settings.describe()
     keys = [key for key, _, _ in rows]
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
-    assert len(keys) == len(set(keys)) == 27  # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT (issue 15), MGMT_SETTLE_SECONDS (13)
+    # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT (issue 15), MGMT_SETTLE_SECONDS (13), MGMT_DB_URL, MGMT_HOST_ID (14)
+    assert len(keys) == len(set(keys)) == 29
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")
@@ -691,3 +693,30 @@ def test_dangerous_overlaps_of_the_local_completed_metadata_and_staging_dirs_are
     message = config_error(sandbox, flags=flags, env=env)
     assert message.startswith(f"{refused}="), message
     assert "(from env)" in message and "must not" in message
+
+
+# -- the PostgreSQL store and the host id (issue 14) ---------------------------------------------------------------
+
+
+def test_db_url_is_a_postgresql_url_shown_without_its_password(sandbox: Env) -> None:
+    assert sandbox.load().db_url is None
+    url = "postgresql://amgmt:hunter2-secret@db.example:5432/catalog"
+    settings = sandbox.load(env={"MGMT_DB_URL": url})
+    assert settings.db_url == url and settings.sources["db_url"] == "env MGMT_DB_URL"
+    assert sandbox.load(flags={"db_url": "postgres://db/amgmt"}, env={"MGMT_DB_URL": url}).db_url == "postgres://db/amgmt"
+    assert sandbox.load(flags={"db_url": ""}, env={"MGMT_DB_URL": url}).db_url is None  # '' resets it
+    shown = {key: value for key, value, _ in settings.describe()}
+    assert shown["MGMT_DB_URL"] == "postgresql://amgmt:***@db.example:5432/catalog"
+    for bad in ("mysql://amgmt:hunter2-secret@db/x", "postgresql://amgmt:hunter2-secret@/x", "postgresql://h:port/x"):
+        message = config_error(sandbox, env={"MGMT_DB_URL": bad})
+        assert message.startswith("MGMT_DB_URL=") and "expected a postgresql://" in message, message
+        assert "hunter2-secret" not in message
+
+
+def test_host_id_defaults_to_the_host_name(sandbox: Env) -> None:
+    settings = sandbox.load()
+    assert settings.host_id == socket.gethostname() and settings.sources["host_id"] == "default"
+    assert sandbox.load(env={"MGMT_HOST_ID": " ingest-2 "}).host_id == "ingest-2"
+    assert sandbox.load(env={"MGMT_HOST_ID": ""}).host_id == socket.gethostname()
+    assert "control characters" in config_error(sandbox, env={"MGMT_HOST_ID": "a\nb"})
+    assert "1 to 255 characters" in config_error(sandbox, env={"MGMT_HOST_ID": "h" * 256})

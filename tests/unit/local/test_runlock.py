@@ -42,3 +42,33 @@ def test_the_lock_is_released_with_the_run(tmp_path: Path) -> None:
     with RunLock(tmp_path):
         pass
     assert os.listdir(tmp_path) == []  # nothing written into the local dir
+
+
+# -- the local dir's id in a shared catalog (issue 14) ------------------------------------------------------------
+
+
+def test_dir_identity_is_made_once_and_kept(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from amgmt.local.runlock import dir_identity
+
+    metadata = tmp_path / "completed" / ".metadata"
+    with ThreadPoolExecutor(8) as pool:  # eight runs asking at once agree on one id
+        ids = set(pool.map(lambda _: dir_identity(metadata), range(32)))
+    assert len(ids) == 1
+    [made] = ids
+    assert len(made) == 32 and int(made, 16) >= 0
+    assert (metadata / "dir-id").read_text() == made + "\n"
+    assert sorted(p.name for p in metadata.iterdir()) == ["dir-id"]  # no leftover of the losers
+    assert oct(metadata.stat().st_mode & 0o777) == "0o700"
+    assert dir_identity(metadata) == made
+    assert dir_identity(tmp_path / "elsewhere") != made  # another folder, another id
+
+
+def test_a_dir_id_amgmt_did_not_make_is_refused(tmp_path: Path) -> None:
+    from amgmt.errors import ConfigError
+    from amgmt.local.runlock import dir_identity
+
+    (tmp_path / "dir-id").write_text("hello\n")
+    with pytest.raises(ConfigError, match=r"^cannot read or make the local dir's id .*dir-id: not an id made by amgmt"):
+        dir_identity(tmp_path)

@@ -1,4 +1,6 @@
-"""MetadataStore against real SQLite files in tmp_path: round trips, queries, concurrency, and the failure modes."""
+"""The store against real databases: round trips, queries, concurrency and the journal on both backends (the
+`store` fixture: a SQLite file in tmp_path, and a fresh database of the session's PostgreSQL server, marked `pg`);
+the SQLite file's own failure modes (locks, corruption, WAL, deletion) on SQLite alone (`sqlite_store`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+import pytest_asyncio
 
 from amgmt.store import schema as store_module
 from amgmt.store import records as store_records
@@ -31,7 +34,8 @@ from amgmt.models import (
     UploadRecord,
     new_operation_id,
 )
-from amgmt.store import MetadataStore
+from amgmt.store import MetadataStore, Store
+from amgmt.store.postgres import PostgresStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -102,9 +106,27 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[MetadataStore]:
+async def sqlite_store(db_path: Path) -> AsyncIterator[MetadataStore]:
     async with MetadataStore(db_path) as opened:
         yield opened
+
+
+# In the test's own event loop (fixtures default to the session's): asyncpg's connections belong to one loop.
+@pytest_asyncio.fixture(loop_scope="function", params=["sqlite", pytest.param("postgres", marks=pytest.mark.pg)])
+async def store(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Store]:
+    """The same tests on each backend: SQLite (a file in tmp_path), PostgreSQL (a fresh database)."""
+    opened: Store
+    if request.param == "postgres":
+        opened = PostgresStore(request.getfixturevalue("pg_url"))
+    else:
+        opened = MetadataStore(db_path)
+    async with opened:
+        yield opened
+
+
+async def rows_of(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of a query, through the store's own connection (either backend)."""
+    return [tuple(row.values()) for row in await store._fetch("test", sql, [])]
 
 
 def raw_rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -117,7 +139,7 @@ def raw_rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
 # -- round trips ------------------------------------------------------------------------------------------------
 
 
-async def test_upload_with_four_file_records_round_trips(store: MetadataStore) -> None:
+async def test_upload_with_four_file_records_round_trips(store: Store) -> None:
     record = with_all_file_records(make_upload(started_at=datetime(2024, 5, 1, 14, 0, tzinfo=PLUS_TWO)))
     # Fields changed after construction, as the pipeline does at each stage.
     record.compressed_size = 999
@@ -141,7 +163,7 @@ async def test_upload_with_four_file_records_round_trips(store: MetadataStore) -
     assert loaded.metadata["compressed_size"] == 999
 
 
-async def test_plain_operation_round_trips_with_upload_columns_null(store: MetadataStore, db_path: Path) -> None:
+async def test_plain_operation_round_trips_with_upload_columns_null(store: Store) -> None:
     record = make_operation()
     record.finish(OperationStatus.FAILED, error="AccessDenied", when=T0 + timedelta(seconds=3))
 
@@ -150,11 +172,11 @@ async def test_plain_operation_round_trips_with_upload_columns_null(store: Metad
 
     assert type(loaded) is OperationRecord
     assert loaded == record
-    assert raw_rows(db_path, "SELECT s3_bucket, original_size, stage FROM operations") == [(None, None, None)]
-    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(0,)]
+    assert await rows_of(store, "SELECT s3_bucket, original_size, stage FROM operations") == [(None, None, None)]
+    assert await rows_of(store, "SELECT count(*) FROM file_records") == [(0,)]
 
 
-async def test_saving_again_updates_without_duplicating(store: MetadataStore, db_path: Path) -> None:
+async def test_saving_again_updates_without_duplicating(store: Store) -> None:
     record = with_all_file_records(make_upload())
     await store.save_operation(record)
 
@@ -172,11 +194,11 @@ async def test_saving_again_updates_without_duplicating(store: MetadataStore, db
     assert (loaded.stage, loaded.status, loaded.error_message) == ("verify", "failed", "ETag mismatch")
     assert loaded.s3_file_record == record.s3_file_record
     assert loaded.completed_file_record is not None
-    assert raw_rows(db_path, "SELECT count(*) FROM operations") == [(1,)]
-    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(4,)]
+    assert await rows_of(store, "SELECT count(*) FROM operations") == [(1,)]
+    assert await rows_of(store, "SELECT count(*) FROM file_records") == [(4,)]
 
 
-async def test_operations_table_has_a_column_for_every_upload_field(store: MetadataStore, db_path: Path) -> None:
+async def test_operations_table_has_a_column_for_every_upload_field(sqlite_store: MetadataStore, db_path: Path) -> None:
     operation_columns = [row[1] for row in raw_rows(db_path, "PRAGMA table_info(operations)")]
     file_columns = [row[1] for row in raw_rows(db_path, "PRAGMA table_info(file_records)")]
     assert sorted(operation_columns) == sorted(UPLOAD_FIELDS)
@@ -186,7 +208,7 @@ async def test_operations_table_has_a_column_for_every_upload_field(store: Metad
 # -- lookups ----------------------------------------------------------------------------------------------------
 
 
-async def test_get_operation_by_exact_id_and_unique_prefix(store: MetadataStore) -> None:
+async def test_get_operation_by_exact_id_and_unique_prefix(store: Store) -> None:
     first = make_operation()
     first.operation_id = "abcd1111-0000"
     second = make_operation()
@@ -209,7 +231,7 @@ async def test_get_operation_by_exact_id_and_unique_prefix(store: MetadataStore)
         await store.get_operation("abc")
 
 
-async def test_list_operations_filters_orders_and_limits(store: MetadataStore) -> None:
+async def test_list_operations_filters_orders_and_limits(store: Store) -> None:
     old_ok = with_all_file_records(make_upload(minutes=0, name="Wedding"))
     old_ok.status = OperationStatus.SUCCESS
     mid_fail = make_upload(minutes=10, name="Café Trip")
@@ -250,7 +272,7 @@ async def test_list_operations_filters_orders_and_limits(store: MetadataStore) -
     assert listed == [new_ok, delete, mid_fail, old_ok]  # uploads come back with their file records
 
 
-async def test_find_successful_upload_returns_the_newest_success(store: MetadataStore) -> None:
+async def test_find_successful_upload_returns_the_newest_success(store: Store) -> None:
     older = make_upload(minutes=0, status=OperationStatus.SUCCESS)
     newer = with_all_file_records(make_upload(minutes=5, status=OperationStatus.SUCCESS))
     newest_failed = make_upload(minutes=9, status=OperationStatus.FAILED)
@@ -263,7 +285,7 @@ async def test_find_successful_upload_returns_the_newest_success(store: Metadata
     assert await store.find_successful_upload(checksum_original="sha-unknown") is None
 
 
-async def test_find_uploads_by_key_newest_first(store: MetadataStore) -> None:
+async def test_find_uploads_by_key_newest_first(store: Store) -> None:
     first = make_upload(minutes=0, status=OperationStatus.FAILED)
     second = make_upload(minutes=1, status=OperationStatus.SUCCESS)
     elsewhere = make_upload(minutes=2, s3_bucket="other-bucket")
@@ -278,7 +300,7 @@ async def test_find_uploads_by_key_newest_first(store: MetadataStore) -> None:
 # -- concurrency ------------------------------------------------------------------------------------------------
 
 
-async def test_fifty_concurrent_tasks_through_six_stage_updates(store: MetadataStore, db_path: Path) -> None:
+async def test_fifty_concurrent_tasks_through_six_stage_updates(store: Store) -> None:
     records = [make_upload(minutes=i, name=f"entry-{i:02d}") for i in range(50)]
     stages = [Stage.RECORD, Stage.COMPRESS, Stage.UPLOAD, Stage.VERIFY, Stage.MOVE, Stage.DONE]
 
@@ -309,21 +331,21 @@ async def test_fifty_concurrent_tasks_through_six_stage_updates(store: MetadataS
     loaded = await store.list_operations(limit=None)
     assert sorted(loaded, key=lambda r: r.target_name) == records
     assert all(isinstance(r, UploadRecord) and r.stage == "done" and r.status == "success" for r in loaded)
-    assert raw_rows(db_path, "SELECT count(*) FROM operations") == [(50,)]
-    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(200,)]
+    assert await rows_of(store, "SELECT count(*) FROM operations") == [(50,)]
+    assert await rows_of(store, "SELECT count(*) FROM file_records") == [(200,)]
 
 
 @pytest.mark.parametrize("cancelled_during", ["BEGIN IMMEDIATE", "INSERT INTO operations", "INSERT INTO file_records",
                                               "COMMIT"])
 async def test_a_save_cancelled_midway_is_written_whole_and_the_store_stays_usable(
-    store: MetadataStore, cancelled_during: str
+    sqlite_store: MetadataStore, cancelled_during: str
 ) -> None:
     # The cancel lands while that statement runs on the connection's thread (aiosqlite is asyncio-only). The whole
     # transaction runs there as one function, so a cancelled caller never leaves half a save: it is written whole
     # (never a part of it), and the store takes the next save.
     saved = True
     loop = asyncio.get_running_loop()
-    db = store._db
+    db = sqlite_store._db
     assert db is not None
     record = with_all_file_records(make_upload())
     with anyio.CancelScope() as scope:
@@ -333,28 +355,28 @@ async def test_a_save_cancelled_midway_is_written_whole_and_the_store_stays_usab
                 loop.call_soon_threadsafe(scope.cancel)
 
         await db.set_trace_callback(cancel_on)
-        await store.save_operation(record)
+        await sqlite_store.save_operation(record)
     await db.set_trace_callback(None)  # type: ignore[arg-type]  # None removes it (sqlite3 docs)
     assert scope.cancelled_caught
 
     if saved:
-        assert await store.get_operation(record.operation_id) == record
+        assert await sqlite_store.get_operation(record.operation_id) == record
     else:
         with pytest.raises(NotFoundError):
-            await store.get_operation(record.operation_id)
+            await sqlite_store.get_operation(record.operation_id)
     survivor = with_all_file_records(make_upload(minutes=1))
-    await store.save_operation(survivor)
-    assert await store.list_operations() == ([survivor, record] if saved else [survivor])
+    await sqlite_store.save_operation(survivor)
+    assert await sqlite_store.list_operations() == ([survivor, record] if saved else [survivor])
 
 
 # -- the database file ------------------------------------------------------------------------------------------
 
 
-async def test_connection_uses_wal_and_the_agreed_pragmas(store: MetadataStore, db_path: Path) -> None:
-    await store.save_operation(make_operation())
+async def test_connection_uses_wal_and_the_agreed_pragmas(sqlite_store: MetadataStore, db_path: Path) -> None:
+    await sqlite_store.save_operation(make_operation())
     assert Path(f"{db_path}-wal").exists()
     assert raw_rows(db_path, "PRAGMA journal_mode") == [("wal",)]
-    db = store._db
+    db = sqlite_store._db
     assert db is not None
     pragmas = {}
     for name in ("synchronous", "foreign_keys", "busy_timeout"):
@@ -362,8 +384,8 @@ async def test_connection_uses_wal_and_the_agreed_pragmas(store: MetadataStore, 
     assert pragmas == {"synchronous": 1, "foreign_keys": 1, "busy_timeout": 5000}
 
 
-async def test_creates_private_directory_and_files(store: MetadataStore, db_path: Path) -> None:
-    await store.save_operation(make_operation())
+async def test_creates_private_directory_and_files(sqlite_store: MetadataStore, db_path: Path) -> None:
+    await sqlite_store.save_operation(make_operation())
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
     for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -376,9 +398,9 @@ async def test_reopening_keeps_data_and_applies_only_missing_migrations(
     released = store_module.MIGRATIONS
     # A database made by the first release (schema v1, whose operations rows had no later column) ...
     monkeypatch.setattr(store_module, "MIGRATIONS", released[:1])
-    first_columns = [c for c in store_records._OPERATION_COLUMNS if c not in ("checksum_s3",)]
+    first_columns = [c for c in store_records.OPERATION_COLUMNS if c not in ("checksum_s3", "host_id")]
     with monkeypatch.context() as first_release:
-        first_release.setattr(store_records, "_OPERATION_COLUMNS", tuple(first_columns))
+        first_release.setattr(store_records, "OPERATION_COLUMNS", tuple(first_columns))
         first_release.setattr(
             store_sqlite, "UPSERT_OPERATION", store_records._upsert_sql("operations", first_columns, ["operation_id"])
         )
@@ -468,23 +490,29 @@ async def test_a_file_in_the_way_of_the_directory_gives_store_error(tmp_path: Pa
     assert isinstance(info.value.__cause__, OSError)
 
 
-async def test_multipart_journal_round_trip(db_path: Path) -> None:
+async def test_multipart_journal_round_trip(store: Store) -> None:
     from amgmt.store import JournaledPart, JournaledUpload
 
-    upload = JournaledUpload("up-1", "op-1", "b", "k.tar.gz", "ab" * 32, 5 * 2**20, 3)
-    async with MetadataStore(db_path) as store:
-        await store.journal_multipart(upload)
-        await store.journal_part("up-1", JournaledPart(2, 10, "m2", "e2"))
-        await store.journal_part("up-1", JournaledPart(1, 10, "m1", "e1", "crc"))
-        [found] = await store.open_multiparts(bucket="b", key="k.tar.gz")
-        assert found.upload_id == "up-1" and found.archive_sha256 == "ab" * 32
-        assert [p.number for p in found.parts] == [1, 2] and found.parts[0].checksum == "crc"
-        assert await store.open_multiparts(bucket="other") == []
-        await store.journal_multipart_state("up-1", "completed")
-        assert await store.open_multiparts(bucket="b") == []
+    upload = JournaledUpload("up-1", "op-1", "b", "k.tar.gz", "ab" * 32, 5 * 2**20, 3, checksum_algorithm="crc64nvme")
+    await store.journal_multipart(upload)
+    await store.journal_multipart(upload)  # again: kept as it was
+    await store.journal_part("up-1", JournaledPart(2, 10, "m2", "e2"))
+    await store.journal_part("up-1", JournaledPart(1, 10, "m0", "e0"))
+    await store.journal_part("up-1", JournaledPart(1, 10, "m1", "e1", "crc"))  # a part sent again replaces it
+    other = JournaledUpload("up-2", "op-2", "b", "other.tar.gz", "cd" * 32, 5 * 2**20, 2)
+    await store.journal_multipart(other)
+    await store.journal_part("up-2", JournaledPart(1, 7, "m", "e"))
+    [found] = await store.open_multiparts(bucket="b", key="k.tar.gz")
+    assert found.upload_id == "up-1" and found.archive_sha256 == "ab" * 32
+    assert found.checksum_algorithm == "crc64nvme" and found.created_at is not None
+    assert found.parts == (JournaledPart(1, 10, "m1", "e1", "crc"), JournaledPart(2, 10, "m2", "e2"))
+    assert [(u.upload_id, len(u.parts)) for u in await store.open_multiparts(bucket="b")] == [("up-1", 2), ("up-2", 1)]
+    assert await store.open_multiparts(bucket="other") == []
+    await store.journal_multipart_state("up-1", "completed")
+    assert [u.upload_id for u in await store.open_multiparts(bucket="b")] == ["up-2"]
 
 
-async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(db_path: Path) -> None:
+async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(store: Store) -> None:
     inside = make_upload()
     inside.target_path = "/media/a.mp4"
     outside = make_upload()
@@ -492,15 +520,110 @@ async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(db
     done = make_upload()
     done.target_path = "/media/c.mp4"
     done.finish(OperationStatus.SUCCESS)
-    async with MetadataStore(db_path) as store:
-        for record in (inside, outside, done):
-            await store.save_operation(record)
-        [stale] = await store.mark_interrupted(target_prefix="/media", reason="process died")
-        assert stale.operation_id == inside.operation_id
-        again = await store.get_operation(inside.operation_id)
-        assert again.status == OperationStatus.CANCELLED and "process died" in (again.error_message or "")
-        assert (await store.get_operation(outside.operation_id)).status == OperationStatus.PENDING
-        assert (await store.get_operation(done.operation_id)).status == OperationStatus.SUCCESS
+    for record in (inside, outside, done):
+        await store.save_operation(record)
+    [stale] = await store.mark_interrupted(target_prefix="/media", reason="process died")
+    assert stale.operation_id == inside.operation_id
+    again = await store.get_operation(inside.operation_id)
+    assert again.status == OperationStatus.CANCELLED and "process died" in (again.error_message or "")
+    assert (await store.get_operation(outside.operation_id)).status == OperationStatus.PENDING
+    assert (await store.get_operation(done.operation_id)).status == OperationStatus.SUCCESS
+
+
+async def test_mark_interrupted_leaves_the_pending_records_of_other_hosts(store: Store) -> None:
+    # /media on another host is another folder (a catalog shared by several hosts): its run may be alive.
+    store.host_id = "ingest-1"
+    mine, theirs, older = make_upload(name="a.mp4"), make_upload(name="b.mp4"), make_upload(name="c.mp4")
+    theirs.host_id = "ingest-2"
+    older.host_id = None
+    for record, path in ((mine, "/media/a.mp4"), (theirs, "/media/b.mp4"), (older, "/media/c.mp4")):
+        record.target_path = path
+    await store.save_operations([theirs])
+    store.host_id = None
+    await store.save_operations([older])  # saved before amgmt recorded hosts
+    store.host_id = "ingest-1"
+    await store.save_operations([mine])
+    stale = await store.mark_interrupted(target_prefix="/media", reason="process died")
+    assert sorted(r.target_name for r in stale) == ["a.mp4", "c.mp4"]
+    assert (await store.get_operation(theirs.operation_id)).status == OperationStatus.PENDING
+    assert [store.made_here(r) for r in (mine, theirs, older)] == [True, False, True]
+
+
+async def test_host_activity_sums_each_hosts_uploads(store: Store) -> None:
+    def upload(host: str | None, minutes: int, status: OperationStatus, size: int = 100) -> UploadRecord:
+        record = make_upload(minutes=minutes, name=f"{host}-{minutes}.mp4", original_size=size)
+        record.host_id = host
+        record.status = status
+        if status != OperationStatus.PENDING:
+            record.finish(status, when=record.started_at + timedelta(seconds=30))
+        return record
+
+    records = [
+        upload("ingest-1", 0, OperationStatus.SUCCESS, 5000),  # before the window
+        upload("ingest-1", 70, OperationStatus.SUCCESS, 1000),
+        upload("ingest-1", 75, OperationStatus.SUCCESS, 2000),
+        upload("ingest-1", 80, OperationStatus.FAILED),
+        upload("ingest-1", 90, OperationStatus.PENDING),
+        upload("ingest-2", 65, OperationStatus.CANCELLED),
+        upload(None, 1, OperationStatus.SUCCESS),  # saved before amgmt recorded hosts
+    ]
+    await store.save_operations(records)
+    await store.save_operation(make_operation(minutes=120))  # not an upload: not counted
+    found = await store.host_activity(since=T0 + timedelta(minutes=60))
+    assert [(h.host_id, h.pending, h.done, h.failed, h.bytes_done) for h in found] == [
+        ("ingest-1", 1, 2, 1, 3000),
+        ("ingest-2", 0, 0, 1, 0),
+        (None, 0, 0, 0, 0),
+    ]
+    assert found[0].last_seen == T0 + timedelta(minutes=90)  # the pending upload's start
+    assert found[1].last_seen == T0 + timedelta(minutes=65, seconds=30)  # its end
+    assert await store.host_activity(since=T0) != found
+
+
+# -- several records in one transaction, the host of each operation ----------------------------------------------
+
+
+async def test_save_operations_writes_many_records_in_one_transaction(store: Store) -> None:
+    records = [with_all_file_records(make_upload(minutes=i, name=f"clip{i}.mp4")) for i in range(30)]
+    records += [make_operation(minutes=40 + i, name=f"gone{i}.tar.gz") for i in range(3)]
+    writes: list[int] = []
+    write_rows = store._write_rows
+
+    async def counting(doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
+        writes.append(len(operation_rows))
+        await write_rows(doing, operation_rows, file_rows)
+
+    store._write_rows = counting  # type: ignore[method-assign]
+    await store.save_operations(records)
+    await store.save_operations([])
+    assert writes == [33]  # one transaction
+    assert await store.list_operations(limit=None) == sorted(records, key=lambda r: r.started_at, reverse=True)
+    assert await rows_of(store, "SELECT count(*) FROM file_records") == [(120,)]
+
+
+async def test_a_failed_save_operations_writes_none_of_them(store: Store) -> None:
+    good = make_upload(name="good.mp4")
+    bad = make_upload(name="bad.mp4")
+    bad.original_size = 2**70  # no database integer holds it: the transaction fails as a whole
+    with pytest.raises((StoreError, OverflowError)):
+        await store.save_operations([good, bad])
+    assert await store.list_operations() == []
+    await store.save_operations([good])
+    assert await store.list_operations() == [good]
+
+
+async def test_every_operation_records_its_host_and_history_filters_by_it(store: Store) -> None:
+    store.host_id = "ingest-1"
+    mine = make_upload(minutes=1, name="a.mp4")
+    theirs = make_upload(minutes=2, name="b.mp4")
+    theirs.host_id = "ingest-2"  # saved by another host: kept
+    await store.save_operations([mine, theirs])
+    await store.save_operation(make_operation(minutes=3))
+    assert mine.host_id == "ingest-1"
+    assert (await store.get_operation(mine.operation_id)).host_id == "ingest-1"
+    assert [r.target_name for r in await store.list_operations(host="ingest-1")] == ["old.tar.gz", "a.mp4"]
+    assert [r.target_name for r in await store.list_operations(host="ingest-2")] == ["b.mp4"]
+    assert await store.list_operations(host="ingest") == []  # exact, not a substring
 
 
 # -- the database file deleted or replaced under an open store ---------------------------------------------------
@@ -508,11 +631,11 @@ async def test_mark_interrupted_only_touches_pending_records_under_the_prefix(db
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 async def test_a_database_deleted_or_replaced_during_the_run_stops_every_write(
-    store: MetadataStore, db_path: Path, how: str
+    sqlite_store: MetadataStore, db_path: Path, how: str
 ) -> None:
     first = make_upload(name="a.mp4")
-    await store.save_operation(first)
-    store.check_alive()  # unchanged: nothing to say
+    await sqlite_store.save_operation(first)
+    sqlite_store.check_alive()  # unchanged: nothing to say
     for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
         path.unlink(missing_ok=True)
     if how == "replaced":
@@ -521,18 +644,18 @@ async def test_a_database_deleted_or_replaced_during_the_run_stops_every_write(
 
     message = f"the metadata database {db_path} was deleted or replaced during the run"
     with pytest.raises(StoreError, match="was deleted or replaced during the run") as checked:
-        store.check_alive()
+        sqlite_store.check_alive()
     assert str(checked.value) == message
     with pytest.raises(StoreError, match="was deleted or replaced during the run"):
-        await store.save_operation(make_upload(name="b.mp4"))
+        await sqlite_store.save_operation(make_upload(name="b.mp4"))
     with pytest.raises(StoreError, match="was deleted or replaced during the run"):
-        await store.journal_multipart_state("upload-1", "aborted")
+        await sqlite_store.journal_multipart_state("upload-1", "aborted")
 
 
 # -- the one private use of aiosqlite ---------------------------------------------------------------------------
 
 
-async def test_aiosqlite_private_api_is_still_there(store: MetadataStore) -> None:
+async def test_aiosqlite_private_api_is_still_there(sqlite_store: MetadataStore) -> None:
     """`in_connection_thread` runs a transaction through aiosqlite's private `Connection._execute` and `._conn`
     (pinned in pyproject.toml). If an aiosqlite release moves them, this fails first, saying what to check."""
     import inspect
@@ -549,7 +672,7 @@ async def test_aiosqlite_private_api_is_still_there(store: MetadataStore) -> Non
     )
     assert inspect.iscoroutinefunction(getattr(aiosqlite.Connection, "_execute", None)), moved
     assert isinstance(inspect.getattr_static(aiosqlite.Connection, "_conn", None), property), moved
-    db = store._db
+    db = sqlite_store._db
     assert db is not None
 
     def where(conn: sqlite3.Connection) -> tuple[int, sqlite3.Connection]:

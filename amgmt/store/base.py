@@ -1,0 +1,403 @@
+"""The store's one interface, `Store`: what every backend answers (saving and querying records, the multipart journal),
+written once over a handful of primitives each backend implements (`_select`, `_fetch`, `_execute`, `_write_rows`).
+
+The SQL is written once, for both backends (`?` parameters, amgmt.store.dialect turns it into PostgreSQL's); the
+group commit of saves is here too. Must not import a database driver: sqlite.py and postgres.py do."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from amgmt.errors import NotFoundError
+from amgmt.models import OperationRecord, OperationStatus, UploadRecord
+from amgmt.store.records import (
+    HostActivity,
+    JournaledPart,
+    JournaledUpload,
+    UploadSummary,
+    as_upload,
+    file_row,
+    journaled_upload,
+    operation_filters,
+    operation_row,
+    upload_summary,
+    utc_iso,
+)
+
+MIN_ID_PREFIX = 4
+NEWEST_FIRST = "ORDER BY started_at DESC, rowid DESC"  # PostgreSQL's operations table has a rowid column too
+
+JOURNAL_UPLOAD = (
+    "INSERT INTO multipart_uploads (upload_id, operation_id, bucket, object_key, archive_sha256, part_size,"
+    " part_count, state, created_at, checksum_algorithm) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)"
+    " ON CONFLICT (upload_id) DO NOTHING"
+)
+JOURNAL_PART = (
+    "INSERT INTO upload_parts (upload_id, part_number, size, md5, etag, checksum) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (upload_id, part_number) DO UPDATE SET size = excluded.size, md5 = excluded.md5,"
+    " etag = excluded.etag, checksum = excluded.checksum"
+)
+CLOSE_UPLOAD = "UPDATE multipart_uploads SET state = ? WHERE upload_id = ?"
+PARTS_OF_OPEN_UPLOADS = (
+    "SELECT p.* FROM upload_parts AS p JOIN multipart_uploads AS u ON u.upload_id = p.upload_id"
+    " WHERE {where} ORDER BY p.upload_id, p.part_number"
+)
+
+
+class Store(ABC):
+    """The metadata store of a run: open with `async with` (or `open()`), one object shared by every task.
+
+    `where` names the database in messages (a path, or a URL without its password). `host_id`, when given, is
+    recorded on every operation saved without one. Saves that wait for the write lock are written together, in
+    one transaction, by whichever of them gets it first (group commit)."""
+
+    where: str
+
+    def __init__(self, *, host_id: str | None = None) -> None:
+        self.host_id = host_id
+        self._lock = anyio.Lock()
+        # Group commit: saves waiting for the lock are written together by whichever of them gets it first.
+        self._pending: dict[str, tuple[list[Any], list[list[Any]]]] = {}
+        self._queued = 0  # saves queued so far
+        self._written = 0  # saves durably written so far (queue order)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- what a backend implements ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create the schema or migrate it; StoreError when the database cannot be used."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    shared = False  # whether several hosts may use the database at once (then a run also takes `run_lock`)
+
+    @asynccontextmanager
+    async def run_lock(self, key: str) -> AsyncIterator[None]:
+        """The catalog's lock of one local dir (`key`: its `dir_identity`), held while the block runs; BusyError
+        (exit 5) when another run holds it. A store no other host uses has nothing to add to the local flock."""
+        yield
+
+    def check_alive(self) -> None:  # noqa: B027 -- a backend with nothing to check keeps this
+        """Raise StoreError (exit 4) when writing on would lose records (the SQLite file was deleted or replaced).
+        A stage about to do something irreversible (the move) calls it first."""
+
+    @abstractmethod
+    def _require_open(self) -> object:
+        """The open connection (or pool); StoreError when the store is not open."""
+
+    @abstractmethod
+    async def _select(self, doing: str, tail: str, params: Sequence[Any]) -> list[OperationRecord]:
+        """Records `SELECT * FROM operations <tail>`, with their file records, read in one transaction."""
+
+    @abstractmethod
+    async def _fetch(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """The rows of one query, as dicts."""
+
+    @abstractmethod
+    async def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
+        """One write statement, in a transaction of its own."""
+
+    @abstractmethod
+    async def _write_rows(self, doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
+        """Upsert `operations` rows, then `file_records` rows, in one transaction."""
+
+    # -- saving -----------------------------------------------------------------------------------------------
+
+    async def save_operation(self, record: OperationRecord) -> None:
+        """Insert or update the operation and, for an upload, its file records, in one transaction.
+
+        For an UploadRecord, `metadata` is first re-synced from its fields (`sync_metadata`), so that what is
+        stored is what `get_operation` rebuilds. File records absent from the record are left in place.
+        """
+        await self.save_operations([record])
+
+    async def save_operations(self, records: Sequence[OperationRecord]) -> None:
+        """`save_operation` of many records, in one transaction."""
+        if not records:
+            return
+        rows: dict[str, tuple[list[Any], list[list[Any]]]] = {}
+        for record in records:
+            if record.host_id is None:
+                record.host_id = self.host_id
+            if isinstance(record, UploadRecord):
+                record.sync_metadata()
+                files = [file_row(record.operation_id, role, f) for role, f in record.file_records().items()]
+            else:
+                files = []
+            rows[record.operation_id] = (operation_row(record), files)
+        self._require_open()
+        # Later saves of the same record replace earlier queued ones: only the newest state is worth writing.
+        self._pending.update(rows)
+        self._queued += 1
+        ticket = self._queued
+        async with self._lock:
+            if self._written >= ticket:
+                return  # a save queued after ours was written in the same batch: ours is durable
+            batch, self._pending = self._pending, {}
+            written = self._queued
+            operation_rows = [op for op, _ in batch.values()]
+            file_rows = [row for _, files in batch.values() for row in files]
+            try:
+                await self._write_rows(f"save {len(batch)} operations", operation_rows, file_rows)
+            except BaseException:
+                # Not written. The other waiters' rows go back for the next writer (unless a newer save replaced
+                # them); this caller's own save failed (or was cancelled) and is not retried behind its back.
+                for op_id, pending in batch.items():
+                    if op_id not in rows:
+                        self._pending.setdefault(op_id, pending)
+                raise
+            self._written = written
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    async def get_operation(self, id_or_prefix: str) -> OperationRecord:
+        """The operation with this exact id, or the only one whose id starts with it (at least 4 characters)."""
+        doing = f"read operation {id_or_prefix}"
+        found = await self._select(doing, "WHERE operation_id = ?", [id_or_prefix])
+        if not found and len(id_or_prefix) >= MIN_ID_PREFIX:
+            upper = id_or_prefix[:-1] + chr(ord(id_or_prefix[-1]) + 1)
+            found = await self._select(
+                doing, "WHERE operation_id >= ? AND operation_id < ? LIMIT 2", [id_or_prefix, upper]
+            )
+            if len(found) > 1:
+                rows = await self._fetch(
+                    doing,
+                    "SELECT count(*) AS n FROM operations WHERE operation_id >= ? AND operation_id < ?",
+                    [id_or_prefix, upper],
+                )
+                raise NotFoundError(f"id prefix {id_or_prefix} is ambiguous: matches {rows[0]['n']} operations")
+        if not found:
+            hint = "" if len(id_or_prefix) >= MIN_ID_PREFIX else f" (a prefix needs {MIN_ID_PREFIX}+ characters)"
+            raise NotFoundError(f"no operation with id {id_or_prefix}{hint}")
+        return found[0]
+
+    async def list_operations(
+        self,
+        *,
+        status: str | None = None,
+        operation_type: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        target: str | None = None,
+        location: str | None = None,
+        host: str | None = None,
+        limit: int | None = 20,
+    ) -> list[OperationRecord]:
+        """Operations newest first (by started_at), filtered; `since` is inclusive, `until` exclusive.
+
+        `target` matches a case-insensitive substring of the target name or path; `location` keeps operations
+        with a file record at that location; `host` those recorded by that MGMT_HOST_ID; `limit=None` returns them
+        all.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, not {limit}")
+        clauses, params = operation_filters(
+            status=status,
+            operation_type=operation_type,
+            since=since,
+            until=until,
+            target=target,
+            location=location,
+            host=host,
+        )
+        sql = ("WHERE " + " AND ".join(clauses) + " " if clauses else "") + NEWEST_FIRST
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return await self._select("list operations", sql, params)
+
+    async def find_successful_upload(self, *, checksum_original: str) -> UploadRecord | None:
+        """The newest successful upload of a source with this checksum, if any."""
+        found = await self._select(
+            "look up uploads by checksum",
+            f"WHERE operation_type = 'upload' AND status = ? AND checksum_original = ? {NEWEST_FIRST} LIMIT 1",
+            [str(OperationStatus.SUCCESS), checksum_original],
+        )
+        return as_upload(found[0]) if found else None
+
+    async def find_uploads_by_key(self, *, bucket: str, key: str) -> list[UploadRecord]:
+        """Every upload (any status) to this bucket and key, newest first."""
+        found = await self._select(
+            f"look up uploads of s3://{bucket}/{key}",
+            f"WHERE operation_type = 'upload' AND s3_bucket = ? AND s3_object_key = ? {NEWEST_FIRST}",
+            [bucket, key],
+        )
+        return [as_upload(r) for r in found]
+
+    async def find_uploads_by_name(self, *, bucket: str, name: str) -> list[UploadRecord]:
+        """Every upload (any status) of an entry with this exact target name to this bucket, newest first."""
+        found = await self._select(
+            f"look up uploads of {name}",
+            f"WHERE operation_type = 'upload' AND s3_bucket = ? AND target_name = ? {NEWEST_FIRST}",
+            [bucket, name],
+        )
+        return [as_upload(r) for r in found]
+
+    async def find_operations_on(
+        self, *, bucket: str, key: str, target_path: str | None = None, target_name: str | None = None
+    ) -> list[OperationRecord]:
+        """Every operation (any type and status) on one object, newest first: uploads to bucket/key, and operations
+        whose target path is `target_path` or whose target name is `target_name` (when given)."""
+        clauses = ["(s3_bucket = ? AND s3_object_key = ?)"]
+        params: list[Any] = [bucket, key]
+        if target_path is not None:
+            clauses.append("target_path = ?")
+            params.append(target_path)
+        if target_name is not None:
+            clauses.append("target_name = ?")
+            params.append(target_name)
+        return await self._select(
+            f"look up operations on s3://{bucket}/{key}", f"WHERE {' OR '.join(clauses)} {NEWEST_FIRST}", params
+        )
+
+    async def upload_summaries(
+        self,
+        *,
+        bucket: str | None = None,
+        key_prefix: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UploadSummary]:
+        """Every upload, oldest first (by started_at), to `bucket` (any when None) under `key_prefix`, started in
+        [since, until); one query of a dozen columns, so that tens of thousands of uploads stay cheap."""
+        clauses = ["o.operation_type = 'upload'"]
+        params: list[Any] = []
+        if bucket is not None:
+            clauses.append("o.s3_bucket = ?")
+            params.append(bucket)
+        if key_prefix:
+            clauses.append("substr(o.s3_object_key, 1, ?) = ?")
+            params += [len(key_prefix), key_prefix]
+        if since is not None:
+            clauses.append("o.started_at >= ?")
+            params.append(utc_iso(since))
+        if until is not None:
+            clauses.append("o.started_at < ?")
+            params.append(utc_iso(until))
+        columns = ", ".join(f"o.{f.name}" for f in dataclasses.fields(UploadSummary) if f.name != "source_modified_at")
+        sql = (
+            f"SELECT {columns}, f.modified_at AS source_modified_at FROM operations AS o"
+            " LEFT JOIN file_records AS f ON f.operation_id = o.operation_id AND f.role = 'source'"
+            f" WHERE {' AND '.join(clauses)} ORDER BY o.started_at, o.rowid"
+        )
+        rows = await self._fetch("summarise uploads", sql, params)
+        return [upload_summary(row, path=self.where) for row in rows]
+
+    async def host_activity(self, *, since: datetime) -> list[HostActivity]:
+        """Every host that recorded an upload, most recently seen first, with its pending uploads and what ended
+        since `since` (one pass over the uploads, grouped by host)."""
+        window = utc_iso(since)
+        ended = "status IN ('failed', 'partial', 'cancelled')"
+        rows = await self._fetch(
+            "summarise hosts",
+            "SELECT host_id, max(coalesce(completed_at, started_at)) AS last_seen,"
+            " sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,"
+            " sum(CASE WHEN status = 'success' AND started_at >= ? THEN 1 ELSE 0 END) AS done,"
+            f" sum(CASE WHEN {ended} AND started_at >= ? THEN 1 ELSE 0 END) AS failed,"
+            " sum(CASE WHEN status = 'success' AND started_at >= ? THEN coalesce(original_size, 0) ELSE 0 END)"
+            " AS bytes_done"
+            " FROM operations WHERE operation_type = 'upload' GROUP BY host_id",
+            [window, window, window],
+        )
+        found = [
+            HostActivity(
+                host_id=row["host_id"],
+                last_seen=datetime.fromisoformat(row["last_seen"]),
+                pending=int(row["pending"]),
+                done=int(row["done"]),
+                failed=int(row["failed"]),
+                bytes_done=int(row["bytes_done"]),
+            )
+            for row in rows
+        ]
+        return sorted(found, key=lambda h: h.last_seen, reverse=True)
+
+    # -- the multipart journal -------------------------------------------------------------------------------
+
+    async def journal_multipart(self, upload: JournaledUpload) -> None:
+        """Record a new multipart upload (state open) the moment its UploadId exists."""
+        row = [
+            upload.upload_id,
+            upload.operation_id,
+            upload.bucket,
+            upload.key,
+            upload.archive_sha256,
+            upload.part_size,
+            upload.part_count,
+            utc_iso(datetime.now(UTC)),
+            upload.checksum_algorithm,
+        ]
+        await self._execute(f"journal upload {upload.upload_id[:12]}", JOURNAL_UPLOAD, row)
+
+    async def journal_part(self, upload_id: str, part: JournaledPart) -> None:
+        row = [upload_id, part.number, part.size, part.md5, part.etag, part.checksum]
+        await self._execute(f"journal part {part.number}", JOURNAL_PART, row)
+
+    async def journal_multipart_state(self, upload_id: str, state: str) -> None:
+        """Close a journaled upload: 'completed' or 'aborted'."""
+        await self._execute(f"close upload {upload_id[:12]}", CLOSE_UPLOAD, [state, upload_id])
+
+    async def open_multiparts(self, *, bucket: str, key: str | None = None) -> list[JournaledUpload]:
+        """Journaled uploads still open (interrupted), oldest first, with their finished parts."""
+        columns = ["bucket"] if key is None else ["bucket", "object_key"]
+        params: list[Any] = [bucket] if key is None else [bucket, key]
+        where = "".join(f" AND {c} = ?" for c in columns)
+        uploads, parts = await self._fetch_pair(
+            "read the multipart journal",
+            (f"SELECT * FROM multipart_uploads WHERE state = 'open'{where} ORDER BY created_at", params),
+            (PARTS_OF_OPEN_UPLOADS.format(where="u.state = 'open'" + where.replace(" AND ", " AND u.")), params),
+        )
+        by_upload: dict[str, list[dict[str, Any]]] = {}
+        for part in parts:
+            by_upload.setdefault(part["upload_id"], []).append(part)
+        return [journaled_upload(row, by_upload.get(row["upload_id"], [])) for row in uploads]
+
+    async def _fetch_pair(
+        self, doing: str, first: tuple[str, Sequence[Any]], second: tuple[str, Sequence[Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Two queries; a backend may read them in one transaction."""
+        return await self._fetch(doing, *first), await self._fetch(doing, *second)
+
+    def made_here(self, record: OperationRecord) -> bool:
+        """Whether this host made the record (or it predates host ids): only then can a run here know that the
+        run which left it pending is dead. In a catalog shared by several hosts, /data/ingest on another host is
+        another folder, and its run may be alive."""
+        return self.host_id is None or record.host_id is None or record.host_id == self.host_id
+
+    async def mark_interrupted(self, *, target_prefix: str, reason: str) -> list[OperationRecord]:
+        """Operations of this host (`made_here`) still 'pending' under `target_prefix` belong to a run that died:
+        record them cancelled."""
+        stale = await self._select(
+            "find interrupted operations", "WHERE status = ? " + NEWEST_FIRST, [str(OperationStatus.PENDING)]
+        )
+        stale = [
+            r
+            for r in stale
+            if (r.target_path == target_prefix or r.target_path.startswith(target_prefix + "/")) and self.made_here(r)
+        ]
+        for record in stale:
+            stage = getattr(record, "stage", "?")
+            record.finish(OperationStatus.CANCELLED, error=f"{stage}: {reason}")
+            await self.save_operation(record)
+        return stale
