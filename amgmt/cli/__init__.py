@@ -46,7 +46,9 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "amgmt.cli.browse", "List the local entries with their last upload, and the objects under the prefix."
     ),
     "search": LazyCommand(
-        "amgmt.cli.browse", "Find local entries and objects whose name contains KEYWORD (case-insensitive)."
+        "amgmt.cli.browse",
+        "Find local entries, objects and files inside directory archives whose name contains KEYWORD "
+        "(case-insensitive).",
     ),
     "stats": LazyCommand(
         "amgmt.cli.browse",

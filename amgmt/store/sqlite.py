@@ -19,7 +19,7 @@ import anyio
 
 from amgmt.errors import NotFoundError, StoreError
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
-from amgmt.store import schema
+from amgmt.store import members, schema
 from amgmt.store.connection import configure, create_private_file, in_connection_thread
 from amgmt.store.errors import translate_errors
 from amgmt.store.records import (
@@ -377,6 +377,39 @@ class MetadataStore:
             record.finish(OperationStatus.CANCELLED, error=f"{stage}: {reason}")
             await self.save_operation(record)
         return stale
+
+    # -- the members of directory archives ---------------------------------------------------------------------
+
+    async def save_members(self, operation_id: str, rows: Sequence[tuple[str, str, int, int]]) -> None:
+        """Record the members (path, kind, size, mtime) of an upload's archive: one transaction, one executemany
+        (100,000 members: well under a second), replacing what was recorded for those paths."""
+        if not rows:
+            return
+        params = [(operation_id, *row) for row in rows]
+        await self._run(
+            f"record {len(params)} archive members",
+            lambda conn: conn.executemany(members.INSERT_MEMBER, params),
+            immediate=True,
+        )
+
+    async def search_members(
+        self, keyword: str, *, bucket: str | None = None, key_prefix: str = "", limit: int | None = None
+    ) -> list[members.StoredMember]:
+        """Members of the archives now in the bucket (their key's newest verified upload, not deleted) whose path
+        contains `keyword`, case-insensitive as `list_operations(target=...)`."""
+        return await self._run(
+            "search archive members",
+            lambda conn: members.search_members(conn, keyword, bucket=bucket, key_prefix=key_prefix, limit=limit),
+        )
+
+    async def member_subtree(self, operation_id: str, path: str) -> tuple[list[members.StoredMember], int]:
+        """The member at `path` of this upload's archive with everything below it, and how many members the upload
+        recorded in all (0: no member list, e.g. an upload from before they were recorded)."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[members.StoredMember], int]:
+            return members.subtree(conn, operation_id, path), members.count_members(conn, operation_id)
+
+        return await self._run(f"read the members of {operation_id[:8]}", read)
 
     # -- connection -------------------------------------------------------------------------------------------
 

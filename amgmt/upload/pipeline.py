@@ -232,6 +232,8 @@ class EntryPipeline:
         started = await self._enter(Stage.VERIFY)
         await self._verify_or_replace()
         self._took(Stage.VERIFY, started)
+        if self.archive is not None and self.archive.members:  # what `search` and `download --member` find
+            await self.ctx.store.save_members(self.record.operation_id, self.archive.members)
         await supersede_replaced(self.ctx.store, self.record, overwrite=self.ctx.overwrite)
         # 6. move (only now: the object is verified)
         warning: str | None = None
