@@ -12,6 +12,8 @@ from amgmt.models import OperationRecord
 class Reporter(Protocol):
     def add_work(self, entries: int, nbytes: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
+    # An entry in flight reached `stage`: "compress", "upload NN%" (as its bytes go out), "verify", "move".
+    def entry_stage(self, record: OperationRecord, stage: str) -> None: ...
     def entry_done(self, record: OperationRecord) -> None: ...
     def close(self) -> None: ...
 
@@ -24,6 +26,8 @@ class SilentReporter:
         self.total_bytes = 0
         self.done_bytes = 0
         self.finished: list[OperationRecord] = []
+        self.in_flight: dict[str, tuple[str, str]] = {}  # operation id -> (entry name, stage), in the order started
+        self.stages: list[tuple[str, str]] = []  # every (entry name, stage) reported, in order
 
     def add_work(self, entries: int, nbytes: int) -> None:
         self.total_entries += entries
@@ -32,7 +36,12 @@ class SilentReporter:
     def advance(self, nbytes: int) -> None:
         self.done_bytes += nbytes
 
+    def entry_stage(self, record: OperationRecord, stage: str) -> None:
+        self.in_flight[record.operation_id] = (record.target_name, stage)
+        self.stages.append((record.target_name, stage))
+
     def entry_done(self, record: OperationRecord) -> None:
+        self.in_flight.pop(record.operation_id, None)
         self.finished.append(record)
 
     def close(self) -> None:

@@ -114,6 +114,8 @@ class EntryPipeline:
         self._sent_checksum: StoredChecksum | None = None  # the whole object's, as this run's upload sent it
         self._timings: dict[str, float] = {}
         self._reported = 0  # source-equivalent bytes already reported to the progress bar
+        self._sent = 0  # archive bytes sent so far, and the whole percentage of the archive they make
+        self._percent = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class EntryPipeline:
 
     async def _enter(self, stage: Stage) -> float:
         self.record.stage = stage
+        self.ctx.reporter.entry_stage(self.record, str(stage) + (" 0%" if stage == Stage.UPLOAD else ""))
         await self._save()
         return time.perf_counter()
 
@@ -137,6 +140,11 @@ class EntryPipeline:
         share = min(share, self.record.original_size - self._reported)
         self._reported += share
         self.ctx.reporter.advance(share)
+        self._sent += archive_bytes
+        percent = min(100, self._sent * 100 // self.archive.archive_size)
+        if percent != self._percent:  # the entry's line on the progress display: at most 100 calls per upload
+            self._percent = percent
+            self.ctx.reporter.entry_stage(self.record, f"{Stage.UPLOAD} {percent}%")
 
     # -- the run -----------------------------------------------------------------------------------------------
 
