@@ -4,6 +4,7 @@ The terminal bar lives in the CLI (amgmt.cli.progress_bar); the library never pr
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
 
 from amgmt.models import OperationRecord
@@ -27,7 +28,8 @@ class SilentReporter:
         self.done_bytes = 0
         self.finished: list[OperationRecord] = []
         self.in_flight: dict[str, tuple[str, str]] = {}  # operation id -> (entry name, stage), in the order started
-        self.stages: list[tuple[str, str]] = []  # every (entry name, stage) reported, in order
+        # The (entry name, stage) pairs reported, in order: the last 10,000 (a watch reports for weeks).
+        self.stages: deque[tuple[str, str]] = deque(maxlen=10_000)
 
     def add_work(self, entries: int, nbytes: int) -> None:
         self.total_entries += entries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,7 +97,10 @@ def _members_block(listing: Listing, matching: str) -> str:
             for m in found
         ]
         lines.append(table(["MEMBER", "SIZE", "MODIFIED", "IN ARCHIVE", "UPLOAD"], rows, max_width=60))
-        lines.append("take one out with: amgmt download ENTRY --member PATH")
+        first = found[0]
+        lines.append(
+            f"take one out with: amgmt download {shlex.quote(first.target_name)} --member {shlex.quote(first.path)}"
+        )
     return "\n".join(lines)
 
 

@@ -176,9 +176,11 @@ def _member_text(outcome: DownloadOutcome, options: DownloadOptions, what: str, 
     ]
     if "archive sha256" not in outcome.verified_by:
         lines.append(
-            "not verified: the archive's checksum (it needs the whole archive: download without --member)"
+            "not verified: the archive's checksum (it needs all of the archive, and the reading stopped after the "
+            "member)"
             if taken.recorded
-            else "warning: no member list recorded for this upload: only the tar headers' sizes were checked"
+            else "warning: no member list and no checksum recorded for this archive: only the tar headers' sizes "
+            "were checked"
         )
     return "\n".join(printable(line) for line in lines)
 

@@ -5,6 +5,7 @@ extract.member_problem before anything is written; a file lands under a .partial
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tarfile
@@ -80,6 +81,16 @@ async def plan_member(objects: Objects, target: Target, text: str) -> tuple[str,
             return candidate, found
     if total == 0:
         return path if path.split("/", 1)[0] == target.name else candidates[0], None
+    if "/" not in path:  # a bare file name: the one member of that name, wherever it is
+        named = await objects.store.member_paths_named(upload.operation_id, path)
+        if len(named) == 1:
+            found, _ = await objects.store.member_subtree(upload.operation_id, named[0])
+            return named[0], found
+        if named:
+            shown = ", ".join(named[:10]) + (", ..." if len(named) > 10 else "")
+            raise ConfigError(
+                f"--member {text!r} is the name of several members of {target.url}: {shown}; give its path"
+            )
     raise NotFoundError(
         f"{target.url} (upload {upload.operation_id[:8]}) holds no member {text!r} among its "
         f"{counted(total, 'recorded member')}; `amgmt search` finds members"
@@ -114,7 +125,11 @@ def refuse_existing(dest: Path, path: str, expected: list[StoredMember], *, forc
             f"refusing: a directory where the member is a file, or the reverse: {describe_problems(blocked)}"
         )
     if existing:
-        raise ConfigError(f"refusing: {describe_problems(existing)} already exist; use --force to replace them")
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ConfigError(
+            f"refusing: {counted(len(existing), 'path')} already {verb}: {describe_problems(existing)}; "
+            "use --force to replace them; nothing was written"
+        )
 
 
 class _RangeReader:
@@ -252,17 +267,18 @@ def _kind(member: tarfile.TarInfo) -> str:
     return "dir" if member.isdir() else "symlink" if member.issym() else "file"
 
 
-def _unpack(reader: _RangeReader, writer: _Writer) -> None:
-    """Read the tar.gz stream, writing the wanted members; stop once the recorded ones are all written."""
+def _unpack(reader: _RangeReader, writer: _Writer, *, size: int, drain_within: int) -> None:
+    """Read the tar.gz stream, writing the wanted members; once the recorded ones are all written, stop, unless
+    no more than `drain_within` bytes of the `size` are left (then read them: the archive's SHA-256 is checked)."""
     try:
         with tarfile.open(fileobj=reader, mode="r|gz") as tar:  # type: ignore[call-overload]
             for member in tar:
                 if _wanted(display(member.name), writer.path):
                     writer.take(tar, member)
                     if writer.complete:
-                        return
-            if writer.expected is None:
-                reader.drain()  # read to its end anyway: the whole archive's SHA-256 can be checked
+                        break
+            if not writer.complete or size - reader.read_bytes <= drain_within:
+                reader.drain()  # to its end: the whole archive's SHA-256 can be checked
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         if isinstance(exc, OSError) and exc.filename:
             raise EntryError(f"cannot write {display(exc.filename)}: {exc.strerror or exc}", stage="extract") from exc
@@ -325,7 +341,8 @@ async def take_member(
 
             async def unpack() -> None:
                 try:
-                    await anyio.to_thread.run_sync(_unpack, reader, writer)
+                    unpack_all = functools.partial(_unpack, size=head.size, drain_within=objects.range_size)
+                    await anyio.to_thread.run_sync(unpack_all, reader, writer)
                 except Exception:
                     if not fetch_failed:
                         raise
@@ -344,7 +361,7 @@ async def take_member(
         if missing:
             raise VerificationError(f"recorded members missing from the archive: {describe_problems(missing)}")
         verified.append("member list")
-    elif reader.at_end and reader.read_bytes == head.size:
+    if reader.at_end and reader.read_bytes == head.size:
         recorded = target.upload.checksum_compressed if target.upload else None
         if recorded and reader.sha256.hexdigest() != recorded:
             raise VerificationError(

@@ -100,6 +100,12 @@ def subtree(conn: sqlite3.Connection, operation_id: str, path: str) -> list[Stor
     return [_member(row) for row in rows]
 
 
+def paths_named(conn: sqlite3.Connection, operation_id: str, name: str, *, limit: int = 11) -> list[str]:
+    """Paths of one upload's members whose last segment is `name` (what a bare file name given as a member means)."""
+    sql = "SELECT path FROM archive_members WHERE operation_id = ? AND substr(path, -?) = ? ORDER BY path LIMIT ?"
+    return [row[0] for row in conn.execute(sql, [operation_id, len(name) + 1, "/" + name, limit]).fetchall()]
+
+
 def count_members(conn: sqlite3.Connection, operation_id: str) -> int:
     row = conn.execute("SELECT count(*) FROM archive_members WHERE operation_id = ?", [operation_id]).fetchone()
     return int(row[0])

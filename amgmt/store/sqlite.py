@@ -411,6 +411,13 @@ class MetadataStore:
 
         return await self._run(f"read the members of {operation_id[:8]}", read)
 
+    async def member_paths_named(self, operation_id: str, name: str) -> list[str]:
+        """The paths (at most 11) of this upload's members whose last segment is `name`."""
+        return await self._run(
+            f"look up {name} in the members of {operation_id[:8]}",
+            lambda conn: members.paths_named(conn, operation_id, name),
+        )
+
     # -- connection -------------------------------------------------------------------------------------------
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:

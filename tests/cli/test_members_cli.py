@@ -63,16 +63,26 @@ def test_download_member_writes_just_that_member(amgmt, make_media, local_dir: P
         assert snapshot(tmp_path / f"out{n}") == {"IMG_1010.JPG": 4000}, "only the member, no archive"
         assert (tmp_path / f"out{n}/IMG_1010.JPG").read_bytes() == original
         assert got["member"]["path"] == "trip/DCIM/100GOPRO/IMG_1010.JPG"
-        assert got["verified_by"] == ["size", "member list"] and got["member"]["member_list_recorded"]
+        # a small archive is read to its end anyway (one range): its SHA-256 is checked too
+        assert got["verified_by"] == ["size", "member list", "archive sha256"]
+        assert got["member"]["member_list_recorded"]
         assert got["sha256"] and got["local_path"] == str(tmp_path / f"out{n}/IMG_1010.JPG")
     mtime = (local_dir / "completed/trip/DCIM/100GOPRO/IMG_1010.JPG").stat().st_mtime
     assert (tmp_path / "out0/IMG_1010.JPG").stat().st_mtime == int(mtime)
 
     run = amgmt("download", "trip", "--member", "trip/DCIM/100GOPRO/IMG_1010.JPG", "--to", "out0")
-    assert run.code == 2 and "already exist" in run.stderr and "--force" in run.stderr, run
+    assert run.code == 2 and "1 path already exists" in run.stderr and "--force" in run.stderr, run
     run = amgmt("download", "trip", "--member", "trip/DCIM/100GOPRO/IMG_1010.JPG", "--to", "out0", "--force")
     assert run.code == 0, run
-    assert "not verified: the archive's checksum" in run.stdout and "1 replaced" in run.stdout
+    assert "1 replaced" in run.stdout
+
+    # a bare file name: the one member of that name; a name several members have is refused, naming them
+    run = amgmt("download", "trip", "--member", "GX010234.MP4", "--to", "bare")
+    assert run.code == 0 and snapshot(tmp_path / "bare") == {"GX010234.MP4": 6000}, run
+    make_media({"trip2/a/clip.mp4": 10, "trip2/b/clip.mp4": 20})
+    assert amgmt("upload", "trip2").code == 0
+    run = amgmt("download", "trip2", "--member", "clip.mp4", "--to", "bare")
+    assert run.code == 2 and "several members" in run.stderr and "trip2/a/clip.mp4, trip2/b/clip.mp4" in run.stderr
 
     # a member directory: its whole subtree, under its own name
     run = amgmt("download", "trip", "--member", "trip/DCIM", "--to", "tree")
@@ -101,6 +111,9 @@ def test_download_member_stops_reading_after_the_member(amgmt, make_media, local
     member = json.loads(run.stdout)["member"]
     assert member["archive_size"] > 12 * 1024 * 1024
     assert member["archive_bytes_read"] <= 10 * 1024 * 1024, member
+    assert json.loads(run.stdout)["verified_by"] == ["size", "member list"]  # not the archive's checksum
+    assert "not verified: the archive's checksum" in amgmt(
+        "download", "big", "--member", "a-first.bin", "--to", "again", env={"MGMT_PART_SIZE": "5MiB"}).stdout
     assert (tmp_path / "out/a-first.bin").read_bytes() == (local_dir / "completed/big/a-first.bin").read_bytes()
 
 
