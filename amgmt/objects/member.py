@@ -216,7 +216,7 @@ class _Writer:
             self._symlink(target, member.linkname)
         else:
             self._file(tar, member, target)
-        self.written.append(display(target))
+        self.written.append(display(target.absolute()))
 
     def _directory(self, target: Path) -> None:
         if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
