@@ -6,6 +6,7 @@ extract.member_problem before anything is written; a file lands under a .partial
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import os
 import tarfile
@@ -279,10 +280,11 @@ def _unpack(reader: _RangeReader, writer: _Writer, *, size: int, drain_within: i
                         break
             if not writer.complete or size - reader.read_bytes <= drain_within:
                 reader.drain()  # to its end: the whole archive's SHA-256 can be checked
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename:
-            raise EntryError(f"cannot write {display(exc.filename)}: {exc.strerror or exc}", stage="extract") from exc
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ValidationError(f"the archive is not a readable tar.gz: {exc}", stage="extract") from exc
+    except OSError as exc:  # the stream itself raises none: this is writing into the destination (full, read-only)
+        where = display(exc.filename) if exc.filename else display(writer.dest)
+        raise EntryError(f"cannot write {where}: {exc.strerror or exc}", stage="extract") from exc
 
 
 async def take_member(

@@ -126,6 +126,8 @@ class EntryPipeline:
 
     async def _enter(self, stage: Stage) -> float:
         self.record.stage = stage
+        if stage == Stage.UPLOAD:  # (again, when an unverifiable object is replaced: its percentages start over)
+            self._sent = self._percent = 0
         self.ctx.reporter.entry_stage(self.record, str(stage) + (" 0%" if stage == Stage.UPLOAD else ""))
         await self._save()
         return time.perf_counter()

@@ -159,3 +159,22 @@ def test_download_member_refuses_unsafe_members(amgmt, s3_client, bucket: str,  
     # no member list: the whole archive was read (it had to be), so its checksum... is unknown without a record
     assert got["member"]["member_list_recorded"] is False and got["verified_by"] == ["size"]
     assert (tmp_path / "ok/ok.txt").read_bytes() == b"x" * 10
+
+
+def test_a_broken_archive_leaves_no_partial_member(amgmt, s3_client, bucket: str,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
+    """Not a gzip at all, or cut off in the middle of the member: exit 1, one line, nothing left in the destination."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("cut/big.bin")
+        data = os.urandom(3 * 1024 * 1024)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    whole = out.getvalue()
+    s3_client.put_object(Bucket=bucket, Key="cut.tar.gz", Body=whole[: len(whole) // 2])
+    s3_client.put_object(Bucket=bucket, Key="junk.tar.gz", Body=b"this is not gzip at all" * 100)
+
+    for key in ("cut.tar.gz", "junk.tar.gz"):
+        run = amgmt("download", key, "--member", "cut/big.bin", "--to", "out")
+        assert run.code == 1 and "not a readable tar.gz" in run.stderr and "Traceback" not in run.stderr, run
+        assert list((tmp_path / "out").iterdir()) == []
