@@ -171,7 +171,8 @@ def _member_text(outcome: DownloadOutcome, options: DownloadOptions, what: str, 
     lines = [
         f"took {taken.member} out of {what} into {options.dest_dir.absolute()} in {took}: "
         f"{outcome.local_path} ({counts}, {human_size(x.bytes)}{f', {x.replaced} replaced' if x.replaced else ''})",
-        f"read {human_size(read)} of the {human_size(taken.archive_size)} archive, stored none of it",
+        f"read {human_size(read)} of the {human_size(taken.archive_size)} archive "
+        f"({human_size(taken.archive_bytes_fetched)} fetched), stored none of it",
         f"verified: {', '.join(outcome.verified_by)}" + (f"; sha256 {outcome.sha256}" if outcome.sha256 else ""),
     ]
     if "archive sha256" not in outcome.verified_by:

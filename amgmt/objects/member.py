@@ -5,6 +5,7 @@ extract.member_problem before anything is written; a file lands under a .partial
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
     from amgmt.objects.resolve import Objects, Target
     from amgmt.store import StoredMember
 
-PREFETCH = 2  # ranges fetched ahead of the decompression: memory stays (PREFETCH + 2) x the range size
+PREFETCH = 2  # ranges handed on and waiting for the decompression
+FETCH_AHEAD = 4  # ranges asked for at once (at most MGMT_PARTS_IN_FLIGHT): memory stays within 7 ranges
 COPY_CHUNK = 1 << 20
 
 
@@ -45,7 +48,8 @@ class MemberTaken:
     local_path: str
     sha256: str | None  # of the member's bytes, when it is one file
     verified_by: tuple[str, ...]
-    archive_bytes_read: int
+    archive_bytes_read: int  # what the decompression read
+    archive_bytes_fetched: int  # what the GETs brought (ranges fetched ahead included)
     archive_size: int
     recorded: bool  # whether the upload's member list was known (sizes checked against it, reading stopped early)
     written: list[str] = field(default_factory=list)
@@ -55,6 +59,7 @@ class MemberTaken:
             "path": self.member,
             "member_list_recorded": self.recorded,
             "archive_bytes_read": self.archive_bytes_read,
+            "archive_bytes_fetched": self.archive_bytes_fetched,
             "archive_size": self.archive_size,
             "written": list(self.written),
         }
@@ -298,10 +303,10 @@ async def take_member(
     force: bool,
     reporter: DownloadReporter,
 ) -> MemberTaken:
-    """Stream the archive with ranged GETs (in order, PREFETCH ahead), decompress and untar it in a thread, and
-    write the members at and below `path` into `dest`. With the recorded member list the reading stops after the
-    last of them and each is checked against it (kind, size); without it the whole archive is read and its
-    SHA-256 compared with the record's. Either way each file's bytes must match its tar header's size."""
+    """Stream the archive with ranged GETs (FETCH_AHEAD at once, handed on in order), decompress and untar it in a
+    thread, and write the members at and below `path` into `dest`. With the recorded member list the reading stops
+    after the last of them and each is checked against it (kind, size); without it the whole archive is read and
+    its SHA-256 compared with the record's. Either way each file's bytes must match its tar header's size."""
     if expected is not None:
         refuse_existing(dest, path, expected, force=force)
     try:
@@ -312,18 +317,44 @@ async def take_member(
     etag = head.etag or None
 
     fetch_failed = False
+    fetched = 0  # bytes GET brought (up to FETCH_AHEAD + PREFETCH ranges more than the decompression read)
+
+    ranges = part_ranges(head.size, objects.range_size) if head.size else []
+    ahead = max(1, min(objects.workers, FETCH_AHEAD))
 
     async def fetch() -> None:
+        """GETs of up to `ahead` ranges at once, handed on in order."""
         nonlocal fetch_failed
+        got: dict[int, bytes] = {}
+        ready = [anyio.Event() for _ in ranges]
+        window = anyio.Semaphore(ahead)  # ranges asked for and not yet handed on
+
+        async def get(number: int, offset: int, length: int) -> None:
+            nonlocal fetched
+            got[number] = await objects.s3.get_range(target.key, offset, length, if_match=etag)
+            fetched += length
+            ready[number].set()
+
+        async def ask_all(tg: anyio.abc.TaskGroup) -> None:
+            for number, (_, offset, length) in enumerate(ranges):
+                await window.acquire()
+                tg.start_soon(get, number, offset, length)
+
         try:
-            async with send:
-                for _, offset, length in part_ranges(head.size, objects.range_size) if head.size else []:
-                    data = await objects.s3.get_range(target.key, offset, length, if_match=etag)
-                    await send.send(data)
-                    reporter.advance(length)
-                await send.send(None)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # the unpacking has what it needs (or failed itself): no more ranges
+            async with send, anyio.create_task_group() as tg:
+                tg.start_soon(ask_all, tg)
+                for number in range(len(ranges)):
+                    await ready[number].wait()
+                    data = got.pop(number)
+                    try:
+                        await send.send(data)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        tg.cancel_scope.cancel()  # the unpacking has what it needs (or failed itself)
+                        return
+                    window.release()
+                    reporter.advance(len(data))
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await send.send(None)
         except BaseException:
             fetch_failed = True  # the stream the unpacking reads ends short because of this, not the archive
             raise
@@ -388,6 +419,7 @@ async def take_member(
         sha256=writer.sha256 if single else None,
         verified_by=tuple(verified),
         archive_bytes_read=reader.read_bytes,
+        archive_bytes_fetched=fetched,
         archive_size=head.size,
         recorded=expected is not None,
         written=writer.written,
