@@ -8,6 +8,8 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -178,3 +180,23 @@ def test_a_broken_archive_leaves_no_partial_member(amgmt, s3_client, bucket: str
         run = amgmt("download", key, "--member", "cut/big.bin", "--to", "out")
         assert run.code == 1 and "not a readable tar.gz" in run.stderr and "Traceback" not in run.stderr, run
         assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_ctrl_c_while_a_member_streams_leaves_nothing_and_is_recorded(amgmt, make_media, cli_env,  # type: ignore[no-untyped-def]
+                                                                        local_dir: Path, tmp_path: Path) -> None:
+    """SIGINT at the exact moment the third range of the archive is asked for (the member half written): exit 130,
+    no member and no .partial in the destination, the download recorded as cancelled."""
+    make_media({"big/a.bin": 1000, "big/z-last.bin": 14 * 1024 * 1024})
+    assert amgmt("upload", "all", env={"MGMT_PART_SIZE": "5MiB"}).code == 0
+    killpoint = Path(__file__).parents[1] / "faults" / "killpoint.py"
+    env = dict(cli_env, MGMT_PART_SIZE="5MiB", MGMT_PARTS_IN_FLIGHT="1",
+               XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")),
+               AMGMT_KILL_AT="amgmt.s3.client.S3Bucket.get_range|big.tar.gz|3|before|SIGINT")
+    done = subprocess.run([sys.executable, str(killpoint), "download", "big", "--member", "z-last.bin", "--to",
+                           "out"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    assert done.returncode == 130, done
+    assert "Traceback" not in done.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+    db = sqlite3.connect(local_dir / "completed/.metadata/operations.db")
+    assert db.execute("SELECT status FROM operations WHERE operation_type = 'download'").fetchall() == [("cancelled",)]
