@@ -89,3 +89,35 @@ async def test_a_100k_member_tree_is_recorded_and_searched(store: MetadataStore)
     found = await store.search_members("img_099999")
     assert [m.path for m in found] == ["big/d099/IMG_099999.JPG"]
     assert took < 30, took  # generous on a loaded machine: see docs/commands.md for what it measures alone
+
+
+async def test_member_reads_use_the_primary_key_and_only_the_search_scans(store: MetadataStore) -> None:
+    """EXPLAIN QUERY PLAN of the statements really sent: a subtree and a bare name read one upload's members
+    through the primary key (operation_id, path); the search reads every member once (a substring, by design) and
+    finds each one's current upload through an index of operations, never by scanning them."""
+
+    from amgmt.store.connection import in_connection_thread
+    from test_query_plans import plans
+
+    record = await uploaded(store)
+    for i in range(50):
+        await uploaded(store, minutes=i + 1, s3_object_key=f"archive/other{i}.tar.gz")
+    assert store._db is not None
+    await in_connection_thread(store._db, lambda conn: conn.execute("ANALYZE"))
+    statements: list[str] = []
+    await in_connection_thread(store._db, lambda conn: conn.set_trace_callback(statements.append))
+    await store.member_subtree(record.operation_id, "trip/DCIM")
+    await store.member_paths_named(record.operation_id, "IMG_1010.JPG")
+    reads = plans(store.path, [s for s in statements if "archive_members" in s])
+    assert len(reads) == 3, list(reads)
+    for sql, plan in reads.items():
+        assert all("SCAN" not in line for line in plan) and any("archive_members" in line or " m " in line
+                                                                 for line in plan), (sql, plan)
+    statements.clear()
+    await store.search_members("img")
+    [(sql, plan)] = plans(store.path, statements).items()
+    scans = [line for line in plan if "SCAN" in line]
+    # One pass over the members (or over the uploads, each one's members read by the primary key, as the planner
+    # likes): a full read either way; the current upload of each key and its s3 record are index searches.
+    assert scans and all(line.split()[1] in ("m", "o") for line in scans), plan
+    assert any("SEARCH c USING INDEX ix_operations_s3_key" in line for line in plan), plan
