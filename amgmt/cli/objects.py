@@ -209,8 +209,8 @@ def _member_text(outcome: DownloadOutcome, options: DownloadOptions, what: str, 
     metavar="PATH",
     default=None,
     help="Write only this member of a directory archive (a file, or a directory with all below it) into --to, "
-    "streaming the archive without storing it; checked: each file's size against the tar header and the recorded "
-    "member list, not the archive's checksum (that needs the whole archive).",
+    "streaming the archive without storing it; each file's size is checked against its tar header and the recorded "
+    "member list, the archive's checksum only when all of it was read.",
 )
 @click.option("--force", is_flag=True, help="Replace files that already exist.")
 @click.option(
@@ -259,11 +259,13 @@ async def download(
     recomputed with the recorded part size, SHA-256), then renamed or extracted; a mismatch removes it.
     GLACIER and DEEP_ARCHIVE objects are restored first: the command asks for a restore and exits 75,
     or with --wait checks every --poll-interval seconds until the copy is readable, then downloads.
-    --member PATH (as `amgmt search` shows it, with or without the entry's name in front) takes one member
-    out: the archive is read from S3 in order and decompressed on the fly, nothing of it is stored, and
-    the reading stops after the member's last byte when the upload recorded its member list. Each file is
-    checked against its tar header and that list (kind, size); the archive's SHA-256 can only be checked
-    when all of it is read (without a member list), so it is not checked otherwise.
+    --member PATH (as `amgmt search` shows it, with or without the entry's name in front, or a bare file
+    name that one member has) writes just that member, or a member directory with all below it: the
+    archive is read from S3 in order and decompressed on the fly, nothing of it is stored, and the
+    reading stops after the last wanted member when the upload recorded its member list. Each file is
+    checked against its tar header and that list (kind, size). The archive's own SHA-256 can only be
+    checked when all of it was read, so a member taken from early in a large archive is not covered by
+    it: download the whole archive (or `amgmt verify --deep`) for that proof.
     """
     settings = settings_from(kwargs, require_bucket=True)
     options = DownloadOptions(
