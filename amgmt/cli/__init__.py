@@ -10,13 +10,13 @@ import importlib
 import logging
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import asyncclick as click
 from asyncclick.utils import make_default_short_help
 
 from amgmt import __version__
-from amgmt.cli.common import EXIT_CODES_HELP, QUIET, log_path
+from amgmt.cli.common import EXIT_CODES_HELP, LOCAL_DIR, QUIET, log_path
 from amgmt.errors import AmgmtError, ExitCode
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "amgmt.cli.browse", "List the local entries with their last upload, and the objects under the prefix."
     ),
     "search": LazyCommand(
-        "amgmt.cli.browse", "Find local entries and objects whose name contains KEYWORD (case-insensitive)."
+        "amgmt.cli.browse",
+        "Find local entries, objects and files inside directory archives whose name contains KEYWORD "
+        "(case-insensitive).",
     ),
     "stats": LazyCommand(
         "amgmt.cli.browse",
@@ -163,17 +165,42 @@ class AmgmtGroup(click.Group):
 
     async def invoke(self, ctx: click.Context) -> Any:
         words = [*ctx.protected_args, *ctx.args]
+        command_log = None
         if words and not {"-h", "--help"} & set(words):
             ctx.meta[_LOGGING] = True
             _log_as_flagged(ctx)
+            from amgmt.cli.command_log import CommandLog, changing_command
+
+            name = changing_command(words)
+            if name is not None:
+                command_log = CommandLog(name, words)
+                command_log.started()
+        # Unless the command ends some other way: a cancellation or a second Ctrl-C.
+        code, error = int(ExitCode.INTERRUPTED), cast("str | None", "interrupted")
         try:
-            return await super().invoke(ctx)
+            result = await super().invoke(ctx)
+            code, error = 0, None
+            return result
         except AmgmtError as exc:
-            click.echo(f"amgmt: error: {' '.join(str(exc).split())}", err=True)
-            raise click.exceptions.Exit(int(exc.exit_code)) from None
+            error = " ".join(str(exc).split())
+            code = int(exc.exit_code)
+            click.echo(f"amgmt: error: {error}", err=True)
+            raise click.exceptions.Exit(code) from None
         except KeyboardInterrupt:
             click.echo("amgmt: interrupted", err=True)
             raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
+        except click.exceptions.Exit as exc:
+            code, error = exc.exit_code, None
+            raise
+        except click.ClickException as exc:
+            code, error = exc.exit_code, " ".join(exc.format_message().split())
+            raise
+        except Exception as exc:
+            code, error = 1, f"internal error: {type(exc).__name__}"
+            raise
+        finally:
+            if command_log is not None:
+                command_log.ended(code, error, ctx.find_root().meta.get(LOCAL_DIR))
 
 
 # -v/--verbose, --debug and -q/--quiet: accepted before the command (`amgmt -v upload`) and after it (`amgmt upload

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncclick as click
@@ -72,7 +74,34 @@ def render_listing(listing: Listing, *, keyword: str | None = None) -> str:
             ]
             lines.append(table(["KEY", "SIZE", "CLASS", "RESTORE", "MODIFIED", "UPLOAD"], rows, max_width=60))
         blocks.append("\n".join(lines))
+    if listing.members is not None:
+        blocks.append(_members_block(listing, matching))
     return "\n\n".join(blocks)
+
+
+def _members_block(listing: Listing, matching: str) -> str:
+    """`search`: the members of directory archives that match, each with the archive (key) and upload holding it."""
+    found = listing.members or []
+    files = [m for m in found if m.kind == "file"]
+    heading = f"inside the archives: {counted(len(found), 'member')}{matching}"
+    lines = [heading + (f", {human_size(sum(m.size for m in files))}" if files else "")]
+    if found:
+        rows = [
+            (
+                m.path + ("/" if m.kind == "dir" else ""),
+                human_size(m.size) if m.kind == "file" else m.kind,
+                local_time(datetime.fromtimestamp(m.mtime, tz=UTC)),
+                m.key,
+                m.operation_id[:8],
+            )
+            for m in found
+        ]
+        lines.append(table(["MEMBER", "SIZE", "MODIFIED", "IN ARCHIVE", "UPLOAD"], rows, max_width=60))
+        first = found[0]
+        lines.append(
+            f"take one out with: amgmt download {shlex.quote(first.target_name)} --member {shlex.quote(first.path)}"
+        )
+    return "\n".join(lines)
 
 
 @click.command("ls")
@@ -98,10 +127,12 @@ async def ls(scope: str, as_json: bool, **kwargs: Any) -> None:
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="The matches as JSON, shaped as `ls --json`.")
 async def search(keyword: str, scope: str, as_json: bool, **kwargs: Any) -> None:
-    """Find local entries and objects whose name contains KEYWORD (case-insensitive).
+    """Find local entries, objects and files inside directory archives whose name contains KEYWORD (case-insensitive).
 
     It matches the local entry names and the object keys below the prefix (also with their %XX escapes decoded),
-    from the same listing as `ls` (no request per object). SCOPE limits it to `local` or `s3`; default `all`.
+    from the same listing as `ls` (no request per object), and the files inside directory archives (the member
+    lists recorded at upload; `download NAME --member PATH` takes one out). SCOPE limits it to `local` or `s3`;
+    default `all`.
     """
     settings = settings_from(kwargs, require_bucket=scope != Scope.LOCAL)
     listing = await search_listing(settings, keyword, Scope(scope))

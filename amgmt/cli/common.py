@@ -31,6 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 QUIET = "amgmt.quiet"  # the root context's meta key of -q/--quiet
+LOCAL_DIR = "amgmt.local_dir"  # the root context's meta key of the local dir a command's settings name (its log line)
 
 
 def quiet() -> bool:
@@ -186,6 +187,11 @@ def settings_from(
     flags.update(extra or {})
     config_path = kwargs.pop("config_path", None)
     settings = load_settings(flags=flags, environ=os.environ, config_path=config_path, require_bucket=require_bucket)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        from amgmt.naming import display
+
+        ctx.find_root().meta[LOCAL_DIR] = display(settings.local_dir)
     if warn:
         for warning in settings.warnings:
             say(f"amgmt: warning: {printable(warning)}", err=True)

@@ -136,6 +136,8 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
         ]
         return "\n".join(printable(line) for line in lines)
     took = human_duration(outcome.seconds)
+    if outcome.member is not None and outcome.extracted:
+        return _member_text(outcome, options, what, took)
     if outcome.extracted:
         x = outcome.extracted
         counts = ", ".join(
@@ -159,6 +161,31 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
+def _member_text(outcome: DownloadOutcome, options: DownloadOptions, what: str, took: str) -> str:
+    taken, x = outcome.member, outcome.extracted
+    assert taken is not None and x is not None
+    counts = ", ".join(
+        counted(n, word) for n, word in ((x.files, "file"), (x.directories, "directory"), (x.links, "link")) if n
+    )
+    read = taken.archive_bytes_read
+    lines = [
+        f"took {taken.member} out of {what} into {options.dest_dir.absolute()} in {took}: "
+        f"{outcome.local_path} ({counts}, {human_size(x.bytes)}{f', {x.replaced} replaced' if x.replaced else ''})",
+        f"read {human_size(read)} of the {human_size(taken.archive_size)} archive "
+        f"({human_size(taken.archive_bytes_fetched)} fetched), stored none of it",
+        f"verified: {', '.join(outcome.verified_by)}" + (f"; sha256 {outcome.sha256}" if outcome.sha256 else ""),
+    ]
+    if "archive sha256" not in outcome.verified_by:
+        lines.append(
+            "not verified: the archive's checksum (it needs all of the archive, and the reading stopped after the "
+            "member)"
+            if taken.recorded
+            else "warning: no member list and no checksum recorded for this archive: only the tar headers' sizes "
+            "were checked"
+        )
+    return "\n".join(printable(line) for line in lines)
+
+
 @click.command(
     "download", epilog=f"{EXIT_CODES_HELP} {RESTORE_PENDING_EXIT} a restore is under way, nothing was downloaded yet."
 )
@@ -176,6 +203,14 @@ def _download_text(outcome: DownloadOutcome, options: DownloadOptions) -> str:
     "--extract",
     is_flag=True,
     help="Unpack the archive into --to (refusing unsafe members) instead of keeping the .tar.gz.",
+)
+@click.option(
+    "--member",
+    metavar="PATH",
+    default=None,
+    help="Write only this member of a directory archive (a file, or a directory with all below it) into --to, "
+    "streaming the archive without storing it; each file's size is checked against its tar header and the recorded "
+    "member list, the archive's checksum only when all of it was read.",
 )
 @click.option("--force", is_flag=True, help="Replace files that already exist.")
 @click.option(
@@ -206,6 +241,7 @@ async def download(
     target: str,
     dest: Path,
     extract: bool,
+    member: str | None,
     force: bool,
     tier: str,
     days: int,
@@ -223,10 +259,24 @@ async def download(
     recomputed with the recorded part size, SHA-256), then renamed or extracted; a mismatch removes it.
     GLACIER and DEEP_ARCHIVE objects are restored first: the command asks for a restore and exits 75,
     or with --wait checks every --poll-interval seconds until the copy is readable, then downloads.
+    --member PATH (as `amgmt search` shows it, with or without the entry's name in front, or a bare file
+    name that one member has) writes just that member, or a member directory with all below it: the
+    archive is read from S3 in order and decompressed on the fly, nothing of it is stored, and the
+    reading stops after the last wanted member when the upload recorded its member list. Each file is
+    checked against its tar header and that list (kind, size). The archive's own SHA-256 can only be
+    checked when all of it was read, so a member taken from early in a large archive is not covered by
+    it: download the whole archive (or `amgmt verify --deep`) for that proof.
     """
     settings = settings_from(kwargs, require_bucket=True)
     options = DownloadOptions(
-        dest_dir=dest, extract=extract, force=force, tier=tier, days=days, wait=wait, poll_interval=poll_interval
+        dest_dir=dest,
+        extract=extract,
+        force=force,
+        tier=tier,
+        days=days,
+        wait=wait,
+        poll_interval=poll_interval,
+        member=member,
     )
     reporter = CliReporter(bar=show_progress(progress, as_json=as_json), label=target)
     args = {
@@ -234,6 +284,7 @@ async def download(
         "target": target,
         "to": str(dest),
         "extract": extract,
+        "member": member,
         "force": force,
         "tier": tier,
         "days": days,

@@ -3,7 +3,9 @@ without one (cron, CI, `| tee`). The library reports through amgmt.progress.Repo
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
 from typing import TextIO
 
 from tqdm import tqdm
@@ -13,9 +15,32 @@ from amgmt.models import OperationRecord, UploadRecord
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.text import human_size, printable
 
+REDRAW_SECONDS = 0.2  # the in-flight line is redrawn at most this often for upload percentages
+
+
+def in_flight_text(in_flight: list[tuple[str, str]], width: int) -> str:
+    """The entries in flight and their stage on one line of `width` columns: `clip.mp4 upload 42% | trip compress`,
+    the names shortened (and the tail counted) when they do not fit."""
+    if not in_flight:
+        return ""
+    parts = [f"{printable(name)} {stage}" for name, stage in in_flight]
+    text = " | ".join(parts)
+    if len(text) <= width:
+        return text
+    shown: list[str] = []
+    for n, part in enumerate(parts):
+        rest = f" | +{len(parts) - n} more"
+        name, stage = in_flight[n]
+        short = part if len(part) <= 30 else f"{printable(name)[: 27 - len(stage)]}… {stage}"
+        if len(" | ".join([*shown, short])) + len(rest) > width:
+            return " | ".join(shown) + rest if shown else rest.lstrip(" |")
+        shown.append(short)
+    return " | ".join(shown)
+
 
 class TqdmReporter(SilentReporter):
-    """A byte progress bar over all entries (source bytes), and one line per entry as it finishes.
+    """A byte progress bar over all entries (source bytes), a line below it with the entries in flight and their
+    stage (compress, upload NN%, verify, move), and one line per entry as it finishes.
 
     The bar is drawn from the first `add_work`, which a batch calls once it holds the run lock and has recovered
     what a dead run left: a run refused at the start shows no bar at all."""
@@ -29,6 +54,8 @@ class TqdmReporter(SilentReporter):
         self._desc = desc
         self._unit = unit  # "B": a byte bar (KiB, MiB, ...); another unit counts items
         self._noun = noun  # what the "done/total" beside the bar counts
+        self._status: tqdm | None = None  # the in-flight line under the bar
+        self._drawn = 0.0
 
     def _shown(self) -> tqdm:
         if self._bar is None:
@@ -55,13 +82,38 @@ class TqdmReporter(SilentReporter):
         super().advance(nbytes)
         self._shown().update(nbytes)
 
+    def entry_stage(self, record: OperationRecord, stage: str) -> None:
+        known = record.operation_id in self.in_flight
+        before = self.in_flight.get(record.operation_id, ("", ""))[1].split(" ")[0]
+        super().entry_stage(record, stage)
+        # A new entry or a new stage is drawn at once; an upload's percentages at most every REDRAW_SECONDS.
+        if known and stage.split(" ")[0] == before and time.monotonic() - self._drawn < REDRAW_SECONDS:
+            return
+        self._draw_in_flight()
+
+    def _draw_in_flight(self) -> None:
+        self._drawn = time.monotonic()
+        stream = self._stream or sys.stderr
+        if self._status is None:
+            if not self.in_flight:
+                return
+            self._shown()
+            self._status = tqdm(total=0, file=stream, bar_format="{desc}", position=1, leave=False)
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        self._status.set_description_str(in_flight_text(list(self.in_flight.values()), width), refresh=True)
+
     def entry_done(self, record: OperationRecord) -> None:
         super().entry_done(record)
+        if self._status is not None:
+            self._draw_in_flight()
         bar = self._shown()
         bar.write(finished_line(record), file=self._stream or sys.stderr)  # tqdm.write defaults to stdout
         bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} {self._noun}", refresh=True)
 
     def close(self) -> None:
+        if self._status is not None:
+            self._status.close()
+            self._status = None
         if self._bar is not None:
             self._bar.close()
 

@@ -30,6 +30,13 @@ _SIBLING_IDLE = 10.0  # seconds: a partial archive written to less recently than
 _NUL_BLOCK = bytes(tarfile.BLOCKSIZE)
 
 
+# One member of a directory's archive as the store records it: (path, kind, size, mtime). The path is the member name
+# as record text (naming.display), starting with the entry's name; kind "file", "dir" or "symlink"; size in bytes (0
+# but for a file); mtime in whole seconds, as the tar header holds it. A plain tuple: 100,000 of them cross a pickle
+# in 0.1 s (a NamedTuple took 0.45 s).
+ArchivedMember = tuple[str, str, int, int]
+
+
 @dataclass(frozen=True)
 class ArchiveResult:
     archive_path: str
@@ -45,6 +52,7 @@ class ArchiveResult:
     is_directory: bool
     skipped: tuple[str, ...]  # relative paths of special files (FIFO, socket, device) left out of the archive
     source_identity: Identity  # what the source was made of when packed (amgmt.local.identity), special files included
+    members: tuple[ArchivedMember, ...] = ()  # a directory's members in archive order; () for a file entry
 
 
 def compress_entry(source: str, archive_path: str, *, part_size: int, level: int = 1) -> ArchiveResult:
@@ -120,6 +128,7 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         is_directory=packed.is_directory,
         skipped=packed.skipped,
         source_identity=packed.source_identity,
+        members=packed.members,
     )
 
 
@@ -147,6 +156,7 @@ class _Packed:
     is_directory: bool
     skipped: tuple[str, ...]
     source_identity: Identity
+    members: tuple[ArchivedMember, ...]
 
 
 def _pack(tar: _TarWriter, source: str, source_stat: os.stat_result) -> _Packed:
@@ -155,8 +165,9 @@ def _pack(tar: _TarWriter, source: str, source_stat: os.stat_result) -> _Packed:
     is_directory = stat.S_ISDIR(source_stat.st_mode)
     skipped: list[str] = []
     identity: list[Member] = []
+    listed: list[ArchivedMember] = []
     if is_directory:
-        source_sha256, source_size, file_count = _add_tree(tar, source, name, skipped, identity)
+        source_sha256, source_size, file_count = _add_tree(tar, source, name, skipped, identity, listed)
     else:
         tar.expect(source_stat.st_size)
         source_sha256, source_size, after = _add_file(tar, name, source, source)
@@ -170,6 +181,7 @@ def _pack(tar: _TarWriter, source: str, source_stat: os.stat_result) -> _Packed:
         is_directory=is_directory,
         skipped=tuple(sorted(skipped, key=os.fsencode)),
         source_identity=Identity.of_members(identity),
+        members=tuple(listed),
     )
 
 
@@ -217,11 +229,17 @@ def _usable_cpus() -> int:
 
 
 def _add_tree(
-    tar: _TarWriter, root: str, name: str, skipped: list[str], identity: list[Member]
+    tar: _TarWriter,
+    root: str,
+    name: str,
+    skipped: list[str],
+    identity: list[Member],
+    listed: list[ArchivedMember] | None = None,
 ) -> tuple[str, int, int]:
     """Archive a directory's members in sorted order; returns (manifest SHA-256, bytes read, regular files).
 
-    `identity` gets every member's identity, special files included (amgmt.local.identity)."""
+    `identity` gets every member's identity, special files included (amgmt.local.identity); `listed` every archived
+    member, in archive order."""
     manifest = hashlib.sha256()
     total = 0
     count = 0
@@ -232,6 +250,7 @@ def _add_tree(
     tar.expect(sum(st.st_size for _key, _member, _path, st in members if stat.S_ISREG(st.st_mode)))
     for key, member, path, st in members:
         mode = st.st_mode
+        stamped = st  # the stat whose mtime the tar header holds
         if not stat.S_ISREG(mode):
             identity.append(Member.of(key[strip:], st))
         if stat.S_ISDIR(mode):
@@ -249,10 +268,14 @@ def _add_tree(
         else:
             digest, size, after = _add_file(tar, member, path, root)
             identity.append(Member.of(key[strip:], after))
+            stamped = after
             total += size
             count += 1
             fields = (b"file", str(size).encode("ascii"), digest.encode("ascii"))
         manifest.update(manifest_line(key, *fields))
+        if listed is not None:
+            text = key.decode("utf-8", "backslashreplace")  # as naming.display
+            listed.append((text, fields[0].decode(), int(fields[1]), int(stamped.st_mtime)))
     return manifest.hexdigest(), total, count
 
 

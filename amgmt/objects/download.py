@@ -19,6 +19,7 @@ from amgmt.errors import ConfigError
 from amgmt.models import OperationStatus
 from amgmt.naming import PARTIAL_SUFFIX, display
 from amgmt.objects.extract import ExtractSummary, extract_archive
+from amgmt.objects.member import MemberTaken, plan_member, refuse_existing, take_member
 from amgmt.objects.restore import DEFAULT_POLL_SECONDS, DEFAULT_RESTORE_DAYS, request_restore, wait_for_restore
 from amgmt.objects.transfer import DownloadReporter, QuietReporter, fetch_to_file, place_file, unlink_if_present
 from amgmt.objects.verify import StreamDigests, check_digests, expected_of
@@ -27,6 +28,7 @@ from amgmt.text import iso_utc
 
 if TYPE_CHECKING:
     from amgmt.objects.resolve import Objects, Target
+    from amgmt.store import StoredMember
 
 CLEANUP_TIMEOUT = 10.0
 
@@ -46,8 +48,11 @@ class DownloadOptions:
     days: int = DEFAULT_RESTORE_DAYS
     wait: bool = False
     poll_interval: float = DEFAULT_POLL_SECONDS
+    member: str | None = None  # a member (or member directory) of a directory archive to take out alone
 
     def __post_init__(self) -> None:
+        if self.member is not None and self.extract:
+            raise ConfigError("--member takes one member out of the archive; it cannot be combined with --extract")
         if self.tier not in RESTORE_TIERS:
             raise ConfigError(f"--tier {self.tier!r}: expected one of {', '.join(RESTORE_TIERS)}")
         if self.days < 1:
@@ -69,6 +74,7 @@ class DownloadOutcome:
     restore_waited_seconds: float = 0.0
     operation_id: str | None = None
     seconds: float = 0.0
+    member: MemberTaken | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +92,7 @@ class DownloadOutcome:
             "extracted": asdict(self.extracted) if self.extracted else None,
             "operation_id": self.operation_id,
             "seconds": round(self.seconds, 3),
+            **({"member": self.member.to_dict()} if self.member else {}),
         }
 
 
@@ -108,7 +115,13 @@ async def download_object(
     target = await objects.resolve(text)
     head = await objects.head(target)
     final = options.dest_dir / target.key.rsplit("/", 1)[-1]
-    _refuse_conflicts(target, options, final)
+    member: tuple[str, list[StoredMember] | None] | None = None
+    if options.member is not None:
+        member = await plan_member(objects, target, options.member)
+        if member[1] is not None:
+            refuse_existing(options.dest_dir, member[0], member[1], force=options.force)
+    else:
+        _refuse_conflicts(target, options, final)
 
     restore_request = None
     waited = 0.0
@@ -141,8 +154,13 @@ async def download_object(
     if head.restore:
         record.metadata["restore_expiry"] = iso_utc(head.restore.expiry) if head.restore.expiry else None
         record.metadata["restore_waited_seconds"] = round(waited, 3)
+    if member is not None:
+        record.metadata["member"] = member[0]
     try:
-        outcome = await _fetch(objects, target, head, options, reporter, final)
+        if member is not None:
+            outcome = await _take(objects, target, head, options, reporter, member)
+        else:
+            outcome = await _fetch(objects, target, head, options, reporter, final)
     except BaseException as exc:
         await objects.finish_failed(record, exc)
         raise
@@ -161,6 +179,37 @@ async def download_object(
     record.finish(OperationStatus.SUCCESS)
     await objects.save_record(record)
     return outcome
+
+
+async def _take(
+    objects: Objects,
+    target: Target,
+    head: ObjectHead,
+    options: DownloadOptions,
+    reporter: DownloadReporter,
+    member: tuple[str, list[StoredMember] | None],
+) -> DownloadOutcome:
+    path, expected = member
+    taken = await take_member(
+        objects,
+        target,
+        head,
+        path=path,
+        expected=expected,
+        dest=options.dest_dir,
+        force=options.force,
+        reporter=reporter,
+    )
+    return DownloadOutcome(
+        DownloadState.DOWNLOADED,
+        target,
+        head,
+        local_path=taken.local_path,
+        sha256=taken.sha256,
+        verified_by=taken.verified_by,
+        extracted=taken.summary,
+        member=taken,
+    )
 
 
 def _refuse_conflicts(target: Target, options: DownloadOptions, final: Path) -> None:

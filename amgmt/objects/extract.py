@@ -40,7 +40,7 @@ _FILTER_REASONS: dict[type[Exception], str] = {
 }
 
 
-def _member_problem(member: tarfile.TarInfo, dest: str, kinds: dict[str, str]) -> str | None:
+def member_problem(member: tarfile.TarInfo, dest: str, kinds: dict[str, str]) -> str | None:
     """Why this member must not be extracted into `dest`, or None. `kinds` holds the earlier members' normalised
     names and kinds ("file", "dir", "link")."""
     name = member.name
@@ -71,7 +71,7 @@ def _member_problem(member: tarfile.TarInfo, dest: str, kinds: dict[str, str]) -
     return None
 
 
-def _describe_members(problems: list[str]) -> str:
+def describe_problems(problems: list[str]) -> str:
     shown = "; ".join(problems[:SHOWN_PROBLEMS])
     more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
     return shown + more
@@ -92,7 +92,7 @@ def plan_extraction(archive: Path, dest: Path, *, force: bool) -> ExtractSummary
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
-                problem = _member_problem(member, dest_real, kinds)
+                problem = member_problem(member, dest_real, kinds)
                 if problem:
                     unsafe.append(f"{member.name!r}: {problem}")
                     continue
@@ -124,20 +124,20 @@ def plan_extraction(archive: Path, dest: Path, *, force: bool) -> ExtractSummary
         raise EntryError(f"cannot read {display(archive)}: {exc.strerror or exc}", stage="extract") from exc
     if unsafe:
         raise ValidationError(
-            f"refusing to extract: {counted(len(unsafe), 'unsafe member')}: {_describe_members(unsafe)}; "
+            f"refusing to extract: {counted(len(unsafe), 'unsafe member')}: {describe_problems(unsafe)}; "
             "nothing was extracted",
             stage="extract",
         )
     if blocked:
         raise ConfigError(
             f"refusing to extract: {counted(len(blocked), 'path')} in {display(dest)}: a directory where the archive "
-            f"has a file, or the reverse: {_describe_members(blocked)}; nothing was extracted"
+            f"has a file, or the reverse: {describe_problems(blocked)}; nothing was extracted"
         )
     if existing:
         verb = "exists" if len(existing) == 1 else "exist"
         raise ConfigError(
             f"refusing to extract: {counted(len(existing), 'path')} already {verb} in {display(dest)}: "
-            f"{_describe_members(existing)}; use --force to replace them; nothing was extracted"
+            f"{describe_problems(existing)}; use --force to replace them; nothing was extracted"
         )
     return ExtractSummary(tuple(top), files, directories, links, nbytes, replaced)
 

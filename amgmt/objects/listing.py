@@ -22,7 +22,7 @@ from amgmt.local.entries import PlannedEntry, list_entries, plan
 from amgmt.models import OperationStatus
 from amgmt.naming import display
 from amgmt.s3 import ARCHIVE_STORAGE_CLASSES, LIST_PAGE_SIZE, ClientOptions, ObjectHead, S3Bucket
-from amgmt.store import UploadSummary, metadata_store, store_exists
+from amgmt.store import StoredMember, UploadSummary, metadata_store, store_exists
 from amgmt.text import iso_utc
 
 # The statuses after which the object at the key is the upload's own.
@@ -95,6 +95,7 @@ class Listing:
     local: list[LocalEntry] | None
     objects: list[StoredObject] | None
     ignored: list[str]
+    members: list[StoredMember] | None = None  # `search`: members of the bucket's directory archives that match
 
     def matching(self, keyword: str) -> Listing:
         """Local entries whose name, and objects whose key below the prefix (as stored, or with its escapes
@@ -117,6 +118,7 @@ class Listing:
             "local": None if self.local is None else [e.to_dict() for e in self.local],
             "objects": None if self.objects is None else [o.to_dict() for o in self.objects],
             "ignored": list(self.ignored),
+            **({} if self.members is None else {"members": [m.to_dict() for m in self.members]}),
         }
 
 
@@ -246,11 +248,18 @@ def _stored_objects(listed: list[ObjectHead], summaries: list[UploadSummary], pr
 async def search(
     settings: Settings, keyword: str, scope: Scope = Scope.ALL, *, page_size: int = LIST_PAGE_SIZE
 ) -> Listing:
-    """`build_listing`, keeping what matches `keyword` (see Listing.matching)."""
+    """`build_listing`, keeping what matches `keyword` (see Listing.matching); with the bucket in scope, also the
+    members of its directory archives (as recorded when they were uploaded) whose path contains `keyword`."""
     if not fold(keyword):
         raise ConfigError("the search keyword is empty")
-    listing = await build_listing(settings, scope, page_size=page_size)
-    return listing.matching(keyword)
+    listing = (await build_listing(settings, scope, page_size=page_size)).matching(keyword)
+    if scope == Scope.LOCAL:
+        return listing
+    found: list[StoredMember] = []
+    if store_exists(settings):
+        async with metadata_store(settings) as store:
+            found = await store.search_members(keyword, bucket=settings.bucket, key_prefix=key_prefix(settings))
+    return replace(listing, members=found)
 
 
 def _mtime(path: Path) -> datetime | None:

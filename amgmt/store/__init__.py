@@ -6,6 +6,7 @@ S3 or an entry on disk."""
 
 from amgmt.store.base import MIN_ID_PREFIX, Store
 from amgmt.store.factory import StoreLocation, metadata_store, sqlite_store, store_exists, store_name
+from amgmt.store.members import StoredMember
 from amgmt.store.records import HostActivity, JournaledPart, JournaledUpload, UploadSummary
 from amgmt.store.sqlite import MetadataStore
 
@@ -17,6 +18,7 @@ __all__ = [
     "MetadataStore",
     "Store",
     "StoreLocation",
+    "StoredMember",
     "UploadSummary",
     "metadata_store",
     "sqlite_store",

@@ -18,6 +18,7 @@ import anyio
 
 from amgmt.errors import NotFoundError
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
+from amgmt.store import members
 from amgmt.store.records import (
     HostActivity,
     JournaledPart,
@@ -119,6 +120,10 @@ class Store(ABC):
         """One write statement, in a transaction of its own."""
 
     @abstractmethod
+    async def _execute_many(self, doing: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One write statement for each of `rows`, all in one transaction."""
+
+    @abstractmethod
     async def _write_rows(self, doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
         """Upsert `operations` rows, then `file_records` rows, in one transaction."""
 
@@ -168,6 +173,39 @@ class Store(ABC):
                         self._pending.setdefault(op_id, pending)
                 raise
             self._written = written
+
+    # -- the members of directory archives ---------------------------------------------------------------------
+
+    async def save_members(self, operation_id: str, rows: Sequence[tuple[str, str, int, int]]) -> None:
+        """Record the members (path, kind, size, mtime) of an upload's archive: one transaction, one executemany
+        (100,000 members: well under a second on SQLite), replacing what was recorded for those paths."""
+        if rows:
+            params = [(operation_id, *row) for row in rows]
+            await self._execute_many(f"record {len(params)} archive members", members.INSERT_MEMBER, params)
+
+    async def search_members(
+        self, keyword: str, *, bucket: str | None = None, key_prefix: str = "", limit: int | None = None
+    ) -> list[members.StoredMember]:
+        """Members of the archives now in the bucket (their key's newest verified upload, not deleted) whose path
+        contains `keyword`, case-insensitive as `list_operations(target=...)`."""
+        sql, params = members.search_sql(keyword, bucket=bucket, key_prefix=key_prefix, limit=limit)
+        return [members.member(row) for row in await self._fetch("search archive members", sql, params)]
+
+    async def member_subtree(self, operation_id: str, path: str) -> tuple[list[members.StoredMember], int]:
+        """The member at `path` of this upload's archive with everything below it, and how many members the upload
+        recorded in all (0: no member list, e.g. an upload from before they were recorded)."""
+        rows, counted = await self._fetch_pair(
+            f"read the members of {operation_id[:8]}",
+            members.subtree_sql(operation_id, path),
+            (members.COUNT_SQL, [operation_id]),
+        )
+        return [members.member(row) for row in rows], int(counted[0]["n"])
+
+    async def member_paths_named(self, operation_id: str, name: str) -> list[str]:
+        """The paths (at most 11) of this upload's members whose last segment is `name`."""
+        sql, params = members.named_sql(operation_id, name)
+        found = await self._fetch(f"look up {name} in the members of {operation_id[:8]}", sql, params)
+        return [row["path"] for row in found]
 
     # -- reading ----------------------------------------------------------------------------------------------
 

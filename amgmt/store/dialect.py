@@ -25,6 +25,7 @@ _TYPES = (
     (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
     (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
     (re.compile(r"^(\s*)user(\s+TEXT)", re.MULTILINE), r'\1"user"\2'),  # a reserved word in PostgreSQL
+    (re.compile(r"\)\s*WITHOUT ROWID"), ")"),  # SQLite's clustered table: a plain table with its primary key here
 )
 
 

@@ -138,6 +138,10 @@ class PostgresStore(Store):
         async with self._writing(doing) as conn:
             await conn.execute(postgres_sql(sql), *params)
 
+    async def _execute_many(self, doing: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self._writing(doing) as conn, conn.transaction():
+            await conn.executemany(postgres_sql(sql), rows)
+
     async def _fetch(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         async with self._reading(doing) as conn:
             return [dict(r) for r in await conn.fetch(postgres_sql(sql), *params)]

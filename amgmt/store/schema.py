@@ -115,6 +115,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE operations ADD COLUMN host_id TEXT;
     CREATE INDEX ix_operations_host_started ON operations (host_id, started_at);
     """,
+    # 6: the members of each directory archive, recorded once its upload is verified, so that `search` finds a file
+    # inside an archive and `download --member` knows what to take out (one row per member: 100,000 for a big tree).
+    """
+    CREATE TABLE archive_members (
+        operation_id TEXT NOT NULL REFERENCES operations (operation_id) ON DELETE CASCADE,
+        path         TEXT NOT NULL,  -- the member name (record text), starting with the entry's name
+        kind         TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+        size         INTEGER NOT NULL,
+        mtime        INTEGER NOT NULL,  -- seconds since the epoch, as the tar header holds it
+        PRIMARY KEY (operation_id, path)
+    ) WITHOUT ROWID;
+    """,
 )
 
 

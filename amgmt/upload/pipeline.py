@@ -114,6 +114,8 @@ class EntryPipeline:
         self._sent_checksum: StoredChecksum | None = None  # the whole object's, as this run's upload sent it
         self._timings: dict[str, float] = {}
         self._reported = 0  # source-equivalent bytes already reported to the progress bar
+        self._sent = 0  # archive bytes sent so far, and the whole percentage of the archive they make
+        self._percent = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -124,6 +126,9 @@ class EntryPipeline:
 
     async def _enter(self, stage: Stage) -> float:
         self.record.stage = stage
+        if stage == Stage.UPLOAD:  # (again, when an unverifiable object is replaced: its percentages start over)
+            self._sent = self._percent = 0
+        self.ctx.reporter.entry_stage(self.record, str(stage) + (" 0%" if stage == Stage.UPLOAD else ""))
         await self._save()
         return time.perf_counter()
 
@@ -137,6 +142,11 @@ class EntryPipeline:
         share = min(share, self.record.original_size - self._reported)
         self._reported += share
         self.ctx.reporter.advance(share)
+        self._sent += archive_bytes
+        percent = min(100, self._sent * 100 // self.archive.archive_size)
+        if percent != self._percent:  # the entry's line on the progress display: at most 100 calls per upload
+            self._percent = percent
+            self.ctx.reporter.entry_stage(self.record, f"{Stage.UPLOAD} {percent}%")
 
     # -- the run -----------------------------------------------------------------------------------------------
 
@@ -232,6 +242,8 @@ class EntryPipeline:
         started = await self._enter(Stage.VERIFY)
         await self._verify_or_replace()
         self._took(Stage.VERIFY, started)
+        if self.archive is not None and self.archive.members:  # what `search` and `download --member` find
+            await self.ctx.store.save_members(self.record.operation_id, self.archive.members)
         await supersede_replaced(self.ctx.store, self.record, overwrite=self.ctx.overwrite)
         # 6. move (only now: the object is verified)
         warning: str | None = None

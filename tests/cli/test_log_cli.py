@@ -54,3 +54,36 @@ def test_log_follow_prints_new_lines_until_ctrl_c(amgmt, tmp_path: Path, cli_env
             proc.kill()
     assert proc.returncode == 0, err
     assert out.splitlines() == ["old 2", "new 3"]
+
+
+def test_every_changing_command_is_logged_with_its_local_dir_and_outcome(amgmt, make_media, local_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """upload, download, delete, cleanup, config set: a line as each starts (arguments, no secret) and one as it
+    ends (local dir, exit code and why); commands that only read (history, search, watch --status) are not logged."""
+    make_media({"a.mp4": 1000})
+    hook = "true https://hooks.example/T0/HOOK-TOKEN-41d2"  # a webhook's URL holds its token
+    assert amgmt("upload", "all", "--hook", hook, "--concurrency", "2").code == 0
+    assert amgmt("download", "a.mp4", "--to", "out").code == 0
+    assert amgmt("delete", "no-such-thing", "--yes").code == 2
+    assert amgmt("cleanup").code == 0
+    assert amgmt("config", "set", f"MGMT_HOOK={hook}").code == 0
+    for reading in (("history",), ("search", "a"), ("watch", "--status"), ("log",)):
+        amgmt(*reading)
+
+    text = (tmp_path.with_name(tmp_path.name + "-state") / "amgmt" / "amgmt.log").read_text()
+    assert SECRET not in text and "HOOK-TOKEN-41d2" not in text
+    lines = [line.split(" amgmt.command: ", 1)[1] for line in text.splitlines() if " amgmt.command: " in line]
+    started = [line.split(" (pid ")[0] for line in lines if " started: " in line]
+    assert started == [
+        "command upload started: amgmt upload all --hook <hidden> --concurrency 2",
+        "command download started: amgmt download a.mp4 --to out",
+        "command delete started: amgmt delete no-such-thing --yes",
+        "command cleanup started: amgmt cleanup",
+        "command config set started: amgmt config set MGMT_HOOK=<hidden>",
+    ]
+    ended = [line for line in lines if " ended: " in line]
+    assert len(ended) == 5
+    assert ended[0].startswith("command upload ended: exit 0 (done) in ") and ended[0].endswith(f"local dir {local_dir}")
+    assert ended[1].startswith("command download ended: exit 0 (done)")
+    assert ended[2].startswith("command delete ended: exit 2 (bad input)") and "nothing named 'no-such-thing'" in ended[2]
+    assert ended[4].startswith("command config set ended: exit 0 (done)")

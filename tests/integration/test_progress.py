@@ -75,3 +75,70 @@ async def test_a_run_refused_by_the_lock_draws_no_bar(make_settings, make_media)
 
     await upload_batch(settings, list_entries(settings)[0], reporter=TqdmReporter(stream=screen))
     assert "upload: 100%" in screen.getvalue()
+
+
+async def test_the_reporter_hears_each_entrys_stage_while_it_is_in_flight(make_settings, make_media) -> None:
+    """Every entry goes compress -> upload 0%..100% -> verify -> move, each stage reported as it starts; while one
+    entry is held in compression the other's stages are reported beside it (both in flight), and an entry leaves
+    the in-flight list when it ends."""
+    make_media({"big.mp4": 16 * 1024 * 1024, "held.mp4": 2000})
+    settings = make_settings(concurrency=2, part_size="5MiB", multipart_threshold="5MiB")
+    reporter = SilentReporter()
+    release = anyio.Event()
+    seen_while_held: list[dict[str, tuple[str, str]]] = []
+
+    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+        if Path(source).name == "held.mp4":
+            await release.wait()
+        return await _thread_compress(source, archive_path, part_size, level)
+
+    class Watching(SilentReporter):
+        def entry_stage(self, record: Any, stage: str) -> None:
+            reporter.entry_stage(record, stage)
+            if record.target_name == "big.mp4" and stage == "verify":
+                seen_while_held.append(dict(reporter.in_flight))
+                release.set()
+
+        def entry_done(self, record: Any) -> None:
+            reporter.entry_done(record)
+
+    report = await upload_batch(settings, list_entries(settings)[0], reporter=Watching(), compressor=compress)
+
+    assert sorted(str(r.status) for r in report.records) == ["success", "success"]
+    [held] = seen_while_held
+    assert sorted(held.values()) == [("big.mp4", "verify"), ("held.mp4", "compress")]
+    big = [stage for name, stage in reporter.stages if name == "big.mp4"]
+    assert big[0] == "compress" and big[1] == "upload 0%" and big[-2:] == ["verify", "move"]
+    percents = [int(s.split()[1].rstrip("%")) for s in big if s.startswith("upload")]
+    assert percents == sorted(percents) and percents[-1] == 100 and len(percents) > 3, big  # parts, as they go
+    assert reporter.in_flight == {}
+
+
+def test_the_in_flight_line_under_the_bar() -> None:
+    """What a terminal shows below the bar, drawn from the reporter's calls (no timing, no screen scraping)."""
+    from amgmt.cli.progress_bar import in_flight_text
+    from amgmt.models import UploadRecord, utcnow
+
+    def record(name: str) -> UploadRecord:
+        return UploadRecord(operation_id=f"id-{name}", target_path=f"/m/{name}", target_name=name,
+                            started_at=utcnow(), s3_bucket="b", s3_object_key=f"{name}.tar.gz")
+
+    screen = io.StringIO()
+    bar = TqdmReporter(stream=screen)
+    bar.add_work(3, 3000)
+    clip, trip = record("clip.mp4"), record("trip")
+    bar.entry_stage(clip, "compress")
+    bar.entry_stage(trip, "compress")
+    bar.entry_stage(clip, "upload 0%")
+    bar._drawn = 0.0  # the redraw pause has passed
+    bar.entry_stage(clip, "upload 42%")
+    assert "clip.mp4 upload 42% | trip compress" in screen.getvalue()
+    bar.entry_done(clip)
+    bar.close()
+    assert list(bar.in_flight.values()) == [("trip", "compress")]
+
+    many = [(f"GX0102{n:02d}.MP4", "upload 7%") for n in range(12)]
+    line = in_flight_text(many, 80)
+    assert len(line) <= 80 and line.startswith("GX010200.MP4 upload 7% | ") and line.endswith(" more")
+    assert in_flight_text([("a-very-long-entry-name-" * 4, "verify")], 20) == "+1 more"
+    assert in_flight_text([], 80) == ""

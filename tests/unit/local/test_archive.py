@@ -846,3 +846,24 @@ def pinned_source(root: Path) -> Path:
             path.chmod(0o755)
         os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
     return entry
+
+
+def test_a_directorys_member_list_is_what_the_archive_holds(tmp_path: Path) -> None:
+    """The member list (search, download --member) names every archived member, in archive order, with the kind, size
+    and mtime of its tar header; special files are left out of it as out of the archive; a file entry has none."""
+    source = make_media(tmp_path)
+    os.mkfifo(source / "disc 1" / "pipe")
+
+    result = compress(source, tmp_path)
+
+    with tarfile.open(result.archive_path, "r:gz") as tar:
+        headers = tar.getmembers()
+    kind = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
+    assert list(result.members) == [
+        (m.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), kind[m.type], m.size, m.mtime)
+        for m in headers
+    ]
+    assert any("\\x" in path for path, *_ in result.members), "an undecodable name is kept as record text"
+    assert not any(path.endswith("pipe") for path, *_ in result.members)
+    single = compress(make_file(tmp_path / "src" / "clip.mov", b"x" * 10), tmp_path)
+    assert single.members == ()

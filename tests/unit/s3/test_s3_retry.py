@@ -69,10 +69,21 @@ async def test_an_unreachable_endpoint_gets_its_smaller_budget() -> None:
     retry, slept = policy()
     down = S3StorageError("cannot reach the S3 endpoint", unreachable=True)
     transport = FakeTransport(*[down] * 20)
-    with pytest.raises(S3StorageError):
+    with pytest.raises(S3StorageError, match=r"^cannot reach the S3 endpoint \(tried 6 times over \d+\.\d s\)$"):
         await retry.run(transport.send)
-    assert transport.sent == RETRY_POLICY.unreachable_attempts == 5
-    assert sum(slept) <= 0.5 + 1 + 2 + 4
+    assert transport.sent == RETRY_POLICY.unreachable_attempts == 6
+    assert 0.25 + 0.5 + 1 + 2 + 4 <= sum(slept) <= 0.5 + 1 + 2 + 4 + 8
+
+
+async def test_a_refused_connection_waits_long_enough_for_a_restart() -> None:
+    """Whatever the jitter draws, five refusals in a row span at least 7.75 s (a server restart of a few seconds is
+    bridged); full jitter, as before, could have drawn five pauses adding up to almost nothing."""
+    lows = RetryPolicy(jitter=lambda low, high: low)
+    assert [lows.backoff(n, unreachable=True) for n in range(1, 6)] == [0.25, 0.5, 1.0, 2.0, 4.0]
+    retry, slept = policy(jitter=lambda low, high: low)
+    down = S3StorageError("cannot reach the S3 endpoint", unreachable=True)
+    assert await retry.run(FakeTransport(down, down, down, down, "up").send) == "up"
+    assert slept == [0.25, 0.5, 1.0, 2.0]
 
 
 async def test_backoff_is_full_jitter_within_base_and_cap() -> None:
