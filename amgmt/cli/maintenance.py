@@ -18,6 +18,7 @@ from amgmt.cli.common import (
     settings_options,
     show_progress,
 )
+from amgmt.cli.object_options import object_args, object_options, pop_object_flags
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
@@ -33,6 +34,7 @@ from amgmt.upload.report import BatchReport
 @click.argument("operation_ids", nargs=-1)
 @settings_options
 @hook_option
+@object_options
 @click.option(
     "--failed",
     is_flag=True,
@@ -58,7 +60,9 @@ async def retry(
     """
     if not operation_ids and not failed:
         raise ConfigError("name operation ids, or pass --failed")
-    settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency, "hook": hook})
+    settings = settings_from(
+        kwargs, require_bucket=True, extra={"concurrency": concurrency, "hook": hook, **pop_object_flags(kwargs)}
+    )
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
     report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:
@@ -68,6 +72,7 @@ async def retry(
             "operation_ids": list(operation_ids),
             "failed": failed,
             "concurrency": settings.concurrency,
+            **object_args(settings),
         }
         await run_stoppable(
             lambda stop: upload_batch(settings, entries, reporter=reporter, report=report, command_args=args, stop=stop)

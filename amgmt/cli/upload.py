@@ -18,6 +18,7 @@ from amgmt.cli.common import (
     settings_options,
     show_progress,
 )
+from amgmt.cli.object_options import object_args, object_options, pop_object_flags
 from amgmt.cli.progress_bar import TqdmReporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
@@ -60,6 +61,7 @@ FILTER_HELP = (
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_entry_names)
 @settings_options
 @hook_option
+@object_options
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")
 @click.option("--part-size", type=str, default=None, help="Multipart part size, e.g. 16MiB [MGMT_PART_SIZE, 8MiB].")
@@ -99,7 +101,13 @@ async def upload(
     settings = settings_from(
         kwargs,
         require_bucket=True,
-        extra={"concurrency": concurrency, "storage_class": storage_class, "part_size": part_size, "hook": hook},
+        extra={
+            "concurrency": concurrency,
+            "storage_class": storage_class,
+            "part_size": part_size,
+            "hook": hook,
+            **pop_object_flags(kwargs),
+        },
     )
     if names == ("all",):
         entries, ignored = list_entries(settings)
@@ -125,6 +133,7 @@ async def upload(
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
         "filters": [str(rule) for rule in rules],
+        **object_args(settings),
     }
     report = BatchReport(ignored=ignored, excluded=excluded, keep_records=as_json)
     await run_stoppable(
