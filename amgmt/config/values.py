@@ -65,8 +65,9 @@ class Invalid(Exception):
 
 
 def show_value(value: object) -> str:
-    """A value as one readable line (text.printable), very long values cut."""
-    text = printable(value)
+    """A value as one readable line (text.printable), very long values cut; a repeated flag's values joined by
+    commas, as the MGMT_* variable would hold them."""
+    text = printable(",".join(map(str, value)) if isinstance(value, (tuple, list)) else value)
     if len(text) > _MAX_SHOWN:
         text = text[:_MAX_SHOWN] + "..."
     return text

@@ -48,7 +48,7 @@ from amgmt.models import (
 from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import ByteBudget, S3Bucket
+from amgmt.s3 import ByteBudget, ObjectOptions, S3Bucket
 from amgmt.store import MetadataStore
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import (
@@ -408,6 +408,7 @@ class EntryPipeline:
             self.archive,
             self.staging,
             self._progress,
+            ObjectOptions.from_settings(ctx.settings),
         )
 
     async def _verify(self) -> None:
