@@ -20,7 +20,7 @@ from amgmt import checksums
 from amgmt.checksums import StoredChecksum
 from amgmt.errors import UploadError, first_error
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
-from amgmt.s3 import bodies, reservation
+from amgmt.s3 import bandwidth, bodies, reservation
 from amgmt.s3.bodies import ByteBudget
 from amgmt.s3.values import MultipartJournal, ObjectOptions, PartDone, ProgressCallback, UploadResult, UploadStats
 
@@ -150,7 +150,7 @@ async def _upload_single(
         resp, sent = await _put_whole(
             s3,
             key,
-            await bodies.read_range(path, 0, size),
+            await bandwidth.read_body(path, 0, size, s3.bandwidth),
             md5_base64(md5),
             extra,
             storage_class=storage_class,
@@ -313,7 +313,7 @@ class MultipartUpload:
     async def send_part(self, number: int, offset: int, length: int) -> None:
         s3, md5 = self.s3, self.part_md5s[number - 1]
         async with self.budget.hold(length):
-            body = await bodies.read_range(self.path, offset, length)
+            body = await bandwidth.read_body(self.path, offset, length, s3.bandwidth)
             checksum = await self._checksum_fields(number, body)
             send = functools.partial(
                 s3.client.upload_part,

@@ -54,6 +54,7 @@ class ClientOptions:
     max_connections: int = 32
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    bwlimit: int = 0  # bytes per second of all request bodies of the connection (MGMT_BWLIMIT); 0: no limit
     # Only for the embedded local server, whose fixed keys are not secrets; real credentials come from the AWS chain.
     local_credentials: tuple[str, str] | None = field(default=None, repr=False)
 
@@ -73,6 +74,7 @@ class ClientOptions:
             max_connections=max_connections,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            bwlimit=settings.bwlimit,
         )
 
 

@@ -114,3 +114,36 @@ async def test_sse_aes256_alone(make_settings, local_dir: Path, s3_client, bucke
     assert record.status == OperationStatus.SUCCESS, record.error_message
     assert s3_client.head_object(Bucket=bucket, Key="clip.mp4.tar.gz")["ServerSideEncryption"] == "AES256"
     assert record.metadata["object_options"] == {"sse": "AES256"}
+
+
+@pytest.mark.parametrize("transport", ["direct", "botocore"])
+async def test_every_body_byte_goes_through_the_one_bandwidth_limit(
+    transport: str, make_settings, local_dir: Path, monkeypatch
+) -> None:
+    """MGMT_BWLIMIT: the single PUT and every part, over either transport, are handed to the socket through the
+    run's one bucket, chunk by chunk (the rate itself is measured by benchmarks/bwlimit.py, not here)."""
+    import amgmt.s3.bandwidth
+
+    taken: list[tuple[int, int]] = []
+    original_take = amgmt.s3.bandwidth.Bandwidth.take
+
+    async def counting_take(self: Any, nbytes: int) -> None:
+        taken.append((id(self), nbytes))
+        await original_take(self, nbytes)
+
+    monkeypatch.setattr(amgmt.s3.bandwidth.Bandwidth, "take", counting_take)
+    if transport == "botocore":
+
+        async def unusable(self: Any) -> bool:
+            return False
+
+        monkeypatch.setattr(amgmt.s3.direct.DirectRequests, "usable", unusable)
+    _media(local_dir)
+    settings = make_settings(part_size="5MiB", bwlimit="200M")
+
+    report = await upload_batch(settings, list_entries(settings)[0])
+
+    assert report.counts() == {"success": 2}, report.to_dict()["failures"]
+    assert sum(n for _, n in taken) == sum(r.compressed_size for r in report.records)
+    assert len({bucket for bucket, _ in taken}) == 1, "one bucket for the whole run"
+    assert max(n for _, n in taken) <= amgmt.s3.bandwidth.CHUNK
