@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from amgmt.naming import display
 from amgmt.progress import SilentReporter
 from amgmt.text import counted, human_size, printable
 from amgmt.upload.batch import upload_batch
+from amgmt.upload.preview import Prediction, predict
 from amgmt.upload.report import BatchReport
 
 _FILTER_OPTIONS = ("exclude", "include")
@@ -74,7 +76,12 @@ FILTER_HELP = (
     default=None,
     help="Leave out entries changed less than SECONDS ago or open for writing (still arriving).",
 )
-@click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List what would be uploaded and where, asking the bucket what its keys hold (skips, conflicts); send and"
+    " change nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 async def upload(
@@ -120,7 +127,8 @@ async def upload(
     if min_age is not None:
         entries, ignored = _old_enough(entries, ignored, min_age)
     if dry_run:
-        _print_plan(settings, entries, ignored=ignored, excluded=excluded, as_json=as_json)
+        predictions = await predict(settings, plan(settings, entries))
+        _print_plan(settings, predictions, ignored=ignored, excluded=excluded, as_json=as_json)
         return
     reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
     command_args = {
@@ -153,13 +161,16 @@ async def upload(
         raise click.exceptions.Exit(code)
 
 
-def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], excluded: list[str], as_json: bool) -> None:
-    """--dry-run: each entry with its size and destination, what is ignored and what the filters left out."""
-    planned = plan(settings, entries)
+def _print_plan(
+    settings: Any, predictions: list[Prediction], *, ignored: list[str], excluded: list[str], as_json: bool
+) -> None:
+    """--dry-run: each entry with its size, destination and what a run would do there (the bucket asked), what is
+    ignored and what the filters left out."""
+    planned = [p.planned for p in predictions]
     if as_json:
         data = {
             "dry_run": True,
-            "entries": [p.to_dict(settings.bucket) for p in planned],
+            "entries": [p.to_dict(settings.bucket) for p in predictions],
             "ignored": ignored,
             "excluded": excluded,
         }
@@ -167,18 +178,26 @@ def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], exclud
         return
     rows = [
         (
-            display(p.path.name),
-            "dir" if p.is_directory else "file",
-            human_size(p.size),
+            display(p.planned.path.name),
+            "dir" if p.planned.is_directory else "file",
+            human_size(p.planned.size),
             f"s3://{settings.bucket}/{p.key}",
+            p.action,
         )
-        for p in planned
+        for p in predictions
     ]
-    click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
+    click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION", "ACTION"], rows, max_width=80))
+    for p in predictions:
+        if p.reason:
+            where = f"s3://{settings.bucket}/{p.planned.key}"
+            say(f"{p.action}: {display(p.planned.path.name)}: {where} {printable(p.reason)}")
     for note in ignored:
         say(f"ignored: {printable(note)}")
     for note in excluded:
         say(f"excluded: {printable(note)}")
+    actions = Counter(p.action for p in predictions)
+    if actions:
+        say("predicted: " + ", ".join(f"{action} {n}" for action, n in sorted(actions.items())))
     say(f"{counted(len(planned), 'entry')}, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
 
 
