@@ -133,3 +133,22 @@ def test_a_bad_mode_is_one_line_and_exit_2(amgmt, local_dir: Path) -> None:
 def _first_id(history: Any) -> str:
     rows = history if isinstance(history, list) else history.get("operations", [])
     return str(rows[0]["operation_id"])
+
+
+def test_retry_and_watch_take_the_mode_too(amgmt, local_dir: Path, s3_client, bucket, keys) -> None:
+    _first_card_uploaded(amgmt, local_dir)
+    _card(local_dir, b"card two " * 1000)
+    assert amgmt("upload", NAME).code == 1
+
+    retried = amgmt("retry", "--failed", "--on-conflict", "rename", "--json")
+
+    assert retried.code == 0, retried
+    assert json.loads(retried.stdout)["operations"][0]["s3_object_key"] == "GX010234-2.MP4.tar.gz"
+    assert _member(s3_client, bucket, "GX010234-2.MP4.tar.gz") == b"card two " * 1000
+
+    _card(local_dir, b"card three " * 1000)
+    watched = amgmt("watch", "--once", "--settle", "0.1", "--on-conflict", "rename", "--json", timeout=60)
+
+    assert watched.code == 0, watched
+    assert "GX010234-3.MP4.tar.gz" in keys(), watched
+    assert _member(s3_client, bucket, "GX010234-3.MP4.tar.gz") == b"card three " * 1000
