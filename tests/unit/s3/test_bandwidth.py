@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
 from aiohttp import payload as aiohttp_payload
 
@@ -65,29 +64,39 @@ def test_no_limit_needs_positive_numbers() -> None:
         TokenBucket(rate=0, burst=1)
 
 
+class RecordingBandwidth(Bandwidth):
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        super().__init__(1024 * 1024)
+        self.log = log
+
+    async def take(self, nbytes: int) -> None:
+        self.log.append(("take", nbytes))
+
+
 class RecordingWriter:
-    def __init__(self) -> None:
-        self.chunks: list[tuple[float, int]] = []
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        self.log = log
 
     async def write(self, data: memoryview) -> None:
-        self.chunks.append((anyio.current_time(), len(data)))
+        self.log.append(("write", len(data)))
 
 
-async def test_a_throttled_body_is_written_chunk_by_chunk_at_the_rate(tmp_path: Path) -> None:
+async def test_a_throttled_body_is_handed_to_the_socket_chunk_by_chunk_each_after_its_take(tmp_path: Path) -> None:
     path = tmp_path / "archive"
-    path.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
-    bandwidth = Bandwidth(2 * 1024 * 1024)  # 2 MiB/s: the burst is 0.1 s of it, 204.8 KiB
+    path.write_bytes(bytes(range(256)) * 4096 + b"tail")  # 1 MiB and 4 bytes
+    log: list[tuple[str, int]] = []
+    size = 1024 * 1024 + 4
 
-    body = await read_body(str(path), 0, 1024 * 1024, bandwidth)
-    plain = await read_body(str(path), 0, 1024 * 1024, None)
+    body = await read_body(str(path), 0, size, RecordingBandwidth(log))
+    plain = await read_body(str(path), 0, size, None)
 
     assert type(body) is ThrottledBody and type(plain) is PartBody and body == plain
-    writer = RecordingWriter()
+    assert type(aiohttp_payload.PAYLOAD_REGISTRY.get(plain)) is aiohttp_payload.BytesPayload, "unlimited: as before"
     payload = aiohttp_payload.PAYLOAD_REGISTRY.get(body)
-    assert type(aiohttp_payload.PAYLOAD_REGISTRY.get(plain)) is aiohttp_payload.BytesPayload
-    started = anyio.current_time()
-    await payload.write_with_length(writer, None)  # type: ignore[arg-type]
-    took = anyio.current_time() - started
+    assert payload.size == size
+    await payload.write_with_length(RecordingWriter(log), None)  # type: ignore[arg-type]
 
-    assert [n for _, n in writer.chunks] == [CHUNK] * 16
-    assert 0.35 <= took <= 0.8  # (1 MiB - the 0.2 MiB burst) at 2 MiB/s: 0.4 s, not at once
+    assert log == [("take", CHUNK), ("write", CHUNK)] * 16 + [("take", 4), ("write", 4)]
+    log.clear()
+    await payload.write_with_length(RecordingWriter(log), CHUNK + 1)  # type: ignore[arg-type]
+    assert log == [("take", CHUNK), ("write", CHUNK), ("take", 1), ("write", 1)]
