@@ -127,7 +127,7 @@ async def upload(
     if min_age is not None:
         entries, ignored = _old_enough(entries, ignored, min_age)
     if dry_run:
-        predictions = await predict(settings, plan(settings, entries))
+        predictions = await predict(settings, plan(settings, entries), overwrite=overwrite)
         _print_plan(settings, predictions, ignored=ignored, excluded=excluded, as_json=as_json)
         return
     reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()

@@ -40,8 +40,9 @@ class Prediction:
         return {**self.planned.to_dict(bucket), "action": self.action, "predicted_key": self.key, "reason": self.reason}
 
 
-async def predict(settings: Settings, planned: list[PlannedEntry]) -> list[Prediction]:
-    """Ask the bucket about every planned key (StorageError when it cannot be reached, as a run would)."""
+async def predict(settings: Settings, planned: list[PlannedEntry], *, overwrite: bool = False) -> list[Prediction]:
+    """Ask the bucket about every planned key (StorageError when it cannot be reached, as a run would). With
+    `overwrite` (--overwrite), every entry is uploaded, over whatever is there."""
     predictions = [Prediction(p, key=p.key) for p in planned]
     options = ClientOptions.from_settings(settings, max_connections=HEADS_AT_ONCE + 2)
     async with S3Bucket.connect(options) as s3:
@@ -57,7 +58,12 @@ async def predict(settings: Settings, planned: list[PlannedEntry]) -> list[Predi
         async with anyio.create_task_group() as tg:
             for prediction in predictions:
                 tg.start_soon(one, prediction)
-    _same_run_keys(predictions, settings.on_conflict)
+    if overwrite:
+        for prediction in predictions:
+            if prediction.action != UPLOAD:
+                prediction.action, prediction.key = UPLOAD, prediction.planned.key
+                prediction.reason = f"{prediction.reason}; --overwrite uploads it again, replacing the object"
+    _same_run_keys(predictions, settings.on_conflict)  # never replaced, even with --overwrite
     return predictions
 
 

@@ -56,3 +56,21 @@ def test_dry_run_needs_the_bucket(amgmt, local_dir: Path) -> None:
 
     assert run.code == 3, run
     assert run.stderr.startswith("amgmt: error: ") and "Traceback" not in run.stderr
+
+
+def test_dry_run_with_overwrite_uploads_everything_but_a_second_entry_of_one_key(amgmt, local_dir: Path, s3_client,
+                                                                                 bucket) -> None:
+    (local_dir / "clip.mp4").write_bytes(b"mine")
+    s3_client.put_object(Bucket=bucket, Key="clip.mp4.tar.gz", Body=b"somebody else's")
+    for card in ("a", "b"):
+        (local_dir / card).mkdir()
+        (local_dir / card / "x.mp4").write_bytes(card.encode())
+
+    run = amgmt("upload", "clip.mp4", "a/x.mp4", "b/x.mp4", "--dry-run", "--json", "--overwrite")
+
+    assert run.code == 0, run
+    entries = json.loads(run.stdout)["entries"]
+    assert [(e["target_path"].split("/")[-2:], e["action"]) for e in entries] == [
+        (["media", "clip.mp4"], "upload"), (["a", "x.mp4"], "upload"), (["b", "x.mp4"], "conflict")]
+    assert "--overwrite uploads it again" in entries[0]["reason"]
+    assert entries[2]["reason"] == "the key of x.mp4 in this run"
