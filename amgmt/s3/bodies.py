@@ -84,7 +84,10 @@ async def read_range(path: str, offset: int, length: int, body_type: type[PartBo
     happen in one thread call, which anyio waits for even when cancelled, so no file is left open.
     """
     try:
-        data = await anyio.to_thread.run_sync(read_file_range, path, offset, length, body_type)
+        if body_type is PartBody:
+            data = await anyio.to_thread.run_sync(read_file_range, path, offset, length)
+        else:  # a body sent under MGMT_BWLIMIT (s3/bandwidth.py)
+            data = await anyio.to_thread.run_sync(read_file_range, path, offset, length, body_type)
     except OSError as exc:  # the staging archive was removed or became unreadable under the upload
         raise UploadError(f"cannot read the staging archive {path}: {exc.strerror or exc}") from exc
     if len(data) != length:
