@@ -16,13 +16,11 @@ from amgmt.cli.common import (
     say,
     settings_from,
     settings_options,
-    show_progress,
 )
 from amgmt.cli.object_options import object_args, object_options, pop_object_flags
-from amgmt.cli.progress_bar import TqdmReporter
+from amgmt.cli.progress_bar import run_reporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
-from amgmt.progress import SilentReporter
 from amgmt.text import counted, human_size, printable
 from amgmt.upload.batch import retry_targets, upload_batch
 from amgmt.upload.recovery import KEPT_RESUMABLE
@@ -66,7 +64,7 @@ async def retry(
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
     report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:
-        reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
+        reporter = run_reporter(progress, as_json=as_json)
         args = {
             "command": "retry",
             "operation_ids": list(operation_ids),

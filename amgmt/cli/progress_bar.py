@@ -1,5 +1,5 @@
-"""The upload progress bar on a terminal (tqdm): the CLI's Reporter. The library reports through
-amgmt.progress.Reporter and never prints."""
+"""How a run shows its progress (the CLI's Reporters): a bar on a terminal (tqdm), one line per finished entry
+without one (cron, CI, `| tee`). The library reports through amgmt.progress.Reporter and never prints."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from amgmt.cli.common import quiet, show_progress
 from amgmt.models import OperationRecord, UploadRecord
-from amgmt.progress import SilentReporter
+from amgmt.progress import Reporter, SilentReporter
 from amgmt.text import human_size, printable
 
 
@@ -57,14 +58,44 @@ class TqdmReporter(SilentReporter):
     def entry_done(self, record: OperationRecord) -> None:
         super().entry_done(record)
         bar = self._shown()
-        if isinstance(record, UploadRecord):
-            detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
-            line = f"{record.status:<9} {record.target_name}  {human_size(record.original_size)}  {detail}"
-        else:
-            line = f"{record.status:<9} {record.target_name}  {record.error_message or record.target_path}"
-        bar.write(printable(line), file=self._stream or sys.stderr)  # tqdm.write defaults to stdout
+        bar.write(finished_line(record), file=self._stream or sys.stderr)  # tqdm.write defaults to stdout
         bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} {self._noun}", refresh=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class LineReporter(SilentReporter):
+    """No bar: one line per entry as it finishes, on stderr, written at once (a log file or a pipe sees each entry
+    end, not only the summary)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def entry_done(self, record: OperationRecord) -> None:
+        super().entry_done(record)
+        stream = self._stream or sys.stderr
+        stream.write(finished_line(record) + "\n")
+        stream.flush()
+
+
+def finished_line(record: OperationRecord) -> str:
+    """The one line shown for a finished entry: status, name, size, and its key (or why it did not end well)."""
+    if isinstance(record, UploadRecord):
+        detail = record.s3_object_key if record.status in ("success", "partial") else (record.error_message or "")
+        line = f"{record.status:<9} {record.target_name}  {human_size(record.original_size)}  {detail}"
+    else:
+        line = f"{record.status:<9} {record.target_name}  {record.error_message or record.target_path}"
+    return printable(line)
+
+
+def run_reporter(progress: bool | None, *, as_json: bool) -> Reporter:
+    """What an upload or retry shows: the bar on a terminal (or with --progress), else a line per finished entry;
+    nothing under -q or --json (stdout is then the JSON document, and stderr keeps only errors)."""
+    if show_progress(progress, as_json=as_json):
+        return TqdmReporter()
+    if as_json or quiet():
+        return SilentReporter()
+    return LineReporter()

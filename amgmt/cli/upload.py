@@ -17,16 +17,14 @@ from amgmt.cli.common import (
     say,
     settings_from,
     settings_options,
-    show_progress,
 )
 from amgmt.cli.object_options import object_args, object_options, pop_object_flags
-from amgmt.cli.progress_bar import TqdmReporter
+from amgmt.cli.progress_bar import run_reporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
 from amgmt.local.entries import EntryFilter, FilterRule, list_entries, plan, resolve_names
 from amgmt.local.settling import look_at_all, too_young
 from amgmt.naming import display
-from amgmt.progress import SilentReporter
 from amgmt.text import counted, human_size, printable
 from amgmt.upload.batch import upload_batch
 from amgmt.upload.preview import Prediction, predict
@@ -130,7 +128,7 @@ async def upload(
         predictions = await predict(settings, plan(settings, entries), overwrite=overwrite)
         _print_plan(settings, predictions, ignored=ignored, excluded=excluded, as_json=as_json)
         return
-    reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
+    reporter = run_reporter(progress, as_json=as_json)
     command_args = {
         "command": "upload",
         "names": [display(n) for n in names],

@@ -106,3 +106,20 @@ def test_config_warns_about_mistyped_keys_and_set_takes_key_equals_value(amgmt, 
     assert config.read_text().splitlines()[-1] == "MGMT_CONCURRENCY=4"
     assert alone.code == 2 and alone.stderr.startswith("amgmt: error: give KEY=VALUE or KEY VALUE"), alone
     assert mistyped.code == 2 and "did you mean MGMT_BUCKET?" in mistyped.stderr, mistyped
+
+
+def test_without_a_terminal_each_finished_entry_is_a_line_on_stderr(amgmt, make_media, s3_client, bucket) -> None:
+    """cron, CI, `| tee`: no bar, but a line per entry as it ends (before: only the summary), none under --json."""
+    make_media({"a.mp4": 100, "b.mp4": 200})
+    s3_client.put_object(Bucket=bucket, Key="b.mp4.tar.gz", Body=b"other content")
+
+    run = amgmt("upload", "all")
+    make_media({"c.mp4": 300})
+    scripted = amgmt("upload", "all", "--json")
+
+    assert run.code == 1, run
+    lines = run.stderr.splitlines()
+    assert any(re.match(r"^success +a\.mp4 +100 B +a\.mp4\.tar\.gz$", line) for line in lines), run
+    assert any(re.match(r"^failed +b\.mp4 +200 B +.*already", line) for line in lines), run
+    assert not any(line.startswith("success   c.mp4") for line in scripted.stderr.splitlines()), scripted
+    assert json.loads(scripted.stdout)["counts"].get("success") == 1, scripted
