@@ -51,6 +51,17 @@ def object_key(prefix: str, *names: str) -> str:
     return f"{prefix}/{path}" if prefix else path
 
 
+def renamed_key(key: str, number: int) -> str:
+    """The key `--on-conflict rename` tries as the `number`th (2, 3, ...): `-N` after the name's stem, before its
+    first extension (`cards/GX010234.MP4.tar.gz` -> `cards/GX010234-2.MP4.tar.gz`, `card1.tar.gz` ->
+    `card1-2.tar.gz`). The same key and number always give the same key, so a re-run finds its own earlier one."""
+    head, slash, base = key.rpartition("/")
+    stem_end = base.find(".", 1)
+    if stem_end < 0:
+        stem_end = len(base)
+    return f"{head}{slash}{base[:stem_end]}-{number}{base[stem_end:]}"
+
+
 def display(path: str | os.PathLike[str]) -> str:
     """Text safe to store, print and log: undecodable bytes shown as \\xNN, never raising."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")

@@ -17,6 +17,7 @@ from amgmt.cli.common import (
     settings_from,
     settings_options,
 )
+from amgmt.cli.object_options import object_args, object_options, pop_object_flags
 from amgmt.cli.progress_bar import run_reporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
@@ -31,6 +32,7 @@ from amgmt.upload.report import BatchReport
 @click.argument("operation_ids", nargs=-1)
 @settings_options
 @hook_option
+@object_options
 @click.option(
     "--failed",
     is_flag=True,
@@ -56,7 +58,9 @@ async def retry(
     """
     if not operation_ids and not failed:
         raise ConfigError("name operation ids, or pass --failed")
-    settings = settings_from(kwargs, require_bucket=True, extra={"concurrency": concurrency, "hook": hook})
+    settings = settings_from(
+        kwargs, require_bucket=True, extra={"concurrency": concurrency, "hook": hook, **pop_object_flags(kwargs)}
+    )
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
     report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:
@@ -66,6 +70,7 @@ async def retry(
             "operation_ids": list(operation_ids),
             "failed": failed,
             "concurrency": settings.concurrency,
+            **object_args(settings),
         }
         await run_stoppable(
             lambda stop: upload_batch(settings, entries, reporter=reporter, report=report, command_args=args, stop=stop)

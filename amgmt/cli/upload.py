@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from amgmt.cli.common import (
     settings_from,
     settings_options,
 )
+from amgmt.cli.object_options import object_args, object_options, pop_object_flags
 from amgmt.cli.progress_bar import run_reporter
 from amgmt.cli.render import table, to_json
 from amgmt.errors import ConfigError
@@ -25,6 +27,7 @@ from amgmt.local.settling import look_at_all, too_young
 from amgmt.naming import display
 from amgmt.text import counted, human_size, printable
 from amgmt.upload.batch import upload_batch
+from amgmt.upload.preview import Prediction, predict
 from amgmt.upload.report import BatchReport
 
 _FILTER_OPTIONS = ("exclude", "include")
@@ -58,6 +61,7 @@ FILTER_HELP = (
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_entry_names)
 @settings_options
 @hook_option
+@object_options
 @click.option("-c", "--concurrency", type=int, default=None, help="Entries in flight [MGMT_CONCURRENCY, default 8].")
 @click.option("--storage-class", type=str, default=None, help="S3 storage class [MGMT_STORAGE_CLASS].")
 @click.option("--part-size", type=str, default=None, help="Multipart part size, e.g. 16MiB [MGMT_PART_SIZE, 8MiB].")
@@ -70,7 +74,12 @@ FILTER_HELP = (
     default=None,
     help="Leave out entries changed less than SECONDS ago or open for writing (still arriving).",
 )
-@click.option("--dry-run", is_flag=True, help="List what would be uploaded and where; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List what would be uploaded and where, asking the bucket what its keys hold (skips, conflicts); send and"
+    " change nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 async def upload(
@@ -97,7 +106,13 @@ async def upload(
     settings = settings_from(
         kwargs,
         require_bucket=True,
-        extra={"concurrency": concurrency, "storage_class": storage_class, "part_size": part_size, "hook": hook},
+        extra={
+            "concurrency": concurrency,
+            "storage_class": storage_class,
+            "part_size": part_size,
+            "hook": hook,
+            **pop_object_flags(kwargs),
+        },
     )
     if names == ("all",):
         entries, ignored = list_entries(settings)
@@ -110,7 +125,8 @@ async def upload(
     if min_age is not None:
         entries, ignored = _old_enough(entries, ignored, min_age)
     if dry_run:
-        _print_plan(settings, entries, ignored=ignored, excluded=excluded, as_json=as_json)
+        predictions = await predict(settings, plan(settings, entries), overwrite=overwrite)
+        _print_plan(settings, predictions, ignored=ignored, excluded=excluded, as_json=as_json)
         return
     reporter = run_reporter(progress, as_json=as_json)
     command_args = {
@@ -123,6 +139,7 @@ async def upload(
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
         "filters": [str(rule) for rule in rules],
+        **object_args(settings),
     }
     report = BatchReport(ignored=ignored, excluded=excluded, keep_records=as_json)
     await run_stoppable(
@@ -142,13 +159,16 @@ async def upload(
         raise click.exceptions.Exit(code)
 
 
-def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], excluded: list[str], as_json: bool) -> None:
-    """--dry-run: each entry with its size and destination, what is ignored and what the filters left out."""
-    planned = plan(settings, entries)
+def _print_plan(
+    settings: Any, predictions: list[Prediction], *, ignored: list[str], excluded: list[str], as_json: bool
+) -> None:
+    """--dry-run: each entry with its size, destination and what a run would do there (the bucket asked), what is
+    ignored and what the filters left out."""
+    planned = [p.planned for p in predictions]
     if as_json:
         data = {
             "dry_run": True,
-            "entries": [p.to_dict(settings.bucket) for p in planned],
+            "entries": [p.to_dict(settings.bucket) for p in predictions],
             "ignored": ignored,
             "excluded": excluded,
         }
@@ -156,18 +176,26 @@ def _print_plan(settings: Any, entries: list[Any], *, ignored: list[str], exclud
         return
     rows = [
         (
-            display(p.path.name),
-            "dir" if p.is_directory else "file",
-            human_size(p.size),
+            display(p.planned.path.name),
+            "dir" if p.planned.is_directory else "file",
+            human_size(p.planned.size),
             f"s3://{settings.bucket}/{p.key}",
+            p.action,
         )
-        for p in planned
+        for p in predictions
     ]
-    click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION"], rows, max_width=80))
+    click.echo(table(["ENTRY", "KIND", "SIZE", "DESTINATION", "ACTION"], rows, max_width=80))
+    for p in predictions:
+        if p.reason:
+            where = f"s3://{settings.bucket}/{p.planned.key}"
+            say(f"{p.action}: {display(p.planned.path.name)}: {where} {printable(p.reason)}")
     for note in ignored:
         say(f"ignored: {printable(note)}")
     for note in excluded:
         say(f"excluded: {printable(note)}")
+    actions = Counter(p.action for p in predictions)
+    if actions:
+        say("predicted: " + ", ".join(f"{action} {n}" for action, n in sorted(actions.items())))
     say(f"{counted(len(planned), 'entry')}, {human_size(sum(p.size for p in planned))} (dry run: nothing done)")
 
 

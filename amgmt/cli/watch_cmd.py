@@ -10,6 +10,7 @@ from typing import Any
 import asyncclick as click
 
 from amgmt.cli.common import hook_option, run_stoppable, settings_from, settings_options
+from amgmt.cli.object_options import object_args, object_options, pop_object_flags
 from amgmt.cli.render import local_time, to_json
 from amgmt.naming import display
 from amgmt.text import human_duration, human_size, printable
@@ -26,6 +27,7 @@ WATCH_EXIT_HELP = (
 @click.command("watch", epilog=WATCH_EXIT_HELP)
 @settings_options
 @hook_option
+@object_options
 @click.option(
     "--settle",
     type=str,
@@ -82,6 +84,7 @@ async def watch(
             "part_size": part_size,
             "settle_seconds": settle,
             "hook": hook,
+            **pop_object_flags(kwargs),
         },
     )
     options = WatchOptions(settle=settings.settle_seconds, rescan=rescan, poll=poll, once=once)
@@ -93,6 +96,7 @@ async def watch(
         "storage_class": settings.storage_class,
         "part_size": settings.part_size,
         "local_dir": display(settings.local_dir),
+        **object_args(settings),
     }
 
     def notify(event: dict[str, Any]) -> None:

@@ -104,6 +104,7 @@ def load_settings(
         staging_dir=layout.staging_dir,
     )
     _resolve_auto(values)
+    _check_combinations(values, layers)
 
     ordered_sources = {name: sources[name] for name in SETTING_NAMES}
     return Settings(
@@ -197,3 +198,11 @@ def _resolve_auto(values: dict[str, Any]) -> None:
     custom_endpoint = values["endpoint_url"] is not None
     if values["addressing_style"] == "auto" and custom_endpoint:
         values["addressing_style"] = "path"
+
+
+def _check_combinations(values: dict[str, Any], layers: _Layers) -> None:
+    """Settings that are valid alone but not together."""
+    if values["sse_kms_key_id"] is not None and values["sse"] != "aws:kms":
+        raw = layers.pick("sse_kms_key_id")
+        assert raw is not None
+        raise _error("sse_kms_key_id", raw, f"a KMS key needs {env_key('sse')}=aws:kms (--sse aws:kms)")

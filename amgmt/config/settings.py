@@ -53,6 +53,13 @@ class Settings:
     hook_timeout: float  # seconds before the hook's process group is killed
     db_url: str | None  # postgresql://...: the PostgreSQL store instead of the SQLite file at db_path (amgmt.store)
     host_id: str  # recorded on every operation (the host name unless set)
+    on_conflict: str  # "fail" | "rename" | "overwrite": an object of other content at an entry's key (ownership.py)
+    sse: str | None  # "AES256" | "aws:kms": server-side encryption asked of S3 for each object
+    sse_kms_key_id: str | None  # the KMS key of aws:kms (None: the account's aws/s3 key)
+    tags: tuple[str, ...]  # "KEY=VALUE" object tags
+    metadata: tuple[str, ...]  # "KEY=VALUE" user metadata (x-amz-meta-KEY) beside amgmt's own
+    acl: str | None  # a canned ACL
+    bwlimit: int  # bytes per second for the whole run's request bodies; 0: no limit
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
     warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them

@@ -31,12 +31,32 @@ STORAGE_CLASSES = (
     "SNOW",
 )
 
+CONFLICT_MODES = ("fail", "rename", "overwrite")
+SSE_MODES = ("AES256", "aws:kms")
+CANNED_ACLS = (
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+MAX_TAGS = 10  # S3's limit per object
+MAX_METADATA_BYTES = 2048  # S3's limit on the user metadata of a PUT (amgmt's own names take about 200 of it)
+# Names amgmt writes itself (s3/values.py METADATA_*): a user value must not shadow them.
+RESERVED_METADATA_PREFIX = "amgmt-"
+
 SIZE_FIELDS = frozenset({"part_size", "multipart_threshold"})
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _SIZE = re.compile(r"^([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "k": 1024, "m": MiB, "g": GiB}
+_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([bkmgtp])?$", re.IGNORECASE)
+_RATE_UNITS = {"b": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB, "p": 1024 * 1024 * GiB}
+_METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TAG_TEXT = re.compile(r"^[\w .:/=+@-]*$")
 _MAX_SHOWN = 200
 SECRET_FIELDS = frozenset({"db_url"})  # shown with their password replaced (text.redacted_url), never whole
 
@@ -46,7 +66,10 @@ class Invalid(Exception):
 
 
 def show_value(value: object, name: str = "") -> str:
-    """A value as one readable line (text.printable), very long values cut; a secret setting's password hidden."""
+    """A value as one readable line (text.printable), very long values cut; a repeated flag's values joined by
+    commas, as the MGMT_* variable would hold them; a secret setting's password hidden."""
+    if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
     text = printable(redacted_url(str(value)) if name in SECRET_FIELDS else value)
     if len(text) > _MAX_SHOWN:
         text = text[:_MAX_SHOWN] + "..."
@@ -235,6 +258,90 @@ def _parse_host_id(value: object) -> str:
     return text
 
 
+def parse_rate(value: object) -> int:
+    """A bandwidth in bytes per second, as rclone's --bwlimit takes it: `10M` (10 MiB/s), `512K`, `1.5M`, `100B`;
+    a plain number is KiB/s; `off` (or 0) is no limit."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise Invalid("a rate cannot be negative")
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    if text.lower() == "off":
+        return 0
+    match = _RATE.match(text)
+    if not match:
+        raise Invalid("expected a rate such as 10M (10 MiB/s), 512K, 1.5M or off (a plain number is KiB/s)")
+    unit = (match.group(2) or "k").lower()
+    return int(float(match.group(1)) * _RATE_UNITS[unit])
+
+
+def format_rate(rate: int) -> str:
+    if rate == 0:
+        return "off"
+    for unit, factor in (("G", GiB), ("M", MiB), ("K", 1024)):
+        if rate % factor == 0:
+            return f"{rate // factor}{unit}"
+    return f"{rate}B"
+
+
+def _parse_sse(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    for mode in SSE_MODES:
+        if text.lower() == mode.lower():
+            return mode
+    raise Invalid(f"expected one of {', '.join(SSE_MODES)}")
+
+
+def _pairs(value: object) -> list[tuple[str, str]]:
+    """KEY=VALUE items: a flag's tuple (one per --tag/--metadata), or comma-separated text (env, config file)."""
+    if isinstance(value, (tuple, list)):
+        items = [str(item) for item in value]
+    else:
+        items = _text(value).split(",")
+    pairs = []
+    for item in items:
+        if not item.strip():
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise Invalid(f"expected KEY=VALUE, got {show_value(item)!r}")
+        pairs.append((key.strip(), val.strip()))
+    return pairs
+
+
+def _parse_tags(value: object) -> tuple[str, ...]:
+    pairs = _pairs(value)
+    if len(pairs) > MAX_TAGS:
+        raise Invalid(f"S3 keeps at most {MAX_TAGS} tags on an object")
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise Invalid("a tag key is given twice")
+    for key, val in pairs:
+        if len(key) > 128 or len(val) > 256 or not _TAG_TEXT.match(key) or not _TAG_TEXT.match(val):
+            raise Invalid(
+                f"tag {show_value(key)!r}: keys up to 128 and values up to 256 characters of letters, digits,"
+                " spaces and + - = . _ : / @"
+            )
+        if key.lower().startswith("aws:"):
+            raise Invalid(f"tag {show_value(key)!r}: the aws: prefix is reserved for AWS")
+    return tuple(f"{key}={val}" for key, val in pairs)
+
+
+def _parse_metadata(value: object) -> tuple[str, ...]:
+    pairs = [(key.lower(), val) for key, val in _pairs(value)]
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise Invalid("a metadata key is given twice")
+    for key, val in pairs:
+        if not _METADATA_KEY.match(key):
+            raise Invalid(f"metadata key {show_value(key)!r}: letters, digits, '-' and '_' only")
+        if key.startswith(RESERVED_METADATA_PREFIX):
+            raise Invalid(f"metadata key {show_value(key)!r}: the {RESERVED_METADATA_PREFIX} prefix is amgmt's own")
+        if not val.isascii() or not val.isprintable():
+            raise Invalid(f"metadata {show_value(key)!r}: the value must be printable ASCII (it travels in a header)")
+    if sum(len(key) + len(val) for key, val in pairs) > MAX_METADATA_BYTES - 256:
+        raise Invalid(f"user metadata is limited to {MAX_METADATA_BYTES - 256} bytes (S3 allows 2 KiB with amgmt's)")
+    return tuple(f"{key}={val}" for key, val in pairs)
+
+
 PARSERS: dict[str, Callable[[object], Any]] = {
     "bucket": _parse_bucket,
     "object_prefix": _parse_prefix,
@@ -261,6 +368,13 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "hook_timeout": _positive_seconds,
     "db_url": _parse_db_url,
     "host_id": _parse_host_id,
+    "on_conflict": _choice(CONFLICT_MODES),
+    "sse": _parse_sse,
+    "sse_kms_key_id": _parse_name,
+    "tags": _parse_tags,
+    "metadata": _parse_metadata,
+    "acl": _choice(CANNED_ACLS),
+    "bwlimit": parse_rate,
 }
 DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -288,6 +402,13 @@ DEFAULTS: dict[str, object] = {
     "hook_timeout": 30.0,
     "db_url": None,
     "host_id": None,  # resolved to the host name by load_settings
+    "on_conflict": "fail",
+    "sse": None,
+    "sse_kms_key_id": None,
+    "tags": (),
+    "metadata": (),
+    "acl": None,
+    "bwlimit": 0,
 }
 
 
@@ -301,6 +422,8 @@ def format_value(name: str, value: object) -> str:
         return "true" if value else "false"
     if name in SIZE_FIELDS and isinstance(value, int):
         return format_size(value)
+    if name == "bwlimit" and isinstance(value, int):
+        return format_rate(value)
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value)
     if isinstance(value, float) and value.is_integer():

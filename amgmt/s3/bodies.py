@@ -61,8 +61,8 @@ class PartBody(bytearray):
         return super().__getitem__(index)
 
 
-def read_file_range(path: str, offset: int, length: int) -> bytearray:
-    buffer = PartBody(length)
+def read_file_range(path: str, offset: int, length: int, body_type: type[PartBody] = PartBody) -> bytearray:
+    buffer = body_type(length)
     view = memoryview(buffer)
     got = 0
     with open(path, "rb", buffering=0) as f:
@@ -76,7 +76,7 @@ def read_file_range(path: str, offset: int, length: int) -> bytearray:
     return buffer if got == length else bytearray(memoryview(buffer)[:got])
 
 
-async def read_range(path: str, offset: int, length: int) -> bytearray:
+async def read_range(path: str, offset: int, length: int, body_type: type[PartBody] = PartBody) -> bytearray:
     """A byte range of a file, read in a worker thread straight into the buffer that is sent.
 
     A bytearray, not bytes: botocore wraps a `bytes` body in a BytesIO, and aiohttp then copies that whole buffer
@@ -84,7 +84,10 @@ async def read_range(path: str, offset: int, length: int) -> bytearray:
     happen in one thread call, which anyio waits for even when cancelled, so no file is left open.
     """
     try:
-        data = await anyio.to_thread.run_sync(read_file_range, path, offset, length)
+        if body_type is PartBody:
+            data = await anyio.to_thread.run_sync(read_file_range, path, offset, length)
+        else:  # a body sent under MGMT_BWLIMIT (s3/bandwidth.py)
+            data = await anyio.to_thread.run_sync(read_file_range, path, offset, length, body_type)
     except OSError as exc:  # the staging archive was removed or became unreadable under the upload
         raise UploadError(f"cannot read the staging archive {path}: {exc.strerror or exc}") from exc
     if len(data) != length:

@@ -21,6 +21,7 @@ from amgmt import checksums
 from amgmt.errors import ConfigError, ObjectExistsError, StorageError, UploadError, VerificationError
 from amgmt.parts import normalise_etag
 from amgmt.s3 import reservation
+from amgmt.s3.bandwidth import Bandwidth
 from amgmt.s3.direct import DirectRequests
 from amgmt.s3.errors import (
     NO_UPLOAD_CODES,
@@ -70,6 +71,8 @@ class S3Bucket(BucketListings):
         self._conditional_put = True  # until the endpoint answers 501 to If-None-Match
         self._checksums: ChecksumSupport | None = None  # probed at the first upload, then kept (probe.py)
         self._checksums_lock = anyio.Lock()
+        # MGMT_BWLIMIT: one bucket for every body sent through this connection (a run has one)
+        self.bandwidth = Bandwidth(options.bwlimit) if options.bwlimit else None
 
     @classmethod
     @contextlib.asynccontextmanager

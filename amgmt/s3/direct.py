@@ -38,6 +38,10 @@ _EXTRA_HEADERS = {
     "StorageClass": "x-amz-storage-class",
     "IfNoneMatch": "if-none-match",
     "ChecksumAlgorithm": "x-amz-sdk-checksum-algorithm",
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    "ACL": "x-amz-acl",
+    "Tagging": "x-amz-tagging",
     **{checksums.api_name(a): checksums.header(a) for a in checksums.FLEXIBLE},
 }
 # HEAD answer headers -> botocore's keys, for the object's flexible checksum and encryption
@@ -173,8 +177,9 @@ class DirectRequests:
         payload_sha256: str | None = None,
     ) -> dict[str, Any]:
         """`extra` as botocore's put_object takes it (Metadata, ContentType, StorageClass, IfNoneMatch, a flexible
-        checksum); `payload_sha256`: the body's SHA-256 when the caller has it (the archive's, for a single PUT), so
-        that a signed payload is not hashed again, nor on every retry."""
+        checksum, the ObjectOptions' fields: each one a header, and every header signed); `payload_sha256`: the
+        body's SHA-256 when the caller has it (the archive's, for a single PUT), so that a signed payload is not
+        hashed again, nor on every retry."""
         headers = {"content-md5": content_md5}
         for name, value in extra.items():
             if name == "Metadata":

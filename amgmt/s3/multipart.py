@@ -20,9 +20,9 @@ from amgmt import checksums
 from amgmt.checksums import StoredChecksum
 from amgmt.errors import UploadError, first_error
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
-from amgmt.s3 import bodies, reservation
+from amgmt.s3 import bandwidth, bodies, reservation
 from amgmt.s3.bodies import ByteBudget
-from amgmt.s3.values import MultipartJournal, PartDone, ProgressCallback, UploadResult, UploadStats
+from amgmt.s3.values import MultipartJournal, ObjectOptions, PartDone, ProgressCallback, UploadResult, UploadStats
 
 if TYPE_CHECKING:
     from amgmt.s3.client import S3Bucket
@@ -52,6 +52,7 @@ async def upload_file(
     checksum: str | None = None,
     part_checksums: Sequence[str] = (),
     payload_sha256: str | None = None,
+    options: ObjectOptions | None = None,
 ) -> UploadResult:
     """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
@@ -78,12 +79,17 @@ async def upload_file(
     and completed with the whole object's value, which the result holds for verification. `part_checksums` are
     the parts' values when already computed (the CRC64NVMEs of the packing pass); otherwise each part's is computed
     once, as it is read, and kept for its retries. `payload_sha256`: the archive's SHA-256, the payload hash of a
-    signed single PUT.
+    signed single PUT. `options`: encryption, ACL, tags and user metadata, sent with the PUT or the create.
     """
     ranges = part_ranges(size, part_size)
     if len(ranges) != len(part_md5s) or (part_checksums and len(part_checksums) != len(ranges)):
         raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
-    extra: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": "application/gzip"}
+    options = options or ObjectOptions()
+    extra: dict[str, Any] = {
+        "Metadata": {**dict(options.metadata), **metadata},
+        "ContentType": "application/gzip",
+        **options.request_fields(),
+    }
     if storage_class:
         extra["StorageClass"] = storage_class
     if len(ranges) == 1:
@@ -144,7 +150,7 @@ async def _upload_single(
         resp, sent = await _put_whole(
             s3,
             key,
-            await bodies.read_range(path, 0, size),
+            await bandwidth.read_body(path, 0, size, s3.bandwidth),
             md5_base64(md5),
             extra,
             storage_class=storage_class,
@@ -307,7 +313,7 @@ class MultipartUpload:
     async def send_part(self, number: int, offset: int, length: int) -> None:
         s3, md5 = self.s3, self.part_md5s[number - 1]
         async with self.budget.hold(length):
-            body = await bodies.read_range(self.path, offset, length)
+            body = await bandwidth.read_body(self.path, offset, length, s3.bandwidth)
             checksum = await self._checksum_fields(number, body)
             send = functools.partial(
                 s3.client.upload_part,

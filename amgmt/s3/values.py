@@ -8,11 +8,12 @@ import email.utils
 import hashlib
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amgmt.checksums import StoredChecksum
 from amgmt.errors import ConfigError
@@ -53,6 +54,7 @@ class ClientOptions:
     max_connections: int = 32
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    bwlimit: int = 0  # bytes per second of all request bodies of the connection (MGMT_BWLIMIT); 0: no limit
     # Only for the embedded local server, whose fixed keys are not secrets; real credentials come from the AWS chain.
     local_credentials: tuple[str, str] | None = field(default=None, repr=False)
 
@@ -72,7 +74,58 @@ class ClientOptions:
             max_connections=max_connections,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            bwlimit=settings.bwlimit,
         )
+
+
+@dataclass(frozen=True)
+class ObjectOptions:
+    """What every object of a run is written with besides its bytes (MGMT_SSE, MGMT_SSE_KMS_KEY_ID, MGMT_ACL,
+    MGMT_TAGS, MGMT_METADATA), sent on a single PUT and on CreateMultipartUpload alike."""
+
+    sse: str | None = None  # "AES256" | "aws:kms"
+    sse_kms_key_id: str | None = None
+    acl: str | None = None  # a canned ACL
+    tags: tuple[tuple[str, str], ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()  # user metadata; amgmt's own names are refused by the settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectOptions:
+        return cls(
+            sse=settings.sse,
+            sse_kms_key_id=settings.sse_kms_key_id,
+            acl=settings.acl,
+            tags=tuple(_pair(item) for item in settings.tags),
+            metadata=tuple(_pair(item) for item in settings.metadata),
+        )
+
+    def request_fields(self) -> dict[str, Any]:
+        """The fields of botocore's put_object / create_multipart_upload (Metadata excepted: the caller merges it)."""
+        fields: dict[str, Any] = {}
+        if self.sse:
+            fields["ServerSideEncryption"] = self.sse
+        if self.sse_kms_key_id:
+            fields["SSEKMSKeyId"] = self.sse_kms_key_id
+        if self.acl:
+            fields["ACL"] = self.acl
+        if self.tags:
+            fields["Tagging"] = urllib.parse.urlencode(self.tags, quote_via=urllib.parse.quote)
+        return fields
+
+    def describe(self) -> dict[str, Any]:
+        """The options that are set, for the upload record."""
+        described: dict[str, Any] = {"sse": self.sse, "sse_kms_key_id": self.sse_kms_key_id, "acl": self.acl}
+        described = {name: value for name, value in described.items() if value}
+        if self.tags:
+            described["tags"] = dict(self.tags)
+        if self.metadata:
+            described["metadata"] = dict(self.metadata)
+        return described
+
+
+def _pair(item: str) -> tuple[str, str]:
+    key, _, value = item.partition("=")
+    return key, value
 
 
 def probe_key_base(prefix: str, local_dir: Path) -> str:

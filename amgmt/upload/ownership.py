@@ -9,12 +9,20 @@ from dataclasses import dataclass
 from amgmt.errors import NotFoundError, UploadError, ValidationError
 from amgmt.local.archive import ArchiveResult
 from amgmt.models import FileStatus, OperationStatus, UploadRecord, utcnow
+from amgmt.naming import renamed_key
 from amgmt.s3 import METADATA_ARCHIVE_SHA256, METADATA_RESERVATION, METADATA_SOURCE_SHA256, ObjectInfo
 from amgmt.store import Store
 from amgmt.text import iso_utc
 
 # record.metadata flags of an upload that replaced an object at its key
-REPLACED_FLAGS = ("replaced_identical_content", "replaced_unconfirmed_object", "replaced_unverifiable_object")
+REPLACED_FLAGS = (
+    "replaced_identical_content",
+    "replaced_unconfirmed_object",
+    "replaced_unverifiable_object",
+    "replaced_conflicting_object",  # --on-conflict overwrite
+)
+# --on-conflict rename tries `NAME-2`, `NAME-3`, ... up to this number before the entry fails.
+MAX_RENAME = 1000
 
 
 class KnownKeys:
@@ -28,17 +36,40 @@ class KnownKeys:
         return self._keys is not None and key not in self._keys
 
 
-def claim_key(claimed: dict[str, str], record: UploadRecord) -> None:
+def claim_key(claimed: dict[str, str], record: UploadRecord, *, rename: bool = False) -> None:
     """Reserve the entry's key for this run (`claimed`: key -> entry path): a second entry with the same key
-    (`upload a/clip.mp4 b/clip.mp4`) fails instead of replacing the first one's verified object."""
+    (`upload a/clip.mp4 b/clip.mp4`) fails instead of replacing the first one's verified object, or with `rename`
+    (--on-conflict rename) takes the next free renamed key (`rename_record`)."""
     key = record.s3_object_key
     holder = claimed.setdefault(key, record.target_path)
-    if holder != record.target_path:
+    if holder != record.target_path and rename:
+        rename_record(claimed, record)
+    elif holder != record.target_path:
         raise ValidationError(
             f"{record.target_path} would be uploaded as s3://{record.s3_bucket}/{key}, the key of {holder} in this"
             " run; upload it in a run of its own (it then meets that object as existing) or set"
             " MGMT_PRESERVE_STRUCTURE"
         )
+
+
+def rename_record(claimed: dict[str, str], record: UploadRecord) -> None:
+    """--on-conflict rename: the record's key becomes the next renamed key of the entry's own key (naming.renamed_key)
+    that no other entry of this run holds, claimed for it; `metadata["renamed_from"]` keeps the key it was planned
+    for, `metadata["rename_number"]` the number reached (a later conflict goes on from there)."""
+    planned = record.metadata.setdefault("renamed_from", record.s3_object_key)
+    number = int(record.metadata.get("rename_number", 1))
+    while number < MAX_RENAME:
+        number += 1
+        key = renamed_key(planned, number)
+        if claimed.setdefault(key, record.target_path) == record.target_path:
+            release_key(claimed, record)
+            record.s3_object_key = key
+            record.metadata["rename_number"] = number
+            return
+    raise UploadError(
+        f"s3://{record.s3_bucket}/{planned} and its {MAX_RENAME - 1} renamed keys all hold other content"
+        " (--on-conflict rename)"
+    )
 
 
 def release_key(claimed: dict[str, str], record: UploadRecord) -> None:
@@ -51,20 +82,28 @@ def release_key(claimed: dict[str, str], record: UploadRecord) -> None:
 @dataclass(frozen=True)
 class Verdict:
     """What to do about an object already at the key: `reuse` it (this very archive, nothing to send), or send and
-    take over the reservation of `takeover` (an owner id), or send and replace it (`takeover` None)."""
+    take over the reservation of `takeover` (an owner id), or send and replace it (`takeover` None), or, with
+    `rename` (--on-conflict rename and a conflict), try the next renamed key."""
 
     reuse: bool = False
     takeover: str | None = None
+    rename: bool = False
 
 
-async def judge_existing(store: Store, record: UploadRecord, archive: ArchiveResult, existing: ObjectInfo) -> Verdict:
-    """Decide about `existing` at the record's key; set the record's flag saying why. UploadError for what must
-    not be overwritten without --overwrite: another run's reservation, or other content nothing of ours owns."""
+async def judge_existing(
+    store: Store, record: UploadRecord, archive: ArchiveResult, existing: ObjectInfo, *, on_conflict: str
+) -> Verdict:
+    """Decide about `existing` at the record's key; set the record's flag saying why. A conflict (other content
+    nothing of ours owns, or another run's reservation) is decided by `on_conflict` (MGMT_ON_CONFLICT): `fail`
+    raises UploadError, `rename` says so (the caller tries the next key), `overwrite` replaces other content (never
+    a live reservation: that run is still sending)."""
     where = f"s3://{record.s3_bucket}/{record.s3_object_key}"
     holder = existing.metadata.get(METADATA_RESERVATION)
     if holder is not None and existing.size == 0:
         if holder == record.operation_id or await operation_ended(store, holder):
             return Verdict(takeover=holder)
+        if on_conflict == "rename":
+            return Verdict(rename=True)
         raise UploadError(
             f"{where} is being uploaded by another amgmt run (operation {holder[:8]}); it is not overwritten (if no"
             " run is uploading it, use --overwrite)"
@@ -88,7 +127,16 @@ async def judge_existing(store: Store, record: UploadRecord, archive: ArchiveRes
         # failed): nothing in the completed dir holds it, and the entry now holds this content.
         record.metadata["replaced_unconfirmed_object"] = True
         return Verdict()
-    raise UploadError(f"{where} already exists with other content; use --overwrite to replace it")
+    if on_conflict == "rename":
+        return Verdict(rename=True)
+    if on_conflict == "overwrite":
+        # The older upload's original was moved long ago; its records say superseded once this one is verified.
+        record.metadata["replaced_conflicting_object"] = True
+        return Verdict()
+    raise UploadError(
+        f"{where} already exists with other content; use --on-conflict rename to upload it under a new key,"
+        " or --on-conflict overwrite to replace it"
+    )
 
 
 async def operation_ended(store: Store, operation_id: str) -> bool:

@@ -48,10 +48,17 @@ from amgmt.models import (
 from amgmt.naming import PARTIAL_SUFFIX, display, staging_name
 from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
-from amgmt.s3 import ByteBudget, S3Bucket
+from amgmt.s3 import ByteBudget, ObjectOptions, S3Bucket
 from amgmt.store import Store
 from amgmt.upload.compressor import Compressor
-from amgmt.upload.ownership import KnownKeys, Verdict, claim_key, judge_existing, supersede_replaced
+from amgmt.upload.ownership import (
+    KnownKeys,
+    Verdict,
+    claim_key,
+    judge_existing,
+    rename_record,
+    supersede_replaced,
+)
 from amgmt.upload.records import (
     record_archive,
     record_moved,
@@ -265,7 +272,7 @@ class EntryPipeline:
         st = validate_entry(self.entry, settings.local_dir)
         record.source_file_record = source_file_record(self.planned, st)
         record.original_size = self.planned.size
-        claim_key(self.ctx.claimed_keys, record)
+        claim_key(self.ctx.claimed_keys, record, rename=settings.on_conflict == "rename")
         if not settings.completed_enabled:
             return
         completed = CompletedDir.from_settings(settings)
@@ -354,6 +361,8 @@ class EntryPipeline:
         look = not self.ctx.overwrite and not (single_put and self.ctx.keys.absent(key))
         record.s3_file_record = s3_file_record(record, self.archive)
         verdict = await self._look(key) if look else None
+        if record.s3_object_key != key:  # --on-conflict rename
+            record.s3_file_record = s3_file_record(record, self.archive)
         if verdict is not None and verdict.reuse:
             return
         if record.compressed_file_record:
@@ -368,7 +377,9 @@ class EntryPipeline:
             )
         except ObjectExistsError:
             # Created since we looked: by somebody else, or by our own PUT whose answer was lost.
-            verdict = await self._look(key)
+            verdict = await self._look(key := record.s3_object_key)
+            if record.s3_object_key != key:
+                record.s3_file_record = s3_file_record(record, self.archive)
             if verdict is not None and verdict.reuse:
                 return
             result = await sender.send(
@@ -380,12 +391,19 @@ class EntryPipeline:
             record.compressed_file_record.status = FileStatus.COMPLETED
 
     async def _look(self, key: str) -> Verdict | None:
-        """HEAD the key: None when it is free, else what the object there means for this upload (ownership.py)."""
+        """HEAD the key: None when it is free, else what the object there means for this upload (ownership.py). With
+        --on-conflict rename, a conflict moves the record to the next renamed key, looked at in turn."""
         assert self.archive is not None
-        existing = await self.ctx.s3.head_object(key)
-        if existing is None:
-            return None
-        verdict = await judge_existing(self.ctx.store, self.record, self.archive, existing)
+        on_conflict = self.ctx.settings.on_conflict
+        while True:
+            existing = await self.ctx.s3.head_object(key)
+            if existing is None:
+                return None
+            verdict = await judge_existing(self.ctx.store, self.record, self.archive, existing, on_conflict=on_conflict)
+            if not verdict.rename:
+                break
+            rename_record(self.ctx.claimed_keys, self.record)  # --on-conflict rename: look at the next key
+            key = self.record.s3_object_key
         if verdict.reuse:
             self._report_remaining()
         return verdict
@@ -402,6 +420,7 @@ class EntryPipeline:
             self.archive,
             self.staging,
             self._progress,
+            ObjectOptions.from_settings(ctx.settings),
         )
 
     async def _verify(self) -> None:

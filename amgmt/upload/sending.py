@@ -16,6 +16,7 @@ from amgmt.s3 import (
     METADATA_SOURCE_SHA256,
     METADATA_SOURCE_SIZE,
     ByteBudget,
+    ObjectOptions,
     ProgressCallback,
     S3Bucket,
     UploadResult,
@@ -39,11 +40,15 @@ class ArchiveSender:
     archive: ArchiveResult
     staging: Path
     on_progress: ProgressCallback
+    options: ObjectOptions = ObjectOptions()  # MGMT_SSE, MGMT_ACL, MGMT_TAGS, MGMT_METADATA...
 
     async def send(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
         """The archive sent (or its upload resumed), what it cost counted into the record."""
         stats = UploadStats()
         record = self.record
+        described = self.options.describe()
+        if described:
+            record.metadata["object_options"] = described
         try:
             return await self._upload_file(resume, stats, if_absent=if_absent, takeover=takeover)
         finally:
@@ -98,6 +103,7 @@ class ArchiveSender:
             checksum=algorithm,
             part_checksums=self._part_checksums(algorithm),
             payload_sha256=self.archive.archive_sha256,  # the single PUT's body is the whole archive
+            options=self.options,
         )
 
     async def resumable_upload(self) -> str | None:

@@ -73,7 +73,7 @@ async def test_other_object_at_the_key_fails_then_overwrite_replaces_it(
     report = await upload_batch(settings, list_entries(settings)[0])
     (failed,) = report.records
     assert failed.status == OperationStatus.FAILED and failed.stage == "upload"
-    assert "--overwrite" in failed.error_message and "already exists" in failed.error_message
+    assert "--on-conflict overwrite" in failed.error_message and "already exists" in failed.error_message
     assert report.exit_code == 1
     assert (local_dir / "clip.mp4").read_bytes() == original
     assert s3view.get("clip.mp4.tar.gz") == b"somebody else's object"

@@ -77,3 +77,13 @@ def test_human_size(n: int | None, text: str) -> None:
 @pytest.mark.parametrize(("s", "text"), [(None, "-"), (4.24, "4.2s"), (185, "3m05s"), (7620, "2h07m")])
 def test_human_duration(s: float | None, text: str) -> None:
     assert human_duration(s) == text
+
+
+def test_renamed_key_puts_the_number_before_the_first_extension() -> None:
+    from amgmt.naming import renamed_key
+
+    assert renamed_key("GX010234.MP4.tar.gz", 2) == "GX010234-2.MP4.tar.gz"
+    assert renamed_key("cards/2026/GX010234.MP4.tar.gz", 3) == "cards/2026/GX010234-3.MP4.tar.gz"
+    assert renamed_key("card1.tar.gz", 2) == "card1-2.tar.gz"
+    assert renamed_key("a.b/.hidden.tar.gz", 2) == "a.b/.hidden-2.tar.gz"  # a leading dot is no extension
+    assert renamed_key("x.tar.gz", 2) == renamed_key("x.tar.gz", 2) != renamed_key("x.tar.gz", 3)

@@ -612,8 +612,9 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     rows = settings.describe()
     keys = [key for key, _, _ in rows]
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
-    # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT (issue 15), MGMT_SETTLE_SECONDS (13), MGMT_DB_URL, MGMT_HOST_ID (14)
-    assert len(keys) == len(set(keys)) == 29
+    # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT, MGMT_ON_CONFLICT, MGMT_SSE, MGMT_SSE_KMS_KEY_ID, MGMT_TAGS,
+    # MGMT_METADATA, MGMT_ACL, MGMT_BWLIMIT (issue 15), MGMT_SETTLE_SECONDS (13), MGMT_DB_URL, MGMT_HOST_ID (14)
+    assert len(keys) == len(set(keys)) == 36
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")
