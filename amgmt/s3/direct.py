@@ -58,7 +58,7 @@ class ObjectTransport(Protocol):
         self,
         key: str,
         body: bytearray,
-        content_md5: str,
+        content_md5: str | None,
         extra: Mapping[str, Any],
         *,
         action: str = "PUT",
@@ -166,16 +166,17 @@ class DirectRequests:
         self,
         key: str,
         body: bytearray,
-        content_md5: str,
+        content_md5: str | None,
         extra: Mapping[str, Any],
         *,
         action: str = "PUT",
         payload_sha256: str | None = None,
     ) -> dict[str, Any]:
-        """`extra` as botocore's put_object takes it (Metadata, ContentType, StorageClass, IfNoneMatch, a flexible
+        """`content_md5` None: no Content-MD5 (a flexible checksum in `extra` proves the body).
+        `extra` as botocore's put_object takes it (Metadata, ContentType, StorageClass, IfNoneMatch, a flexible
         checksum); `payload_sha256`: the body's SHA-256 when the caller has it (the archive's, for a single PUT), so
         that a signed payload is not hashed again, nor on every retry."""
-        headers = {"content-md5": content_md5}
+        headers = {"content-md5": content_md5} if content_md5 is not None else {}
         for name, value in extra.items():
             if name == "Metadata":
                 headers.update({f"x-amz-meta-{k.lower()}": str(v) for k, v in value.items()})

@@ -52,10 +52,13 @@ async def upload_file(
     checksum: str | None = None,
     part_checksums: Sequence[str] = (),
     payload_sha256: str | None = None,
+    journaled_parts: Mapping[int, tuple[str, str | None]] | None = None,
 ) -> UploadResult:
     """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
-    Every request carries Content-MD5 (so a real server rejects a corrupted body) and goes through the RetryPolicy.
+    Every request carries Content-MD5 (so a real server rejects a corrupted body), unless `part_md5s` is empty: then
+    every body carries its `checksum` instead (the endpoint proves the bytes by it: probe.py), and each request
+    goes through the RetryPolicy.
     Parts are read in worker threads and sent concurrently, each holding its size in the shared byte `budget`
     while its bytes are in memory, so the memory of all uploads of a run is bounded by the budget.
 
@@ -78,11 +81,16 @@ async def upload_file(
     and completed with the whole object's value, which the result holds for verification. `part_checksums` are
     the parts' values when already computed (the CRC64NVMEs of the packing pass); otherwise each part's is computed
     once, as it is read, and kept for its retries. `payload_sha256`: the archive's SHA-256, the payload hash of a
-    signed single PUT.
+    signed single PUT. `journaled_parts`: part number -> (ETag, checksum) as the journal of `resume_upload_id`
+    recorded them when the server took them: without MD5s, a part the server still holds with that ETag, whose
+    journaled checksum (checked by the server then) is this archive's, is kept even where ListParts reports no
+    checksum (moto 5.2).
     """
     ranges = part_ranges(size, part_size)
-    if len(ranges) != len(part_md5s) or (part_checksums and len(part_checksums) != len(ranges)):
+    if (part_md5s and len(ranges) != len(part_md5s)) or (part_checksums and len(part_checksums) != len(ranges)):
         raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
+    if not part_md5s and checksum is None:
+        raise UploadError(f"{path}: neither part MD5s nor a checksum to send its parts with")
     extra: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": "application/gzip"}
     if storage_class:
         extra["StorageClass"] = storage_class
@@ -92,7 +100,7 @@ async def upload_file(
             key,
             path,
             size=size,
-            md5=part_md5s[0],
+            md5=part_md5s[0] if part_md5s else None,
             extra=extra,
             storage_class=storage_class,
             budget=budget,
@@ -118,6 +126,7 @@ async def upload_file(
         reserved_by={owner, takeover} - {None, ""} if (if_absent or takeover) else set(),  # type: ignore[arg-type]
         checksum=checksum,
         part_checksums=dict(enumerate(part_checksums, start=1)),
+        journaled_parts=dict(journaled_parts or {}),
     )
     return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
 
@@ -128,7 +137,7 @@ async def _upload_single(
     path: str,
     *,
     size: int,
-    md5: str,
+    md5: str | None,
     extra: dict[str, Any],
     storage_class: str | None,
     budget: ByteBudget,
@@ -145,7 +154,7 @@ async def _upload_single(
             s3,
             key,
             await bodies.read_range(path, 0, size),
-            md5_base64(md5),
+            md5_base64(md5) if md5 is not None else None,
             extra,
             storage_class=storage_class,
             stats=stats,
@@ -167,7 +176,7 @@ async def _put_whole(
     s3: S3Bucket,
     key: str,
     data: bytearray,
-    content_md5: str,
+    content_md5: str | None,
     extra: dict[str, Any],
     *,
     storage_class: str | None,
@@ -206,7 +215,7 @@ class MultipartUpload:
     key: str
     path: str
     ranges: list[tuple[int, int, int]]
-    part_md5s: Sequence[str]
+    part_md5s: Sequence[str]  # empty: parts are sent and matched by their checksum alone
     extra: dict[str, Any]
     storage_class: str | None
     budget: ByteBudget
@@ -216,6 +225,7 @@ class MultipartUpload:
     reserved_by: set[str]  # the owners whose reservation of the key this upload may complete over
     checksum: str | None = None  # the flexible checksum algorithm sent with every part, or None
     part_checksums: dict[int, str] = field(default_factory=dict)  # part number -> its checksum's header value
+    journaled_parts: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # see upload_file
     upload_id: str | None = None
     completed: dict[int, dict[str, Any]] = field(default_factory=dict)
     # (cleanup, also when cancelled), run last-registered first when the upload does not complete.
@@ -252,7 +262,8 @@ class MultipartUpload:
         )
 
     async def resume(self, upload_id: str) -> None:
-        """Keep the parts the server holds for `upload_id` whose ETag is our part MD5 (and size ours)."""
+        """Keep the parts the server holds for `upload_id` whose ETag is our part MD5 (without MD5s: whose
+        checksum, as ListParts reports it, is ours) and whose size is ours; the others are sent again."""
         on_server = await self.s3.list_parts(self.key, upload_id)
         if on_server is None:
             return  # the upload is gone: a new one is created
@@ -261,11 +272,23 @@ class MultipartUpload:
         self._on_failure(self.abort)
         for number, _offset, length in self.ranges:
             found = on_server.get(number)
-            if found and normalise_etag(found["ETag"]) == self.part_md5s[number - 1] and found["Size"] == length:
+            if found and found["Size"] == length and self._same_part(number, found):
                 self.completed[number] = {"PartNumber": number, "ETag": found["ETag"]}
                 self.stats.parts_reused += 1
                 if self.on_progress:
                     self.on_progress(length)
+
+    def _same_part(self, number: int, found: Mapping[str, Any]) -> bool:
+        if self.part_md5s:
+            return normalise_etag(found["ETag"]) == self.part_md5s[number - 1]
+        known = self.part_checksums.get(number)
+        if self.checksum is None or known is None:
+            return False
+        reported = found.get(checksums.api_name(self.checksum))
+        if reported is not None:
+            return bool(reported == known)
+        etag, journaled = self.journaled_parts.get(number, ("", None))
+        return bool(etag) and normalise_etag(found["ETag"]) == normalise_etag(etag) and journaled == known
 
     async def reserve_key(self, owner: str) -> None:
         # Registered before the request: a run cancelled while the reserving PUT is under way (the server may have
@@ -305,7 +328,7 @@ class MultipartUpload:
             raise first_error(group) from None
 
     async def send_part(self, number: int, offset: int, length: int) -> None:
-        s3, md5 = self.s3, self.part_md5s[number - 1]
+        s3, md5 = self.s3, self.part_md5s[number - 1] if self.part_md5s else ""
         async with self.budget.hold(length):
             body = await bodies.read_range(self.path, offset, length)
             checksum = await self._checksum_fields(number, body)
@@ -316,7 +339,7 @@ class MultipartUpload:
                 UploadId=self.upload_id,
                 PartNumber=number,
                 Body=body,
-                ContentMD5=md5_base64(md5),
+                **({"ContentMD5": md5_base64(md5)} if md5 else {}),
                 **checksum,
             )
             del body

@@ -60,8 +60,8 @@ def crc64nvme(data: bytes) -> str:
 def wrong_part_checksum(real: Compressor, names: set[str]) -> Compressor:
     """The real compressor, except that the archives of `names` come back with a wrong CRC64NVME for their second
     part (or their only one): the bytes amgmt sends, and their MD5, are right; the checksum it sends is not."""
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        result = await real(source, archive_path, part_size, level)
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
         if source.rsplit("/", 1)[-1] not in names:
             return result
         crcs = list(result.part_crc64nvmes)

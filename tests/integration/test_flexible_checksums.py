@@ -118,8 +118,8 @@ async def test_sha256_is_honoured_as_s3s_composite_checksum(
 
 def wrong_part_checksum(real: Compressor, names: set[str]) -> Compressor:
     """The real compressor, except that the second part's CRC64NVME of `names` is wrong (the bytes are right)."""
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        result = await real(source, archive_path, part_size, level)
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
         if os.path.basename(source) not in names:
             return result
         crcs = list(result.part_crc64nvmes)
