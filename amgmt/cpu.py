@@ -23,6 +23,7 @@ SHA256_ARCHIVE = "sha256 archive"
 WRITE_STAGING = "write staging"
 READ_PARTS = "read parts"  # the staging archive read into request bodies (main process, worker threads)
 HASH_BODIES = "hash bodies"  # a digest computed while sending (a checksum not known from the packing pass)
+PACKED_IN_THREADS = "packed in threads"  # the pack steps of small files packed in threads of the main process
 PACK_STEPS = (READ_SOURCE, SHA256_SOURCE, DEFLATE, CRC64NVME, MD5, SHA256_ARCHIVE, WRITE_STAGING)
 SEND_STEPS = (READ_PARTS, HASH_BODIES)
 
@@ -42,6 +43,10 @@ class StepClock:
         with self._lock:
             self._seconds[step] = self._seconds.get(step, 0.0) + (at - since)
         return at
+
+    def charge(self, step: str, seconds: float) -> None:
+        with self._lock:
+            self._seconds[step] = self._seconds.get(step, 0.0) + seconds
 
     def merge(self, seconds: Mapping[str, float]) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from amgmt import cpu
 from amgmt.errors import UploadError
 
 OFF_LOOP_BYTES = 1024 * 1024  # bodies from this size are hashed in a worker thread
@@ -62,6 +63,14 @@ class PartBody(bytearray):
 
 
 def read_file_range(path: str, offset: int, length: int) -> bytearray:
+    started = cpu.now()
+    try:
+        return _read_file_range(path, offset, length)
+    finally:
+        cpu.LEDGER.add(cpu.READ_PARTS, started)
+
+
+def _read_file_range(path: str, offset: int, length: int) -> bytearray:
     buffer = PartBody(length)
     view = memoryview(buffer)
     got = 0
@@ -93,8 +102,17 @@ async def read_range(path: str, offset: int, length: int) -> bytearray:
 
 
 async def off_loop(function: Callable[[bytearray], _R], body: bytearray) -> _R:
-    """`function(body)` in a worker thread when the body is big enough for it to hold up the event loop (hashlib
-    and zlib release the GIL), else right here (a thread round trip costs more than hashing a small body)."""
+    """`function(body)` (a digest) in a worker thread when the body is big enough for it to hold up the event loop
+    (hashlib and zlib release the GIL), else right here (a thread round trip costs more than hashing a small
+    body). Its CPU time goes to amgmt.cpu's HASH_BODIES."""
     if len(body) < OFF_LOOP_BYTES:
+        return _charged(function, body)
+    return await anyio.to_thread.run_sync(_charged, function, body)
+
+
+def _charged(function: Callable[[bytearray], _R], body: bytearray) -> _R:
+    started = cpu.now()
+    try:
         return function(body)
-    return await anyio.to_thread.run_sync(function, body)
+    finally:
+        cpu.LEDGER.add(cpu.HASH_BODIES, started)

@@ -124,6 +124,7 @@ class CompressionPool:
         job = functools.partial(compress_entry, part_size=part_size, level=level, md5=md5)
         if _is_small_file(source):
             result: ArchiveResult = await anyio.to_thread.run_sync(job, source, archive_path, limiter=self.limiter)
+            cpu.LEDGER.charge(cpu.PACKED_IN_THREADS, sum(result.cpu_seconds.values()))
         else:
             result = await self.run(job, source, archive_path, describe=f"packing {display(source)}")
         cpu.LEDGER.merge(result.cpu_seconds)  # the pass's steps, for the benchmark's breakdown
