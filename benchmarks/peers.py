@@ -390,14 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                           " `radosgw-admin -c DIR/ceph.conf gc process --include-all`")
     run.add_argument("--only-limit", action="store_true",
                      help="only the limit and amgmt, not the slow hand-built pipelines")
-    run.add_argument("--md5", action="store_true",
-                     help="amgmt computes part MD5s on every endpoint, as before issue 11 (for a before/after)")
+    run.add_argument("--before", action="store_true",
+                     help="amgmt's byte path as before issue 11's second half (for a before/after): part MD5s on"
+                          " every endpoint, parts read into memory and sent by botocore")
     args = parser.parse_args(argv)
     if args.command == "setup":
         return setup()
-    if args.md5:
+    if args.before:
+        import amgmt.s3.multipart
         from amgmt.s3.probe import ChecksumSupport
         ChecksumSupport.needs_md5 = lambda self, *, multipart: True  # type: ignore[method-assign]
+        amgmt.s3.multipart.ZERO_COPY = False
     results, notes = anyio.run(compare, args)
     text = markdown(results, notes)
     print(text)
