@@ -63,8 +63,10 @@ async def upload_file(
     Every request carries Content-MD5 (so a real server rejects a corrupted body), unless `part_md5s` is empty: then
     every body carries its `checksum` instead (the endpoint proves the bytes by it: probe.py), and each request
     goes through the RetryPolicy.
-    Parts are read in worker threads and sent concurrently, each holding its size in the shared byte `budget`
-    while its bytes are in memory, so the memory of all uploads of a run is bounded by the budget.
+    Parts are sent concurrently, each holding its size in the shared byte `budget` while it is under way: from the
+    file to the socket by sendfile where the direct transport is in use and every header value is known (no
+    memory), else read in a worker thread into memory, so the memory of all uploads of a run is bounded by the
+    budget.
 
     Multipart progress goes to `journal` as it happens. With `resume_upload_id`, the server's parts are listed
     and those whose ETag equals our part MD5 are kept; only the others are sent. On an error the upload is
@@ -266,8 +268,10 @@ class MultipartUpload:
         )
 
     async def resume(self, upload_id: str) -> None:
-        """Keep the parts the server holds for `upload_id` whose ETag is our part MD5 (without MD5s: whose
-        checksum, as ListParts reports it, is ours) and whose size is ours; the others are sent again."""
+        """Keep the parts the server holds for `upload_id` whose size is ours and whose ETag is our part MD5;
+        without MD5s, whose checksum is ours as ListParts reports it, or else as the journal recorded it for the
+        part with that very ETag (the same bytes the server took then). The others are sent again. A part kept
+        wrongly would still fail verification: the server's whole-object checksum covers every byte."""
         on_server = await self.s3.list_parts(self.key, upload_id)
         if on_server is None:
             return  # the upload is gone: a new one is created
