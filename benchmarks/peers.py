@@ -36,6 +36,7 @@ from amgmt.bench.runner import BenchmarkConfig, BenchmarkSession
 from amgmt.local.archive import compress_entry
 from amgmt.local.copying import tree_size
 from amgmt.naming import object_key
+from amgmt.parts import GiB
 
 HERE = Path(__file__).resolve().parent
 PEERS_VENV = HERE / ".peers-venv"
@@ -349,7 +350,22 @@ def markdown(results: Sequence[RunResult], notes: Sequence[str]) -> str:
     if versions:
         lines.append(f"tools: {versions}")
     lines.extend(f"note: {n}" for n in notes)
+    if amgmt is not None and amgmt.cpu_steps:
+        lines.append("")
+        lines.extend(cpu_table(amgmt, limit))
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(amgmt: RunResult, limit: RunResult | None) -> list[str]:
+    """amgmt's client CPU-seconds per GiB of source by step (its median run), beside the limit's total."""
+    per_gib = amgmt.cpu_per_gib()
+    lines = ["| client CPU-s per GiB, by step (amgmt's median run) | CPU-s/GiB |", "| --- | ---: |"]
+    lines.extend(f"| {step} | {value:.2f} |" for step, value in per_gib.items())
+    lines.append(f"| **amgmt, total** | **{sum(per_gib.values()):.2f}** |")
+    if limit is not None and limit.source_bytes:
+        total = limit.usage.client_cpu_seconds / (limit.source_bytes / GiB)
+        lines.append(f"| the limit (s5cmd), total | {total:.2f} |")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,9 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                           " `radosgw-admin -c DIR/ceph.conf gc process --include-all`")
     run.add_argument("--only-limit", action="store_true",
                      help="only the limit and amgmt, not the slow hand-built pipelines")
+    run.add_argument("--before", action="store_true",
+                     help="amgmt's byte path as before issue 11's second half (for a before/after): part MD5s on"
+                          " every endpoint, parts read into memory and sent by botocore")
     args = parser.parse_args(argv)
     if args.command == "setup":
         return setup()
+    if args.before:
+        import amgmt.s3.multipart
+        from amgmt.s3.probe import ChecksumSupport
+        ChecksumSupport.needs_md5 = lambda self, *, multipart: True  # type: ignore[method-assign]
+        amgmt.s3.multipart.ZERO_COPY = False
     results, notes = anyio.run(compare, args)
     text = markdown(results, notes)
     print(text)

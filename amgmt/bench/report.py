@@ -15,11 +15,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from amgmt import cpu
 from amgmt.bench.datasets import DatasetSpec
 from amgmt.bench.meter import ResourceUsage
 from amgmt.config import default_config_path, env_key, format_size, own_config_path, write_config_values
 from amgmt.models import Stage, utcnow
-from amgmt.parts import MiB
+from amgmt.parts import GiB, MiB
 
 # The stages an entry's record times (metadata["stage_seconds"]); "other" is the rest of the entry's duration.
 STAGES: tuple[str, ...] = tuple(
@@ -29,6 +30,27 @@ STAGES: tuple[str, ...] = tuple(
 OTHER = "other"
 TUNED_KEYS = (env_key("part_size"), env_key("concurrency"), env_key("parts_in_flight"))
 _VERSIONED = ("amgmt", "aioboto3", "aiobotocore", "botocore", "boto3", "isal", "anyio", "moto")
+
+
+# The rows of cpu_breakdown that are not amgmt.cpu's measured steps.
+PACK_REST = "pack: rest (tar layout, hand-overs, worker processes)"
+EVENT_LOOP = "event loop (requests, signing, pipeline, bookkeeping)"
+MAIN_REST = "main: other threads (sqlite, moves, thread hand-overs)"
+
+
+def cpu_breakdown(usage: ResourceUsage, steps: Mapping[str, float], loop_seconds: float) -> dict[str, float]:
+    """The client's CPU seconds of one run by step: the packing steps the workers measured (amgmt.cpu), what else
+    the workers used, the event loop thread (measured around the run), the part reads and body digests, and what
+    the main process's other threads used (the rest of its CPU). The rows add up to the client's CPU."""
+    rows = {step: steps.get(step, 0.0) for step in cpu.PACK_STEPS}
+    in_threads = steps.get(cpu.PACKED_IN_THREADS, 0.0)
+    workers = usage.client_children_cpu_seconds
+    rows[PACK_REST] = max(workers - (sum(rows.values()) - in_threads), 0.0)
+    rows[EVENT_LOOP] = loop_seconds
+    rows.update({step: steps.get(step, 0.0) for step in cpu.SEND_STEPS})
+    main = usage.client_cpu_seconds - workers
+    rows[MAIN_REST] = max(main - loop_seconds - sum(steps.get(s, 0.0) for s in cpu.SEND_STEPS) - in_threads, 0.0)
+    return rows
 
 
 class RunKind(StrEnum):
@@ -57,6 +79,12 @@ class RunResult:
     entry_seconds: float = 0.0  # the entries' own durations, summed (more than the wall time when concurrent)
     failures: tuple[str, ...] = ()
     object_prefix: str = ""
+    cpu_steps: Mapping[str, float] = field(default_factory=dict)  # client CPU seconds by step (cpu_breakdown)
+
+    def cpu_per_gib(self) -> dict[str, float]:
+        """The client's CPU seconds by step, per GiB of source data."""
+        gib = self.source_bytes / GiB
+        return {step: seconds / gib for step, seconds in self.cpu_steps.items()} if gib else {}
 
     @property
     def mib_per_second(self) -> float:
@@ -107,6 +135,8 @@ class RunResult:
             "entry_seconds": round(self.entry_seconds, 4),
             "failures": list(self.failures),
             "object_prefix": self.object_prefix,
+            "cpu_seconds_by_step": {k: round(v, 3) for k, v in self.cpu_steps.items()},
+            "cpu_seconds_per_gib_by_step": {k: round(v, 3) for k, v in self.cpu_per_gib().items()},
         }
 
 

@@ -25,10 +25,11 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
+from amgmt import cpu
 from amgmt.bench.datasets import DatasetSpec, generate_dataset, make_photo_set
 from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION, LocalS3Server
 from amgmt.bench.meter import ResourceMeter
-from amgmt.bench.report import BenchmarkReport, RunKind, RunResult, TargetInfo, machine_info
+from amgmt.bench.report import BenchmarkReport, RunKind, RunResult, TargetInfo, cpu_breakdown, machine_info
 from amgmt.config import Settings, format_size, load_settings
 from amgmt.errors import ConfigError
 from amgmt.local.entries import list_entries
@@ -326,9 +327,12 @@ class BenchmarkSession:
                 "parts_in_flight": settings.parts_in_flight,
             }
             with self.meter() as meter:
+                steps_before, loop_before = cpu.LEDGER.snapshot(), time.thread_time()
                 started = time.perf_counter()
                 report = await upload_batch(settings, entries, command_args=command_args, credentials=self.credentials)
                 wall = time.perf_counter() - started
+                loop_seconds = time.thread_time() - loop_before  # this thread runs the event loop
+                steps = cpu.since(steps_before, cpu.LEDGER.snapshot())
         finally:
             await self.discard(run_dir, prefix)
         assert meter.usage is not None
@@ -358,6 +362,7 @@ class BenchmarkSession:
             entry_seconds=entry_seconds,
             failures=tuple(failures),
             object_prefix=prefix,
+            cpu_steps=cpu_breakdown(meter.usage, steps, loop_seconds),
         )
 
     def report(self, runs: Sequence[RunResult]) -> BenchmarkReport:

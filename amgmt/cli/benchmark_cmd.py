@@ -121,6 +121,15 @@ def render_table(report: BenchmarkReport) -> str:
         stage_rows.append((run.label, run.concurrency or "-", *cells))
     lines.append(table(["RUN", "C", *(s.upper() for s in STAGES), OTHER.upper()], stage_rows))
     lines.append("")
+    measured = [s.median for s in summaries if s.median.cpu_steps]
+    if measured:
+        lines.append("where the client's CPU went (CPU-seconds per GiB of source data, by step):")
+        steps = list(measured[0].cpu_steps)
+        per_gib = [run.cpu_per_gib() for run in measured]
+        step_rows = [(step, *(f"{p.get(step, 0.0):.2f}" for p in per_gib)) for step in steps]
+        step_rows.append(("total", *(f"{sum(p.values()):.2f}" for p in per_gib)))
+        lines.append(table(["STEP", *(f"{r.label} C={r.concurrency or '-'}" for r in measured)], step_rows))
+        lines.append("")
     repeats = f"median of {report.repeat} runs" if report.repeat > 1 else "one run each"
     lines.append(f"data set: {report.dataset.describe()}; {repeats}")
     lines.append(

@@ -14,8 +14,10 @@ import os
 import stat
 import tarfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from amgmt import cpu
 from amgmt.errors import CompressionError
 from amgmt.local.archive_file import ArchiveFile, write_error
 from amgmt.local.deflate import LEVELS, Deflater
@@ -43,7 +45,8 @@ class ArchiveResult:
     archive_size: int
     archive_sha256: str  # hex SHA-256 of the whole .tar.gz
     part_size: int
-    part_md5s: tuple[str, ...]  # hex MD5 of each consecutive part_size slice of the archive (last may be shorter)
+    part_md5s: tuple[str, ...]  # hex MD5 of each consecutive part_size slice of the archive (last may be shorter); ()
+    # when packed without MD5s (the endpoint proves the bytes by their CRC64NVME: compress_entry's `md5`)
     part_crc64nvmes: tuple[str, ...]  # base64 CRC64NVME of the same slices (the x-amz-checksum-crc64nvme values)
     archive_crc64nvme: str  # base64 CRC64NVME of the whole .tar.gz (S3's FULL_OBJECT checksum of the object)
     source_sha256: str  # regular file: SHA-256 of its bytes; directory: SHA-256 of its manifest
@@ -53,9 +56,17 @@ class ArchiveResult:
     skipped: tuple[str, ...]  # relative paths of special files (FIFO, socket, device) left out of the archive
     source_identity: Identity  # what the source was made of when packed (amgmt.local.identity), special files included
     members: tuple[ArchivedMember, ...] = ()  # a directory's members in archive order; () for a file entry
+    # CPU seconds of each step of the pass (amgmt.cpu: reads, digests, deflate, writes), for the benchmark's breakdown
+    cpu_seconds: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def part_count(self) -> int:
+        return len(self.part_crc64nvmes)
 
 
-def compress_entry(source: str, archive_path: str, *, part_size: int, level: int = 1) -> ArchiveResult:
+def compress_entry(
+    source: str, archive_path: str, *, part_size: int, level: int = 1, md5: bool = True
+) -> ArchiveResult:
     """Write `source` (a regular file or a directory) as a deterministic tar.gz at `archive_path`.
 
     The archive holds one top-level member, the basename of `source`; a directory is walked recursively without
@@ -65,7 +76,9 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     writes), a gzip header with mtime 0 and no file name. The tar stream is deflated in fixed 1 MiB blocks, each
     ending on a byte boundary (a sync flush) and primed with the 32 KiB before it, so the bytes do not depend on
     threads or timing; they do depend on the isal version (and on deflate._BLOCK_SIZE), so a resume after an upgrade
-    must compare the part MD5s before reusing parts.
+    must compare the part checksums before reusing parts.
+    With `md5` False no part MD5s are computed (part_md5s is ()): the caller knows the endpoint proves an upload's
+    bytes by the CRC64NVMEs, which are always computed (~0.1 CPU-s/GiB against MD5's ~1.7).
     Level 0 is fastest for compressible data but inflates incompressible data by about a quarter, beyond
     `parts.archive_size_bound`; levels 1-3 stay within it.
 
@@ -87,7 +100,8 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
     it is not fsynced: no run ever reads a staging archive written before a crash (its name holds the operation id,
     a later run compresses again and recovery deletes leftovers), so the archive may live and die in the page cache
     (measured on 1 GiB of video: 4.18 -> 3.83 CPU-s/GiB of the whole machine, kernel writeback included, and
-    2.55 -> 2.08 s). A byte lost on the way back is caught by the part MD5s (Content-MD5, then the ETag). On any
+    2.55 -> 2.08 s). A byte lost on the way back is caught by the part checksums the server checks (the
+    CRC64NVMEs, or the MD5s as Content-MD5), then by the stored checksum or the ETag. On any
     failure, KeyboardInterrupt included, the partial file is removed. Raises CompressionError
     (path= the entry) when the source is not a regular file or directory, a file cannot be read, vanishes or changes
     while it is read, or the staging directory is full.
@@ -98,12 +112,14 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         raise ValueError(f"igzip compression level must be 0-3, got {level}")
     source = source.rstrip(os.sep) or source
     source_stat = _archivable(source)
-    archive = ArchiveFile.create(archive_path, part_size=part_size, entry=source)
+    archive = ArchiveFile.create(archive_path, part_size=part_size, entry=source, md5=md5)
     deflater: Deflater | None = None
     try:
-        deflater = Deflater(archive, level, use_threads=lambda: _use_helper_threads(archive.partial))
+        deflater = Deflater(
+            archive, level, use_threads=lambda: _use_helper_threads(archive.partial), clock=archive.clock
+        )
         deflater.start()
-        packed = _pack(_TarWriter(deflater), source, source_stat)
+        packed = _pack(_TarWriter(deflater, archive.clock), source, source_stat)
         deflater.finish()  # every block written, then the deflate tail and gzip trailer
         archive.finish()  # closed, then renamed into place
     except BaseException as exc:
@@ -129,6 +145,7 @@ def compress_entry(source: str, archive_path: str, *, part_size: int, level: int
         skipped=packed.skipped,
         source_identity=packed.source_identity,
         members=packed.members,
+        cpu_seconds=archive.clock.snapshot(),
     )
 
 
@@ -194,6 +211,24 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+def part_md5s(path: str, part_size: int, chunk: int = 1 << 20) -> tuple[str, ...]:
+    """Hex MD5 of each part_size slice of a file (an archive packed without MD5s that turned out to need them)."""
+    md5s: list[str] = []
+    digest, room = hashlib.md5(usedforsecurity=False), part_size
+    buffer = bytearray(min(chunk, part_size))
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view[: min(len(view), room)]):
+            digest.update(view[:n])
+            room -= n
+            if room == 0:
+                md5s.append(digest.hexdigest())
+                digest, room = hashlib.md5(usedforsecurity=False), part_size
+    if room < part_size or not md5s:
+        md5s.append(digest.hexdigest())
+    return tuple(md5s)
 
 
 def _use_helper_threads(partial: str) -> bool:
@@ -340,7 +375,7 @@ def _add_file(tar: _TarWriter, member: str, path: str, entry: str) -> tuple[str,
             raise _read_error(exc, path, entry) from exc
         info = _tarinfo(member, before, tarfile.REGTYPE)
         info.size = before.st_size
-        reader = _DigestingReader(f, path, entry)
+        reader = _DigestingReader(f, path, entry, tar.clock)
         tar.add(info, reader)  # reads straight into the deflater's blocks
         try:
             grew = f.read(1)
@@ -370,10 +405,11 @@ def _tarinfo(member: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
 class _DigestingReader:
     """Reads a file into the archive's blocks: hashes and counts what it reads; an early end means the file shrank."""
 
-    def __init__(self, f: io.RawIOBase, path: str, entry: str) -> None:
+    def __init__(self, f: io.RawIOBase, path: str, entry: str, clock: cpu.StepClock) -> None:
         self._f = f
         self._path = path
         self._entry = entry
+        self._clock = clock
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -381,6 +417,7 @@ class _DigestingReader:
         """Fill all of `view` (short reads are retried); returns its length."""
         want = len(view)
         got = 0
+        at = cpu.now()
         while got < want:
             try:
                 n = self._f.readinto(view[got:])
@@ -389,7 +426,9 @@ class _DigestingReader:
             if not n:
                 raise _changed(self._path, self._entry)
             got += n
+        at = self._clock.add(cpu.READ_SOURCE, at)
         self.sha256.update(view)
+        self._clock.add(cpu.SHA256_SOURCE, at)
         self.size += want
         return want
 
@@ -397,8 +436,9 @@ class _DigestingReader:
 class _TarWriter:
     """Lays out tar members as tarfile.TarFile.addfile and close do, straight into the deflater's blocks."""
 
-    def __init__(self, deflater: Deflater) -> None:
+    def __init__(self, deflater: Deflater, clock: cpu.StepClock) -> None:
         self._deflater = deflater
+        self.clock = clock
         self._block = deflater.take_block()
         self._block_size = len(self._block)  # every block of one deflater has the same size
         self._view = memoryview(self._block)

@@ -12,7 +12,7 @@ import hashlib
 import io
 import os
 
-from amgmt import checksums
+from amgmt import checksums, cpu
 from amgmt.errors import CompressionError
 from amgmt.naming import PARTIAL_SUFFIX
 from amgmt.text import printable
@@ -26,9 +26,11 @@ class ArchiveFile:
     as bytes pass, and writes it to ARCHIVE.partial, renamed into place by finish().
 
     The CRC64NVME of each part is what its upload sends for the server to check (x-amz-checksum-crc64nvme); the
-    whole archive's is combined from them (checksums.combine), so each byte goes through the CRC once."""
+    whole archive's is combined from them (checksums.combine), so each byte goes through the CRC once. The part
+    MD5s only with `md5` (the endpoint needs Content-MD5 and the ETag: see upload/pipeline.py); without it
+    part_md5s is empty. `clock` gets the CPU time of each digest and of the writes (amgmt.cpu)."""
 
-    def __init__(self, out: io.RawIOBase, part_size: int, archive_path: str, entry: str) -> None:
+    def __init__(self, out: io.RawIOBase, part_size: int, archive_path: str, entry: str, *, md5: bool = True) -> None:
         self._file = out
         self._out: io.RawIOBase | None = out
         self._archive_path = archive_path
@@ -36,15 +38,17 @@ class ArchiveFile:
         self._entry = entry
         self._part_size = part_size
         self._room = part_size  # bytes left in the current part
-        self._md5 = hashlib.md5()
+        self._with_md5 = md5
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._md5s: list[str] = []
         self._crc = checksums.RunningCrc(checksums.CRC64NVME)
         self._crcs: list[str] = []
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.clock = cpu.StepClock()
 
     @classmethod
-    def create(cls, archive_path: str, *, part_size: int, entry: str) -> ArchiveFile:
+    def create(cls, archive_path: str, *, part_size: int, entry: str, md5: bool = True) -> ArchiveFile:
         """A new, empty partial archive (mode 0600; one left by a killed worker is replaced), unbuffered: the
         deflater hands over blocks of about a block's size."""
         partial = archive_path + PARTIAL_SUFFIX
@@ -60,21 +64,28 @@ class ArchiveFile:
             os.close(fd)
             os.unlink(partial)
             raise
-        return cls(out, part_size, archive_path, entry)
+        return cls(out, part_size, archive_path, entry, md5=md5)
 
     def digest(self, data: bytes) -> None:
         """Add to the archive's SHA-256: every byte, in order (apart from write: on another thread)."""
+        started = cpu.now()
         self.sha256.update(data)
+        self.clock.add(cpu.SHA256_ARCHIVE, started)
 
     def write(self, data: bytes) -> int:
-        """Add to the part MD5s and write to the file."""
+        """Add to the part MD5s and CRC64NVMEs and write to the file."""
         n = len(data)
+        clock = self.clock
+        at = cpu.now()
         if n <= self._room:  # the usual case: the chunk stays inside the current part
-            self._md5.update(data)
+            if self._with_md5:
+                self._md5.update(data)
+                at = clock.add(cpu.MD5, at)
             self._crc.update(data)
+            at = clock.add(cpu.CRC64NVME, at)
             self._room -= n
         else:
-            self._split(data)
+            at = self._split(data, at)
         self.size += n
         out = self._out
         if out is not None:
@@ -88,26 +99,37 @@ class ArchiveFile:
                     written += step
             except OSError as exc:
                 raise write_error(exc, self._archive_path, self._entry) from exc
+            finally:
+                clock.add(cpu.WRITE_STAGING, at)
         return n
 
-    def _split(self, data: bytes) -> None:
+    def _split(self, data: bytes, at: float) -> float:
         view = memoryview(data)
         pos, end = 0, len(view)
+        clock = self.clock
         while pos < end:
             if self._room == 0:  # close a full part only when more bytes arrive: no empty trailing part
-                self._md5s.append(self._md5.hexdigest())
-                self._md5 = hashlib.md5()
+                if self._with_md5:
+                    self._md5s.append(self._md5.hexdigest())
+                    self._md5 = hashlib.md5(usedforsecurity=False)
                 self._crcs.append(self._crc.encoded)
                 self._crc = checksums.RunningCrc(checksums.CRC64NVME)
                 self._room = self._part_size
             take = min(self._room, end - pos)
-            self._md5.update(view[pos : pos + take])
+            if self._with_md5:
+                self._md5.update(view[pos : pos + take])
+                at = clock.add(cpu.MD5, at)
             self._crc.update(view[pos : pos + take])
+            at = clock.add(cpu.CRC64NVME, at)
             self._room -= take
             pos += take
+        return at
 
     @property
     def part_md5s(self) -> tuple[str, ...]:
+        """The hex MD5 of each part, or () when made without MD5s."""
+        if not self._with_md5:
+            return ()
         if self._room < self._part_size or not self._md5s:
             return (*self._md5s, self._md5.hexdigest())
         return tuple(self._md5s)

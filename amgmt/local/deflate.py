@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from isal import isal_zlib
 
+from amgmt import cpu
 from amgmt.parts import MiB
 
 # The tar stream is deflated in blocks of this size (see Deflater). igzip is much faster on big inputs than on
@@ -88,8 +89,11 @@ class Deflater:
     until stopped, and the next take_block, put_block or finish raises it.
     """
 
-    def __init__(self, sink: Sink, level: int, *, use_threads: Callable[[], bool]) -> None:
+    def __init__(
+        self, sink: Sink, level: int, *, use_threads: Callable[[], bool], clock: cpu.StepClock | None = None
+    ) -> None:
         self._sink = sink
+        self._clock = clock if clock is not None else cpu.StepClock()  # the CPU time of deflating (amgmt.cpu)
         # Output room for one block: deflate stores incompressible data with a few bytes per 64 KiB at levels 1-3;
         # level 0 never stores, and uses at most 15 bits per byte.
         room = 2 * _BLOCK_SIZE + 500 if level == 0 else _BLOCK_SIZE + max(_BLOCK_SIZE // 10, 500)
@@ -151,12 +155,14 @@ class Deflater:
         self._stop()
 
     def _deflate(self, data: memoryview, window: bytes) -> bytes:
+        started = cpu.now()
         if self._level and _incompressible(data):
             compressed, crc = _stored_blocks(data), isal_zlib.crc32(data)
         else:
             compressed, crc = self._compressor.compress_and_crc(data, window)
         self._crc = isal_zlib.crc32_combine(self._crc, crc, len(data))
         self._length += len(data)
+        self._clock.add(cpu.DEFLATE, started)
         self._sink.digest(compressed)
         return compressed
 

@@ -4,12 +4,16 @@ buffer that is sent. Must not send anything: the callers make the requests."""
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
+from amgmt import cpu
 from amgmt.errors import UploadError
 
 OFF_LOOP_BYTES = 1024 * 1024  # bodies from this size are hashed in a worker thread
@@ -61,7 +65,48 @@ class PartBody(bytearray):
         return super().__getitem__(index)
 
 
+@dataclass(frozen=True)
+class FileRange:
+    """A part of the staging archive sent from the file itself (os.sendfile, see direct.py): no user-space copy.
+    The file is open (open_file_range) until its owner closes it."""
+
+    file: io.FileIO
+    offset: int
+    length: int
+
+    @property
+    def path(self) -> str:
+        return str(self.file.name)
+
+
+def open_file_range(path: str, offset: int, length: int) -> FileRange:
+    """The byte range of the staging archive, its file open and checked to hold it, its pages asked for ahead
+    (POSIX_FADV_WILLNEED: the kernel reads them in while the request starts); UploadError, as read_range, when the
+    archive was removed or is shorter. Quick enough for the event loop: an open and an fstat."""
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the caller, or below)
+    except OSError as exc:
+        raise UploadError(f"cannot read the staging archive {path}: {exc.strerror or exc}") from exc
+    try:
+        size = os.fstat(f.fileno()).st_size
+        if size < offset + length:
+            raise UploadError(f"{path}: staging archive is shorter than recorded ({size} bytes)")
+        os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_WILLNEED)
+    except BaseException:
+        f.close()
+        raise
+    return FileRange(f, offset, length)
+
+
 def read_file_range(path: str, offset: int, length: int, body_type: type[PartBody] = PartBody) -> bytearray:
+    started = cpu.now()
+    try:
+        return _read_file_range(path, offset, length, body_type)
+    finally:
+        cpu.LEDGER.add(cpu.READ_PARTS, started)
+
+
+def _read_file_range(path: str, offset: int, length: int, body_type: type[PartBody]) -> bytearray:
     buffer = body_type(length)
     view = memoryview(buffer)
     got = 0
@@ -96,8 +141,17 @@ async def read_range(path: str, offset: int, length: int, body_type: type[PartBo
 
 
 async def off_loop(function: Callable[[bytearray], _R], body: bytearray) -> _R:
-    """`function(body)` in a worker thread when the body is big enough for it to hold up the event loop (hashlib
-    and zlib release the GIL), else right here (a thread round trip costs more than hashing a small body)."""
+    """`function(body)` (a digest) in a worker thread when the body is big enough for it to hold up the event loop
+    (hashlib and zlib release the GIL), else right here (a thread round trip costs more than hashing a small
+    body). Its CPU time goes to amgmt.cpu's HASH_BODIES."""
     if len(body) < OFF_LOOP_BYTES:
+        return _charged(function, body)
+    return await anyio.to_thread.run_sync(_charged, function, body)
+
+
+def _charged(function: Callable[[bytearray], _R], body: bytearray) -> _R:
+    started = cpu.now()
+    try:
         return function(body)
-    return await anyio.to_thread.run_sync(function, body)
+    finally:
+        cpu.LEDGER.add(cpu.HASH_BODIES, started)

@@ -312,7 +312,7 @@ class S3Bucket(BucketListings):
         self,
         key: str,
         data: bytearray,
-        content_md5: str,
+        content_md5: str | None,
         extra: Mapping[str, Any],
         *,
         storage_class: str | None,
@@ -324,10 +324,12 @@ class S3Bucket(BucketListings):
         """The object in one PUT, retried; create-if-absent (If-None-Match: *) when asked, unless the endpoint has
         answered 501 to that before (then a plain PUT, here and for the rest of the run). `checksum`: (algorithm,
         header value) of a flexible checksum for the server to check; `payload_sha256`: the body's SHA-256 (hex)
-        when already known, for the payload signature (not computed again)."""
+        when already known, for the payload signature (not computed again). `content_md5` None: no Content-MD5
+        (the flexible checksum proves the body)."""
         direct = await self.direct()
         if checksum is not None:
             extra = {**extra, **checksums.request_fields(*checksum)}
+        md5 = {"ContentMD5": content_md5} if content_md5 is not None else {}
 
         async def send(conditional: bool) -> Any:
             fields = {**extra, "IfNoneMatch": "*"} if conditional else dict(extra)
@@ -335,7 +337,7 @@ class S3Bucket(BucketListings):
                 call = lambda: direct.put(key, data, content_md5, fields, payload_sha256=payload_sha256)  # noqa: E731
             else:
                 call = lambda: self.client.put_object(  # noqa: E731
-                    Bucket=self.bucket, Key=key, Body=data, ContentMD5=content_md5, **fields
+                    Bucket=self.bucket, Key=key, Body=data, **md5, **fields
                 )
             return await self.creating(storage_class, "PUT", key, call, stats=stats)
 

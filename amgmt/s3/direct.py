@@ -9,6 +9,7 @@ calls were most of amgmt's CPU. A stand-alone comparison against radosgw (500 x 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import logging
@@ -23,9 +24,9 @@ import anyio
 import yarl
 
 from amgmt import checksums
-from amgmt.s3.bodies import off_loop
+from amgmt.s3.bodies import FileRange, off_loop
 from amgmt.s3.errors import answer_from_body, error_for, translate_errors
-from amgmt.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path
+from amgmt.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, encode_path, encode_query
 from amgmt.s3.values import ClientOptions
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ObjectTransport(Protocol):
         self,
         key: str,
         body: bytearray,
-        content_md5: str,
+        content_md5: str | None,
         extra: Mapping[str, Any],
         *,
         action: str = "PUT",
@@ -170,17 +171,18 @@ class DirectRequests:
         self,
         key: str,
         body: bytearray,
-        content_md5: str,
+        content_md5: str | None,
         extra: Mapping[str, Any],
         *,
         action: str = "PUT",
         payload_sha256: str | None = None,
     ) -> dict[str, Any]:
-        """`extra` as botocore's put_object takes it (Metadata, ContentType, StorageClass, IfNoneMatch, a flexible
+        """`content_md5` None: no Content-MD5 (a flexible checksum in `extra` proves the body).
+        `extra` as botocore's put_object takes it (Metadata, ContentType, StorageClass, IfNoneMatch, a flexible
         checksum, the ObjectOptions' fields: each one a header, and every header signed); `payload_sha256`: the
         body's SHA-256 when the caller has it (the archive's, for a single PUT), so that a signed payload is not
         hashed again, nor on every retry."""
-        headers = {"content-md5": content_md5}
+        headers = {"content-md5": content_md5} if content_md5 is not None else {}
         for name, value in extra.items():
             if name == "Metadata":
                 headers.update({f"x-amz-meta-{k.lower()}": str(v) for k, v in value.items()})
@@ -198,6 +200,32 @@ class DirectRequests:
             raise error_for(action, answer_from_body(status, text), bucket=self._options.bucket, key=key)
         return {"ETag": answer.get("ETag"), "ResponseMetadata": {"HTTPStatusCode": status}}
 
+    async def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: FileRange,
+        content_md5: str | None,
+        checksum: Mapping[str, str],
+        *,
+        action: str = "upload part",
+    ) -> dict[str, Any]:
+        """One part of a multipart upload sent straight from the staging archive with os.sendfile (the kernel
+        moves the page-cache pages to the socket: no read into a buffer, no copy through Python), unsigned; its
+        `content_md5` and `checksum` (botocore's ChecksumAlgorithm/Checksum* parameters) were computed while
+        packing. Answered as botocore's upload_part: {"ETag": ...}."""
+        headers = {"content-md5": content_md5} if content_md5 is not None else {}
+        headers.update({_EXTRA_HEADERS[name]: value for name, value in checksum.items()})
+        query = {"partNumber": str(number), "uploadId": upload_id}
+        with translate_errors(action, bucket=self._options.bucket, key=key):
+            status, answer, text = await self._send(
+                "PUT", self._object_path(key), headers, _FilePayload(body), payload=UNSIGNED_PAYLOAD, query=query
+            )
+        if status != 200:
+            raise error_for(action, answer_from_body(status, text), bucket=self._options.bucket, key=key)
+        return {"ETag": answer.get("ETag"), "ResponseMetadata": {"HTTPStatusCode": status}}
+
     def _object_path(self, key: str) -> str:
         return encode_path(f"{self._bucket_path}/{key}")
 
@@ -206,9 +234,10 @@ class DirectRequests:
         method: str,
         path: str,
         headers: dict[str, str],
-        body: bytearray | None = None,
+        body: bytearray | aiohttp.Payload | None = None,
         *,
         payload: str = EMPTY_SHA256,
+        query: Mapping[str, str] | None = None,
     ) -> tuple[int, Any, bytes]:
         """One signed request: (status, headers, body). aiohttp's errors (a failure to connect, a read timeout, a
         connection lost) are raised as they are, for translate_errors."""
@@ -217,8 +246,8 @@ class DirectRequests:
         keys = Keys(frozen.access_key, frozen.secret_key, frozen.token)
         headers["host"] = self._host
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self._signer.sign(method, path, {}, headers, keys=keys, amz_date=amz_date, payload_hash=payload)
-        url = yarl.URL(self._origin + path, encoded=True)
+        self._signer.sign(method, path, query or {}, headers, keys=keys, amz_date=amz_date, payload_hash=payload)
+        url = yarl.URL(self._origin + path + (f"?{encode_query(query)}" if query else ""), encoded=True)
         async with self._session.request(method, url, headers=headers, data=body) as resp:
             text = b"" if method == "HEAD" else await resp.read()
             return resp.status, resp.headers, text
@@ -236,3 +265,32 @@ def _proxied(scheme: str, host: str) -> bool:
 
 def _sha256_hex(body: bytearray) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+class _FilePayload(aiohttp.Payload):
+    """A request body sent from a byte range of an open file by the event loop's sendfile (os.sendfile on the
+    request's socket once the headers are out). A file that shrinks meanwhile raises OSError (the server then
+    sees a body cut short)."""
+
+    def __init__(self, body: FileRange) -> None:
+        super().__init__(body, content_type="application/octet-stream")
+        self._body = body
+        self._size = body.length
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a file range is sent, never decoded")
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        body = self._body
+        count = body.length if content_length is None else min(body.length, content_length)
+        writer.send_headers()
+        await writer.drain()
+        transport = writer.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the connection closed before the body was sent")
+        sent = await asyncio.get_running_loop().sendfile(transport, body.file, body.offset, count, fallback=True)
+        if sent != count:
+            raise OSError(f"{body.path} shrank while a part of it was sent ({sent} of {count} bytes)")

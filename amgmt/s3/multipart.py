@@ -26,8 +26,12 @@ from amgmt.s3.values import MultipartJournal, ObjectOptions, PartDone, ProgressC
 
 if TYPE_CHECKING:
     from amgmt.s3.client import S3Bucket
+    from amgmt.s3.direct import DirectRequests
 
 ABORT_TIMEOUT = 15.0
+# Parts go from the staging file to the socket by os.sendfile where the direct transport is in use (False: always
+# read into memory and sent by botocore; the benchmark's A/B).
+ZERO_COPY = True
 Cleanup = Callable[[], Awaitable[None]]
 
 
@@ -53,12 +57,17 @@ async def upload_file(
     part_checksums: Sequence[str] = (),
     payload_sha256: str | None = None,
     options: ObjectOptions | None = None,
+    journaled_parts: Mapping[int, tuple[str, str | None]] | None = None,
 ) -> UploadResult:
     """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
-    Every request carries Content-MD5 (so a real server rejects a corrupted body) and goes through the RetryPolicy.
-    Parts are read in worker threads and sent concurrently, each holding its size in the shared byte `budget`
-    while its bytes are in memory, so the memory of all uploads of a run is bounded by the budget.
+    Every request carries Content-MD5 (so a real server rejects a corrupted body), unless `part_md5s` is empty: then
+    every body carries its `checksum` instead (the endpoint proves the bytes by it: probe.py), and each request
+    goes through the RetryPolicy.
+    Parts are sent concurrently, each holding its size in the shared byte `budget` while it is under way: from the
+    file to the socket by sendfile where the direct transport is in use, every header value is known and no
+    --bwlimit holds the bodies back (no memory), else read in a worker thread into memory, so the memory of all
+    uploads of a run is bounded by the budget.
 
     Multipart progress goes to `journal` as it happens. With `resume_upload_id`, the server's parts are listed
     and those whose ETag equals our part MD5 are kept; only the others are sent. On an error the upload is
@@ -80,10 +89,16 @@ async def upload_file(
     the parts' values when already computed (the CRC64NVMEs of the packing pass); otherwise each part's is computed
     once, as it is read, and kept for its retries. `payload_sha256`: the archive's SHA-256, the payload hash of a
     signed single PUT. `options`: encryption, ACL, tags and user metadata, sent with the PUT or the create.
+    `journaled_parts`: part number -> (ETag, checksum) as the journal of `resume_upload_id`
+    recorded them when the server took them: without MD5s, a part the server still holds with that ETag, whose
+    journaled checksum (checked by the server then) is this archive's, is kept even where ListParts reports no
+    checksum (moto 5.2).
     """
     ranges = part_ranges(size, part_size)
-    if len(ranges) != len(part_md5s) or (part_checksums and len(part_checksums) != len(ranges)):
+    if (part_md5s and len(ranges) != len(part_md5s)) or (part_checksums and len(part_checksums) != len(ranges)):
         raise UploadError(f"{path}: {len(part_md5s)} part checksums for {len(ranges)} parts")
+    if not part_md5s and checksum is None:
+        raise UploadError(f"{path}: neither part MD5s nor a checksum to send its parts with")
     options = options or ObjectOptions()
     extra: dict[str, Any] = {
         "Metadata": {**dict(options.metadata), **metadata},
@@ -98,7 +113,7 @@ async def upload_file(
             key,
             path,
             size=size,
-            md5=part_md5s[0],
+            md5=part_md5s[0] if part_md5s else None,
             extra=extra,
             storage_class=storage_class,
             budget=budget,
@@ -124,6 +139,7 @@ async def upload_file(
         reserved_by={owner, takeover} - {None, ""} if (if_absent or takeover) else set(),  # type: ignore[arg-type]
         checksum=checksum,
         part_checksums=dict(enumerate(part_checksums, start=1)),
+        journaled_parts=dict(journaled_parts or {}),
     )
     return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
 
@@ -134,7 +150,7 @@ async def _upload_single(
     path: str,
     *,
     size: int,
-    md5: str,
+    md5: str | None,
     extra: dict[str, Any],
     storage_class: str | None,
     budget: ByteBudget,
@@ -151,7 +167,7 @@ async def _upload_single(
             s3,
             key,
             await bandwidth.read_body(path, 0, size, s3.bandwidth),
-            md5_base64(md5),
+            md5_base64(md5) if md5 is not None else None,
             extra,
             storage_class=storage_class,
             stats=stats,
@@ -173,7 +189,7 @@ async def _put_whole(
     s3: S3Bucket,
     key: str,
     data: bytearray,
-    content_md5: str,
+    content_md5: str | None,
     extra: dict[str, Any],
     *,
     storage_class: str | None,
@@ -212,7 +228,7 @@ class MultipartUpload:
     key: str
     path: str
     ranges: list[tuple[int, int, int]]
-    part_md5s: Sequence[str]
+    part_md5s: Sequence[str]  # empty: parts are sent and matched by their checksum alone
     extra: dict[str, Any]
     storage_class: str | None
     budget: ByteBudget
@@ -222,6 +238,7 @@ class MultipartUpload:
     reserved_by: set[str]  # the owners whose reservation of the key this upload may complete over
     checksum: str | None = None  # the flexible checksum algorithm sent with every part, or None
     part_checksums: dict[int, str] = field(default_factory=dict)  # part number -> its checksum's header value
+    journaled_parts: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # see upload_file
     upload_id: str | None = None
     completed: dict[int, dict[str, Any]] = field(default_factory=dict)
     # (cleanup, also when cancelled), run last-registered first when the upload does not complete.
@@ -258,7 +275,10 @@ class MultipartUpload:
         )
 
     async def resume(self, upload_id: str) -> None:
-        """Keep the parts the server holds for `upload_id` whose ETag is our part MD5 (and size ours)."""
+        """Keep the parts the server holds for `upload_id` whose size is ours and whose ETag is our part MD5;
+        without MD5s, whose checksum is ours as ListParts reports it, or else as the journal recorded it for the
+        part with that very ETag (the same bytes the server took then). The others are sent again. A part kept
+        wrongly would still fail verification: the server's whole-object checksum covers every byte."""
         on_server = await self.s3.list_parts(self.key, upload_id)
         if on_server is None:
             return  # the upload is gone: a new one is created
@@ -267,11 +287,23 @@ class MultipartUpload:
         self._on_failure(self.abort)
         for number, _offset, length in self.ranges:
             found = on_server.get(number)
-            if found and normalise_etag(found["ETag"]) == self.part_md5s[number - 1] and found["Size"] == length:
+            if found and found["Size"] == length and self._same_part(number, found):
                 self.completed[number] = {"PartNumber": number, "ETag": found["ETag"]}
                 self.stats.parts_reused += 1
                 if self.on_progress:
                     self.on_progress(length)
+
+    def _same_part(self, number: int, found: Mapping[str, Any]) -> bool:
+        if self.part_md5s:
+            return normalise_etag(found["ETag"]) == self.part_md5s[number - 1]
+        known = self.part_checksums.get(number)
+        if self.checksum is None or known is None:
+            return False
+        reported = found.get(checksums.api_name(self.checksum))
+        if reported is not None:
+            return bool(reported == known)
+        etag, journaled = self.journaled_parts.get(number, ("", None))
+        return bool(etag) and normalise_etag(found["ETag"]) == normalise_etag(etag) and journaled == known
 
     async def reserve_key(self, owner: str) -> None:
         # Registered before the request: a run cancelled while the reserving PUT is under way (the server may have
@@ -311,23 +343,13 @@ class MultipartUpload:
             raise first_error(group) from None
 
     async def send_part(self, number: int, offset: int, length: int) -> None:
-        s3, md5 = self.s3, self.part_md5s[number - 1]
+        md5 = self.part_md5s[number - 1] if self.part_md5s else ""
         async with self.budget.hold(length):
-            body = await bandwidth.read_body(self.path, offset, length, s3.bandwidth)
-            checksum = await self._checksum_fields(number, body)
-            send = functools.partial(
-                s3.client.upload_part,
-                Bucket=s3.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=body,
-                ContentMD5=md5_base64(md5),
-                **checksum,
-            )
-            del body
-            resp = await s3.request(f"upload part {number} of", self.key, send, stats=self.stats)
-            del send  # the part's bytes go before the budget is given back
+            direct = await self._zero_copy(number)
+            if direct is not None:
+                resp = await self._send_from_file(direct, number, offset, length, md5)
+            else:
+                resp = await self._send_from_memory(number, offset, length, md5)
         self.completed[number] = {"PartNumber": number, "ETag": resp["ETag"]}
         self.stats.parts_sent += 1
         self.stats.bytes_sent += length
@@ -336,6 +358,56 @@ class MultipartUpload:
             await self.journal.part_done(self.upload_id, done)  # type: ignore[arg-type]
         if self.on_progress:
             self.on_progress(length)
+
+    async def _zero_copy(self, number: int) -> DirectRequests | None:
+        """The direct transport, when part `number` can go from the file to the socket: every value its headers
+        need is known (the MD5 and checksum from the packing pass), the payload is not signed (a signature
+        would need the body's SHA-256), and no bandwidth limit holds the body back (MGMT_BWLIMIT: its bucket is
+        taken as aiohttp writes the body, bandwidth.py, which the kernel's sendfile would bypass)."""
+        if not ZERO_COPY or self.s3.options.payload_signing or self.s3.bandwidth is not None:
+            return None
+        if self.checksum is not None and number not in self.part_checksums:
+            return None
+        return await self.s3.direct()
+
+    async def _send_from_file(self, direct: DirectRequests, number: int, offset: int, length: int, md5: str) -> Any:
+        """Part `number` by os.sendfile (direct.py): no read into memory, no copy through Python."""
+        checksum = checksums.request_fields(self.checksum, self.part_checksums[number]) if self.checksum else {}
+        content_md5 = md5_base64(md5) if md5 else None
+        action = f"upload part {number} of"
+        body = bodies.open_file_range(self.path, offset, length)
+        try:
+            return await self.s3.request(
+                action,
+                self.key,
+                lambda: direct.upload_part(
+                    self.key, self.upload_id or "", number, body, content_md5, checksum, action=action
+                ),
+                stats=self.stats,
+            )
+        finally:
+            body.file.close()
+
+    async def _send_from_memory(self, number: int, offset: int, length: int, md5: str) -> Any:
+        """Part `number` read into a buffer and sent by botocore (its checksum computed here when not known)."""
+        s3 = self.s3
+        body = await bandwidth.read_body(self.path, offset, length, s3.bandwidth)
+        checksum = await self._checksum_fields(number, body)
+        send = functools.partial(
+            s3.client.upload_part,
+            Bucket=s3.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+            **({"ContentMD5": md5_base64(md5)} if md5 else {}),
+            **checksum,
+        )
+        del body
+        try:
+            return await s3.request(f"upload part {number} of", self.key, send, stats=self.stats)
+        finally:
+            del send  # the part's bytes go before the caller gives the budget back
 
     async def check_reservation(self) -> dict[str, str]:
         """The condition of the complete: If-Match our reservation's ETag when the key was reserved."""

@@ -26,6 +26,12 @@ class Keys:
     token: str | None = field(default=None, repr=False)
 
 
+def encode_query(query: Mapping[str, str]) -> str:
+    """The canonical query string (sorted, every byte but -_.~ and alphanumerics percent-encoded): also what is
+    sent, so that the server's canonical form is the same."""
+    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
+
+
 def encode_path(path: str) -> str:
     """A URL path (`/bucket/key`) percent-encoded as S3 and botocore do: UTF-8, every byte but unreserved and `/`."""
     return quote(path, safe="/~")
@@ -59,7 +65,7 @@ class Signer:
         names = sorted(headers)
         canonical_headers = "".join(f"{name}:{' '.join(headers[name].split())}\n" for name in names)
         signed_headers = ";".join(names)
-        canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
+        canonical_query = encode_query(query)
         canonical_request = "\n".join(
             (method, encoded_path, canonical_query, canonical_headers, signed_headers, payload_hash)
         )

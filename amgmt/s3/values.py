@@ -185,7 +185,7 @@ def parse_restore(header: str | None) -> RestoreState | None:
 class PartDone:
     number: int
     size: int
-    md5: str
+    md5: str  # hex; "" when the part was sent without Content-MD5 (its checksum proves it)
     etag: str
     checksum: str | None = None  # the part's flexible checksum (header value) when the upload sends one
 

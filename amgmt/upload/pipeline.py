@@ -6,6 +6,7 @@ abort via the S3 boundary). It never moves an original before the object is veri
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -30,7 +31,7 @@ from amgmt.errors import (
     ValidationError,
     VerificationError,
 )
-from amgmt.local.archive import ArchiveResult
+from amgmt.local.archive import ArchiveResult, part_md5s
 from amgmt.local.completed import completed_destination, find_completed, move_to_completed
 from amgmt.local.destinations import CompletedDir
 from amgmt.local.entries import PlannedEntry, validate_entry
@@ -333,12 +334,18 @@ class EntryPipeline:
         settings = self.ctx.settings
         record = self.record
         bound = archive_size_bound(record.original_size, self.planned.file_count)
-        if bound <= min(settings.multipart_threshold, MAX_SINGLE_PUT):
-            part_size = max(bound, settings.part_size)  # one part: a single PUT
-        else:
-            part_size = plan_part_size(bound, settings.part_size)
+        single = bound <= min(settings.multipart_threshold, MAX_SINGLE_PUT)
+        part_size = max(bound, settings.part_size) if single else plan_part_size(bound, settings.part_size)
+        # Part MD5s only where the endpoint needs them (probe.py): a planned multipart archive that ends as one
+        # part on an endpoint that proves multipart uploads only gets its MD5 afterwards (_with_md5s).
+        support = await self.ctx.s3.checksum_support()
+        md5 = support.needs_md5(multipart=not single)
         try:
-            result = await self.ctx.compress(str(self.entry), str(self.staging), part_size, settings.compression_level)
+            result = await self.ctx.compress(
+                str(self.entry), str(self.staging), part_size, settings.compression_level, md5
+            )
+            if not result.part_md5s and support.needs_md5(multipart=result.part_count > 1):
+                result = await _with_md5s(result)
         except EntryError:
             raise
         except OSError as exc:
@@ -357,7 +364,7 @@ class EntryPipeline:
         key = record.s3_object_key
         # Overwriting needs no look; a single PUT of a key the run's listing did not hold is sent create-if-absent
         # instead of after a HEAD (one request per entry less); a multipart upload still looks first.
-        single_put = len(self.archive.part_md5s) == 1
+        single_put = self.archive.part_count == 1
         look = not self.ctx.overwrite and not (single_put and self.ctx.keys.absent(key))
         record.s3_file_record = s3_file_record(record, self.archive)
         verdict = await self._look(key) if look else None
@@ -474,3 +481,10 @@ class EntryPipeline:
         elif removed:
             self.record.metadata["removed_partial_archive"] = True
         self._took(Stage.CLEANUP, started)
+
+
+async def _with_md5s(archive: ArchiveResult) -> ArchiveResult:
+    """`archive` with its part MD5s, read from the staging archive once (an archive packed without them that turned
+    out to need them: smaller than planned, one part on an endpoint that proves only multipart uploads)."""
+    job = functools.partial(part_md5s, archive.archive_path, archive.part_size)
+    return dataclasses.replace(archive, part_md5s=await anyio.to_thread.run_sync(job))

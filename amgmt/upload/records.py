@@ -38,7 +38,7 @@ class StoreJournal:
                 key=self.record.s3_object_key,
                 archive_sha256=self.archive.archive_sha256,
                 part_size=self.archive.part_size,
-                part_count=len(self.archive.part_md5s),
+                part_count=self.archive.part_count,
                 checksum_algorithm=self.checksum_algorithm,
             )
         )
@@ -83,7 +83,7 @@ def record_archive(record: UploadRecord, archive: ArchiveResult, staging: Path) 
     record.metadata["source_identity"] = archive.source_identity.to_dict()
     record.checksum_compressed = archive.archive_sha256
     record.part_size = archive.part_size
-    record.part_count = len(archive.part_md5s)
+    record.part_count = archive.part_count
     record.compression_ratio = round(record.original_size / archive.archive_size, 4) if archive.archive_size else None
     if record.source_file_record:
         record.source_file_record.checksum = f"sha256:{archive.source_sha256}"
@@ -99,7 +99,7 @@ def record_archive(record: UploadRecord, archive: ArchiveResult, staging: Path) 
         modified_at=utcnow(),
         checksum=f"sha256:{archive.archive_sha256}",
         status=FileStatus.PENDING,
-        tags={"part_size": str(archive.part_size), "part_count": str(len(archive.part_md5s))},
+        tags={"part_size": str(archive.part_size), "part_count": str(archive.part_count)},
     )
 
 

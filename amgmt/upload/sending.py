@@ -4,7 +4,7 @@ metadata, and what it cost counted into the record. What may be sent over what i
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from amgmt import checksums
@@ -41,6 +41,8 @@ class ArchiveSender:
     staging: Path
     on_progress: ProgressCallback
     options: ObjectOptions = ObjectOptions()  # MGMT_SSE, MGMT_ACL, MGMT_TAGS, MGMT_METADATA...
+    # part number -> (ETag, checksum) as the journal of the upload resumable_upload chose recorded them
+    journaled_parts: dict[int, tuple[str, str | None]] = field(default_factory=dict)
 
     async def send(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
         """The archive sent (or its upload resumed), what it cost counted into the record."""
@@ -62,7 +64,7 @@ class ArchiveSender:
     async def checksum(self) -> str | None:
         """The flexible checksum this archive is sent and verified with (probe.py), None for Content-MD5 only."""
         support = await self.s3.checksum_support()
-        return support.sends(multipart=len(self.archive.part_md5s) > 1)
+        return support.sends(multipart=self.archive.part_count > 1)
 
     def _part_checksums(self, algorithm: str | None) -> tuple[str, ...]:
         """The parts' checksums the packing pass computed already: its CRC64NVMEs, or for a single part sent with
@@ -70,7 +72,7 @@ class ArchiveSender:
         archive = self.archive
         if algorithm == checksums.CRC64NVME:
             return archive.part_crc64nvmes
-        if algorithm == checksums.SHA256 and len(archive.part_md5s) == 1:
+        if algorithm == checksums.SHA256 and archive.part_count == 1:
             return (checksums.sha256_value(archive.archive_sha256),)
         return ()
 
@@ -104,6 +106,7 @@ class ArchiveSender:
             part_checksums=self._part_checksums(algorithm),
             payload_sha256=self.archive.archive_sha256,  # the single PUT's body is the whole archive
             options=self.options,
+            journaled_parts=self.journaled_parts if resume else None,
         )
 
     async def resumable_upload(self) -> str | None:
@@ -122,6 +125,7 @@ class ArchiveSender:
             )
             if same and resume is None:
                 resume = journaled.upload_id
+                self.journaled_parts = {p.number: (p.etag, p.checksum) for p in journaled.parts}
                 continue
             with contextlib.suppress(UploadError):
                 await self.s3.abort_multipart(record.s3_object_key, journaled.upload_id)

@@ -30,7 +30,7 @@ def local_checksum(archive: ArchiveResult, algorithm: str | None) -> StoredCheck
     (CRC64NVME; SHA-256 for a single part), else None (the upload computes it: UploadResult.checksum)."""
     if algorithm == checksums.CRC64NVME:
         return StoredChecksum(algorithm, archive.archive_crc64nvme, checksums.FULL_OBJECT)
-    if algorithm == checksums.SHA256 and len(archive.part_md5s) == 1:
+    if algorithm == checksums.SHA256 and archive.part_count == 1:
         return StoredChecksum(algorithm, checksums.sha256_value(archive.archive_sha256), checksums.FULL_OBJECT)
     return None
 
@@ -44,7 +44,7 @@ async def verify_object(
     when the object is missing, differs, or its stored checksum is not ours (no weaker proof is tried then)."""
     url = f"s3://{bucket}/{key}"
     support = await s3.checksum_support()
-    algorithm = support.sends(multipart=len(archive.part_md5s) > 1)
+    algorithm = support.sends(multipart=archive.part_count > 1)
     info = await s3.head_object(key, checksum=algorithm)
     if info is None:
         raise VerificationError(f"{url} is missing after the upload")
@@ -62,8 +62,8 @@ async def verify_object(
                 f" the archive's {expected.value})"
             )
         return Verified(info, expected.algorithm)
-    parts = archive.part_md5s
-    if info.etag == expected_etag(parts, multipart=len(parts) > 1):
+    parts = archive.part_md5s  # () when packed without MD5s: the stored checksum above was the proof expected
+    if parts and info.etag == expected_etag(parts, multipart=len(parts) > 1):
         return Verified(info, ETAG)
     # No stored checksum to compare, and the ETag is not the predicted MD5 scheme (other part size, SSE-KMS, R2...):
     # read it back. Read exactly the object just HEADed (If-Match): one written meanwhile fails the read, not the check.

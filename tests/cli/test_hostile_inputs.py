@@ -505,11 +505,11 @@ def tilde(w: World) -> None:
 def hooked(real: Compressor, hooks: dict[str, Callable[[str, str], None]]) -> Compressor:
     """The real process-pool compressor, with hooks[name](source, archive_path) run first for that entry."""
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         hook = hooks.get(Path(source).name)
         if hook is not None:
             hook(source, archive_path)
-        return await real(source, archive_path, part_size, level)
+        return await real(source, archive_path, part_size, level, md5)
 
     return compress
 

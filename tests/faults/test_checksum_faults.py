@@ -60,8 +60,8 @@ def crc64nvme(data: bytes) -> str:
 def wrong_part_checksum(real: Compressor, names: set[str]) -> Compressor:
     """The real compressor, except that the archives of `names` come back with a wrong CRC64NVME for their second
     part (or their only one): the bytes amgmt sends, and their MD5, are right; the checksum it sends is not."""
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        result = await real(source, archive_path, part_size, level)
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
         if source.rsplit("/", 1)[-1] not in names:
             return result
         crcs = list(result.part_crc64nvmes)
@@ -76,6 +76,13 @@ async def test_every_put_and_part_carries_the_checksum_the_server_checks(
 ) -> None:
     make_media(ENTRIES)
     settings = make_settings(endpoint_url=aws_like.url, part_size="5MiB", payload_signing=True)
+    content_md5s: list[tuple[str, str | None]] = []  # (operation, key) of the entries' bodies sent with Content-MD5
+
+    def note_content_md5(req: Any) -> None:
+        if req.operation in SENDS_DATA and "Content-MD5" in req.headers and int(req.headers["Content-Length"]):
+            content_md5s.append((req.operation, req.key))
+
+    aws_like.rules.append(note_content_md5)
 
     report = await upload_batch(settings, list_entries(settings)[0])
 
@@ -97,6 +104,9 @@ async def test_every_put_and_part_carries_the_checksum_the_server_checks(
     head = s3_client.head_object(Bucket=bucket, Key="big.mov.tar.gz", ChecksumMode="ENABLED")
     assert head["ChecksumType"] == "FULL_OBJECT"  # the multipart upload was created for it
     assert object_keys(s3_client, bucket) == sorted(f"{n}.tar.gz" for n in ENTRIES)  # the probe left nothing
+    # The endpoint proves every upload by its checksum: no body of an entry was sent with a Content-MD5 (no MD5
+    # was computed for it), only the probe's own requests may carry one.
+    assert [(op, key) for op, key in content_md5s if key and ".amgmt-probe-" not in key] == []
 
 
 async def test_a_part_whose_checksum_does_not_match_is_refused_and_its_upload_aborted(

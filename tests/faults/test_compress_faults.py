@@ -19,11 +19,11 @@ OTHERS = ["a.mp4", "dir"]
 def wrapping(real: Compressor, before: dict[str, object]) -> Compressor:
     """The real process-pool compressor, with `before[name]()` run first for that entry (it may raise)."""
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         hook = before.get(Path(source).name)
         if callable(hook):
             hook(source, archive_path)
-        return await real(source, archive_path, part_size, level)
+        return await real(source, archive_path, part_size, level, md5)
 
     return compress
 

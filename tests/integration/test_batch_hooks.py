@@ -16,8 +16,8 @@ from amgmt.store import MetadataStore
 from amgmt.upload.batch import upload_batch
 
 
-async def _thread_compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-    job = functools.partial(compress_entry, part_size=part_size, level=level)
+async def _thread_compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+    job = functools.partial(compress_entry, part_size=part_size, level=level, md5=md5)
     return await anyio.to_thread.run_sync(job, source, archive_path)
 
 
@@ -29,11 +29,11 @@ async def test_a_stopped_run_still_runs_the_hook_of_its_cancelled_entry(
     settings = make_settings(concurrency=1, hook=f'echo "$AMGMT_TARGET_NAME $AMGMT_STATUS $AMGMT_ERROR" >> {seen}')
     stop = anyio.Event()
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         if Path(source).name == "b.mp4":
             stop.set()  # Ctrl-C comes while b.mp4 is being packed
             await anyio.sleep_forever()
-        return await _thread_compress(source, archive_path, part_size, level)
+        return await _thread_compress(source, archive_path, part_size, level, md5)
 
     report = await upload_batch(settings, list_entries(settings)[0], compressor=compress, stop=stop)
 

@@ -25,11 +25,11 @@ async def test_a_database_deleted_during_the_run_stops_it_before_anything_else_i
     settings = make_settings(concurrency=1)
     db = settings.db_path
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         if Path(source).name == "b.mp4":  # a.mp4 is done: someone removes the database now
             for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
                 path.unlink(missing_ok=True)
-        job = functools.partial(compress_entry, part_size=part_size, level=level)
+        job = functools.partial(compress_entry, part_size=part_size, level=level, md5=md5)
         return await anyio.to_thread.run_sync(job, source, archive_path)
 
     report = await upload_batch(settings, list_entries(settings)[0], compressor=compress)

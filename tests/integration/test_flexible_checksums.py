@@ -118,8 +118,8 @@ async def test_sha256_is_honoured_as_s3s_composite_checksum(
 
 def wrong_part_checksum(real: Compressor, names: set[str]) -> Compressor:
     """The real compressor, except that the second part's CRC64NVME of `names` is wrong (the bytes are right)."""
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        result = await real(source, archive_path, part_size, level)
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
         if os.path.basename(source) not in names:
             return result
         crcs = list(result.part_crc64nvmes)
@@ -195,6 +195,7 @@ async def test_an_interrupted_upload_resumes_with_its_checksums(
     async with MetadataStore(settings.db_path) as store:
         [journaled] = await store.open_multiparts(bucket=bucket)
     assert journaled.checksum_algorithm == "crc64nvme" and journaled.parts[0].checksum
+    assert journaled.parts[0].md5 == ""  # sent without Content-MD5: moto proves multipart uploads by the CRC
 
     [record] = (await upload_batch(settings, entries)).records
 
@@ -225,3 +226,60 @@ async def test_what_a_killed_runs_probe_left_is_removed_by_the_next_run(
     assert report.counts() == {"success": 1}, report.to_dict()["failures"]
     assert keys(s3_client, bucket) == sorted([f"{other}0123456789abcdef", "media/clip.mp4.tar.gz"])
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def recording(real: Compressor, packed: dict[str, tuple[bool, ArchiveResult]]) -> Compressor:
+    """The real compressor, noting for each entry whether it was asked for part MD5s, and what it gave."""
+
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
+        packed[os.path.basename(source)] = (md5, result)
+        return result
+
+    return compress
+
+
+async def test_part_md5s_are_computed_only_where_the_endpoint_needs_them(
+    real_s3, real_client, real_bucket, make_real_settings, make_media
+) -> None:
+    """moto proves a multipart upload by its CRC64NVME, not a single PUT: the multipart archive is packed without
+    MD5s (no Content-MD5, no ETag check), the single-part ones with them. radosgw keeps no checksum: MD5s for all."""
+    make_media(ENTRIES)
+    settings = make_real_settings(part_size="5MiB")
+    packed: dict[str, tuple[bool, ArchiveResult]] = {}
+
+    async with CompressionPool(anyio.CapacityLimiter(2)) as real:
+        report = await upload_batch(settings, list_entries(settings)[0], compressor=recording(real, packed))
+
+    assert report.counts() == {"success": 3}, report.to_dict()["failures"]
+    records = by_name(report)
+    for name, (asked, result) in packed.items():
+        multipart = result.part_count > 1
+        wanted = not (multipart and real_s3.name == "moto")
+        assert asked is wanted and bool(result.part_md5s) is wanted, name
+        assert records[name].verification_method == ("crc64nvme" if not wanted else "etag"), name
+    assert packed["big.bin"][1].part_count == 3
+    assert packed["big.bin"][1].cpu_seconds.get("crc64nvme", 0) > 0  # the steps were measured
+    assert ("md5" in packed["big.bin"][1].cpu_seconds) is (real_s3.name != "moto")
+
+
+async def test_an_archive_packed_without_md5s_that_ends_in_one_part_gets_them_for_its_single_put(
+    make_settings, make_media, s3_client: Any, bucket: str
+) -> None:
+    """12 MiB of zeros is planned as a multipart upload (packed without MD5s on moto) but compresses into one part:
+    moto does not prove a single PUT's checksum, so its MD5 is computed from the staging archive (once) and the
+    object is verified by its ETag."""
+    make_media({"zeros.bin": b"\0" * (12 * MiB)})
+    settings = make_settings(part_size="5MiB")
+    packed: dict[str, tuple[bool, ArchiveResult]] = {}
+
+    async with CompressionPool(anyio.CapacityLimiter(1)) as real:
+        report = await upload_batch(settings, list_entries(settings)[0], compressor=recording(real, packed))
+
+    [record] = report.records
+    assert record.status == OperationStatus.SUCCESS, record.error_message
+    asked, result = packed["zeros.bin"]
+    assert asked is False and result.part_count == 1 and result.part_md5s == ()
+    assert record.part_count == 1 and record.verification_method == "etag"
+    data = s3_client.get_object(Bucket=bucket, Key=record.s3_object_key)["Body"].read()
+    assert record.checksum_s3_etag == hashlib.md5(data).hexdigest()

@@ -298,7 +298,15 @@ async def test_a_staging_archive_removed_under_the_upload_fails_that_entry_in_on
             os.unlink(path)  # removed from under the upload, after its first part was read
         return real_read(path, offset, length)
 
+    real_open = amgmt.s3.bodies.open_file_range
+
+    def vanishing_before_sendfile(path: str, offset: int, length: int) -> Any:
+        if "big.bin" in path and offset > 0 and os.path.exists(path):
+            os.unlink(path)  # the same, where the parts go from the file to the socket (sendfile)
+        return real_open(path, offset, length)
+
     monkeypatch.setattr(amgmt.s3.bodies, "read_file_range", vanishing)
+    monkeypatch.setattr(amgmt.s3.bodies, "open_file_range", vanishing_before_sendfile)
     report = await upload_batch(make_settings(part_size="5MiB"), [local_dir / "big.bin", local_dir / "small.bin"])
 
     by_name = {r.target_name: r for r in report.records}

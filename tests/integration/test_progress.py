@@ -21,8 +21,8 @@ from amgmt.progress import SilentReporter
 from amgmt.local.runlock import RunLock
 
 
-async def _thread_compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-    job = functools.partial(compress_entry, part_size=part_size, level=level)
+async def _thread_compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+    job = functools.partial(compress_entry, part_size=part_size, level=level, md5=md5)
     return await anyio.to_thread.run_sync(job, source, archive_path)
 
 
@@ -46,11 +46,11 @@ async def test_an_interrupted_batch_does_not_fill_the_bar(make_settings, make_me
     reporter = SilentReporter()
     stuck = anyio.Event()
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         if Path(source).name == "b.mp4":
             stuck.set()
             await anyio.sleep_forever()  # Ctrl-C comes while b.mp4 is being packed
-        return await _thread_compress(source, archive_path, part_size, level)
+        return await _thread_compress(source, archive_path, part_size, level, md5)
 
     async with anyio.create_task_group() as tg:
         async def run() -> None:

@@ -105,8 +105,8 @@ def corrupting_compressor(real: Compressor, names: set[str]) -> Compressor:
     """The pipeline's real compressor, except that the archives of `names` come back with a wrong MD5 for their
     second part (or their only one): the bytes amgmt sends are right, the Content-MD5 it sends with them is not."""
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        result = await real(source, archive_path, part_size, level)
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
         if os.path.basename(source) not in names:
             return result
         md5s = list(result.part_md5s)
@@ -366,8 +366,8 @@ def racing_compressor(real: Compressor, real_client: Any, bucket: str, writes: d
     """The real compressor, after which "somebody else" writes to the entry's key: after the run's listing and
     before amgmt's PUT. A None value writes amgmt's own archive (as an earlier attempt whose answer was lost)."""
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
-        result = await real(source, archive_path, part_size, level)
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
+        result = await real(source, archive_path, part_size, level, md5)
         name = os.path.basename(source)
         if name in writes:
             body = writes[name]

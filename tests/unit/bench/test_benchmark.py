@@ -282,3 +282,49 @@ def test_benchmark_runs_never_record_into_the_users_catalog(tmp_path: Path) -> N
     settings = session.run_settings(tmp_path / "run", concurrency=1)
     assert settings.db_url is None
     assert settings.db_path == tmp_path / "run" / "local" / "completed" / ".metadata" / "operations.db"
+
+
+def test_the_cpu_breakdown_adds_up_to_the_clients_cpu_and_is_reported_per_gib() -> None:
+    from amgmt import cpu
+    from amgmt.bench.report import EVENT_LOOP, MAIN_REST, PACK_REST, cpu_breakdown
+
+    usage = ResourceUsage(client_user_seconds=7.0, client_sys_seconds=1.0, client_children_cpu_seconds=5.0,
+                          client_peak_rss=1, client_start_rss=1, server_cpu_seconds=None, server_peak_rss=None,
+                          meter_cpu_seconds=0.0, samples=1)
+    steps = {cpu.SHA256_SOURCE: 1.0, cpu.MD5: 2.0, cpu.READ_PARTS: 0.5, cpu.PACKED_IN_THREADS: 0.25,
+             cpu.DEFLATE: 0.25}  # the in-thread pack's 0.25 s is one of those steps, run in the main process
+    rows = cpu_breakdown(usage, steps, loop_seconds=1.5)
+
+    assert rows[PACK_REST] == pytest.approx(5.0 - (3.25 - 0.25))  # the workers' CPU beyond their measured steps
+    assert rows[EVENT_LOOP] == 1.5 and rows[cpu.READ_PARTS] == 0.5
+    assert rows[MAIN_REST] == pytest.approx(3.0 - 1.5 - 0.5 - 0.25)
+    assert sum(rows.values()) == pytest.approx(usage.client_cpu_seconds)
+    run = RunResult(label="amgmt", kind=RunKind.AMGMT, repeat=1, concurrency=8, part_size=None, parts_in_flight=None,
+                    wall_seconds=1.0, entries=1, entries_ok=1, source_bytes=2 * GiB, archive_bytes=GiB, usage=usage,
+                    cpu_steps=rows)
+    assert run.cpu_per_gib()[cpu.MD5] == 1.0
+    assert run.to_dict()["cpu_seconds_per_gib_by_step"][EVENT_LOOP] == 0.75
+
+
+def test_a_step_clock_charges_the_threads_cpu_time() -> None:
+    import hashlib
+    import threading
+
+    from amgmt import cpu
+
+    clock = cpu.StepClock()
+
+    def work() -> None:
+        started = cpu.now()
+        hashlib.sha256(b"x" * (8 * MiB)).digest()
+        clock.add(cpu.SHA256_SOURCE, started)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first = clock.snapshot()
+    assert first[cpu.SHA256_SOURCE] > 0
+    clock.merge({cpu.SHA256_SOURCE: 1.0, cpu.MD5: 2.0})
+    assert cpu.since(first, clock.snapshot()) == {cpu.SHA256_SOURCE: pytest.approx(1.0), cpu.MD5: 2.0}

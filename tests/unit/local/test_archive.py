@@ -867,3 +867,32 @@ def test_a_directorys_member_list_is_what_the_archive_holds(tmp_path: Path) -> N
     assert not any(path.endswith("pipe") for path, *_ in result.members)
     single = compress(make_file(tmp_path / "src" / "clip.mov", b"x" * 10), tmp_path)
     assert single.members == ()
+
+
+def test_without_md5_the_same_archive_and_crcs_come_out_and_no_md5_is_computed(tmp_path: Path) -> None:
+    src = tmp_path / "clip.bin"
+    src.write_bytes(random.Random(5).randbytes(3 * 1024 * 1024 + 77))
+    with_md5 = compress_entry(str(src), str(tmp_path / "a.tar.gz"), part_size=1024 * 1024)
+    without = compress_entry(str(src), str(tmp_path / "b.tar.gz"), part_size=1024 * 1024, md5=False)
+
+    assert without.part_md5s == () and len(with_md5.part_md5s) == with_md5.part_count == 4
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    assert (without.part_crc64nvmes, without.archive_crc64nvme, without.archive_sha256) == (
+        with_md5.part_crc64nvmes, with_md5.archive_crc64nvme, with_md5.archive_sha256)
+    # Each step's CPU time is measured; the MD5 step exists only where MD5s were computed.
+    assert "md5" not in without.cpu_seconds and with_md5.cpu_seconds["md5"] > 0
+    for step in ("read source", "sha256 source", "deflate", "crc64nvme", "sha256 archive", "write staging"):
+        assert without.cpu_seconds.get(step, 0) > 0, step
+    # An archive that needs its MD5s afterwards gets the very ones the packing pass would have given.
+    assert archive.part_md5s(without.archive_path, without.part_size) == with_md5.part_md5s
+
+
+def test_part_md5s_of_a_file_split_on_part_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = random.Random(1).randbytes(10_000)
+    path.write_bytes(data)
+    assert archive.part_md5s(str(path), 4096) == tuple(
+        hashlib.md5(data[i : i + 4096]).hexdigest() for i in range(0, len(data), 4096))
+    assert archive.part_md5s(str(path), 10_000, chunk=3000) == (hashlib.md5(data).hexdigest(),)
+    path.write_bytes(b"")
+    assert archive.part_md5s(str(path), 4096) == (hashlib.md5(b"").hexdigest(),)
