@@ -87,10 +87,10 @@ async def test_the_reporter_hears_each_entrys_stage_while_it_is_in_flight(make_s
     release = anyio.Event()
     seen_while_held: list[dict[str, tuple[str, str]]] = []
 
-    async def compress(source: str, archive_path: str, part_size: int, level: int) -> ArchiveResult:
+    async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         if Path(source).name == "held.mp4":
             await release.wait()
-        return await _thread_compress(source, archive_path, part_size, level)
+        return await _thread_compress(source, archive_path, part_size, level, md5)
 
     class Watching(SilentReporter):
         def entry_stage(self, record: Any, stage: str) -> None:

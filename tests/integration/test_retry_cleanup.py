@@ -66,7 +66,7 @@ async def test_retry_by_id_after_the_cause_is_fixed(
     settings = make_settings()
     first = await upload_batch(settings, list_entries(settings)[0])
     [failed] = first.records
-    assert failed.status == OperationStatus.FAILED and "--overwrite" in (failed.error_message or "")
+    assert failed.status == OperationStatus.FAILED and "--on-conflict overwrite" in (failed.error_message or "")
 
     s3_client.delete_object(Bucket=bucket, Key="clip.mov.tar.gz")
     entries, _ = await retry_targets(settings, ids=[failed.operation_id[:6]], failed=False)
