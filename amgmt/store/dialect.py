@@ -14,9 +14,15 @@ POSTGRES_AFTER: dict[int, str] = {
     CREATE INDEX ix_operations_started_rowid ON operations (started_at, rowid);
     CREATE FUNCTION instr(haystack TEXT, needle TEXT) RETURNS INTEGER
         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT strpos(haystack, needle) $$;
-    -- amgmt.store.records.fold: NFC, then lower case by the database's own collation ("C" would fold ASCII only).
+    -- amgmt.store.records.fold (Python's casefold of the NFC form): lower case by the database's own collation ("C"
+    -- would fold ASCII only), then what casefold does beyond lower case in names people write: ß (and ẞ, whose
+    -- lower case it is) -> ss, the f/s ligatures spelled out, final sigma and long s as their plain letters.
     CREATE FUNCTION amgmt_fold(value TEXT) RETURNS TEXT
-        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT lower(normalize(value, NFC) COLLATE "default") $$;
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT translate(
+            replace(replace(replace(replace(replace(replace(replace(replace(
+                lower(normalize(value, NFC) COLLATE "default"),
+                'ß', 'ss'), 'ﬀ', 'ff'), 'ﬁ', 'fi'), 'ﬂ', 'fl'), 'ﬃ', 'ffi'), 'ﬄ', 'ffl'), 'ﬅ', 'st'), 'ﬆ', 'st'),
+            'ςſ', 'σs') $$;
     """,
 }
 

@@ -1,4 +1,4 @@
-"""The members of directory archives in a real SQLite file: recorded in one transaction, found by a folded search
+"""The members of directory archives in a real store (SQLite and PostgreSQL, as test_store): recorded in one transaction, found by a folded search
 among the archives that are the current objects of their keys, and read back as a member's subtree."""
 
 from __future__ import annotations
@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from amgmt.models import FileRecord, FileRole, FileStatus, Location, OperationStatus, UploadRecord
-from amgmt.store import MetadataStore
-from test_store import make_upload
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    async with MetadataStore(tmp_path / "operations.db") as opened:
-        yield opened
+from amgmt.store import MetadataStore, Store
+from test_store import db_path, make_upload, sqlite_store, store  # noqa: F401 (the fixtures: both backends)
 
 
 TREE = [
@@ -30,7 +24,7 @@ TREE = [
 ]
 
 
-async def uploaded(store: MetadataStore, *, minutes: int = 0, status: str = OperationStatus.SUCCESS,
+async def uploaded(store: Store, *, minutes: int = 0, status: str = OperationStatus.SUCCESS,
                    members: list[tuple[str, str, int, int]] = TREE, **changes: object) -> UploadRecord:
     record = make_upload(name="trip", minutes=minutes, status=status, **changes)
     await store.save_operation(record)
@@ -91,7 +85,7 @@ async def test_a_100k_member_tree_is_recorded_and_searched(store: MetadataStore)
     assert took < 30, took  # generous on a loaded machine: see docs/commands.md for what it measures alone
 
 
-async def test_member_reads_use_the_primary_key_and_only_the_search_scans(store: MetadataStore) -> None:
+async def test_member_reads_use_the_primary_key_and_only_the_search_scans(sqlite_store: MetadataStore) -> None:
     """EXPLAIN QUERY PLAN of the statements really sent: a subtree and a bare name read one upload's members
     through the primary key (operation_id, path); the search reads every member once (a substring, by design) and
     finds each one's current upload through an index of operations, never by scanning them."""
@@ -99,6 +93,7 @@ async def test_member_reads_use_the_primary_key_and_only_the_search_scans(store:
     from amgmt.store.connection import in_connection_thread
     from test_query_plans import plans
 
+    store = sqlite_store
     record = await uploaded(store)
     for i in range(50):
         await uploaded(store, minutes=i + 1, s3_object_key=f"archive/other{i}.tar.gz")
