@@ -43,6 +43,13 @@ _NEWEST_FIRST = "ORDER BY started_at DESC, rowid DESC"
 _T = TypeVar("_T")
 
 
+def write_rows(conn: sqlite3.Connection, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
+    """One save's statements, inside its transaction (the operations, then their file records)."""
+    conn.executemany(UPSERT_OPERATION, operation_rows)
+    if file_rows:
+        conn.executemany(UPSERT_FILE_RECORD, file_rows)
+
+
 class MetadataStore:
     """The operations database at `path`: one aiosqlite connection, opened with `async with` or `open()`.
 
@@ -134,15 +141,25 @@ class MetadataStore:
         For an UploadRecord, `metadata` is first re-synced from its fields (`sync_metadata`), so that what is
         stored is what `get_operation` rebuilds. File records absent from the record are left in place.
         """
-        if isinstance(record, UploadRecord):
-            record.sync_metadata()
-            file_rows = [file_row(record.operation_id, role, f) for role, f in record.file_records().items()]
-        else:
-            file_rows = []
-        own_row = operation_row(record)
+        await self.save_operations((record,))
+
+    async def save_operations(self, records: Sequence[OperationRecord]) -> None:
+        """`save_operation` for many records in one transaction: all of them are durable when it returns, or (an
+        error, a crash) none of this call's; each record is saved whole (its row and its file records), as by
+        `save_operation`. The small-entry lane saves a batch of entries' stage changes this way."""
+        if not records:
+            return
+        rows: dict[str, tuple[list[Any], list[list[Any]]]] = {}
+        for record in records:
+            if isinstance(record, UploadRecord):
+                record.sync_metadata()
+                file_rows = [file_row(record.operation_id, role, f) for role, f in record.file_records().items()]
+            else:
+                file_rows = []
+            rows[record.operation_id] = (operation_row(record), file_rows)
         self._require_open()
         # Later saves of the same record replace earlier queued ones: only the newest state is worth writing.
-        self._pending[record.operation_id] = (own_row, file_rows)
+        self._pending.update(rows)
         self._queued += 1
         ticket = self._queued
         async with self._lock:
@@ -152,20 +169,18 @@ class MetadataStore:
             written = self._queued
             operation_rows = [op for op, _ in batch.values()]
             file_rows_all = [row for _, files in batch.values() for row in files]
-
-            def write(conn: sqlite3.Connection) -> None:
-                conn.executemany(UPSERT_OPERATION, operation_rows)
-                if file_rows_all:
-                    conn.executemany(UPSERT_FILE_RECORD, file_rows_all)
-
             try:
-                await self._run(f"save {len(batch)} operations", write, immediate=True)
+                await self._run(
+                    f"save {len(batch)} operations",
+                    lambda conn: write_rows(conn, operation_rows, file_rows_all),
+                    immediate=True,
+                )
             except BaseException:
                 # Not written. The other waiters' rows go back for the next writer (unless a newer save replaced
-                # them); this caller's own save failed (or was cancelled) and is not retried behind its back.
-                for op_id, rows in batch.items():
-                    if op_id != record.operation_id:
-                        self._pending.setdefault(op_id, rows)
+                # them); this caller's own saves failed (or were cancelled) and are not retried behind its back.
+                for op_id, op_rows in batch.items():
+                    if op_id not in rows:
+                        self._pending.setdefault(op_id, op_rows)
                 raise
             self._written = written
 
