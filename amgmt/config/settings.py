@@ -51,6 +51,7 @@ class Settings:
     settle_seconds: float  # `amgmt watch`: how long an entry must stay unchanged before it is taken
     hook: str | None  # a shell command run after each entry ends, the record in AMGMT_* variables (upload/hooks.py)
     hook_timeout: float  # seconds before the hook's process group is killed
+    small_entry_size: int  # regular files up to this size go through the small-entry lane (upload/lane.py); 0: off
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
     warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them

@@ -31,7 +31,7 @@ STORAGE_CLASSES = (
     "SNOW",
 )
 
-SIZE_FIELDS = frozenset({"part_size", "multipart_threshold"})
+SIZE_FIELDS = frozenset({"part_size", "multipart_threshold", "small_entry_size"})
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
@@ -236,6 +236,7 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "settle_seconds": _positive_seconds,
     "hook": _parse_name,
     "hook_timeout": _positive_seconds,
+    "small_entry_size": _size(0, 64 * MiB),
 }
 DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -261,6 +262,7 @@ DEFAULTS: dict[str, object] = {
     "settle_seconds": 30.0,
     "hook": None,
     "hook_timeout": 30.0,
+    "small_entry_size": 1 * MiB,
 }
 
 

@@ -7,6 +7,7 @@ the store and the S3 connection for the run and stops the whole batch on a run-w
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from amgmt.config import Settings
 from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, UploadError
@@ -30,6 +31,7 @@ from amgmt.store import MetadataStore
 from amgmt.text import counted
 from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.hooks import EntryHook
+from amgmt.upload.lane import BATCH_SIZE, BATCHES_IN_FLIGHT, SmallBatch, is_small
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.upload.recovery import Cleanup, abort_stale_multiparts, close_interrupted, remove_stale_staging
@@ -257,6 +259,19 @@ async def run_entries(
             async with hooks_running:
                 await hook.after(record)
 
+    def ended(entry: PlannedEntry, rec: UploadRecord) -> None:
+        finished(entry, rec)
+        log.info(
+            "entry %s: %s %s -> %s%s",
+            rec.operation_id,
+            rec.status,
+            rec.target_name,
+            rec.s3_object_key,
+            f" ({rec.error_message})" if rec.error_message else "",
+        )
+        if hook is not None:
+            tg.start_soon(run_hook, rec)
+
     async def worker(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
         async with queue:
             async for entry in queue:
@@ -270,23 +285,56 @@ async def run_entries(
                     scope.cancel()
                     return
                 finally:
-                    rec = pipeline.record
-                    finished(entry, rec)
-                    log.info(
-                        "entry %s: %s %s -> %s%s",
-                        rec.operation_id,
-                        rec.status,
-                        rec.target_name,
-                        rec.s3_object_key,
-                        f" ({rec.error_message})" if rec.error_message else "",
-                    )
-                    if hook is not None:
-                        tg.start_soon(run_hook, rec)
+                    ended(entry, pipeline.record)
 
+    async def lane(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
+        """Batches of small entries (upload/lane.py): the first entry waited for, then whatever else is queued."""
+        async with queue:
+            async for first in queue:
+                taken = [first]
+                while len(taken) < BATCH_SIZE:
+                    try:
+                        taken.append(queue.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                if taking is not None:
+                    taken = [e for e in taken if taking()]
+                if not taken:
+                    continue
+                batch = SmallBatch(ctx, taken, requests)
+                try:
+                    await batch.run()
+                except AmgmtError as exc:  # run-wide: stop every worker, one clear message
+                    stopped.append(exc)
+                    scope.cancel()
+                    return
+                finally:
+                    for entry, pipeline in zip(taken, batch.pipelines, strict=True):
+                        ended(entry, pipeline.record)
+
+    async def route(large: MemoryObjectSendStream[PlannedEntry], small: MemoryObjectSendStream[PlannedEntry]) -> None:
+        """Small entries to the lane, the others to the workers. Both queues take whatever comes at once (the
+        entries are in memory already): neither kind waits behind the other, so both progress."""
+        async with entries, large, small:
+            async for entry in entries:
+                await (small if is_small(entry, settings.small_entry_size) else large).send(entry)
+
+    requests = anyio.CapacityLimiter(workers)  # the lane's requests in flight, as many as the workers' entries
     async with anyio.create_task_group() as tg:
-        for _ in range(workers):
-            tg.start_soon(worker, entries.clone(), tg.cancel_scope)
-        entries.close()
+        if settings.small_entry_size <= 0:
+            for _ in range(workers):
+                tg.start_soon(worker, entries.clone(), tg.cancel_scope)
+            entries.close()
+        else:
+            send_large, receive_large = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=math.inf)
+            send_small, receive_small = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=math.inf)
+            tg.start_soon(route, send_large, send_small)
+            for _ in range(workers):
+                tg.start_soon(worker, receive_large.clone(), tg.cancel_scope)
+            for _ in range(min(workers, BATCHES_IN_FLIGHT)):
+                tg.start_soon(lane, receive_small.clone(), tg.cancel_scope)
+            receive_large.close()
+            receive_small.close()
     return stopped[0] if stopped else None
 
 

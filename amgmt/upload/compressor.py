@@ -27,7 +27,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from amgmt.errors import CompressionError
 from amgmt.local.archive import ArchiveResult, compress_entry
 from amgmt.naming import display
-from amgmt.upload.worker import HEADER
+from amgmt.upload.worker import HEADER, compress_each
 
 # (source, archive path, part size, compression level) -> the archive's digests
 Compressor = Callable[[str, str, int, int], Awaitable[ArchiveResult]]
@@ -123,6 +123,12 @@ class CompressionPool:
             return await anyio.to_thread.run_sync(job, source, archive_path, limiter=self.limiter)
         result: ArchiveResult = await self.run(job, source, archive_path, describe=f"packing {display(source)}")
         return result
+
+    async def compress_many(self, jobs: list[tuple[str, str, int, int]]) -> list[ArchiveResult | BaseException]:
+        """Many small entries packed in one job of one worker (one round trip for all of them, off the main
+        process's CPU): for each job (source, archive path, part size, level), its result or its own exception."""
+        replies: list[tuple[bool, Any]] = await self.run(compress_each, jobs, describe=f"packing {len(jobs)} entries")
+        return [value for _, value in replies]
 
     async def run(self, function: Callable[..., Any], *args: object, describe: str) -> Any:
         """function(*args) in a worker (a picklable function of a module the worker can import); its exception

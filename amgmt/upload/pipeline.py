@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,17 @@ class EntryPipeline:
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
-    async def _save(self) -> None:
+    def _to_save(self) -> UploadRecord:
+        """The record as it is to be saved now (its metadata synced, the stage times so far)."""
         self.record.sync_metadata()
         self.record.metadata["stage_seconds"] = {k: round(v, 6) for k, v in self._timings.items()}
-        await self.ctx.store.save_operation(self.record)
+        return self.record
+
+    async def _save(self) -> None:
+        await save_all(self.ctx.store, [self])
 
     async def _enter(self, stage: Stage) -> float:
-        self.record.stage = stage
-        await self._save()
-        return time.perf_counter()
+        return await enter_all([self], stage)
 
     def _took(self, stage: Stage, started: float) -> None:
         self._timings[str(stage)] = self._timings.get(str(stage), 0.0) + time.perf_counter() - started
@@ -142,34 +145,39 @@ class EntryPipeline:
 
     async def run(self) -> UploadRecord:
         """All stages. Entry failures end in the record (never raised); run-wide ones and cancellation propagate."""
-        record = self.record
         try:
             await self._stages()
-        except SourceChangedError as exc:
+        except BaseException as exc:
+            if self._end_with(exc):
+                await self._finalise()
+                raise
+        await self._finalise(must_save=True)
+        return self.record
+
+    def _end_with(self, exc: BaseException) -> bool:
+        """Record how `exc` ended the entry; True when it must propagate after the final save (a run-wide error,
+        a bug, a cancellation), False for the entry's own failure (the batch goes on)."""
+        record = self.record
+        if isinstance(exc, SourceChangedError):
             # Uploaded and verified as packed, but the original is no longer that: it stays (or is put back) local.
             record.finish(OperationStatus.CHANGED, error=f"{exc.stage}: {exc}")
             if record.source_file_record:
                 record.source_file_record.tags["changed"] = str(exc)
-        except EntryError as exc:
+            return False
+        if isinstance(exc, EntryError):
             # An S3 error (UploadError) can come from any stage that talks to S3 (a HEAD in verify): name the stage.
             stage = str(record.stage) if isinstance(exc, UploadError) else exc.stage
             record.finish(OperationStatus.FAILED, error=f"{stage}: {exc}")
             self._mark_failed(str(exc), stage)
-        except AmgmtError as exc:  # run-wide (StorageError, StoreError): recorded, then the batch stops
+            return False
+        if isinstance(exc, AmgmtError):  # run-wide (StorageError, StoreError): recorded, then the batch stops
             record.finish(OperationStatus.FAILED, error=f"{record.stage}: {exc}")
             self._mark_failed(str(exc), str(record.stage))
-            await self._finalise()
-            raise
-        except Exception as exc:  # a bug: recorded as such, and raised with its traceback
+        elif isinstance(exc, Exception):  # a bug: recorded as such, and raised with its traceback
             record.finish(OperationStatus.FAILED, error=f"{record.stage}: internal error: {type(exc).__name__}: {exc}")
-            await self._finalise()
-            raise
-        except BaseException:
+        else:
             record.finish(OperationStatus.CANCELLED, error=f"{record.stage}: interrupted")
-            await self._finalise()
-            raise
-        await self._finalise(must_save=True)
-        return record
+        return True
 
     def _mark_failed(self, message: str, stage: str) -> None:
         """The FileRecord of the stage that failed says so too."""
@@ -192,18 +200,7 @@ class EntryPipeline:
         cancellation, the save is best effort: the error already propagating says more."""
         with anyio.CancelScope(shield=True):
             await self._cleanup()
-            if self.record.status in _FILLS_THE_BAR:
-                self._report_remaining()  # a failed or cancelled entry's bytes were not processed: no jump to 100%
-            try:
-                with anyio.fail_after(SAVE_TIMEOUT):
-                    await self._save()
-            except (StoreError, TimeoutError) as exc:
-                if must_save:
-                    if isinstance(exc, StoreError):
-                        raise
-                    raise StoreError(f"the metadata database did not take a record within {SAVE_TIMEOUT:g} s") from exc
-            finally:
-                self.ctx.reporter.entry_done(self.record)
+        await finalise_all([self], must_save=must_save, cleaned=True)
 
     def _report_remaining(self) -> None:
         rest = self.record.original_size - self._reported
@@ -240,6 +237,10 @@ class EntryPipeline:
             warning = await self._move()
             self._took(Stage.MOVE, started)
         # 7. persist (the final save happens in _finalise, after 8. cleanup)
+        self._persist(warning)
+
+    def _persist(self, warning: str | None) -> None:
+        """Stage 7: done; partial when the move failed (`warning`)."""
         record = self.record
         record.stage = Stage.DONE
         record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
@@ -310,20 +311,32 @@ class EntryPipeline:
         # For a skipped entry error_message holds the reason it was skipped.
         record.finish(OperationStatus.SKIPPED, error=reason)
 
-    async def _compress(self) -> None:
+    def _compress_job(self) -> tuple[str, str, int, int]:
+        """Stage 3's job for a Compressor: (source, archive path, part size, compression level)."""
         settings = self.ctx.settings
-        record = self.record
-        bound = archive_size_bound(record.original_size, self.planned.file_count)
+        bound = archive_size_bound(self.record.original_size, self.planned.file_count)
         if bound <= min(settings.multipart_threshold, MAX_SINGLE_PUT):
             part_size = max(bound, settings.part_size)  # one part: a single PUT
         else:
             part_size = plan_part_size(bound, settings.part_size)
+        return str(self.entry), str(self.staging), part_size, settings.compression_level
+
+    async def _compress(self) -> None:
         try:
-            result = await self.ctx.compress(str(self.entry), str(self.staging), part_size, settings.compression_level)
+            result = await self.ctx.compress(*self._compress_job())
         except EntryError:
             raise
         except OSError as exc:
-            raise CompressionError(f"cannot compress {display(self.entry)}: {exc}") from exc
+            raise self._compress_error(exc) from exc
+        self._packed(result)
+
+    def _compress_error(self, exc: OSError) -> CompressionError:
+        """A compression job's OSError is the entry's CompressionError."""
+        return CompressionError(f"cannot compress {display(self.entry)}: {exc}")
+
+    def _packed(self, result: ArchiveResult) -> None:
+        """Stage 3's result: the archive must hold what was listed; its digests go into the records."""
+        record = self.record
         self.archive = result
         if result.source_size != record.original_size:
             raise CompressionError(
@@ -403,34 +416,43 @@ class EntryPipeline:
     async def _move(self) -> str | None:
         """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial); raises
         SourceChangedError when the original is no longer what was packed (it stays local; recorded "changed")."""
-        assert self.archive is not None
-        settings = self.ctx.settings
-        record = self.record
         try:
-            final = await anyio.to_thread.run_sync(
-                functools.partial(
-                    move_to_completed,
-                    self.entry,
-                    CompletedDir.from_settings(settings),
-                    now=record.started_at,
-                    expected_identity=self.archive.source_identity,
-                    expected_digest=self.archive.source_sha256,
-                    operation_id=record.operation_id,
-                    find_writers=self.ctx.find_writers,
-                )
-            )
+            final = await anyio.to_thread.run_sync(self._move_job())
         except MoveError as exc:
-            return f"move: uploaded and verified, but the original stays in place: {exc}"
-        record_moved(record, final)
+            return self._not_moved(exc)
+        record_moved(self.record, final)
         return None
+
+    def _move_job(self) -> functools.partial[Path]:
+        """Stage 6's move, to run in a thread: the verified original into the completed dir (its destination)."""
+        assert self.archive is not None
+        record = self.record
+        return functools.partial(
+            move_to_completed,
+            self.entry,
+            CompletedDir.from_settings(self.ctx.settings),
+            now=record.started_at,
+            expected_identity=self.archive.source_identity,
+            expected_digest=self.archive.source_sha256,
+            operation_id=record.operation_id,
+            find_writers=self.ctx.find_writers,
+        )
+
+    @staticmethod
+    def _not_moved(exc: MoveError) -> str:
+        return f"move: uploaded and verified, but the original stays in place: {exc}"
 
     async def _cleanup(self) -> None:
         """Stage 8: the staging archive (and a partial one left by a killed worker) is removed."""
+        await anyio.to_thread.run_sync(self._remove_staging)
+
+    def _remove_staging(self) -> None:
+        """Stage 8's work (blocking: in a thread)."""
         started = time.perf_counter()
         removed = False
         for path in (self.staging, Path(str(self.staging) + PARTIAL_SUFFIX)):
             try:
-                await anyio.to_thread.run_sync(os.unlink, path)
+                os.unlink(path)
                 removed = True
             except FileNotFoundError:
                 pass
@@ -443,3 +465,54 @@ class EntryPipeline:
         elif removed:
             self.record.metadata["removed_partial_archive"] = True
         self._took(Stage.CLEANUP, started)
+
+
+# -- what one entry and a batch of them share (the small-entry lane, upload/lane.py, drives many at once) --------
+
+
+async def save_all(store: MetadataStore, pipelines: Sequence[EntryPipeline]) -> None:
+    """The entries' records as they are now, in one transaction."""
+    await store.save_operations([p._to_save() for p in pipelines])
+
+
+async def enter_all(pipelines: Sequence[EntryPipeline], stage: Stage) -> float:
+    """The entries enter `stage`, saved (in one transaction) before any of its work starts; the start time."""
+    if pipelines:
+        for pipeline in pipelines:
+            pipeline.record.stage = stage
+        await save_all(pipelines[0].ctx.store, pipelines)
+    return time.perf_counter()
+
+
+def _remove_all_staging(pipelines: Sequence[EntryPipeline]) -> None:
+    for pipeline in pipelines:
+        pipeline._remove_staging()
+
+
+async def finalise_all(pipelines: Sequence[EntryPipeline], *, must_save: bool, cleaned: bool = False) -> None:
+    """Stage 8 (unless `cleaned`: their staging archives removed, in one thread hand-over) and the entries' last
+    save, in one transaction; shielded so that Ctrl-C cannot leave a staging file or a stale record.
+
+    With `must_save` (the entries ended by themselves), a database that cannot take the records stops the run
+    (StoreError): a result nobody can look up later is not a result. On the way out of an error or a
+    cancellation, the save is best effort: the error already propagating says more."""
+    if not pipelines:
+        return
+    ctx = pipelines[0].ctx
+    with anyio.CancelScope(shield=True):
+        if not cleaned:
+            await anyio.to_thread.run_sync(_remove_all_staging, pipelines)
+        for pipeline in pipelines:
+            if pipeline.record.status in _FILLS_THE_BAR:
+                pipeline._report_remaining()  # a failed or cancelled entry's bytes were not processed: no jump to 100%
+        try:
+            with anyio.fail_after(SAVE_TIMEOUT):
+                await save_all(ctx.store, pipelines)
+        except (StoreError, TimeoutError) as exc:
+            if must_save:
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"the metadata database did not take a record within {SAVE_TIMEOUT:g} s") from exc
+        finally:
+            for pipeline in pipelines:
+                ctx.reporter.entry_done(pipeline.record)

@@ -611,7 +611,7 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     rows = settings.describe()
     keys = [key for key, _, _ in rows]
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
-    assert len(keys) == len(set(keys)) == 27  # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT (issue 15), MGMT_SETTLE_SECONDS (13)
+    assert len(keys) == len(set(keys)) == 28  # MGMT_SMALL_ENTRY_SIZE (issue 12), MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT (issue 15), MGMT_SETTLE_SECONDS (13)
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")
