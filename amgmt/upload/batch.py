@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from amgmt.config import Settings
@@ -40,6 +41,7 @@ from amgmt.upload.report import BatchReport
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 
 
+GATHER_TURNS = 4  # event-loop turns a forming batch of small entries waits for one more entry before it goes
 LISTING_MIN_ENTRIES = 20  # entries per listing page allowed before the run lists its prefix instead of HEADs
 RETRYABLE = (
     OperationStatus.FAILED,
@@ -287,16 +289,29 @@ async def run_entries(
                 finally:
                     ended(entry, pipeline.record)
 
-    async def lane(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
-        """Batches of small entries (upload/lane.py): the first entry waited for, then whatever else is queued."""
-        async with queue:
+    async def gather(
+        queue: MemoryObjectReceiveStream[PlannedEntry], batches: MemoryObjectSendStream[list[PlannedEntry]]
+    ) -> None:
+        """Small entries into batches (upload/lane.py): the first entry waited for, then whatever else is queued,
+        up to BATCH_SIZE; each batch handed to the first lane that is free."""
+        async with queue, batches:
             async for first in queue:
-                taken = [first]
-                while len(taken) < BATCH_SIZE:
+                taken, idle = [first], 0
+                while len(taken) < BATCH_SIZE and idle < GATHER_TURNS:
                     try:
                         taken.append(queue.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        idle = 0
+                    except anyio.WouldBlock:
+                        # Nothing queued: a few turns for the producer; none came meanwhile, the batch goes as it is.
+                        idle += 1
+                        await anyio.lowlevel.checkpoint()
+                    except anyio.EndOfStream:
                         break
+                await batches.send(taken)
+
+    async def lane(batches: MemoryObjectReceiveStream[list[PlannedEntry]], scope: anyio.CancelScope) -> None:
+        async with batches:
+            async for taken in batches:
                 if taking is not None:
                     taken = [e for e in taken if taking()]
                 if not taken:
@@ -331,10 +346,12 @@ async def run_entries(
             tg.start_soon(route, send_large, send_small)
             for _ in range(workers):
                 tg.start_soon(worker, receive_large.clone(), tg.cancel_scope)
+            send_batch, receive_batch = anyio.create_memory_object_stream[list[PlannedEntry]]()
+            tg.start_soon(gather, receive_small, send_batch)
             for _ in range(min(workers, BATCHES_IN_FLIGHT)):
-                tg.start_soon(lane, receive_small.clone(), tg.cancel_scope)
+                tg.start_soon(lane, receive_batch.clone(), tg.cancel_scope)
             receive_large.close()
-            receive_small.close()
+            receive_batch.close()
     return stopped[0] if stopped else None
 
 
