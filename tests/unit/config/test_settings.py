@@ -147,6 +147,14 @@ def test_the_hook_its_timeout_and_an_empty_flag_that_turns_a_configured_hook_off
         sandbox.load(flags={"hook": "echo a\necho b"})
 
 
+def test_small_entry_size_default_off_and_bounds(sandbox: Env) -> None:
+    assert sandbox.load().small_entry_size == 1024 * 1024
+    assert sandbox.load(env={"MGMT_SMALL_ENTRY_SIZE": "256KiB"}).small_entry_size == 256 * 1024
+    assert sandbox.load(env={"MGMT_SMALL_ENTRY_SIZE": "0"}).small_entry_size == 0  # the lane off
+    with pytest.raises(ConfigError, match=r"MGMT_SMALL_ENTRY_SIZE=1GiB \(from env\): expected a size from 0"):
+        sandbox.load(env={"MGMT_SMALL_ENTRY_SIZE": "1GiB"})
+
+
 def test_unknown_flag_is_a_programming_error(sandbox: Env) -> None:
     with pytest.raises(TypeError, match="concurency"):
         sandbox.load(flags={"concurency": 3})
