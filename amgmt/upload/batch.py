@@ -242,11 +242,16 @@ async def run_entries(
     workers: int,
     finished: Callable[[PlannedEntry, UploadRecord], None],
     taking: Callable[[], bool] | None = None,
+    lookahead: bool = True,
 ) -> AmgmtError | None:
     """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
     through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
     `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
     workers (their entries are recorded cancelled) and is returned.
+
+    Small entries (`MGMT_SMALL_ENTRY_SIZE`) go to the small-entry lane instead (upload/lane.py): batches of them,
+    at most min(workers, BATCHES_IN_FLIGHT) at once, their requests at most `workers` at once; `lookahead`: see
+    `route` below.
 
     With `MGMT_HOOK` set, the hook of each ended entry runs in a task of its own (at most `workers` at once), so a
     slow hook holds no worker; the group waits for the hooks before it ends."""
@@ -328,8 +333,10 @@ async def run_entries(
                         ended(entry, pipeline.record)
 
     async def route(large: MemoryObjectSendStream[PlannedEntry], small: MemoryObjectSendStream[PlannedEntry]) -> None:
-        """Small entries to the lane, the others to the workers. Both queues take whatever comes at once (the
-        entries are in memory already): neither kind waits behind the other, so both progress."""
+        """Small entries to the lane, the others to the workers. With `lookahead`, both queues take whatever comes
+        at once (the entries are in memory already: the run's plan), so neither kind waits behind the other and
+        both progress; without (the watch, whose small buffer is its backpressure), each queue holds what its
+        side takes next, and an entry waits behind those before it."""
         async with entries, large, small:
             async for entry in entries:
                 await (small if is_small(entry, settings.small_entry_size) else large).send(entry)
@@ -341,8 +348,9 @@ async def run_entries(
                 tg.start_soon(worker, entries.clone(), tg.cancel_scope)
             entries.close()
         else:
-            send_large, receive_large = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=math.inf)
-            send_small, receive_small = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=math.inf)
+            large_ahead, small_ahead = (math.inf, math.inf) if lookahead else (workers, BATCH_SIZE)
+            send_large, receive_large = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=large_ahead)
+            send_small, receive_small = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=small_ahead)
             tg.start_soon(route, send_large, send_small)
             for _ in range(workers):
                 tg.start_soon(worker, receive_large.clone(), tg.cancel_scope)
