@@ -62,7 +62,7 @@ async def retry(
     entries, notes = await retry_targets(settings, ids=list(operation_ids), failed=failed)
     report = BatchReport(ignored=notes, keep_records=as_json)
     if entries:
-        reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
+        reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter(keep=False)
         args = {
             "command": "retry",
             "operation_ids": list(operation_ids),

@@ -114,7 +114,7 @@ async def upload(
     if dry_run:
         _print_plan(settings, entries, ignored=ignored, excluded=excluded, as_json=as_json)
         return
-    reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter()
+    reporter = TqdmReporter() if show_progress(progress, as_json=as_json) else SilentReporter(keep=False)
     command_args = {
         "command": "upload",
         "names": [display(n) for n in names],

@@ -157,7 +157,7 @@ async def upload_batch(
         settings=settings,
         entries=entries,
         report=report or BatchReport(),
-        reporter=reporter or SilentReporter(),
+        reporter=reporter or SilentReporter(keep=False),
         overwrite=overwrite,
         command_args=command_args or {},
         compressor=compressor,

@@ -115,7 +115,7 @@ class Watch:
         ) as run:
             ctx = self._ctx = run.pipeline_context(
                 keys=KnownKeys(None),  # a listing goes stale over a long watch: every entry looks with a HEAD
-                reporter=SilentReporter(),
+                reporter=SilentReporter(keep=False),
                 overwrite=False,
                 command_args=self.command_args,
             )
