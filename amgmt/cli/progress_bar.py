@@ -48,7 +48,7 @@ class TqdmReporter(SilentReporter):
     def __init__(
         self, stream: TextIO | None = None, *, desc: str = "upload", unit: str = "B", noun: str = "entries"
     ) -> None:
-        super().__init__()
+        super().__init__(keep=False)  # the bar counts; a long run holds no records
         self._stream = stream
         self._bar: tqdm | None = None
         self._desc = desc
@@ -75,7 +75,7 @@ class TqdmReporter(SilentReporter):
         super().add_work(entries, nbytes)
         bar = self._shown()
         bar.total = self.total_bytes
-        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} {self._noun}", refresh=False)
+        bar.set_postfix_str(f"{self.done_entries}/{self.total_entries} {self._noun}", refresh=False)
         bar.refresh()
 
     def advance(self, nbytes: int) -> None:
@@ -108,7 +108,7 @@ class TqdmReporter(SilentReporter):
             self._draw_in_flight()
         bar = self._shown()
         bar.write(finished_line(record), file=self._stream or sys.stderr)  # tqdm.write defaults to stdout
-        bar.set_postfix_str(f"{len(self.finished)}/{self.total_entries} {self._noun}", refresh=True)
+        bar.set_postfix_str(f"{self.done_entries}/{self.total_entries} {self._noun}", refresh=True)
 
     def close(self) -> None:
         if self._status is not None:
@@ -123,7 +123,7 @@ class LineReporter(SilentReporter):
     end, not only the summary)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__()
+        super().__init__(keep=False)
         self._stream = stream
 
     def entry_done(self, record: OperationRecord) -> None:
@@ -149,5 +149,5 @@ def run_reporter(progress: bool | None, *, as_json: bool) -> Reporter:
     if show_progress(progress, as_json=as_json):
         return TqdmReporter()
     if as_json or quiet():
-        return SilentReporter()
+        return SilentReporter(keep=False)
     return LineReporter()

@@ -81,7 +81,7 @@ async def verify(
     reporter = (
         TqdmReporter(desc="verify", unit="B" if deep else "obj", noun="objects")
         if show_progress(progress, as_json=as_json)
-        else SilentReporter()
+        else SilentReporter(keep=False)
     )
     args = {"command": "verify", "names": list(names), "all": check_all, "since": since, "deep": deep}
 

@@ -60,6 +60,7 @@ class Settings:
     metadata: tuple[str, ...]  # "KEY=VALUE" user metadata (x-amz-meta-KEY) beside amgmt's own
     acl: str | None  # a canned ACL
     bwlimit: int  # bytes per second for the whole run's request bodies; 0: no limit
+    small_entry_size: int  # regular files up to this size go through the small-entry lane (upload/lane.py); 0: off
     sources: Mapping[str, str] = field(hash=False)  # field name -> "flag" | "env MGMT_X" | "config <path>" | "default"
     config_file: Path | None
     warnings: tuple[str, ...] = ()  # about the config file (keys that are not settings); the CLI prints them

@@ -47,7 +47,7 @@ MAX_METADATA_BYTES = 2048  # S3's limit on the user metadata of a PUT (amgmt's o
 # Names amgmt writes itself (s3/values.py METADATA_*): a user value must not shadow them.
 RESERVED_METADATA_PREFIX = "amgmt-"
 
-SIZE_FIELDS = frozenset({"part_size", "multipart_threshold"})
+SIZE_FIELDS = frozenset({"part_size", "multipart_threshold", "small_entry_size"})
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
@@ -375,6 +375,7 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "metadata": _parse_metadata,
     "acl": _choice(CANNED_ACLS),
     "bwlimit": parse_rate,
+    "small_entry_size": _size(0, 64 * MiB),
 }
 DEFAULTS: dict[str, object] = {
     "bucket": None,
@@ -409,6 +410,7 @@ DEFAULTS: dict[str, object] = {
     "metadata": (),
     "acl": None,
     "bwlimit": 0,
+    "small_entry_size": 1 * MiB,
 }
 
 

@@ -7,6 +7,7 @@ the store and the S3 connection for the run and stops the whole batch on a run-w
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from amgmt.config import Settings
 from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, UploadError
@@ -30,6 +32,7 @@ from amgmt.store import Store, metadata_store, store_exists
 from amgmt.text import counted
 from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.hooks import EntryHook
+from amgmt.upload.lane import BATCH_SIZE, BATCHES_IN_FLIGHT, SmallBatch, is_small
 from amgmt.upload.ownership import KnownKeys
 from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.upload.recovery import (
@@ -44,6 +47,7 @@ from amgmt.upload.report import BatchReport
 log = logging.getLogger("amgmt")  # run-level lines only; never credentials
 
 
+GATHER_TURNS = 4  # event-loop turns a forming batch of small entries waits for one more entry before it goes
 LISTING_MIN_ENTRIES = 20  # entries per listing page allowed before the run lists its prefix instead of HEADs
 RETRYABLE = (
     OperationStatus.FAILED,
@@ -161,7 +165,7 @@ async def upload_batch(
         settings=settings,
         entries=entries,
         report=report or BatchReport(),
-        reporter=reporter or SilentReporter(),
+        reporter=reporter or SilentReporter(keep=False),
         overwrite=overwrite,
         command_args=command_args or {},
         compressor=compressor,
@@ -246,11 +250,16 @@ async def run_entries(
     workers: int,
     finished: Callable[[PlannedEntry, UploadRecord], None],
     taking: Callable[[], bool] | None = None,
+    lookahead: bool = True,
 ) -> AmgmtError | None:
     """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
     through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
     `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
     workers (their entries are recorded cancelled) and is returned.
+
+    Small entries (`MGMT_SMALL_ENTRY_SIZE`) go to the small-entry lane instead (upload/lane.py): batches of them,
+    at most min(workers, BATCHES_IN_FLIGHT) at once, their requests at most `workers` at once; `lookahead`: see
+    `route` below.
 
     With `MGMT_HOOK` set, the hook of each ended entry runs in a task of its own (at most `workers` at once), so a
     slow hook holds no worker; the group waits for the hooks before it ends."""
@@ -265,6 +274,19 @@ async def run_entries(
             async with hooks_running:
                 await hook.after(record)
 
+    def ended(entry: PlannedEntry, rec: UploadRecord) -> None:
+        finished(entry, rec)
+        log.info(
+            "entry %s: %s %s -> %s%s",
+            rec.operation_id,
+            rec.status,
+            rec.target_name,
+            rec.s3_object_key,
+            f" ({rec.error_message})" if rec.error_message else "",
+        )
+        if hook is not None:
+            tg.start_soon(run_hook, rec)
+
     async def worker(queue: MemoryObjectReceiveStream[PlannedEntry], scope: anyio.CancelScope) -> None:
         async with queue:
             async for entry in queue:
@@ -278,23 +300,74 @@ async def run_entries(
                     scope.cancel()
                     return
                 finally:
-                    rec = pipeline.record
-                    finished(entry, rec)
-                    log.info(
-                        "entry %s: %s %s -> %s%s",
-                        rec.operation_id,
-                        rec.status,
-                        rec.target_name,
-                        rec.s3_object_key,
-                        f" ({rec.error_message})" if rec.error_message else "",
-                    )
-                    if hook is not None:
-                        tg.start_soon(run_hook, rec)
+                    ended(entry, pipeline.record)
 
+    async def gather(
+        queue: MemoryObjectReceiveStream[PlannedEntry], batches: MemoryObjectSendStream[list[PlannedEntry]]
+    ) -> None:
+        """Small entries into batches (upload/lane.py): the first entry waited for, then whatever else is queued,
+        up to BATCH_SIZE; each batch handed to the first lane that is free."""
+        async with queue, batches:
+            async for first in queue:
+                taken, idle = [first], 0
+                while len(taken) < BATCH_SIZE and idle < GATHER_TURNS:
+                    try:
+                        taken.append(queue.receive_nowait())
+                        idle = 0
+                    except anyio.WouldBlock:
+                        # Nothing queued: a few turns for the producer; none came meanwhile, the batch goes as it is.
+                        idle += 1
+                        await anyio.lowlevel.checkpoint()
+                    except anyio.EndOfStream:
+                        break
+                await batches.send(taken)
+
+    async def lane(batches: MemoryObjectReceiveStream[list[PlannedEntry]], scope: anyio.CancelScope) -> None:
+        async with batches:
+            async for taken in batches:
+                if taking is not None:
+                    taken = [e for e in taken if taking()]
+                if not taken:
+                    continue
+                batch = SmallBatch(ctx, taken, requests)
+                try:
+                    await batch.run()
+                except AmgmtError as exc:  # run-wide: stop every worker, one clear message
+                    stopped.append(exc)
+                    scope.cancel()
+                    return
+                finally:
+                    for entry, pipeline in zip(taken, batch.pipelines, strict=True):
+                        ended(entry, pipeline.record)
+
+    async def route(large: MemoryObjectSendStream[PlannedEntry], small: MemoryObjectSendStream[PlannedEntry]) -> None:
+        """Small entries to the lane, the others to the workers. With `lookahead`, both queues take whatever comes
+        at once (the entries are in memory already: the run's plan), so neither kind waits behind the other and
+        both progress; without (the watch, whose small buffer is its backpressure), each queue holds what its
+        side takes next, and an entry waits behind those before it."""
+        async with entries, large, small:
+            async for entry in entries:
+                await (small if is_small(entry, settings.small_entry_size) else large).send(entry)
+
+    requests = anyio.CapacityLimiter(workers)  # the lane's requests in flight, as many as the workers' entries
     async with anyio.create_task_group() as tg:
-        for _ in range(workers):
-            tg.start_soon(worker, entries.clone(), tg.cancel_scope)
-        entries.close()
+        if settings.small_entry_size <= 0:
+            for _ in range(workers):
+                tg.start_soon(worker, entries.clone(), tg.cancel_scope)
+            entries.close()
+        else:
+            large_ahead, small_ahead = (math.inf, math.inf) if lookahead else (workers, BATCH_SIZE)
+            send_large, receive_large = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=large_ahead)
+            send_small, receive_small = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=small_ahead)
+            tg.start_soon(route, send_large, send_small)
+            for _ in range(workers):
+                tg.start_soon(worker, receive_large.clone(), tg.cancel_scope)
+            send_batch, receive_batch = anyio.create_memory_object_stream[list[PlannedEntry]]()
+            tg.start_soon(gather, receive_small, send_batch)
+            for _ in range(min(workers, BATCHES_IN_FLIGHT)):
+                tg.start_soon(lane, receive_batch.clone(), tg.cancel_scope)
+            receive_large.close()
+            receive_batch.close()
     return stopped[0] if stopped else None
 
 

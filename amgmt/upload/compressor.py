@@ -28,7 +28,7 @@ from amgmt import cpu
 from amgmt.errors import CompressionError
 from amgmt.local.archive import ArchiveResult, compress_entry
 from amgmt.naming import display
-from amgmt.upload.worker import HEADER
+from amgmt.upload.worker import HEADER, compress_each
 
 # (source, archive path, part size, compression level, part MD5s wanted) -> the archive's digests
 Compressor = Callable[[str, str, int, int, bool], Awaitable[ArchiveResult]]
@@ -129,6 +129,18 @@ class CompressionPool:
             result = await self.run(job, source, archive_path, describe=f"packing {display(source)}")
         cpu.LEDGER.merge(result.cpu_seconds)  # the pass's steps, for the benchmark's breakdown
         return result
+
+    async def compress_many(
+        self, jobs: list[tuple[str, str, int, int, bool]]
+    ) -> list[ArchiveResult | BaseException]:
+        """Many small entries packed in one job of one worker (one round trip for all of them, off the main
+        process's CPU): for each job (source, archive path, part size, level, part MD5s), its result or its own
+        exception."""
+        replies: list[tuple[bool, Any]] = await self.run(compress_each, jobs, describe=f"packing {len(jobs)} entries")
+        for ok, value in replies:
+            if ok:
+                cpu.LEDGER.merge(value.cpu_seconds)  # the pass's steps, for the benchmark's breakdown
+        return [value for _, value in replies]
 
     async def run(self, function: Callable[..., Any], *args: object, describe: str) -> Any:
         """function(*args) in a worker (a picklable function of a module the worker can import); its exception

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,18 +128,17 @@ class EntryPipeline:
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
-    async def _save(self) -> None:
+    def _to_save(self) -> UploadRecord:
+        """The record as it is to be saved now (its metadata synced, the stage times so far)."""
         self.record.sync_metadata()
         self.record.metadata["stage_seconds"] = {k: round(v, 6) for k, v in self._timings.items()}
-        await self.ctx.store.save_operation(self.record)
+        return self.record
+
+    async def _save(self) -> None:
+        await save_all(self.ctx.store, [self])
 
     async def _enter(self, stage: Stage) -> float:
-        self.record.stage = stage
-        if stage == Stage.UPLOAD:  # (again, when an unverifiable object is replaced: its percentages start over)
-            self._sent = self._percent = 0
-        self.ctx.reporter.entry_stage(self.record, str(stage) + (" 0%" if stage == Stage.UPLOAD else ""))
-        await self._save()
-        return time.perf_counter()
+        return await enter_all([self], stage)
 
     def _took(self, stage: Stage, started: float) -> None:
         self._timings[str(stage)] = self._timings.get(str(stage), 0.0) + time.perf_counter() - started
@@ -160,34 +160,39 @@ class EntryPipeline:
 
     async def run(self) -> UploadRecord:
         """All stages. Entry failures end in the record (never raised); run-wide ones and cancellation propagate."""
-        record = self.record
         try:
             await self._stages()
-        except SourceChangedError as exc:
+        except BaseException as exc:
+            if self._end_with(exc):
+                await self._finalise()
+                raise
+        await self._finalise(must_save=True)
+        return self.record
+
+    def _end_with(self, exc: BaseException) -> bool:
+        """Record how `exc` ended the entry; True when it must propagate after the final save (a run-wide error,
+        a bug, a cancellation), False for the entry's own failure (the batch goes on)."""
+        record = self.record
+        if isinstance(exc, SourceChangedError):
             # Uploaded and verified as packed, but the original is no longer that: it stays (or is put back) local.
             record.finish(OperationStatus.CHANGED, error=f"{exc.stage}: {exc}")
             if record.source_file_record:
                 record.source_file_record.tags["changed"] = str(exc)
-        except EntryError as exc:
+            return False
+        if isinstance(exc, EntryError):
             # An S3 error (UploadError) can come from any stage that talks to S3 (a HEAD in verify): name the stage.
             stage = str(record.stage) if isinstance(exc, UploadError) else exc.stage
             record.finish(OperationStatus.FAILED, error=f"{stage}: {exc}")
             self._mark_failed(str(exc), stage)
-        except AmgmtError as exc:  # run-wide (StorageError, StoreError): recorded, then the batch stops
+            return False
+        if isinstance(exc, AmgmtError):  # run-wide (StorageError, StoreError): recorded, then the batch stops
             record.finish(OperationStatus.FAILED, error=f"{record.stage}: {exc}")
             self._mark_failed(str(exc), str(record.stage))
-            await self._finalise()
-            raise
-        except Exception as exc:  # a bug: recorded as such, and raised with its traceback
+        elif isinstance(exc, Exception):  # a bug: recorded as such, and raised with its traceback
             record.finish(OperationStatus.FAILED, error=f"{record.stage}: internal error: {type(exc).__name__}: {exc}")
-            await self._finalise()
-            raise
-        except BaseException:
+        else:
             record.finish(OperationStatus.CANCELLED, error=f"{record.stage}: interrupted")
-            await self._finalise()
-            raise
-        await self._finalise(must_save=True)
-        return record
+        return True
 
     def _mark_failed(self, message: str, stage: str) -> None:
         """The FileRecord of the stage that failed says so too."""
@@ -210,18 +215,7 @@ class EntryPipeline:
         cancellation, the save is best effort: the error already propagating says more."""
         with anyio.CancelScope(shield=True):
             await self._cleanup()
-            if self.record.status in _FILLS_THE_BAR:
-                self._report_remaining()  # a failed or cancelled entry's bytes were not processed: no jump to 100%
-            try:
-                with anyio.fail_after(SAVE_TIMEOUT):
-                    await self._save()
-            except (StoreError, TimeoutError) as exc:
-                if must_save:
-                    if isinstance(exc, StoreError):
-                        raise
-                    raise StoreError(f"the metadata database did not take a record within {SAVE_TIMEOUT:g} s") from exc
-            finally:
-                self.ctx.reporter.entry_done(self.record)
+        await finalise_all([self], must_save=must_save, cleaned=True)
 
     def _report_remaining(self) -> None:
         rest = self.record.original_size - self._reported
@@ -250,9 +244,7 @@ class EntryPipeline:
         started = await self._enter(Stage.VERIFY)
         await self._verify_or_replace()
         self._took(Stage.VERIFY, started)
-        if self.archive is not None and self.archive.members:  # what `search` and `download --member` find
-            await self.ctx.store.save_members(self.record.operation_id, self.archive.members)
-        await supersede_replaced(self.ctx.store, self.record, overwrite=self.ctx.overwrite)
+        await self._verified()
         # 6. move (only now: the object is verified)
         warning: str | None = None
         if self.ctx.settings.completed_enabled:
@@ -260,6 +252,17 @@ class EntryPipeline:
             warning = await self._move()
             self._took(Stage.MOVE, started)
         # 7. persist (the final save happens in _finalise, after 8. cleanup)
+        self._persist(warning)
+
+    async def _verified(self) -> None:
+        """After stage 5: the archive's member list recorded (what `search` and `download --member` find), and the
+        older records of an object this upload replaced marked superseded."""
+        if self.archive is not None and self.archive.members:
+            await self.ctx.store.save_members(self.record.operation_id, self.archive.members)
+        await supersede_replaced(self.ctx.store, self.record, overwrite=self.ctx.overwrite)
+
+    def _persist(self, warning: str | None) -> None:
+        """Stage 7: done; partial when the move failed (`warning`)."""
         record = self.record
         record.stage = Stage.DONE
         record.result_path = f"s3://{record.s3_bucket}/{record.s3_object_key}"
@@ -330,26 +333,42 @@ class EntryPipeline:
         # For a skipped entry error_message holds the reason it was skipped.
         record.finish(OperationStatus.SKIPPED, error=reason)
 
-    async def _compress(self) -> None:
+    async def _compress_job(self) -> tuple[str, str, int, int, bool]:
+        """Stage 3's job for a Compressor: (source, archive path, part size, compression level, part MD5s)."""
         settings = self.ctx.settings
-        record = self.record
-        bound = archive_size_bound(record.original_size, self.planned.file_count)
+        bound = archive_size_bound(self.record.original_size, self.planned.file_count)
         single = bound <= min(settings.multipart_threshold, MAX_SINGLE_PUT)
         part_size = max(bound, settings.part_size) if single else plan_part_size(bound, settings.part_size)
         # Part MD5s only where the endpoint needs them (probe.py): a planned multipart archive that ends as one
-        # part on an endpoint that proves multipart uploads only gets its MD5 afterwards (_with_md5s).
+        # part on an endpoint that proves multipart uploads only gets its MD5 afterwards (`_with_md5s_if_needed`).
         support = await self.ctx.s3.checksum_support()
         md5 = support.needs_md5(multipart=not single)
+        return str(self.entry), str(self.staging), part_size, settings.compression_level, md5
+
+    async def _with_md5s_if_needed(self, result: ArchiveResult) -> ArchiveResult:
+        """`result` with its part MD5s when it was packed without them and turned out to need them."""
+        support = await self.ctx.s3.checksum_support()
+        if not result.part_md5s and support.needs_md5(multipart=result.part_count > 1):
+            return await _with_md5s(result)
+        return result
+
+    async def _compress(self) -> None:
         try:
-            result = await self.ctx.compress(
-                str(self.entry), str(self.staging), part_size, settings.compression_level, md5
-            )
-            if not result.part_md5s and support.needs_md5(multipart=result.part_count > 1):
-                result = await _with_md5s(result)
+            result = await self.ctx.compress(*await self._compress_job())
+            result = await self._with_md5s_if_needed(result)
         except EntryError:
             raise
         except OSError as exc:
-            raise CompressionError(f"cannot compress {display(self.entry)}: {exc}") from exc
+            raise self._compress_error(exc) from exc
+        self._packed(result)
+
+    def _compress_error(self, exc: OSError) -> CompressionError:
+        """A compression job's OSError is the entry's CompressionError."""
+        return CompressionError(f"cannot compress {display(self.entry)}: {exc}")
+
+    def _packed(self, result: ArchiveResult) -> None:
+        """Stage 3's result: the archive must hold what was listed; its digests go into the records."""
+        record = self.record
         self.archive = result
         if result.source_size != record.original_size:
             raise CompressionError(
@@ -441,34 +460,43 @@ class EntryPipeline:
     async def _move(self) -> str | None:
         """Stage 6. Returns a warning when the move failed (the upload stands; the operation is partial); raises
         SourceChangedError when the original is no longer what was packed (it stays local; recorded "changed")."""
-        assert self.archive is not None
-        settings = self.ctx.settings
-        record = self.record
         try:
-            final = await anyio.to_thread.run_sync(
-                functools.partial(
-                    move_to_completed,
-                    self.entry,
-                    CompletedDir.from_settings(settings),
-                    now=record.started_at,
-                    expected_identity=self.archive.source_identity,
-                    expected_digest=self.archive.source_sha256,
-                    operation_id=record.operation_id,
-                    find_writers=self.ctx.find_writers,
-                )
-            )
+            final = await anyio.to_thread.run_sync(self._move_job())
         except MoveError as exc:
-            return f"move: uploaded and verified, but the original stays in place: {exc}"
-        record_moved(record, final)
+            return self._not_moved(exc)
+        record_moved(self.record, final)
         return None
+
+    def _move_job(self) -> functools.partial[Path]:
+        """Stage 6's move, to run in a thread: the verified original into the completed dir (its destination)."""
+        assert self.archive is not None
+        record = self.record
+        return functools.partial(
+            move_to_completed,
+            self.entry,
+            CompletedDir.from_settings(self.ctx.settings),
+            now=record.started_at,
+            expected_identity=self.archive.source_identity,
+            expected_digest=self.archive.source_sha256,
+            operation_id=record.operation_id,
+            find_writers=self.ctx.find_writers,
+        )
+
+    @staticmethod
+    def _not_moved(exc: MoveError) -> str:
+        return f"move: uploaded and verified, but the original stays in place: {exc}"
 
     async def _cleanup(self) -> None:
         """Stage 8: the staging archive (and a partial one left by a killed worker) is removed."""
+        await anyio.to_thread.run_sync(self._remove_staging)
+
+    def _remove_staging(self) -> None:
+        """Stage 8's work (blocking: in a thread)."""
         started = time.perf_counter()
         removed = False
         for path in (self.staging, Path(str(self.staging) + PARTIAL_SUFFIX)):
             try:
-                await anyio.to_thread.run_sync(os.unlink, path)
+                os.unlink(path)
                 removed = True
             except FileNotFoundError:
                 pass
@@ -488,3 +516,57 @@ async def _with_md5s(archive: ArchiveResult) -> ArchiveResult:
     out to need them: smaller than planned, one part on an endpoint that proves only multipart uploads)."""
     job = functools.partial(part_md5s, archive.archive_path, archive.part_size)
     return dataclasses.replace(archive, part_md5s=await anyio.to_thread.run_sync(job))
+
+
+# -- what one entry and a batch of them share (the small-entry lane, upload/lane.py, drives many at once) --------
+
+
+async def save_all(store: Store, pipelines: Sequence[EntryPipeline]) -> None:
+    """The entries' records as they are now, in one transaction."""
+    await store.save_operations([p._to_save() for p in pipelines])
+
+
+async def enter_all(pipelines: Sequence[EntryPipeline], stage: Stage) -> float:
+    """The entries enter `stage`, saved (in one transaction) before any of its work starts; the start time."""
+    if pipelines:
+        for pipeline in pipelines:
+            pipeline.record.stage = stage
+            if stage == Stage.UPLOAD:  # (again, when an unverifiable object is replaced: its percentages start over)
+                pipeline._sent = pipeline._percent = 0
+            pipeline.ctx.reporter.entry_stage(pipeline.record, str(stage) + (" 0%" if stage == Stage.UPLOAD else ""))
+        await save_all(pipelines[0].ctx.store, pipelines)
+    return time.perf_counter()
+
+
+def _remove_all_staging(pipelines: Sequence[EntryPipeline]) -> None:
+    for pipeline in pipelines:
+        pipeline._remove_staging()
+
+
+async def finalise_all(pipelines: Sequence[EntryPipeline], *, must_save: bool, cleaned: bool = False) -> None:
+    """Stage 8 (unless `cleaned`: their staging archives removed, in one thread hand-over) and the entries' last
+    save, in one transaction; shielded so that Ctrl-C cannot leave a staging file or a stale record.
+
+    With `must_save` (the entries ended by themselves), a database that cannot take the records stops the run
+    (StoreError): a result nobody can look up later is not a result. On the way out of an error or a
+    cancellation, the save is best effort: the error already propagating says more."""
+    if not pipelines:
+        return
+    ctx = pipelines[0].ctx
+    with anyio.CancelScope(shield=True):
+        if not cleaned:
+            await anyio.to_thread.run_sync(_remove_all_staging, pipelines)
+        for pipeline in pipelines:
+            if pipeline.record.status in _FILLS_THE_BAR:
+                pipeline._report_remaining()  # a failed or cancelled entry's bytes were not processed: no jump to 100%
+        try:
+            with anyio.fail_after(SAVE_TIMEOUT):
+                await save_all(ctx.store, pipelines)
+        except (StoreError, TimeoutError) as exc:
+            if must_save:
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"the metadata database did not take a record within {SAVE_TIMEOUT:g} s") from exc
+        finally:
+            for pipeline in pipelines:
+                ctx.reporter.entry_done(pipeline.record)

@@ -115,7 +115,7 @@ class Watch:
         ) as run:
             ctx = self._ctx = run.pipeline_context(
                 keys=KnownKeys(None),  # a listing goes stale over a long watch: every entry looks with a HEAD
-                reporter=SilentReporter(),
+                reporter=SilentReporter(keep=False),
                 overwrite=False,
                 command_args=self.command_args,
             )
@@ -138,7 +138,12 @@ class Watch:
                             tg.start_soon(self._hints)
                     with self._workers:
                         error = await run_entries(
-                            ctx, receive, workers=self.workers, finished=self._finished, taking=self._taking
+                            ctx,
+                            receive,
+                            workers=self.workers,
+                            finished=self._finished,
+                            taking=self._taking,
+                            lookahead=False,  # the stream's small buffer stays the backpressure
                         )
                     tg.cancel_scope.cancel()
             finally:

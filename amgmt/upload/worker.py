@@ -48,6 +48,21 @@ def _answer(job: bytes) -> bytes:
         return pickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")), pickle.HIGHEST_PROTOCOL)
 
 
+def compress_each(jobs: list[tuple[str, str, int, int, bool]]) -> list[tuple[bool, object]]:
+    """Many entries' compressions in one job (the small-entry lane): for each (source, archive path, part size,
+    level, part MD5s), (True, its ArchiveResult) or (False, the exception it raised); one entry's failure is its
+    own."""
+    from amgmt.local.archive import compress_entry  # imported by the job, as the pickled function would be
+
+    results: list[tuple[bool, object]] = []
+    for source, archive_path, part_size, level, md5 in jobs:
+        try:
+            results.append((True, compress_entry(source, archive_path, part_size=part_size, level=level, md5=md5)))
+        except Exception as exc:
+            results.append((False, exc))
+    return results
+
+
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     while (job := read_frame(requests)) is not None:
         write_frame(replies, _answer(job))

@@ -185,16 +185,16 @@ async def test_a_new_entry_under_the_name_of_one_just_moved_is_not_mistaken_for_
 ) -> None:  # type: ignore[no-untyped-def]
     """The name is free again the moment the move happens: a file dropped there before the watch hears the entry
     ended is a new entry (here its upload meets the first one's object and fails, as `upload` would)."""
-    real_cleanup = EntryPipeline._cleanup
+    real_cleanup = EntryPipeline._remove_staging  # stage 8's work, alone or in the small-entry lane
     dropped: list[Path] = []
 
-    async def cleanup_after_a_new_drop(self: EntryPipeline) -> None:
+    def cleanup_after_a_new_drop(self: EntryPipeline) -> None:
         if not dropped and self.record.completed_dir_path:
             (local_dir / "take.wav").write_bytes(b"second take" * 100)
             dropped.append(local_dir / "take.wav")
-        await real_cleanup(self)
+        real_cleanup(self)
 
-    monkeypatch.setattr(EntryPipeline, "_cleanup", cleanup_after_a_new_drop)
+    monkeypatch.setattr(EntryPipeline, "_remove_staging", cleanup_after_a_new_drop)
     (local_dir / "take.wav").write_bytes(b"first take" * 100)
     settings = make_settings()
 

@@ -26,7 +26,9 @@ async def test_a_stopped_run_still_runs_the_hook_of_its_cancelled_entry(
 ) -> None:
     make_media({"a.mp4": 3000, "b.mp4": 5000})
     seen = tmp_path / "seen"
-    settings = make_settings(concurrency=1, hook=f'echo "$AMGMT_TARGET_NAME $AMGMT_STATUS $AMGMT_ERROR" >> {seen}')
+    # One entry after another: the lane off (it would take a.mp4 and b.mp4 in one batch, both then cancelled).
+    settings = make_settings(concurrency=1, small_entry_size=0,
+                             hook=f'echo "$AMGMT_TARGET_NAME $AMGMT_STATUS $AMGMT_ERROR" >> {seen}')
     stop = anyio.Event()
 
     async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import anyio.to_thread
+import pytest
 
 from amgmt.local.archive import ArchiveResult, compress_entry
 from amgmt.local.entries import list_entries
@@ -18,11 +19,13 @@ from amgmt.upload.batch import upload_batch
 from amgmt.errors import ExitCode
 
 
+@pytest.mark.parametrize("lane", [False, True], ids=["one-by-one", "small-entry-lane"])
 async def test_a_database_deleted_during_the_run_stops_it_before_anything_else_is_moved(
-    make_settings, make_media, local_dir: Path, s3view
+    make_settings, make_media, local_dir: Path, s3view, lane: bool
 ) -> None:
     make_media({"a.mp4": 3000, "b.mp4": 4000, "c.mp4": 5000})
-    settings = make_settings(concurrency=1)
+    # One by one (the lane off), a.mp4 is done when b.mp4 is packed; in the lane the three are one batch.
+    settings = make_settings(concurrency=1, small_entry_size="1MiB" if lane else "0")
     db = settings.db_path
 
     async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
@@ -36,6 +39,11 @@ async def test_a_database_deleted_during_the_run_stops_it_before_anything_else_i
 
     assert report.exit_code == ExitCode.STORE
     assert report.aborted == f"the metadata database {db} was deleted or replaced during the run"
+    if lane:  # the batch's next stage save found the database gone: nothing sent, nothing moved
+        assert sorted(str(r.status) for r in report.records) == ["failed"] * 3
+        assert all((local_dir / name).exists() for name in ("a.mp4", "b.mp4", "c.mp4"))
+        assert s3view.keys() == []
+        return
     assert [r.status for r in report.records if r.target_name == "a.mp4"] == ["success"]
     assert (settings.completed_dir / "a.mp4").exists()
     assert (local_dir / "b.mp4").exists() and (local_dir / "c.mp4").exists()

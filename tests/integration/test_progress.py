@@ -40,9 +40,11 @@ async def test_a_failed_entry_does_not_fill_the_bar(make_settings, make_media, s
     assert reporter.done_bytes == 3000
 
 
-async def test_an_interrupted_batch_does_not_fill_the_bar(make_settings, make_media) -> None:
+@pytest.mark.parametrize("lane", [False, True], ids=["one-by-one", "small-entry-lane"])
+async def test_an_interrupted_batch_does_not_fill_the_bar(make_settings, make_media, lane: bool) -> None:
     make_media({"a.mp4": 3000, "b.mp4": 5000})
-    settings = make_settings(concurrency=1)
+    # One by one (the lane off), a.mp4 ends before b.mp4 starts; in the lane both are one batch, cancelled together.
+    settings = make_settings(concurrency=1, small_entry_size="1MiB" if lane else "0")
     reporter = SilentReporter()
     stuck = anyio.Event()
 
@@ -60,8 +62,12 @@ async def test_an_interrupted_batch_does_not_fill_the_bar(make_settings, make_me
         await stuck.wait()
         tg.cancel_scope.cancel()
 
-    assert [str(r.status) for r in reporter.finished] == ["success", "cancelled"]
-    assert reporter.done_bytes == 3000 and reporter.total_bytes == 8000
+    if lane:
+        assert [str(r.status) for r in reporter.finished] == ["cancelled", "cancelled"]
+        assert reporter.done_bytes == 0 and reporter.total_bytes == 8000
+    else:
+        assert [str(r.status) for r in reporter.finished] == ["success", "cancelled"]
+        assert reporter.done_bytes == 3000 and reporter.total_bytes == 8000
 
 
 async def test_a_run_refused_by_the_lock_draws_no_bar(make_settings, make_media) -> None:

@@ -148,6 +148,14 @@ def test_the_hook_its_timeout_and_an_empty_flag_that_turns_a_configured_hook_off
         sandbox.load(flags={"hook": "echo a\necho b"})
 
 
+def test_small_entry_size_default_off_and_bounds(sandbox: Env) -> None:
+    assert sandbox.load().small_entry_size == 1024 * 1024
+    assert sandbox.load(env={"MGMT_SMALL_ENTRY_SIZE": "256KiB"}).small_entry_size == 256 * 1024
+    assert sandbox.load(env={"MGMT_SMALL_ENTRY_SIZE": "0"}).small_entry_size == 0  # the lane off
+    with pytest.raises(ConfigError, match=r"MGMT_SMALL_ENTRY_SIZE=1GiB \(from env\): expected a size from 0"):
+        sandbox.load(env={"MGMT_SMALL_ENTRY_SIZE": "1GiB"})
+
+
 def test_unknown_flag_is_a_programming_error(sandbox: Env) -> None:
     with pytest.raises(TypeError, match="concurency"):
         sandbox.load(flags={"concurency": 3})
@@ -613,8 +621,9 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     keys = [key for key, _, _ in rows]
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
     # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT, MGMT_ON_CONFLICT, MGMT_SSE, MGMT_SSE_KMS_KEY_ID, MGMT_TAGS,
-    # MGMT_METADATA, MGMT_ACL, MGMT_BWLIMIT (issue 15), MGMT_SETTLE_SECONDS (13), MGMT_DB_URL, MGMT_HOST_ID (14)
-    assert len(keys) == len(set(keys)) == 36
+    # MGMT_METADATA, MGMT_ACL, MGMT_BWLIMIT (issue 15), MGMT_SETTLE_SECONDS (13), MGMT_DB_URL, MGMT_HOST_ID (14),
+    # MGMT_SMALL_ENTRY_SIZE (12)
+    assert len(keys) == len(set(keys)) == 37
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")

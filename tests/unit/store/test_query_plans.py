@@ -107,3 +107,17 @@ async def test_a_name_search_matches_what_python_folding_matches(tmp_path: Path,
         found = {r.target_name for r in await store.list_operations(target=needle, limit=None)}
     wanted = {n for n in NAMES if (fold(needle) or "") in (fold(n) or "") or (fold(needle) or "") in fold(f"/media/in/{n}")}
     assert found == wanted
+
+
+async def test_the_duplicate_lookup_of_every_entry_uses_the_checksum_index_without_statistics(tmp_path: Path) -> None:
+    """find_successful_upload runs once per entry of a run, on a database that never saw ANALYZE: it must find its
+    rows by the checksum, not walk every upload newest first (which made a 10,000-entry run quadratic)."""
+    async with MetadataStore(tmp_path / "operations.db") as store:
+        for i in range(200):
+            await store.save_operation(make_upload(minutes=i, name=f"clip{i:03d}.mp4", status=OperationStatus.SUCCESS))
+        assert store._db is not None
+        statements: list[str] = []
+        await in_connection_thread(store._db, lambda conn: conn.set_trace_callback(statements.append))
+        await store.find_successful_upload(checksum_original="0" * 64)
+        [(sql, plan)] = [(sql, plan) for sql, plan in plans(store.path, statements).items() if "checksum" in sql]
+    assert any("USING INDEX ix_operations_checksum_original (checksum_original=?)" in line for line in plan), plan

@@ -335,6 +335,47 @@ async def test_fifty_concurrent_tasks_through_six_stage_updates(store: Store) ->
     assert await rows_of(store, "SELECT count(*) FROM file_records") == [(200,)]
 
 
+async def test_save_operations_writes_many_records_in_one_transaction(store: MetadataStore, db_path: Path) -> None:
+    records = [with_all_file_records(make_upload(minutes=i, name=f"photo-{i:03d}")) for i in range(40)]
+    records.append(make_operation(minutes=50))  # a plain operation beside the uploads
+    begun: list[str] = []
+    db = store._db
+    assert db is not None
+    await db.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    await store.save_operations(records)
+    await db.set_trace_callback(None)  # type: ignore[arg-type]
+    assert begun == ["BEGIN IMMEDIATE"]  # one transaction for all 41
+    loaded = {r.operation_id: r for r in await store.list_operations(limit=None)}
+    assert [loaded[r.operation_id] for r in records] == records  # each record whole, with its four file records
+    assert raw_rows(db_path, "SELECT count(*) FROM file_records") == [(160,)]
+    # Saving again updates in place; an empty call is a no-op.
+    for record in records[:40]:
+        record.stage = Stage.MOVE
+    await store.save_operations(records[:40])
+    await store.save_operations([])
+    assert raw_rows(db_path, "SELECT count(*) FROM operations") == [(41,)]
+    assert {r.stage for r in await store.list_operations(operation_type="upload", limit=None)} == {"move"}
+
+
+async def test_save_operations_failing_midway_saves_none_of_its_records(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operations' rows are written, then the transaction fails before the file records: none of it stays.
+    records = [with_all_file_records(make_upload(minutes=i, name=f"photo-{i}")) for i in range(5)]
+
+    def half_then_fail(conn: sqlite3.Connection, operation_rows: list[Any], file_rows: list[Any]) -> None:
+        conn.executemany(store_records.UPSERT_OPERATION, operation_rows)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store_sqlite, "write_rows", half_then_fail)
+    with pytest.raises(StoreError):
+        await store.save_operations(records)
+    monkeypatch.undo()
+    assert await store.list_operations(limit=None) == []
+    await store.save_operations(records)  # the store takes the next save
+    assert len(await store.list_operations(limit=None)) == 5
+
+
 @pytest.mark.parametrize("cancelled_during", ["BEGIN IMMEDIATE", "INSERT INTO operations", "INSERT INTO file_records",
                                               "COMMIT"])
 async def test_a_save_cancelled_midway_is_written_whole_and_the_store_stays_usable(
