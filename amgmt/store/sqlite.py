@@ -25,6 +25,13 @@ from amgmt.store.records import UPSERT_FILE_RECORD, UPSERT_OPERATION, select_ope
 _T = TypeVar("_T")
 
 
+def write_rows(conn: sqlite3.Connection, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
+    """One save's statements, inside its transaction (the operations, then their file records)."""
+    conn.executemany(UPSERT_OPERATION, operation_rows)
+    if file_rows:
+        conn.executemany(UPSERT_FILE_RECORD, file_rows)
+
+
 class MetadataStore(Store):
     """The operations database at `path`: one aiosqlite connection, opened with `async with` or `open()`.
 
@@ -118,12 +125,7 @@ class MetadataStore(Store):
         return self._db
 
     async def _write_rows(self, doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.executemany(UPSERT_OPERATION, operation_rows)
-            if file_rows:
-                conn.executemany(UPSERT_FILE_RECORD, file_rows)
-
-        await self._run(doing, write, immediate=True)
+        await self._run(doing, lambda conn: write_rows(conn, operation_rows, file_rows), immediate=True)
 
     async def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
         await self._run(doing, lambda conn: conn.execute(sql, params), immediate=True)

@@ -130,9 +130,7 @@ class CompressionPool:
         cpu.LEDGER.merge(result.cpu_seconds)  # the pass's steps, for the benchmark's breakdown
         return result
 
-    async def compress_many(
-        self, jobs: list[tuple[str, str, int, int, bool]]
-    ) -> list[ArchiveResult | BaseException]:
+    async def compress_many(self, jobs: list[tuple[str, str, int, int, bool]]) -> list[ArchiveResult | BaseException]:
         """Many small entries packed in one job of one worker (one round trip for all of them, off the main
         process's CPU): for each job (source, archive path, part size, level, part MD5s), its result or its own
         exception."""

@@ -358,9 +358,10 @@ async def test_save_operations_writes_many_records_in_one_transaction(store: Met
 
 
 async def test_save_operations_failing_midway_saves_none_of_its_records(
-    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: MetadataStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The operations' rows are written, then the transaction fails before the file records: none of it stays.
+    store = sqlite_store
     records = [with_all_file_records(make_upload(minutes=i, name=f"photo-{i}")) for i in range(5)]
 
     def half_then_fail(conn: sqlite3.Connection, operation_rows: list[Any], file_rows: list[Any]) -> None:
