@@ -121,6 +121,9 @@ class World:
             return db.execute(sql).fetchall()
 
 
+ENTRY_LINE = re.compile(r"^(success|partial|failed|skipped|changed|cancelled) +\S")  # progress_bar.finished_line
+
+
 @dataclass(frozen=True)
 class Outcome:
     code: int
@@ -133,7 +136,9 @@ class Outcome:
 
     @property
     def stderr_lines(self) -> list[str]:
-        return self.stderr.splitlines()
+        """stderr without the line per finished entry that a run without a terminal prints (the cases check what
+        else it says: errors, warnings, notes)."""
+        return [line for line in self.stderr.splitlines() if not ENTRY_LINE.match(line)]
 
 
 Setup = Callable[[World], Awaitable[None] | None]
@@ -538,7 +543,10 @@ async def swapped_for_fifo(w: World) -> BatchReport:
 
 async def upload_a_with_short_busy_timeout(w: World) -> BatchReport:
     # Only to wait 0.5 s instead of 5 for the lock (the CLI's wait is fixed); nothing else about the store changes.
-    w.monkeypatch.setattr(batch, "MetadataStore", functools.partial(MetadataStore, busy_timeout=0.5))
+    def short_wait(settings: Any) -> MetadataStore:
+        return MetadataStore(settings.db_path, busy_timeout=0.5, host_id=settings.host_id)
+
+    w.monkeypatch.setattr(batch, "metadata_store", short_wait)
     w.route = "library, upload_batch with the store's busy timeout cut to 0.5 s"
     return await upload_batch(w.make_settings(), [w.local / "a.mp4"])
 

@@ -178,7 +178,7 @@ def test_the_server_stopped_mid_run_stops_it_with_exit_4_and_a_rerun_repairs(  #
     try:
         url = (pg_dir / "url").read_text().strip()
         make_media({"a.mp4": 1000, "b.mp4": 2000, "c.mp4": 3000})
-        env = {"MGMT_DB_URL": url, "MGMT_CONCURRENCY": "1"}
+        env = {"MGMT_DB_URL": url, "MGMT_CONCURRENCY": "1", "MGMT_SMALL_ENTRY_SIZE": "0"}  # one entry after another
         halt = f"bash {PG_SCRIPT} {pg_dir} halt"
         run = amgmt("upload", "all", "--hook", halt, env=env, timeout=120)
         assert run.code == 4, run
