@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import IO
 
 from clikit import SECRET
 
@@ -42,18 +43,26 @@ def test_log_follow_prints_new_lines_until_ctrl_c(amgmt, tmp_path: Path, cli_env
     env = dict(cli_env, XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")))
     proc = subprocess.Popen([sys.executable, "-m", "amgmt", "log", "-n", "1", "--follow"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     try:
-        time.sleep(1.0)
+        # Each step waits for what the command printed (it flushes every line), never for a sleep to be long enough.
+        assert _next_line(proc.stdout) == "old 2"  # the end is read: what is appended from now on is new
         with log_file.open("a") as handle:
             handle.write("new 3\n")
-        time.sleep(0.8)
+        assert _next_line(proc.stdout) == "new 3"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert out.splitlines() == ["old 2", "new 3"]
+    assert out == ""
+
+
+def _next_line(stream: IO[str], timeout: float = 30.0) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "no line printed in time"
+    return stream.readline().rstrip("\n")
 
 
 def test_every_changing_command_is_logged_with_its_local_dir_and_outcome(amgmt, make_media, local_dir: Path,

@@ -182,7 +182,7 @@ async def test_fifty_entries_complete_through_twenty_percent_faults(
         assert faults_on(proxy, key, counted_only=True) <= record.metadata["retries"] <= faults_on(proxy, key), (
             record.target_name, [(e.operation, str(e.outcome)) for e in proxy.events if e.key == key]
         )
-    assert elapsed < 60
+    assert elapsed < 120  # a bound, not a speed target: stalls waited out in full (10 s each) would exceed it
 
 
 async def test_a_stalled_request_is_given_up_after_the_read_timeout_and_retried(
