@@ -203,17 +203,21 @@ def _size(low: int, high: int | None) -> Callable[[object], int]:
 
 
 def _parse_endpoint(value: object) -> str:
+    return _url(value, ("http", "https"), "expected an http:// or https:// URL with a host")
+
+
+def _url(value: object, schemes: tuple[str, ...], expectation: str) -> str:
+    """A URL of one of `schemes` with a host (and a port that is a number, if any), kept as written."""
     text = _text(value)
-    invalid = Invalid("expected an http:// or https:// URL with a host")
+    invalid = Invalid(expectation)
     if _has_control(text) or " " in text:
         raise invalid
     try:
         parts = urlsplit(text)
-        host = parts.hostname
         _ = parts.port  # raises ValueError on a port that is not a number
     except ValueError:
         raise invalid from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
+    if parts.scheme.lower() not in schemes or not parts.hostname:
         raise invalid
     return text
 
@@ -237,18 +241,7 @@ def _parse_name(value: object) -> str:
 
 
 def _parse_db_url(value: object) -> str:
-    text = _text(value)
-    invalid = Invalid("expected a postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE URL")
-    if _has_control(text) or " " in text:
-        raise invalid
-    try:
-        parts = urlsplit(text)
-        _ = parts.port  # raises ValueError on a port that is not a number
-    except ValueError:
-        raise invalid from None
-    if parts.scheme.lower() not in ("postgresql", "postgres") or not parts.hostname:
-        raise invalid
-    return text
+    return _url(value, ("postgresql", "postgres"), "expected a postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE URL")
 
 
 def _parse_host_id(value: object) -> str:
