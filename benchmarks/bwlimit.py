@@ -1,10 +1,12 @@
 """Does `--bwlimit` hold? Uploads generated media with `amgmt upload all --bwlimit RATE` (the CLI, in a subprocess)
 to the embedded moto server through a counting TCP proxy on 127.0.0.1, which timestamps every byte amgmt sends,
 then reports the rate over the whole run (first to last byte sent) and the worst (lowest and highest) rate over any
-window of --window seconds inside it.
+window of --window seconds inside it. With --download, one file of --mib is uploaded without a limit, then
+`amgmt download NAME --bwlimit RATE` is measured the same way on the bytes the proxy passes back.
 
     .venv/bin/python benchmarks/bwlimit.py                           # 200 MiB, --bwlimit 20M, 10 s windows
     .venv/bin/python benchmarks/bwlimit.py --mib 400 --rate 10M --window 5
+    .venv/bin/python benchmarks/bwlimit.py --download                # the download side
 
 The data set mixes what shares the limit: four large files (multipart uploads, parts in flight at once) and many
 1 MiB files (single PUTs), all random bytes (incompressible: what goes on the wire is the data set). Wire bytes
@@ -37,10 +39,12 @@ BODY_SLOT = 32 * 1024  # a slot with this many bytes carried bodies (a HEAD, a p
 
 
 class CountingProxy:
-    """A TCP proxy (its own thread and event loop) that counts the bytes sent upstream, per time slot."""
+    """A TCP proxy (its own thread and event loop) that counts the bytes sent upstream (`slots`), or with
+    `downstream` the bytes coming back, per time slot."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, downstream: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.downstream = downstream
         self.port = free_port()
         self.slots: dict[int, int] = {}
         self.started = time.monotonic()
@@ -65,7 +69,10 @@ class CountingProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        await asyncio.gather(self._pipe(reader, up_writer, count=True), self._pipe(up_reader, writer, count=False))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, count=not self.downstream),
+            self._pipe(up_reader, writer, count=self.downstream),
+        )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool) -> None:
         try:
@@ -118,6 +125,7 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=200, help="data set size in MiB (default 200)")
     parser.add_argument("--rate", default="20M", help="the --bwlimit to test (default 20M)")
     parser.add_argument("--window", type=float, default=10.0, help="window length in seconds (default 10)")
+    parser.add_argument("--download", action="store_true", help="measure `amgmt download` of one --mib file instead")
     args = parser.parse_args()
     limit = parse_rate(args.rate) / MiB
     with tempfile.TemporaryDirectory(prefix="amgmt-bwlimit-") as tmp, LocalS3Server() as server:
@@ -130,13 +138,24 @@ def main() -> int:
         ).create_bucket(Bucket="amgmt-local")
         local = Path(tmp) / "media"
         local.mkdir()
-        make_media(local, args.mib)
-        with CountingProxy(server.port) as proxy:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("MGMT_", "AWS_"))}
-            env.update(LOCAL_CREDENTIALS, AWS_DEFAULT_REGION=LOCAL_REGION, AWS_CONFIG_FILE=os.devnull)
-            env.update(MGMT_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}", MGMT_BUCKET="amgmt-local",
-                       MGMT_LOCAL_DIR=str(local), XDG_STATE_HOME=tmp, XDG_CONFIG_HOME=tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MGMT_", "AWS_"))}
+        env.update(LOCAL_CREDENTIALS, AWS_DEFAULT_REGION=LOCAL_REGION, AWS_CONFIG_FILE=os.devnull)
+        env.update(MGMT_BUCKET="amgmt-local", MGMT_LOCAL_DIR=str(local), XDG_STATE_HOME=tmp, XDG_CONFIG_HOME=tmp)
+        if args.download:
+            rng = random.Random(21)
+            with (local / "A001C001.MOV").open("wb") as out:
+                for _ in range(args.mib):
+                    out.write(rng.randbytes(MiB))
+            upload = [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"]
+            direct = dict(env, MGMT_ENDPOINT_URL=server.endpoint_url)
+            subprocess.run(upload, env=direct, check=True, capture_output=True)
+            command = [sys.executable, "-m", "amgmt", "download", "A001C001.MOV", "--to", str(Path(tmp) / "out"),
+                       "--bwlimit", args.rate, "--no-progress"]
+        else:
+            make_media(local, args.mib)
             command = [sys.executable, "-m", "amgmt", "upload", "all", "--bwlimit", args.rate, "--no-progress"]
+        with CountingProxy(server.port, downstream=args.download) as proxy:
+            env.update(MGMT_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
             started = time.monotonic()
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             wall = time.monotonic() - started
@@ -144,7 +163,8 @@ def main() -> int:
             print(done.stdout, done.stderr, sep="\n", file=sys.stderr)
             return 1
     whole, low, high, seconds, total = rates(proxy.slots, args.window)
-    print(f"amgmt upload all --bwlimit {args.rate} ({format_rate(parse_rate(args.rate))}/s): "
+    what = "download A001C001.MOV" if args.download else "upload all"
+    print(f"amgmt {what} --bwlimit {args.rate} ({format_rate(parse_rate(args.rate))}/s): "
           f"{args.mib} MiB of media, command {wall:.1f} s")
     print(done.stdout.strip())
     print(f"wire: {total / MiB:.1f} MiB of bodies in {seconds:.2f} s (first to last): {whole:.2f} MiB/s")

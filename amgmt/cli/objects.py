@@ -235,6 +235,12 @@ def _member_text(outcome: DownloadOutcome, options: DownloadOptions, what: str, 
     show_default=True,
     help="Seconds between restore checks with --wait.",
 )
+@click.option(
+    "--bwlimit",
+    metavar="RATE",
+    default=None,
+    help="Bandwidth limit of the download, rclone's syntax: 10M = 10 MiB/s, 512K, off [MGMT_BWLIMIT].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 async def download(
@@ -247,6 +253,7 @@ async def download(
     days: int,
     wait: bool,
     poll_interval: float,
+    bwlimit: str | None,
     as_json: bool,
     progress: bool | None,
     **kwargs: Any,
@@ -266,8 +273,9 @@ async def download(
     checked against its tar header and that list (kind, size). The archive's own SHA-256 can only be
     checked when all of it was read, so a member taken from early in a large archive is not covered by
     it: download the whole archive (or `amgmt verify --deep`) for that proof.
+    --bwlimit (or MGMT_BWLIMIT) holds all the ranged GETs of the command to one rate, as it does uploads.
     """
-    settings = settings_from(kwargs, require_bucket=True)
+    settings = settings_from(kwargs, require_bucket=True, extra={"bwlimit": bwlimit})
     options = DownloadOptions(
         dest_dir=dest,
         extract=extract,
@@ -289,6 +297,7 @@ async def download(
         "tier": tier,
         "days": days,
         "wait": wait,
+        "bwlimit": settings.bwlimit,
     }
 
     async def run() -> DownloadOutcome:

@@ -1,7 +1,8 @@
 """MGMT_BWLIMIT: one token bucket for the whole run, taken from as request bodies are handed to the socket, 64 KiB at
 a time, by every part and single PUT of both transports alike (the body type below is written by aiohttp through
-its own payload, whoever made the request: botocore or direct.py). Must not decide what is sent; nothing is
-throttled without a limit.
+its own payload, whoever made the request: botocore or direct.py), and as response bodies of ranged GETs are read
+(downloads), 64 KiB at a time too: a read held back leaves the bytes in the socket, and TCP slows the sender. Must not
+decide what is sent or read; nothing is throttled without a limit.
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ class Bandwidth:
         delay = self.bucket.reserve(nbytes)
         if delay > 0:
             await anyio.sleep(delay)
+
+    async def read(self, body: Any, length: int) -> bytes:
+        """Up to `length` bytes of a response `body` (aiobotocore's StreamingBody), at most CHUNK at a time, each
+        paid for before the next is read (the bytes a read returned, which may be fewer than asked for); fewer when
+        the body ends early, one more when it goes on (the caller checks the length)."""
+        data = bytearray()
+        while len(data) < length:
+            chunk = await body.read(min(CHUNK, length - len(data)))
+            if not chunk:
+                break
+            data += chunk
+            await self.take(len(chunk))
+        if len(data) == length:
+            data += await body.read(1)  # nothing more at the body's end, as its length said
+        return bytes(data)
 
 
 class ThrottledBody(PartBody):

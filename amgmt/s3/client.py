@@ -266,7 +266,10 @@ class S3Bucket(BucketListings):
         async def get() -> bytes:
             resp = await self.client.get_object(**kwargs)
             async with resp["Body"] as body:
-                data = bytes(await body.read())
+                if self.bandwidth is None:
+                    data = bytes(await body.read())
+                else:
+                    data = await self.bandwidth.read(resp["Body"], length)  # the StreamingBody, read in chunks
             if len(data) != length:
                 raise S3UploadError(
                     f"GET s3://{self.bucket}/{key} returned {len(data)} bytes for a range of {length} at {offset}",

@@ -60,3 +60,17 @@ def test_bad_values_are_one_line_and_exit_2(amgmt, local_dir: Path, keys, args, 
     assert run.stderr.startswith("amgmt: error: ") and run.stderr.count("\n") == 1, run
     assert message in run.stderr, run
     assert keys() == [] and (local_dir / "clip.mp4").exists()
+
+
+def test_download_takes_bwlimit_and_refuses_a_bad_one_in_one_line(amgmt, local_dir: Path, tmp_path: Path) -> None:
+    (local_dir / "clip.mp4").write_bytes(b"clip" * 1000)
+    assert amgmt("upload", "clip.mp4").code == 0
+
+    bad = amgmt("download", "clip.mp4", "--to", str(tmp_path / "a"), "--bwlimit", "10Q")
+    good = amgmt("download", "clip.mp4", "--to", str(tmp_path / "b"), "--bwlimit", "1M", "--json")
+
+    assert bad.code == 2 and bad.stderr.count("\n") == 1, bad
+    assert "MGMT_BWLIMIT=10Q (from flag): expected a rate such as 10M" in bad.stderr
+    assert not (tmp_path / "a").exists()
+    assert good.code == 0, good
+    assert (tmp_path / "b" / "clip.mp4.tar.gz").exists()

@@ -4,6 +4,7 @@ overwrite without --force, a GLACIER object through restore and --wait, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -434,3 +435,31 @@ async def test_delete_keeps_the_records_and_marks_them(uploaded, s3view) -> None
     assert upload.s3_file_record.status == FileStatus.DELETED
     assert upload.s3_file_record.tags["deleted_by_operation_id"] == record.operation_id
     assert record.metadata["upload_operation_ids"] == [upload.operation_id]
+
+
+async def test_a_download_under_bwlimit_reads_every_byte_through_the_one_bucket(
+    uploaded, s3view, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MGMT_BWLIMIT holds downloads as it holds uploads: each range's body is read chunk by chunk after a take from
+    the command's one token bucket (without the limit nothing is taken: the same ranged GETs as before)."""
+    from amgmt.s3.bandwidth import Bandwidth
+
+    taken: list[tuple[int, int]] = []
+    take = Bandwidth.take
+
+    async def counting(self: Bandwidth, nbytes: int) -> None:
+        taken.append((id(self), nbytes))
+        await take(self, nbytes)
+
+    monkeypatch.setattr(Bandwidth, "take", counting)
+    settings, _ = uploaded
+    size = s3view.head("big.bin.tar.gz")["ContentLength"]
+    for bwlimit, dest in ((0, tmp_path / "free"), (1024 * MiB, tmp_path / "limited")):
+        async with Objects.open(dataclasses.replace(settings, bwlimit=bwlimit), record=False) as objects:
+            got = await objects.download("big.bin", DownloadOptions(dest_dir=dest), reporter=QuietReporter())
+        assert got.state == DownloadState.DOWNLOADED
+        assert (dest / "big.bin.tar.gz").read_bytes() == s3view.get("big.bin.tar.gz")
+        if not bwlimit:
+            assert taken == []
+    assert sum(n for _, n in taken) == size  # every byte of the 3 ranges, read in parallel, from one bucket
+    assert len({bucket for bucket, _ in taken}) == 1

@@ -100,3 +100,50 @@ async def test_a_throttled_body_is_handed_to_the_socket_chunk_by_chunk_each_afte
     log.clear()
     await payload.write_with_length(RecordingWriter(log), CHUNK + 1)  # type: ignore[arg-type]
     assert log == [("take", CHUNK), ("write", CHUNK), ("take", 1), ("write", 1)]
+
+
+class RecordingBody:
+    """A response body as aiobotocore's StreamingBody reads it (`read(amt)`), recording each read."""
+
+    def __init__(self, data: bytes, log: list[tuple[str, int]]) -> None:
+        self.data = data
+        self.log = log
+
+    async def read(self, amt: int) -> bytes:
+        chunk, self.data = self.data[:amt], self.data[amt:]
+        self.log.append(("read", amt))
+        return chunk
+
+
+async def test_a_downloaded_range_is_read_chunk_by_chunk_each_paid_for_before_the_next() -> None:
+    log: list[tuple[str, int]] = []
+    data = bytes(range(256)) * 1024 + b"xy"  # 4 chunks and 2 bytes
+
+    got = await RecordingBandwidth(log).read(RecordingBody(data, log), len(data))
+
+    assert got == data
+    assert log == [("read", CHUNK), ("take", CHUNK)] * 4 + [("read", 2), ("take", 2), ("read", 1)]
+
+
+async def test_a_short_read_pays_for_the_bytes_it_returned() -> None:
+    log: list[tuple[str, int]] = []
+
+    class Trickle(RecordingBody):
+        async def read(self, amt: int) -> bytes:
+            return await super().read(min(amt, 1000))
+
+    got = await RecordingBandwidth(log).read(Trickle(b"q" * 2500, log), 2500)
+
+    assert got == b"q" * 2500
+    assert [n for op, n in log if op == "take"] == [1000, 1000, 500]
+
+
+@pytest.mark.parametrize("extra", [b"", b"more than the range"])
+async def test_a_body_shorter_or_longer_than_its_range_is_not_taken_for_it(extra: bytes) -> None:
+    log: list[tuple[str, int]] = []
+    data = b"z" * 1000
+    short = await RecordingBandwidth(log).read(RecordingBody(data[:600], log), len(data))
+    long = await RecordingBandwidth(log).read(RecordingBody(data + extra, log), len(data))
+
+    assert short == data[:600]  # the caller sees 600 != 1000: a body cut short, sent again
+    assert len(long) == len(data) + min(len(extra), 1)  # one byte more says "longer than the range"
