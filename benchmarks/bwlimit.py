@@ -149,8 +149,18 @@ def main() -> int:
             upload = [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"]
             direct = dict(env, MGMT_ENDPOINT_URL=server.endpoint_url)
             subprocess.run(upload, env=direct, check=True, capture_output=True)
-            command = [sys.executable, "-m", "amgmt", "download", "A001C001.MOV", "--to", str(Path(tmp) / "out"),
-                       "--bwlimit", args.rate, "--no-progress"]
+            command = [
+                sys.executable,
+                "-m",
+                "amgmt",
+                "download",
+                "A001C001.MOV",
+                "--to",
+                str(Path(tmp) / "out"),
+                "--bwlimit",
+                args.rate,
+                "--no-progress",
+            ]
         else:
             make_media(local, args.mib)
             command = [sys.executable, "-m", "amgmt", "upload", "all", "--bwlimit", args.rate, "--no-progress"]
@@ -164,8 +174,10 @@ def main() -> int:
             return 1
     whole, low, high, seconds, total = rates(proxy.slots, args.window)
     what = "download A001C001.MOV" if args.download else "upload all"
-    print(f"amgmt {what} --bwlimit {args.rate} ({format_rate(parse_rate(args.rate))}/s): "
-          f"{args.mib} MiB of media, command {wall:.1f} s")
+    print(
+        f"amgmt {what} --bwlimit {args.rate} ({format_rate(parse_rate(args.rate))}/s): "
+        f"{args.mib} MiB of media, command {wall:.1f} s"
+    )
     print(done.stdout.strip())
     print(f"wire: {total / MiB:.1f} MiB of bodies in {seconds:.2f} s (first to last): {whole:.2f} MiB/s")
     print(f"any {args.window:g} s window: lowest {low:.2f} MiB/s, highest {high:.2f} MiB/s")

@@ -83,7 +83,9 @@ async def test_a_url_parameter_asyncpg_refuses_is_a_config_error_without_the_pas
     from amgmt.errors import ConfigError
 
     url = f"postgresql://amgmt:hunter2-secret@127.0.0.1:{free_port()}/amgmt?sslmode=bogus"
-    with pytest.raises(ConfigError, match=r"^MGMT_DB_URL=postgresql://amgmt:\*\*\*@127.0.0.1:\d+/amgmt\?sslmode=bogus: ") as info:
+    with pytest.raises(
+        ConfigError, match=r"^MGMT_DB_URL=postgresql://amgmt:\*\*\*@127.0.0.1:\d+/amgmt\?sslmode=bogus: "
+    ) as info:
         await PostgresStore(url).open()
     assert "sslmode" in str(info.value) and "hunter2" not in str(info.value) and info.value.exit_code == 2
 
@@ -136,8 +138,13 @@ async def test_reopening_applies_only_missing_migrations_and_a_newer_schema_is_r
 def own_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A cluster of this test's own (it gets stopped): (its dir, its URL)."""
     pg_dir = tmp_path / "pg"
-    started = subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), str(free_port())], capture_output=True, text=True,
-                             timeout=120, env={"PG_UP_OPTIONS": "-c fsync=off", "PATH": "/usr/bin:/bin"})
+    started = subprocess.run(
+        ["bash", str(PG_SCRIPT), str(pg_dir), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PG_UP_OPTIONS": "-c fsync=off", "PATH": "/usr/bin:/bin"},
+    )
     if started.returncode == 3:
         pytest.skip("PostgreSQL is not installed")
     assert started.returncode == 0, started.stderr
@@ -175,7 +182,9 @@ async def test_the_run_lock_of_a_local_dir_is_held_once_in_the_catalog(pg_url: s
     async with PostgresStore(pg_url) as first, PostgresStore(pg_url) as second:
         assert first.shared and second.shared
         async with first.run_lock("a" * 32):
-            with pytest.raises(BusyError, match=r"^another amgmt run \(on this host or another\) is uploading from this"):
+            with pytest.raises(
+                BusyError, match=r"^another amgmt run \(on this host or another\) is uploading from this"
+            ):
                 async with second.run_lock("a" * 32):
                     pytest.fail("taken twice")
             async with second.run_lock("b" * 32):  # another local dir: its own lock
