@@ -257,11 +257,13 @@ async def run_entries(
     workers: int,
     finished: Callable[[PlannedEntry, UploadRecord], None],
     taking: Callable[[], bool] | None = None,
+    left: Callable[[PlannedEntry], None] | None = None,
     lookahead: bool = True,
 ) -> AmgmtError | None:
     """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
     through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
-    `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
+    `taking()` is false is left alone (never started: no record); so is one another run holds (a catalog several
+    runs share: upload/claims.py), given to `left`. The first run-wide error cancels the other
     workers (their entries are recorded cancelled) and is returned.
 
     Small entries (`MGMT_SMALL_ENTRY_SIZE`) go to the small-entry lane instead (upload/lane.py): batches of them,
@@ -301,7 +303,7 @@ async def run_entries(
                     continue
                 pipeline = EntryPipeline(ctx, entry)
                 try:
-                    if not await _claimed(ctx, [pipeline]):
+                    if not await _claimed(ctx, [pipeline], left):
                         continue  # another run holds it, or ended it meanwhile
                 except AmgmtError as exc:  # run-wide (the database): stop every worker, one clear message
                     stopped.append(exc)
@@ -346,7 +348,7 @@ async def run_entries(
                     continue
                 batch = SmallBatch(ctx, taken, requests)
                 try:
-                    batch.pipelines = await _claimed(ctx, batch.pipelines)  # one statement for the batch
+                    batch.pipelines = await _claimed(ctx, batch.pipelines, left)  # one statement for the batch
                 except AmgmtError as exc:  # run-wide (the database): stop every worker, one clear message
                     stopped.append(exc)
                     scope.cancel()
@@ -395,12 +397,19 @@ async def run_entries(
     return stopped[0] if stopped else None
 
 
-async def _claimed(ctx: PipelineContext, pipelines: list[EntryPipeline]) -> list[EntryPipeline]:
-    """With a shared catalog, those of the entries this run got the claim of (upload/claims.py); all without."""
+async def _claimed(
+    ctx: PipelineContext, pipelines: list[EntryPipeline], left: Callable[[PlannedEntry], None] | None
+) -> list[EntryPipeline]:
+    """With a shared catalog, those of the entries this run got the claim of (upload/claims.py), the others given
+    to `left`; all without."""
     if ctx.claims is None:
         return pipelines
     items = [ClaimItem(p.record.target_name, p.record.operation_id, p.entry) for p in pipelines]
     mine = {item.operation_id for item in await ctx.claims.claim(items)}
+    if left is not None:
+        for pipeline in pipelines:
+            if pipeline.record.operation_id not in mine:
+                left(pipeline.planned)
     return [p for p in pipelines if p.record.operation_id in mine]
 
 

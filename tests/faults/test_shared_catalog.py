@@ -237,3 +237,35 @@ def test_a_run_that_stalled_past_its_lease_does_not_act_on_an_entry_taken_over(
     assert _moved(local_dir) == [entry]
     assert sorted(p.name for p in local_dir.iterdir()) == ["completed"]
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_run_starting_beside_a_live_one_of_the_same_host_leaves_its_entries_alone(
+    cli_env: dict[str, str], local_dir: Path, s3_server: Any, s3_client: Any, bucket: str, pg_url: str
+) -> None:
+    # Same MGMT_HOST_ID, same local dir: the first run stalls mid-entry (its record pending, at the move). The
+    # second run's recovery must not take that record for a dead run's (its claim is live, its process exists): it
+    # neither cancels it nor touches the entry, which the first run then finishes.
+    write_random(local_dir / "clip.mov", 3000, seed=4)
+    (local_dir / "other.mov").write_bytes(b"another entry")
+    env = dict(cli_env, MGMT_DB_URL=pg_url, MGMT_SMALL_ENTRY_SIZE="0", MGMT_CONCURRENCY="1")
+    stall_at = "amgmt.upload.pipeline.EntryPipeline._fence|moving the original|1|before|SIGSTOP"
+    first = _start(env, "ingest-a", kill_at=stall_at)
+    try:
+        _wait(lambda: _stopped(first.pid), "the first run to stall", first)
+        [held] = [op for op in _history(env) if op["status"] == "pending"]
+        second = _start(env, "ingest-a")
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+        report = json.loads(out)
+        assert report["elsewhere"] == [held["target_name"]], report
+        assert report["recovered"]["interrupted_operations"] == []
+        assert [op["status"] for op in _history(env) if op["operation_id"] == held["operation_id"]] == ["pending"]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert [(op["target_name"], op["status"]) for op in json.loads(out)["operations"]] == [
+        (held["target_name"], "success")
+    ]
+    assert Counter(op["status"] for op in _history(env)) == {"success": 2}
+    assert _moved(local_dir) == ["clip.mov", "other.mov"]

@@ -798,3 +798,11 @@ def test_host_id_defaults_to_the_host_name(sandbox: Env) -> None:
     assert sandbox.load(env={"MGMT_HOST_ID": ""}).host_id == socket.gethostname()
     assert "control characters" in config_error(sandbox, env={"MGMT_HOST_ID": "a\nb"})
     assert "1 to 255 characters" in config_error(sandbox, env={"MGMT_HOST_ID": "h" * 256})
+
+
+def test_lease_seconds_default_and_bounds(sandbox: Env) -> None:
+    assert sandbox.load().lease_seconds == 60.0
+    assert sandbox.load(env={"MGMT_LEASE_SECONDS": "2.5"}).lease_seconds == 2.5
+    for bad in ("0.5", "3601", "-1", "soon"):
+        message = config_error(sandbox, env={"MGMT_LEASE_SECONDS": bad})
+        assert "MGMT_LEASE_SECONDS" in message and ("1 to 3600" in message or "greater than 0" in message), message
