@@ -405,7 +405,12 @@ async def _claimed(
     if ctx.claims is None:
         return pipelines
     items = [ClaimItem(p.record.target_name, p.record.operation_id, p.entry) for p in pipelines]
+    now = anyio.current_time()
     mine = {item.operation_id for item in await ctx.claims.claim(items)}
+    for pipeline in pipelines:
+        if pipeline.record.operation_id in mine:
+            # A claim is a fresh lease, as a fence's renewal is: it stands for one for half a lease.
+            pipeline._fenced_until = now + ctx.claims.seconds / 2
     if left is not None:
         for pipeline in pipelines:
             if pipeline.record.operation_id not in mine:
@@ -502,6 +507,11 @@ class _BatchRun:
             command_args=self.command_args,
         )
         planned = plan(settings, self.entries)  # each entry walked once, here; the pipeline takes it from the plan
+        if run.claims is not None and planned:
+            # Runs sharing the folder each start at another place of the list (by their run id), instead of
+            # all claiming the same entries at once and each leaving most of them to the others.
+            start = int(run.claims.lease.run_id, 16) % len(planned)
+            planned = planned[start:] + planned[:start]
         self.reporter.add_work(len(planned), sum(p.size for p in planned))
         send, receive = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=self.concurrency)
 

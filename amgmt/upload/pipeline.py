@@ -598,15 +598,19 @@ async def finalise_all(pipelines: Sequence[EntryPipeline], *, must_save: bool, c
 
 
 async def fence_all(pipelines: Sequence[EntryPipeline], doing: str) -> dict[int, BaseException | None]:
-    """With a shared catalog, the fence of many entries in one statement (EntryPipeline._fence): a ClaimLostError for
-    each entry whose claim another run took over (by id of its pipeline), none for the others."""
+    """With a shared catalog, the fence of many entries in one statement (EntryPipeline._fence; only those whose last
+    claim or fence is older than half a lease): a ClaimLostError for each entry whose claim another run took over (by
+    id of its pipeline), none for the others."""
     if not pipelines or pipelines[0].ctx.claims is None:
         return {}
     claims = pipelines[0].ctx.claims
     now = anyio.current_time()
-    lost = await claims.fence([p.record.target_name for p in pipelines])
+    due = [p for p in pipelines if now >= p._fenced_until]  # the others' last claim or fence stands for one
+    if not due:
+        return {}
+    lost = await claims.fence([p.record.target_name for p in due])
     ended: dict[int, BaseException | None] = {}
-    for pipeline in pipelines:
+    for pipeline in due:
         if pipeline.record.target_name in lost:
             ended[id(pipeline)] = claims.lost(doing)
         else:
