@@ -1,5 +1,6 @@
 """The store's one interface, `Store`: what every backend answers (saving and querying records, the multipart journal),
-written once over a handful of primitives each backend implements (`_select`, `_fetch`, `_execute`, `_write_rows`).
+written once over a handful of primitives each backend implements (`_select`, `_fetch`, `_execute`, `_write_rows`,
+`_write_returning`), the runs and entry claims of a catalog several runs share included (upload/claims.py).
 
 The SQL is written once, for both backends (`?` parameters, amgmt.store.dialect turns it into PostgreSQL's); the
 group commit of saves is here too. Must not import a database driver: sqlite.py and postgres.py do."""
