@@ -134,13 +134,8 @@ def main() -> int:
         with CountingProxy(server.port) as proxy:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("MGMT_", "AWS_"))}
             env.update(LOCAL_CREDENTIALS, AWS_DEFAULT_REGION=LOCAL_REGION, AWS_CONFIG_FILE=os.devnull)
-            env.update(
-                MGMT_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}",
-                MGMT_BUCKET="amgmt-local",
-                MGMT_LOCAL_DIR=str(local),
-                XDG_STATE_HOME=tmp,
-                XDG_CONFIG_HOME=tmp,
-            )
+            env.update(MGMT_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}", MGMT_BUCKET="amgmt-local",
+                       MGMT_LOCAL_DIR=str(local), XDG_STATE_HOME=tmp, XDG_CONFIG_HOME=tmp)
             command = [sys.executable, "-m", "amgmt", "upload", "all", "--bwlimit", args.rate, "--no-progress"]
             started = time.monotonic()
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -149,10 +144,8 @@ def main() -> int:
             print(done.stdout, done.stderr, sep="\n", file=sys.stderr)
             return 1
     whole, low, high, seconds, total = rates(proxy.slots, args.window)
-    print(
-        f"amgmt upload all --bwlimit {args.rate} ({format_rate(parse_rate(args.rate))}/s): "
-        f"{args.mib} MiB of media, command {wall:.1f} s"
-    )
+    print(f"amgmt upload all --bwlimit {args.rate} ({format_rate(parse_rate(args.rate))}/s): "
+          f"{args.mib} MiB of media, command {wall:.1f} s")
     print(done.stdout.strip())
     print(f"wire: {total / MiB:.1f} MiB of bodies in {seconds:.2f} s (first to last): {whole:.2f} MiB/s")
     print(f"any {args.window:g} s window: lowest {low:.2f} MiB/s, highest {high:.2f} MiB/s")

@@ -118,18 +118,16 @@ def check(entries: dict[str, str], local: Path, completed: Path, client: Any) ->
     return problems
 
 
-def final_check(
-    entries: dict[str, str], local: Path, completed: Path, db: Path, staging: Path, client: Any
-) -> list[str]:
+def final_check(entries: dict[str, str], local: Path, completed: Path, db: Path, staging: Path,
+                client: Any) -> list[str]:
     problems = check(entries, local, completed, client)
     for name, digest in entries.items():
         if (local / name).exists():
             problems.append(f"{name} is still in the local dir after the last run")
         if not (completed / name).exists() or manifest(completed / name, name) != digest:
             problems.append(f"{name} is not whole in the completed dir after the last run")
-    leftovers = [
-        p.name for root in (local, completed) if root.is_dir() for p in root.iterdir() if p.name.startswith(".amgmt-")
-    ]
+    leftovers = [p.name for root in (local, completed) if root.is_dir() for p in root.iterdir()
+                 if p.name.startswith(".amgmt-")]
     if leftovers:
         problems.append(f"leftovers after the last run: {leftovers}")
     if client.list_multipart_uploads(Bucket=BUCKET).get("Uploads"):
@@ -157,49 +155,25 @@ def main() -> int:
     local.mkdir()
     completed = (shm / "completed") if shm else local / "completed"
     metadata = work / "metadata"
-    counts: dict[str, Any] = {
-        "rounds": args.rounds,
-        "kills": 0,
-        "finished_before_kill": 0,
-        "checks": 0,
-        "entries": 0,
-        "losses": 0,
-        "violations": 0,
-        "cross_fs": args.cross_fs,
-    }
+    counts: dict[str, Any] = {"rounds": args.rounds, "kills": 0, "finished_before_kill": 0, "checks": 0,
+                              "entries": 0, "losses": 0, "violations": 0, "cross_fs": args.cross_fs}
     problems: list[str] = []
     with LocalS3Server() as server:
-        client = boto3.client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            region_name=LOCAL_REGION,
-            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=LOCAL_REGION,
+                              aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
         client.create_bucket(Bucket=BUCKET)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MGMT_", "AWS_"))}
-        env.update(
-            LOCAL_CREDENTIALS,
-            AWS_DEFAULT_REGION=LOCAL_REGION,
-            MGMT_BUCKET=BUCKET,
-            MGMT_LOCAL_DIR=str(local),
-            MGMT_ENDPOINT_URL=server.endpoint_url,
-            MGMT_PART_SIZE="5MiB",
-            MGMT_CONCURRENCY="3",
-            MGMT_COMPLETED_DIR=str(completed),
-            MGMT_DB_PATH=str(metadata / "operations.db"),
-            MGMT_STAGING_DIR=str(metadata / "staging"),
-        )
+        env.update(LOCAL_CREDENTIALS, AWS_DEFAULT_REGION=LOCAL_REGION, MGMT_BUCKET=BUCKET,
+                   MGMT_LOCAL_DIR=str(local), MGMT_ENDPOINT_URL=server.endpoint_url, MGMT_PART_SIZE="5MiB",
+                   MGMT_CONCURRENCY="3", MGMT_COMPLETED_DIR=str(completed),
+                   MGMT_DB_PATH=str(metadata / "operations.db"), MGMT_STAGING_DIR=str(metadata / "staging"))
         entries: dict[str, str] = {}
         for round_ in range(args.rounds):
             if round_ % args.new_entries_every == 0:
                 entries.update(make_entries(local, rng, round_ // args.new_entries_every))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            proc = subprocess.Popen([sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(rng.uniform(0.2, 2.0))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -212,16 +186,13 @@ def main() -> int:
             found = check(entries, local, completed, client)
             counts["checks"] += 1
             problems += [f"round {round_}: {p}" for p in found]
-        last = subprocess.run(
-            [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"], env=env, capture_output=True, text=True
-        )
+        last = subprocess.run([sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"], env=env,
+                              capture_output=True, text=True)
         counts["last_run_exit"] = last.returncode
         if last.returncode != 0:
             problems.append(f"last run exit {last.returncode}: {last.stderr[-600:]}")
-        problems += [
-            f"last run: {p}"
-            for p in final_check(entries, local, completed, metadata / "operations.db", metadata / "staging", client)
-        ]
+        problems += [f"last run: {p}" for p in final_check(entries, local, completed, metadata / "operations.db",
+                                                            metadata / "staging", client)]
     counts["entries"] = len(entries)
     counts["losses"] = sum("LOSS" in p for p in problems)
     counts["violations"] = len(problems) - counts["losses"]

@@ -75,16 +75,8 @@ class BaselineTotals:
     stage_seconds: dict[str, float]
 
 
-def baseline_upload(
-    client: Any,
-    entries: Sequence[Path],
-    *,
-    bucket: str,
-    prefix: str,
-    completed_dir: Path,
-    scratch_dir: Path,
-    check: Callable[[], None] | None = None,
-) -> BaselineTotals:
+def baseline_upload(client: Any, entries: Sequence[Path], *, bucket: str, prefix: str, completed_dir: Path,
+                    scratch_dir: Path, check: Callable[[], None] | None = None) -> BaselineTotals:
     """The origin's loop over `entries` with a boto3 S3 `client`. Blocking; `check` is called between entries (to
     honour cancellation)."""
     from boto3.exceptions import Boto3Error
@@ -102,13 +94,8 @@ def baseline_upload(
             tar.add(entry, arcname=entry.name)
 
     archive_bytes, stages = sequential_pipeline(
-        entries,
-        compress=compress,
-        upload=upload,
-        move=os.rename,
-        completed_dir=completed_dir,
-        scratch_dir=scratch_dir,
-        before_each=check,
+        entries, compress=compress, upload=upload, move=os.rename, completed_dir=completed_dir,
+        scratch_dir=scratch_dir, before_each=check,
     )
     return BaselineTotals(archive_bytes=archive_bytes, stage_seconds=stages)
 
@@ -159,26 +146,17 @@ class OriginBaseline:
         run_dir, prefix = session.new_run_dir("baseline")
         try:
             local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
-            entries = sorted(
-                (p for p in local.iterdir() if not p.name.startswith(".")), key=lambda p: os.fsencode(p.name)
-            )
+            entries = sorted((p for p in local.iterdir() if not p.name.startswith(".")),
+                             key=lambda p: os.fsencode(p.name))
             sizes = [tree_size(p)[0] for p in entries]
             scratch = run_dir / "tmp"
             scratch.mkdir()
             with session.meter() as meter:
                 started = time.perf_counter()
-                totals = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        baseline_upload,
-                        self._client,
-                        entries,
-                        bucket=session.target.bucket,
-                        prefix=prefix,
-                        completed_dir=local / "completed",
-                        scratch_dir=scratch,
-                        check=anyio.from_thread.check_cancelled,
-                    )
-                )
+                totals = await anyio.to_thread.run_sync(functools.partial(
+                    baseline_upload, self._client, entries, bucket=session.target.bucket, prefix=prefix,
+                    completed_dir=local / "completed", scratch_dir=scratch, check=anyio.from_thread.check_cancelled,
+                ))
                 wall = time.perf_counter() - started
         finally:
             await session.discard(run_dir, prefix)

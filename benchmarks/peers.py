@@ -88,16 +88,14 @@ class Target:
 
 
 def _run(args: Sequence[str], env: dict[str, str]) -> None:
-    done = subprocess.run(
-        list(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
-    )
+    done = subprocess.run(list(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(args[:3])}... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
 
 
-async def timed_peer(
-    session: BenchmarkSession, label: str, work: Callable[[Path, Path, str], tuple[int, dict[str, float]]]
-) -> RunResult:
+async def timed_peer(session: BenchmarkSession, label: str,
+                     work: Callable[[Path, Path, str], tuple[int, dict[str, float]]]) -> RunResult:
     """Time `work(local_dir, scratch_dir, prefix)` on a fresh copy of the data set, measured like amgmt's runs."""
     run_dir, prefix = session.new_run_dir(label)
     try:
@@ -113,22 +111,9 @@ async def timed_peer(
     finally:
         await session.discard(run_dir, prefix)
     assert meter.usage is not None
-    return RunResult(
-        label=label,
-        kind=RunKind.PEER,
-        repeat=1,
-        concurrency=None,
-        part_size=None,
-        parts_in_flight=None,
-        wall_seconds=wall,
-        entries=len(entries),
-        entries_ok=len(entries),
-        source_bytes=source,
-        archive_bytes=archive_bytes,
-        usage=meter.usage,
-        stage_seconds=stages,
-        object_prefix=prefix,
-    )
+    return RunResult(label=label, kind=RunKind.PEER, repeat=1, concurrency=None, part_size=None, parts_in_flight=None,
+                     wall_seconds=wall, entries=len(entries), entries_ok=len(entries), source_bytes=source,
+                     archive_bytes=archive_bytes, usage=meter.usage, stage_seconds=stages, object_prefix=prefix)
 
 
 async def run_limit(session: BenchmarkSession, target: Target, s5cmd: str, part_size: int) -> RunResult:
@@ -140,10 +125,8 @@ async def run_limit(session: BenchmarkSession, target: Target, s5cmd: str, part_
         source = archive_bytes = 0
         for entry in sorted(local.iterdir(), key=lambda p: os.fsencode(p.name)):
             built = await anyio.to_process.run_sync(
-                functools.partial(compress_entry, part_size=part_size, level=1),
-                str(entry),
-                str(built_dir / f"{entry.name}.tar.gz"),
-            )
+                functools.partial(compress_entry, part_size=part_size, level=1), str(entry),
+                str(built_dir / f"{entry.name}.tar.gz"))
             source += built.source_size
             archive_bytes += built.archive_size
         return built_dir, source, archive_bytes
@@ -162,13 +145,8 @@ async def run_raw(session: BenchmarkSession, target: Target, s5cmd: str) -> RunR
     return await _s5cmd_copy(session, target, s5cmd, "limit: s5cmd cp of the raw files", raw)
 
 
-async def _s5cmd_copy(
-    session: BenchmarkSession,
-    target: Target,
-    s5cmd: str,
-    label: str,
-    prepare: Callable[[Path, Path], Awaitable[tuple[Path, int, int]]],
-) -> RunResult:
+async def _s5cmd_copy(session: BenchmarkSession, target: Target, s5cmd: str, label: str,
+                      prepare: Callable[[Path, Path], Awaitable[tuple[Path, int, int]]]) -> RunResult:
     """`s5cmd cp DIR/*` of what `prepare(local, run_dir)` gives (the dir, source bytes, bytes sent) on a fresh copy
     of the data set, timed and metered; the objects are removed afterwards."""
     run_dir, prefix = session.new_run_dir("limit-s5cmd")
@@ -176,7 +154,8 @@ async def _s5cmd_copy(
         local = await anyio.to_thread.run_sync(session.populate, run_dir, session.pristine)
         entries = len(list(local.iterdir()))
         directory, source, sent = await prepare(local, run_dir)
-        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{directory}/*", f"s3://{target.bucket}/{prefix}/"]
+        args = [s5cmd, "--endpoint-url", target.endpoint_url, "cp", f"{directory}/*",
+                f"s3://{target.bucket}/{prefix}/"]
         with session.meter() as meter:
             started = time.perf_counter()
             await anyio.to_thread.run_sync(_run, args, target.env)
@@ -184,22 +163,9 @@ async def _s5cmd_copy(
     finally:
         await session.discard(run_dir, prefix)
     assert meter.usage is not None
-    return RunResult(
-        label=label,
-        kind=RunKind.PEER,
-        repeat=1,
-        concurrency=None,
-        part_size=None,
-        parts_in_flight=None,
-        wall_seconds=wall,
-        entries=entries,
-        entries_ok=entries,
-        source_bytes=source,
-        archive_bytes=sent,
-        usage=meter.usage,
-        stage_seconds={"upload": wall},
-        object_prefix=prefix,
-    )
+    return RunResult(label=label, kind=RunKind.PEER, repeat=1, concurrency=None, part_size=None, parts_in_flight=None,
+                     wall_seconds=wall, entries=entries, entries_ok=entries, source_bytes=source, archive_bytes=sent,
+                     usage=meter.usage, stage_seconds={"upload": wall}, object_prefix=prefix)
 
 
 def subprocess_env(keys: tuple[str, str]) -> dict[str, str]:
@@ -287,16 +253,12 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
         if limits:
             results.append(RunSummary(tuple(limits)).median)
             ratios = [a.mib_per_second / b.mib_per_second for a, b in zip(amgmts, limits, strict=True)]
-            notes.append(
-                f"amgmt / limit per round: {', '.join(f'{r:.2f}' for r in ratios)}; median"
-                f" {statistics.median(ratios):.2f} ({args.repeat} rounds)"
-            )
+            notes.append(f"amgmt / limit per round: {', '.join(f'{r:.2f}' for r in ratios)}; median"
+                         f" {statistics.median(ratios):.2f} ({args.repeat} rounds)")
             per_entry = [1000 * a.usage.client_cpu_seconds / a.entries for a in amgmts if a.entries]
             if per_entry:
-                notes.append(
-                    f"amgmt client CPU per entry, per round: {', '.join(f'{m:.1f}' for m in per_entry)} ms;"
-                    f" median {statistics.median(per_entry):.1f} ms"
-                )
+                notes.append(f"amgmt client CPU per entry, per round: {', '.join(f'{m:.1f}' for m in per_entry)} ms;"
+                             f" median {statistics.median(per_entry):.1f} ms")
         else:
             notes.append("limit skipped: s5cmd not found (python benchmarks/peers.py setup)")
         results.append(RunSummary(tuple(amgmts)).median)
@@ -309,11 +271,9 @@ async def compare(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]
     return results, notes
 
 
-async def hand_built(
-    session: BenchmarkSession, target: Target, *, pigz: str | None, s5cmd: str | None, aws: str | None, notes: list[str]
-) -> list[RunResult]:
+async def hand_built(session: BenchmarkSession, target: Target, *, pigz: str | None, s5cmd: str | None,
+                     aws: str | None, notes: list[str]) -> list[RunResult]:
     """The pipelines a user would build by hand, each entry compressed then uploaded, one after another."""
-
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
@@ -322,40 +282,22 @@ async def hand_built(
         progress("tar + pigz + s5cmd cp, per entry")
         work = functools.partial(
             _loop,
-            compress=lambda entry, archive: [
-                "tar",
-                f"--use-compress-program={pigz}",
-                "-cf",
-                str(archive),
-                "-C",
-                str(entry.parent),
-                entry.name,
-            ],
+            compress=lambda entry, archive: ["tar", f"--use-compress-program={pigz}", "-cf", str(archive), "-C",
+                                             str(entry.parent), entry.name],
             upload=lambda archive, url: [s5cmd, "--endpoint-url", target.endpoint_url, "cp", str(archive), url],
             target=target,
         )
         results.append(await timed_peer(session, "tar + pigz + s5cmd cp, per entry", work))
     else:
-        notes.append(
-            "pigz + s5cmd skipped: "
-            + ", ".join(n for n, p in (("pigz", pigz), ("s5cmd", s5cmd)) if not p)
-            + " not found"
-        )
+        notes.append("pigz + s5cmd skipped: " + ", ".join(n for n, p in (("pigz", pigz), ("s5cmd", s5cmd))
+                                                         if not p) + " not found")
     if aws:
         progress("tar czf + aws s3 cp, per entry")
         work = functools.partial(
             _loop,
             compress=lambda entry, archive: ["tar", "czf", str(archive), "-C", str(entry.parent), entry.name],
-            upload=lambda archive, url: [
-                aws,
-                "s3",
-                "cp",
-                "--only-show-errors",
-                "--endpoint-url",
-                target.endpoint_url,
-                str(archive),
-                url,
-            ],
+            upload=lambda archive, url: [aws, "s3", "cp", "--only-show-errors", "--endpoint-url",
+                                         target.endpoint_url, str(archive), url],
             target=target,
         )
         results.append(await timed_peer(session, "tar czf + aws s3 cp, per entry", work))
@@ -364,15 +306,8 @@ async def hand_built(
     return results
 
 
-def _loop(
-    local: Path,
-    scratch: Path,
-    prefix: str,
-    *,
-    compress: Callable[[Path, Path], list[str]],
-    upload: Callable[[Path, str], list[str]],
-    target: Target,
-) -> tuple[int, dict[str, float]]:
+def _loop(local: Path, scratch: Path, prefix: str, *, compress: Callable[[Path, Path], list[str]],
+          upload: Callable[[Path, str], list[str]], target: Target) -> tuple[int, dict[str, float]]:
     """A shell loop: for each entry compress, upload, mv into completed/, rm the archive."""
     entries = sorted(local.iterdir(), key=lambda p: os.fsencode(p.name))
     return sequential_pipeline(
@@ -404,17 +339,13 @@ def markdown(results: Sequence[RunResult], notes: Sequence[str]) -> str:
         other = "-" if run.usage.other_cpu_seconds is None else f"{run.usage.other_cpu_seconds:.1f}"
         compression = f"{run.compression_ratio:.2f}" if run.compression_ratio else "-"
         per_entry = f"{1000 * run.usage.client_cpu_seconds / run.entries:.1f}" if run.entries else "-"
-        lines.append(
-            f"| {run.label} | {run.wall_seconds:.2f} | {run.mib_per_second:.1f} | "
-            f"{run.entries / run.wall_seconds:.0f} | {run.usage.client_cpu_seconds:.1f} | {per_entry} | "
-            f"{server} | {other} | {compression} | {ratio(run, limit)} | {ratio(run, amgmt)} |"
-        )
+        lines.append(f"| {run.label} | {run.wall_seconds:.2f} | {run.mib_per_second:.1f} | "
+                     f"{run.entries / run.wall_seconds:.0f} | {run.usage.client_cpu_seconds:.1f} | {per_entry} | "
+                     f"{server} | {other} | {compression} | {ratio(run, limit)} | {ratio(run, amgmt)} |")
     lines.append("")
-    lines.append(
-        "MiB/s of source data; client CPU = this process and its children (amgmt's workers, the tools); "
-        "other CPU = the rest of the machine meanwhile (competing work); ratio = source / archive bytes; "
-        "vs limit / vs amgmt = throughput ratios."
-    )
+    lines.append("MiB/s of source data; client CPU = this process and its children (amgmt's workers, the tools); "
+                 "other CPU = the rest of the machine meanwhile (competing work); ratio = source / archive bytes; "
+                 "vs limit / vs amgmt = throughput ratios.")
     versions = ", ".join(f"{name} {v}" for name, a in TOOL_VERSIONS.items() if (v := tool_version(name, a)))
     if versions:
         lines.append(f"tools: {versions}")
@@ -452,34 +383,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--server-pid", type=int, help="the server's pid on this machine, to measure its CPU")
     run.add_argument("--workdir", type=Path)
     run.add_argument("--output", type=Path, help="also write the Markdown table to this file")
-    run.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="rounds of (limit, amgmt), alternating; rows show the median run (default 1)",
-    )
-    run.add_argument(
-        "--between",
-        metavar="COMMAND",
-        help="a shell command run before every run of --repeat, e.g. radosgw's"
-        " `radosgw-admin -c DIR/ceph.conf gc process --include-all`",
-    )
-    run.add_argument(
-        "--only-limit", action="store_true", help="only the limit and amgmt, not the slow hand-built pipelines"
-    )
-    run.add_argument(
-        "--before",
-        action="store_true",
-        help="amgmt's byte path as before issue 11's second half (for a before/after): part MD5s on"
-        " every endpoint, parts read into memory and sent by botocore",
-    )
+    run.add_argument("--repeat", type=int, default=1,
+                     help="rounds of (limit, amgmt), alternating; rows show the median run (default 1)")
+    run.add_argument("--between", metavar="COMMAND",
+                     help="a shell command run before every run of --repeat, e.g. radosgw's"
+                          " `radosgw-admin -c DIR/ceph.conf gc process --include-all`")
+    run.add_argument("--only-limit", action="store_true",
+                     help="only the limit and amgmt, not the slow hand-built pipelines")
+    run.add_argument("--before", action="store_true",
+                     help="amgmt's byte path as before issue 11's second half (for a before/after): part MD5s on"
+                          " every endpoint, parts read into memory and sent by botocore")
     args = parser.parse_args(argv)
     if args.command == "setup":
         return setup()
     if args.before:
         import amgmt.s3.multipart
         from amgmt.s3.probe import ChecksumSupport
-
         ChecksumSupport.needs_md5 = lambda self, *, multipart: True  # type: ignore[method-assign]
         amgmt.s3.multipart.ZERO_COPY = False
     results, notes = anyio.run(compare, args)

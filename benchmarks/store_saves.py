@@ -25,46 +25,21 @@ from amgmt.models import FileRecord, FileRole, FileStatus, Location, UploadRecor
 from amgmt.store import MetadataStore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-LOCATIONS = {
-    FileRole.SOURCE: Location.LOCAL,
-    FileRole.COMPRESSED: Location.LOCAL,
-    FileRole.S3: Location.S3,
-    FileRole.COMPLETED: Location.COMPLETED,
-}
+LOCATIONS = {FileRole.SOURCE: Location.LOCAL, FileRole.COMPRESSED: Location.LOCAL, FileRole.S3: Location.S3,
+             FileRole.COMPLETED: Location.COMPLETED}
 
 
 def make_upload(number: int) -> UploadRecord:
     name = f"entry-{number:06d}"
-    record = UploadRecord(
-        operation_id=new_operation_id(),
-        target_path=f"/media/in/{name}",
-        target_name=name,
-        started_at=T0,
-        s3_bucket="media",
-        s3_object_key=f"archive/{name}.tar.gz",
-        original_size=65536,
-        checksum_original=f"sha-{name}",
-        user="bench",
-        command_args={"source": "/media/in", "workers": 8},
-    )
+    record = UploadRecord(operation_id=new_operation_id(), target_path=f"/media/in/{name}", target_name=name,
+                          started_at=T0, s3_bucket="media", s3_object_key=f"archive/{name}.tar.gz",
+                          original_size=65536, checksum_original=f"sha-{name}", user="bench",
+                          command_args={"source": "/media/in", "workers": 8})
     for role, location in LOCATIONS.items():
-        record.set_file_record(
-            role,
-            FileRecord(
-                name=name,
-                path=f"/media/{role.value}/{name}",
-                location=location,
-                size=65536,
-                is_directory=False,
-                mime_type=None,
-                created_at=T0,
-                modified_at=T0,
-                accessed_at=None,
-                checksum="ab" * 32,
-                tags={"role": role.value},
-                status=FileStatus.COMPLETED,
-            ),
-        )
+        record.set_file_record(role, FileRecord(
+            name=name, path=f"/media/{role.value}/{name}", location=location, size=65536,
+            is_directory=False, mime_type=None, created_at=T0, modified_at=T0, accessed_at=None,
+            checksum="ab" * 32, tags={"role": role.value}, status=FileStatus.COMPLETED))
     return record
 
 
@@ -97,10 +72,7 @@ async def busy(store: MetadataStore, records: list[UploadRecord], spinners: int 
 
 
 SHAPES: dict[str, Callable[[MetadataStore, list[UploadRecord]], Awaitable[None]]] = {
-    "serial": serial,
-    "concurrent": concurrent,
-    "busy": busy,
-}
+    "serial": serial, "concurrent": concurrent, "busy": busy}
 
 
 async def measure(saves: int) -> dict[str, dict[str, float]]:
@@ -113,12 +85,8 @@ async def measure(saves: int) -> dict[str, dict[str, float]]:
                 wall, cpu = time.perf_counter(), time.process_time()
                 await run(store, records)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        results[shape] = {
-            "saves": count,
-            "wall_s": round(wall, 3),
-            "cpu_s": round(cpu, 3),
-            "us_per_save": round(wall / count * 1e6, 1),
-        }
+        results[shape] = {"saves": count, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                          "us_per_save": round(wall / count * 1e6, 1)}
     return results
 
 
@@ -132,10 +100,8 @@ def main() -> None:
         print(json.dumps(results))
         return
     for shape, r in results.items():
-        print(
-            f"{shape:<11} {r['saves']:>6} saves  wall {r['wall_s']:>7.3f} s  cpu {r['cpu_s']:>7.3f} s  "
-            f"{r['us_per_save']:>8.1f} us/save"
-        )
+        print(f"{shape:<11} {r['saves']:>6} saves  wall {r['wall_s']:>7.3f} s  cpu {r['cpu_s']:>7.3f} s  "
+              f"{r['us_per_save']:>8.1f} us/save")
 
 
 if __name__ == "__main__":

@@ -143,17 +143,8 @@ from amgmt.bench.localserver import free_port  # noqa: E402
 
 RGW_SCRIPT = Path(__file__).parent / "tools" / "rgw_up.sh"
 RGW_KEYS = ("testkey", "testsecret")
-RGW_TOOLS = (
-    "radosgw",
-    "radosgw-admin",
-    "ceph-mon",
-    "ceph-osd",
-    "ceph",
-    "ceph-authtool",
-    "monmaptool",
-    "uuidgen",
-    "curl",
-)
+RGW_TOOLS = ("radosgw", "radosgw-admin", "ceph-mon", "ceph-osd", "ceph", "ceph-authtool", "monmaptool", "uuidgen",
+             "curl")
 RGW_INSTALL = "apt-get install --no-install-recommends radosgw ceph-mon ceph-osd uuid-runtime curl"
 RGW_START_TIMEOUT = 180.0
 
@@ -270,9 +261,8 @@ def real_s3(request: pytest.FixtureRequest, _aws_env: None, monkeypatch: pytest.
         target: S3Target = request.getfixturevalue("rgw_server")
     else:
         server: LocalS3Server = request.getfixturevalue("s3_server")
-        target = S3Target(
-            "moto", server.endpoint_url, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
-        )
+        target = S3Target("moto", server.endpoint_url, os.environ["AWS_ACCESS_KEY_ID"],
+                          os.environ["AWS_SECRET_ACCESS_KEY"])
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", target.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", target.secret_key)
     return target
@@ -363,13 +353,8 @@ class PgServer:
         env = {**os.environ, "PGPASSWORD": parts.password or "", "PGCONNECT_TIMEOUT": "10"}
         netloc = f"{parts.username}@{parts.hostname}:{parts.port}"
         url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-        subprocess.run(
-            [_pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        subprocess.run([_pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql], env=env,
+                       check=True, capture_output=True, timeout=60)
 
 
 def _pg_tool(name: str) -> str:
@@ -395,14 +380,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     problems = []
     for _attempt in range(2):  # a second try on another port when the free port was taken in between
         port = free_port()
-        proc = subprocess.run(
-            ["bash", str(PG_SCRIPT), str(pg_dir), str(port)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+        proc = subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), str(port)], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL, env=env)
         if proc.returncode == 0:
             break
         problems.append(f"port {port}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")

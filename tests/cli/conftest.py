@@ -33,12 +33,8 @@ Amgmt = Callable[..., Run]
 def amgmt(cli_env: dict[str, str], tmp_path: Path) -> Amgmt:
     """amgmt(*args, env={...}, drop=(...)) -> Run; cwd is tmp_path, the config home is tmp_path/xdg, the state
     home (amgmt.log) tmp_path-state beside it, so snapshots of tmp_path see no log."""
-    base = dict(
-        cli_env,
-        AWS_SECRET_ACCESS_KEY=SECRET,
-        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
-        XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")),
-    )
+    base = dict(cli_env, AWS_SECRET_ACCESS_KEY=SECRET, XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+                XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")))
 
     def run(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = (), timeout: float = 60) -> Run:
         full = {**base, **(env or {})}

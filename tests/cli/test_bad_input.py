@@ -27,9 +27,8 @@ class Case:
 USAGE_ERRORS = {
     "no-bucket": Case(("upload", "all"), "MGMT_BUCKET", drop=("MGMT_BUCKET",)),
     "missing-local-dir": Case(("upload", "all"), "MGMT_LOCAL_DIR", env={"MGMT_LOCAL_DIR": "{tmp}/nowhere"}),
-    "unknown-duplicate-handling": Case(
-        ("upload", "all"), "MGMT_DUPLICATE_HANDLING", env={"MGMT_DUPLICATE_HANDLING": "sometimes"}
-    ),
+    "unknown-duplicate-handling": Case(("upload", "all"), "MGMT_DUPLICATE_HANDLING",
+                                       env={"MGMT_DUPLICATE_HANDLING": "sometimes"}),
     "concurrency-not-a-number": Case(("upload", "all"), "MGMT_CONCURRENCY", env={"MGMT_CONCURRENCY": "abc"}),
     "no-such-name": Case(("upload", "nosuch.mp4"), "nosuch.mp4"),
     "dotdot-outside": Case(("upload", "../outside.mp4"), "outside the local dir"),
@@ -67,9 +66,8 @@ def test_usage_error(amgmt, media: Path, tmp_path: Path, keys, case: Case) -> No
         assert amgmt("upload", "a.mp4").code == 0
     before, in_bucket = snapshot(tmp_path), keys()
 
-    run = amgmt(
-        *(fill(a, tmp_path) for a in case.args), env={k: fill(v, tmp_path) for k, v in case.env.items()}, drop=case.drop
-    )
+    run = amgmt(*(fill(a, tmp_path) for a in case.args), env={k: fill(v, tmp_path) for k, v in case.env.items()},
+                drop=case.drop)
 
     assert run.code == 2, run
     assert_one_error_line(run, case.says)

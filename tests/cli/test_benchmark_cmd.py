@@ -22,17 +22,10 @@ from amgmt.config import format_size, parse_config_file
 ORIGIN = Path(__file__).resolve().parents[2] / "benchmarks" / "origin.py"
 
 
-def _amgmt(
-    *args: str, env: dict[str, str] | None = None, command: tuple[str, ...] = ("-m", "amgmt")
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *command, *args],
-        env=env or dict(os.environ),
-        text=True,
-        capture_output=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+def _amgmt(*args: str, env: dict[str, str] | None = None, command: tuple[str, ...] = ("-m", "amgmt")
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *command, *args], env=env or dict(os.environ), text=True,
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def _check_run(run: dict[str, Any], *, entries: int, total: int) -> None:
@@ -48,9 +41,8 @@ def _check_run(run: dict[str, Any], *, entries: int, total: int) -> None:
 def test_benchmark_runs_the_pipeline_and_the_baseline_on_the_embedded_server(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     work = tmp_path / "work"
-    done = _amgmt(
-        "--scale", "0.005", "--concurrency", "1,2", "--json", str(out), "--workdir", str(work), command=(str(ORIGIN),)
-    )  # `amgmt benchmark` with the origin's baseline
+    done = _amgmt("--scale", "0.005", "--concurrency", "1,2", "--json", str(out), "--workdir", str(work),
+                  command=(str(ORIGIN),))  # `amgmt benchmark` with the origin's baseline
     assert done.returncode == 0, done.stderr
     spec = dataset_spec("media", 0.005)
     data = json.loads(out.read_text())
@@ -82,31 +74,10 @@ def test_tune_picks_a_grid_point_and_saves_it_without_clobbering_the_config(
     config.write_text("# mine\nMGMT_BUCKET=keep-me\nexport MGMT_PART_SIZE=5MiB\nMGMT_STORAGE_CLASS=STANDARD\n")
     out = tmp_path / "tune.json"
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
-    done = _amgmt(
-        "benchmark",
-        "--tune",
-        "--save",
-        "--dataset",
-        "small",
-        "--scale",
-        "0.002",
-        "--part-size",
-        "5,6",
-        "--concurrency",
-        "1,2",
-        "--endpoint-url",
-        s3_server.endpoint_url,
-        "--bucket",
-        bucket,
-        "--server-pid",
-        str(s3_server.pid),
-        "--json",
-        str(out),
-        "--workdir",
-        str(tmp_path),
-        "-q",
-        env=env,
-    )
+    done = _amgmt("benchmark", "--tune", "--save", "--dataset", "small", "--scale", "0.002", "--part-size", "5,6",
+                  "--concurrency", "1,2", "--endpoint-url", s3_server.endpoint_url, "--bucket", bucket,
+                  "--server-pid", str(s3_server.pid), "--json", str(out), "--workdir", str(tmp_path), "-q",
+                  env=env)
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
 
@@ -164,9 +135,8 @@ async def test_credentials_are_passed_explicitly_not_through_os_environ(
         return await real_upload_batch(*args, **kwargs)
 
     monkeypatch.setattr(runner, "upload_batch", spying_upload_batch)
-    config = runner.BenchmarkConfig(
-        dataset=dataset_spec("small", 0.002), concurrencies=(2,), workdir=tmp_path, environ={}
-    )
+    config = runner.BenchmarkConfig(dataset=dataset_spec("small", 0.002), concurrencies=(2,), workdir=tmp_path,
+                                    environ={})
     report = await runner.run_benchmark(config)
     assert not report.failed and [r.kind for r in report.runs] == ["amgmt"]
     assert len(seen) == 2 and all(env == before for env in seen)  # the warm-up and the timed run

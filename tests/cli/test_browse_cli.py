@@ -39,15 +39,8 @@ def test_ls_shows_local_state_and_objects(amgmt, ran: dict[str, dict], bucket: s
     assert run.code == 0, run
     local, objects = run.stdout.split("\n\n")
     lines = local.splitlines()
-    assert lines[0].endswith(": 2 entries, 2.2 KiB") and lines[1].split() == [
-        "NAME",
-        "KIND",
-        "SIZE",
-        "UPLOAD",
-        "TRIED",
-        "IN",
-        "S3",
-    ]
+    assert lines[0].endswith(": 2 entries, 2.2 KiB") and lines[1].split() == ["NAME", "KIND", "SIZE", "UPLOAD",
+                                                                              "TRIED", "IN", "S3"]
     assert lines[2].split()[:5] == ["new-Holiday.mov", "file", "300", "B", "never"]
     assert lines[2].split()[-1] == "no"
     assert lines[3].split()[:5] == ["taken.mov", "file", "2.0", "KiB", "failed"] and lines[3].split()[-1] == "yes"
@@ -163,21 +156,12 @@ MONDAY = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
 MiB = 1024 * 1024
 
 
-def _upload(
-    name: str, day: int, status: OperationStatus, size: int, seconds: float, error: str | None = None
-) -> UploadRecord:
+def _upload(name: str, day: int, status: OperationStatus, size: int, seconds: float,
+            error: str | None = None) -> UploadRecord:
     started = MONDAY + timedelta(days=day)
-    record = UploadRecord(
-        operation_id=new_operation_id(),
-        target_path=f"/media/{name}",
-        target_name=name,
-        started_at=started,
-        original_size=size,
-        compressed_size=size // 4,
-        s3_bucket="b",
-        s3_object_key=f"{name}.tar.gz",
-        stage=Stage.DONE if error is None else Stage.VERIFY,
-    )
+    record = UploadRecord(operation_id=new_operation_id(), target_path=f"/media/{name}", target_name=name,
+                          started_at=started, original_size=size, compressed_size=size // 4, s3_bucket="b",
+                          s3_object_key=f"{name}.tar.gz", stage=Stage.DONE if error is None else Stage.VERIFY)
     record.finish(status, error=error, when=started + timedelta(seconds=seconds))
     return record
 
@@ -186,12 +170,8 @@ def test_stats_of_known_records(amgmt, local_dir: Path) -> None:
     records = [
         _upload("a.mp4", 0, OperationStatus.SUCCESS, 8 * MiB, 2.0),
         _upload("b.mp4", 1, OperationStatus.SUCCESS, 4 * MiB, 2.0),
-        _upload(
-            "c.mp4", 8, OperationStatus.FAILED, MiB, 1.0, "verify: s3://b/c.mp4.tar.gz is missing after the upload"
-        ),
-        _upload(
-            "d.mp4", 9, OperationStatus.FAILED, MiB, 1.0, "verify: s3://b/d.mp4.tar.gz is missing after the upload"
-        ),
+        _upload("c.mp4", 8, OperationStatus.FAILED, MiB, 1.0, "verify: s3://b/c.mp4.tar.gz is missing after the upload"),
+        _upload("d.mp4", 9, OperationStatus.FAILED, MiB, 1.0, "verify: s3://b/d.mp4.tar.gz is missing after the upload"),
     ]
 
     async def save() -> None:
@@ -204,23 +184,13 @@ def test_stats_of_known_records(amgmt, local_dir: Path) -> None:
     assert run.code == 0, run
     data = json.loads(run.stdout)
     assert (data["operations"], data["entries"], data["original_bytes"], data["uploaded_bytes"]) == (
-        4,
-        2,
-        12 * MiB,
-        3 * MiB,
-    )
+        4, 2, 12 * MiB, 3 * MiB)
     # issue 15: throughput over the runs' wall time (6 s: the failed entries took run time too), not 12 MiB / 4 s
     assert data["compression_ratio"] == 4.0 and data["throughput"] == 2 * MiB and data["wall_seconds"] == 6.0
     assert [(d["period"], d["entries"], d["failures"]) for d in data["per_day"]] == [
-        ("2026-11-23", 1, 0),
-        ("2026-11-24", 1, 0),
-        ("2026-12-01", 0, 1),
-        ("2026-12-02", 0, 1),
-    ]
+        ("2026-11-23", 1, 0), ("2026-11-24", 1, 0), ("2026-12-01", 0, 1), ("2026-12-02", 0, 1)]
     assert [(w["period"], w["original_bytes"]) for w in data["per_week"]] == [("2026-W48", 12 * MiB), ("2026-W49", 0)]
-    assert [(f["reason"], f["count"]) for f in data["failures"]] == [
-        ("verify: <object> is missing after the upload", 2)
-    ]
+    assert [(f["reason"], f["count"]) for f in data["failures"]] == [("verify: <object> is missing after the upload", 2)]
 
     run = amgmt("stats", "--since", "2026-12-01", env={"TZ": "UTC"})
     assert run.code == 0, run

@@ -32,7 +32,10 @@ def test_config_file_is_honoured_and_env_overrides_it(amgmt, tmp_path: Path) -> 
     config = tmp_path / "xdg" / "amgmt" / "config"
     config.parent.mkdir(parents=True)
     config.write_text(
-        f"# amgmt settings\nMGMT_OBJECT_PREFIX=from-file\nexport MGMT_CONCURRENCY=3\nAWS_SECRET_ACCESS_KEY={SECRET}\n"
+        "# amgmt settings\n"
+        "MGMT_OBJECT_PREFIX=from-file\n"
+        "export MGMT_CONCURRENCY=3\n"
+        f"AWS_SECRET_ACCESS_KEY={SECRET}\n"
     )
 
     data = json.loads(amgmt("config", "--json", env={"MGMT_CONCURRENCY": "5"}).stdout)
@@ -107,13 +110,8 @@ def test_config_set_rejects_bad_values_unknown_keys_and_secrets(amgmt, tmp_path:
     config = tmp_path / "xdg" / "amgmt" / "config"
     config.parent.mkdir(parents=True)
     config.write_text("# keep\nMGMT_CONCURRENCY=2\n")
-    for args in (
-        ("concurrency", "lots"),
-        ("AWS_SECRET_ACCESS_KEY", "x"),
-        ("aws_access_key_id", "x"),
-        ("MGMT_NO_SUCH_KEY", "1"),
-        ("local_dir", str(tmp_path / "missing")),
-    ):
+    for args in (("concurrency", "lots"), ("AWS_SECRET_ACCESS_KEY", "x"), ("aws_access_key_id", "x"),
+                 ("MGMT_NO_SUCH_KEY", "1"), ("local_dir", str(tmp_path / "missing"))):
         run = amgmt("config", "set", *args)
         assert run.code == 2, run
         assert run.stderr.startswith("amgmt: error: ") and len(run.stderr.splitlines()) == 1, run
@@ -129,31 +127,24 @@ def test_config_init_checks_the_bucket_and_writes(amgmt, tmp_path: Path, bucket:
 
     run = amgmt("config", "init", "--bucket", bucket, "--prefix", "media/", "--local-dir", str(local_dir))
     assert run.code == 0, run
-    assert config.read_text() == (f"MGMT_BUCKET={bucket}\nMGMT_OBJECT_PREFIX=media\nMGMT_LOCAL_DIR={local_dir}\n")
+    assert config.read_text() == (
+        f"MGMT_BUCKET={bucket}\nMGMT_OBJECT_PREFIX=media\nMGMT_LOCAL_DIR={local_dir}\n"
+    )
     data = json.loads(amgmt("config", "--json", drop=("MGMT_BUCKET", "MGMT_LOCAL_DIR")).stdout)
     assert data["MGMT_BUCKET"] == {"value": bucket, "source": f"config {config}"}
 
 
-def test_config_init_asks_on_stdin_and_writes_the_answers(
-    cli_env: dict[str, str], tmp_path: Path, bucket: str, local_dir: Path
-) -> None:
+def test_config_init_asks_on_stdin_and_writes_the_answers(cli_env: dict[str, str], tmp_path: Path, bucket: str,
+                                                          local_dir: Path) -> None:
     import subprocess
     import sys
 
     config = tmp_path / "xdg" / "amgmt" / "config"
     env = {k: v for k, v in cli_env.items() if k not in ("MGMT_BUCKET", "MGMT_LOCAL_DIR")}
-    env.update(
-        AWS_SECRET_ACCESS_KEY=SECRET, XDG_CONFIG_HOME=str(tmp_path / "xdg"), XDG_STATE_HOME=str(tmp_path / "state")
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "amgmt", "config", "init"],
-        env=env,
-        cwd=tmp_path,
-        input=f"{bucket}\nmedia/2026/\n{local_dir}\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env.update(AWS_SECRET_ACCESS_KEY=SECRET, XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+               XDG_STATE_HOME=str(tmp_path / "state"))
+    done = subprocess.run([sys.executable, "-m", "amgmt", "config", "init"], env=env, cwd=tmp_path,
+                          input=f"{bucket}\nmedia/2026/\n{local_dir}\n", capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done
     assert "coroutine" not in done.stdout + done.stderr and "Traceback" not in done.stderr, done

@@ -24,9 +24,8 @@ class Relay:
     listens again on the same port. `trigger(data)` sees what clients send; when it first returns True the relay
     goes down for `outage` seconds before forwarding that data (the request is lost with its connection)."""
 
-    def __init__(
-        self, upstream_port: int, *, trigger: Callable[[bytes], bool] | None = None, outage: float = 2.0
-    ) -> None:
+    def __init__(self, upstream_port: int, *, trigger: Callable[[bytes], bool] | None = None,
+                 outage: float = 2.0) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
         self.trigger = trigger
@@ -122,13 +121,8 @@ def _log(tmp_path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def test_a_server_down_at_the_start_is_waited_for(
-    amgmt,
-    make_media,
-    relay,
-    keys,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_a_server_down_at_the_start_is_waited_for(amgmt, make_media, relay, keys,  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path) -> None:
     make_media({"clip.mp4": 5000})
     server = relay()  # not listening yet: every connection is refused
     server.up_after(4.0)
@@ -143,14 +137,8 @@ def test_a_server_down_at_the_start_is_waited_for(
     assert refused and "trying again in" in refused[0], "the refusals were met and waited out"
 
 
-def test_a_server_restarting_mid_run_is_waited_for(
-    amgmt,
-    make_media,
-    relay,
-    keys,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-    local_dir: Path,
-) -> None:
+def test_a_server_restarting_mid_run_is_waited_for(amgmt, make_media, relay, keys,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path, local_dir: Path) -> None:
     """The relay goes down for 2 s when the first part of a multipart upload is sent, cutting every connection
     (that part's request is lost with it): the part is sent again once the server listens again."""
     make_media({"big.mp4": 12 * 1024 * 1024, "small.jpg": 3000})
@@ -163,17 +151,12 @@ def test_a_server_restarting_mid_run_is_waited_for(
     assert server.outages, "the outage happened during the run"
     assert keys() == ["big.mp4.tar.gz", "small.jpg.tar.gz"]
     assert sorted(p.name for p in (local_dir / "completed").iterdir() if p.name != ".metadata") == [
-        "big.mp4",
-        "small.jpg",
-    ]
+        "big.mp4", "small.jpg"]
     assert "cannot reach the S3 endpoint" in _log(tmp_path)
 
 
-def test_an_endpoint_that_never_comes_back_stops_the_run_with_exit_3(
-    amgmt,
-    make_media,  # type: ignore[no-untyped-def]
-    local_dir: Path,
-) -> None:
+def test_an_endpoint_that_never_comes_back_stops_the_run_with_exit_3(amgmt, make_media,  # type: ignore[no-untyped-def]
+                                                                      local_dir: Path) -> None:
     make_media({"clip.mp4": 5000})
     started = time.monotonic()
     run = amgmt("upload", "all", env={"MGMT_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, timeout=120)

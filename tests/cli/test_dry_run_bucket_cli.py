@@ -23,9 +23,8 @@ def _setup(amgmt, local_dir: Path, s3_client, bucket) -> None:  # type: ignore[n
     (local_dir / "new.mp4").write_bytes(b"new")
 
 
-def test_dry_run_predicts_skips_and_conflicts_and_sends_nothing(
-    amgmt, local_dir: Path, tmp_path: Path, s3_client, bucket, keys
-) -> None:
+def test_dry_run_predicts_skips_and_conflicts_and_sends_nothing(amgmt, local_dir: Path, tmp_path: Path, s3_client,
+                                                                bucket, keys) -> None:
     _setup(amgmt, local_dir, s3_client, bucket)
     before_keys, before = keys(), snapshot(tmp_path)
 
@@ -33,11 +32,8 @@ def test_dry_run_predicts_skips_and_conflicts_and_sends_nothing(
     as_json = amgmt("upload", "all", "--dry-run", "--json", "--on-conflict", "rename")
 
     assert run.code == 0, run
-    actions = {
-        line.split()[0]: line.split()[-1]
-        for line in run.stdout.splitlines()[1:]
-        if "s3://" in line and not line.startswith(("skip:", "conflict:", "exists:"))
-    }
+    actions = {line.split()[0]: line.split()[-1] for line in run.stdout.splitlines()[1:] if "s3://" in line
+               and not line.startswith(("skip:", "conflict:", "exists:"))}
     assert actions == {"card": "exists", "clip.mp4": "conflict", "new.mp4": "upload", "same.mp4": "skip"}, run
     assert "conflict: clip.mp4: s3://" in run.stdout and "holds an object amgmt did not upload" in run.stdout
     assert "predicted: conflict 1, exists 1, skip 1, upload 1" in run.stdout
@@ -62,9 +58,8 @@ def test_dry_run_needs_the_bucket(amgmt, local_dir: Path) -> None:
     assert run.stderr.startswith("amgmt: error: ") and "Traceback" not in run.stderr
 
 
-def test_dry_run_with_overwrite_uploads_everything_but_a_second_entry_of_one_key(
-    amgmt, local_dir: Path, s3_client, bucket
-) -> None:
+def test_dry_run_with_overwrite_uploads_everything_but_a_second_entry_of_one_key(amgmt, local_dir: Path, s3_client,
+                                                                                 bucket) -> None:
     (local_dir / "clip.mp4").write_bytes(b"mine")
     s3_client.put_object(Bucket=bucket, Key="clip.mp4.tar.gz", Body=b"somebody else's")
     for card in ("a", "b"):
@@ -76,9 +71,6 @@ def test_dry_run_with_overwrite_uploads_everything_but_a_second_entry_of_one_key
     assert run.code == 0, run
     entries = json.loads(run.stdout)["entries"]
     assert [(e["target_path"].split("/")[-2:], e["action"]) for e in entries] == [
-        (["media", "clip.mp4"], "upload"),
-        (["a", "x.mp4"], "upload"),
-        (["b", "x.mp4"], "conflict"),
-    ]
+        (["media", "clip.mp4"], "upload"), (["a", "x.mp4"], "upload"), (["b", "x.mp4"], "conflict")]
     assert "--overwrite uploads it again" in entries[0]["reason"]
     assert entries[2]["reason"] == "the key of x.mp4 in this run"

@@ -63,20 +63,14 @@ def bare_400_endpoint() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("endpoint", ["silent_endpoint", "bare_400_endpoint"])
-def test_a_first_request_that_fails_stops_the_run_with_exit_3(
-    amgmt, make_media, local_dir: Path, endpoint: str, request: pytest.FixtureRequest
-) -> None:
+def test_a_first_request_that_fails_stops_the_run_with_exit_3(amgmt, make_media, local_dir: Path, endpoint: str,
+                                                              request: pytest.FixtureRequest) -> None:
     make_media({"clip.mp4": 2000})
     before = snapshot(local_dir)
     url = request.getfixturevalue(endpoint)
 
-    run = amgmt(
-        "upload",
-        "all",
-        "--no-progress",
-        env={"MGMT_ENDPOINT_URL": url, "MGMT_READ_TIMEOUT": "0.5", "AWS_SESSION_TOKEN": "not-a-valid-token"},
-        timeout=120,
-    )
+    run = amgmt("upload", "all", "--no-progress", env={"MGMT_ENDPOINT_URL": url, "MGMT_READ_TIMEOUT": "0.5",
+                                                        "AWS_SESSION_TOKEN": "not-a-valid-token"}, timeout=120)
 
     assert run.code == 3, str(run)
     lines = [line for line in run.stderr.splitlines() if line.strip()]

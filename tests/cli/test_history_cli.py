@@ -25,11 +25,8 @@ def names(run) -> list[str]:  # type: ignore[no-untyped-def]
 
 def test_history_table_and_json(amgmt, recorded: dict[str, dict], bucket: str) -> None:
     assert sorted(recorded) == ["a.mp4", "dir", "taken.mov"]
-    assert {n: op["status"] for n, op in recorded.items()} == {
-        "a.mp4": "success",
-        "dir": "success",
-        "taken.mov": "failed",
-    }
+    assert {n: op["status"] for n, op in recorded.items()} == {"a.mp4": "success", "dir": "success",
+                                                                "taken.mov": "failed"}
     assert recorded["a.mp4"]["s3_bucket"] == bucket and recorded["a.mp4"]["s3_object_key"] == "a.mp4.tar.gz"
     assert recorded["taken.mov"]["error_message"].startswith("upload: ")
     assert "source_file_record" not in recorded["a.mp4"]  # the file records are for `show`

@@ -60,10 +60,7 @@ def test_the_hook_gets_each_entry_record_in_its_environment_and_no_credentials(
     out.mkdir()
 
     run = amgmt(
-        "upload",
-        "all",
-        "--hook",
-        f'env -0 > "{out}/$AMGMT_TARGET_NAME.env"',
+        "upload", "all", "--hook", f'env -0 > "{out}/$AMGMT_TARGET_NAME.env"',
         env={"AWS_SESSION_TOKEN": "token-" + SECRET, "MGMT_CONCURRENCY": "2"},
     )
 
@@ -73,7 +70,8 @@ def test_the_hook_gets_each_entry_record_in_its_environment_and_no_credentials(
     recs = records(local_dir)
     a, b = seen["a.mp4"], seen["b.mp4"]
     assert all(name in a and name in b for name in FIELDS)
-    assert (a["AMGMT_OPERATION_ID"], a["AMGMT_STATUS"], a["AMGMT_ERROR"]) == (recs["a.mp4"].operation_id, "success", "")
+    assert (a["AMGMT_OPERATION_ID"], a["AMGMT_STATUS"], a["AMGMT_ERROR"]) == (
+        recs["a.mp4"].operation_id, "success", "")
     assert (a["AMGMT_TARGET_NAME"], a["AMGMT_TARGET_PATH"]) == ("a.mp4", str(local_dir / "a.mp4"))
     assert (a["AMGMT_BUCKET"], a["AMGMT_KEY"], a["AMGMT_SIZE"]) == (bucket, "a.mp4.tar.gz", "1000")
     assert int(a["AMGMT_COMPRESSED_SIZE"]) > 0
@@ -120,12 +118,7 @@ def test_a_slow_hook_is_killed_with_its_whole_process_group(amgmt, make_media, l
 
     started = time.monotonic()
     run = amgmt(
-        "upload",
-        "all",
-        "-c",
-        "2",
-        "--hook",
-        f"sleep 60 & echo $! >> {pids}; wait",
+        "upload", "all", "-c", "2", "--hook", f"sleep 60 & echo $! >> {pids}; wait",
         env={"MGMT_HOOK_TIMEOUT": "0.5"},
     )
     took = time.monotonic() - started
@@ -143,9 +136,7 @@ def test_a_slow_hook_is_killed_with_its_whole_process_group(amgmt, make_media, l
     assert all(_gone(pid) for pid in sleepers), sleepers
 
 
-def test_retry_and_watch_take_the_hook_too(
-    amgmt, make_media, local_dir: Path, tmp_path: Path, s3_client, bucket
-) -> None:
+def test_retry_and_watch_take_the_hook_too(amgmt, make_media, local_dir: Path, tmp_path: Path, s3_client, bucket) -> None:
     make_media({"a.mp4": 1000, "c.mp4": 500})
     s3_client.put_object(Bucket=bucket, Key="a.mp4.tar.gz", Body=b"other")
     seen = tmp_path / "seen"

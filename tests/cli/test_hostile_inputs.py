@@ -227,11 +227,8 @@ def unreadable(w: World) -> None:
     else:
         w.route = "cli, chmod 000 as a regular user"
     w.file("fine.mp4", 300)
-    locked = [
-        w.file("locked.mp4", 400),
-        w.file("locked-dir/inside.txt", b"in").parent,
-        w.file("album/private/p.txt", b"p").parent,
-    ]
+    locked = [w.file("locked.mp4", 400), w.file("locked-dir/inside.txt", b"in").parent,
+              w.file("album/private/p.txt", b"p").parent]
     w.file("album/ok.txt", b"ok")
     for path in locked:
         mode = path.stat().st_mode
@@ -318,9 +315,8 @@ def _can_mount_tmpfs(where: Path) -> bool:
     if shutil.which("mount") is None:
         return False
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(where)], capture_output=True, timeout=10
-    )
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(where)],
+                          capture_output=True, timeout=10)
     return done.returncode == 0
 
 
@@ -448,9 +444,8 @@ def not_s3(status: int, body: bytes, *, head: int | None = None) -> Setup:
 
 
 def _moto_auth(w: World, count: str) -> None:
-    request = urllib.request.Request(
-        f"{w.endpoint}/moto-api/reset-auth", data=count.encode(), method="POST", headers={"Content-Type": "text/plain"}
-    )
+    request = urllib.request.Request(f"{w.endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=10) as resp:
         json.loads(resp.read())
@@ -725,158 +720,65 @@ CASES: dict[str, Case] = {
     # FIFOs: refused as NAME, skipped inside a directory and by `all`, never waited on
     "fifo-as-name": Case(fifos, ("upload", "top.fifo"), 2, "line", ("not a regular file or directory",), timeout=15),
     "fifo-inside-a-dir-and-with-all": Case(fifos, ("upload", "all"), 0, "ok", check=fifos_skipped, timeout=15),
-    "fifo-swapped-in-after-listing": Case(
-        plain,
-        swapped_for_fifo,
-        1,
-        "summary",
-        ("a.mp4: compress:", "not a regular file or directory"),
-        check=fifo_swap_reported,
-    ),
+    "fifo-swapped-in-after-listing": Case(plain, swapped_for_fifo, 1, "summary",
+                                          ("a.mp4: compress:", "not a regular file or directory"),
+                                          check=fifo_swap_reported),
     # contents amgmt cannot read or that change under it
-    "unreadable-file-and-dirs": Case(
-        unreadable, ("upload", "all"), 1, "summary", ("Permission denied",), check=unreadable_fail_alone
-    ),
-    "grows-while-compressed": Case(
-        growing,
-        ("upload", "grow.bin"),
-        1,
-        "summary",
-        ("grow.bin: compress:", "changed while being compressed"),
-        check=grew_and_stayed,
-    ),
-    "deleted-after-listing": Case(
-        plain,
-        deleted_after_listing,
-        1,
-        "summary",
-        ("a.mp4: validate:", "does not exist (deleted since it was listed?)"),
-        check=deleted_reported,
-    ),
+    "unreadable-file-and-dirs": Case(unreadable, ("upload", "all"), 1, "summary", ("Permission denied",),
+                                     check=unreadable_fail_alone),
+    "grows-while-compressed": Case(growing, ("upload", "grow.bin"), 1, "summary",
+                                   ("grow.bin: compress:", "changed while being compressed"), check=grew_and_stayed),
+    "deleted-after-listing": Case(plain, deleted_after_listing, 1, "summary",
+                                  ("a.mp4: validate:", "does not exist (deleted since it was listed?)"),
+                                  check=deleted_reported),
     # empty entries and hostile names all upload
     "empty-file-and-dir": Case(empties, ("upload", "all"), 0, "ok", ("success 2",), check=empties_uploaded),
-    "hostile-names-with-all": Case(
-        hostile_names,
-        ("upload", "all"),
-        0,
-        "ok",
-        (f"success {len(HOSTILE) + 3}",),
-        check=hostile_uploaded([*HOSTILE, NON_UTF8, HOSTILE_DIR, "all"]),
-    ),
-    "hostile-names-after-double-dash": Case(
-        hostile_names,
-        ("upload", "--", *HOSTILE, *HIDDEN),
-        0,
-        "ok",
-        (f"success {len(HOSTILE) + 2}",),
-        check=names_after_double_dash,
-    ),
+    "hostile-names-with-all": Case(hostile_names, ("upload", "all"), 0, "ok", (f"success {len(HOSTILE) + 3}",),
+                                   check=hostile_uploaded([*HOSTILE, NON_UTF8, HOSTILE_DIR, "all"])),
+    "hostile-names-after-double-dash": Case(hostile_names, ("upload", "--", *HOSTILE, *HIDDEN), 0, "ok",
+                                            (f"success {len(HOSTILE) + 2}",), check=names_after_double_dash),
     # -v is upload's own flag since issue 15 (-v/--debug after the command): `-v.mp4` is read as -v -. -m ...
-    "leading-dash-without-double-dash": Case(
-        hostile_names, ("upload", "-v.mp4"), 2, "usage", ("No such option", "'-.'"), check=nothing_uploaded
-    ),
+    "leading-dash-without-double-dash": Case(hostile_names, ("upload", "-v.mp4"), 2, "usage",
+                                             ("No such option", "'-.'"), check=nothing_uploaded),
     # the staging dir, the completed dir and the database in trouble
-    "staging-full-tmpfs": Case(
-        staging_on_tiny_tmpfs,
-        ("upload", "all"),
-        1,
-        "summary",
-        ("big.bin: compress:", "no space left on device in staging dir"),
-        check=small_one_uploaded,
-    ),
-    "staging-full-injected": Case(
-        staging_full_injected,
-        enospc_injected,
-        1,
-        "summary",
-        ("big.bin: compress:", "No space left on device"),
-        check=small_one_uploaded,
-    ),
-    "completed-dir-not-writable": Case(
-        completed_under_a_file,
-        ("upload", "movie.mkv"),
-        1,
-        "summary",
-        ("partial", "uploaded and verified, but the original stays in place", "Not a directory"),
-        check=partial_but_verified,
-    ),
-    "db-locked": Case(
-        db_locked,
-        ("upload", "a.mp4"),
-        4,
-        "line",
-        ("operations.db is locked by another process",),
-        check=nothing_uploaded,
-    ),
-    "db-locked-existing-wal": Case(
-        db_locked_existing,
-        upload_a_with_short_busy_timeout,
-        4,
-        "summary",
-        ("operations.db is locked by another process",),
-        check=nothing_uploaded,
-    ),
-    "db-corrupt": Case(
-        db_corrupt,
-        ("upload", "all"),
-        4,
-        "line",
-        ("operations.db is not a valid SQLite database",),
-        check=nothing_uploaded,
-    ),
+    "staging-full-tmpfs": Case(staging_on_tiny_tmpfs, ("upload", "all"), 1, "summary",
+                                ("big.bin: compress:", "no space left on device in staging dir"),
+                                check=small_one_uploaded),
+    "staging-full-injected": Case(staging_full_injected, enospc_injected, 1, "summary",
+                                   ("big.bin: compress:", "No space left on device"), check=small_one_uploaded),
+    "completed-dir-not-writable": Case(completed_under_a_file, ("upload", "movie.mkv"), 1, "summary",
+                                       ("partial", "uploaded and verified, but the original stays in place",
+                                        "Not a directory"), check=partial_but_verified),
+    "db-locked": Case(db_locked, ("upload", "a.mp4"), 4, "line", ("operations.db is locked by another process",),
+                      check=nothing_uploaded),
+    "db-locked-existing-wal": Case(db_locked_existing, upload_a_with_short_busy_timeout, 4, "summary",
+                                   ("operations.db is locked by another process",), check=nothing_uploaded),
+    "db-corrupt": Case(db_corrupt, ("upload", "all"), 4, "line",
+                       ("operations.db is not a valid SQLite database",), check=nothing_uploaded),
     # the S3 side unreachable or unusable: stop at once
-    "endpoint-down": Case(
-        endpoint_down, ("upload", "all"), 3, "line", ("cannot reach the S3 endpoint",), check=nothing_uploaded
-    ),
-    "wrong-port-404-html": Case(
-        not_s3(404, b"<html><body><h1>Not Found</h1></body></html>"),
-        ("upload", "all"),
-        3,
-        "line",
-        check=nothing_uploaded,
-    ),
+    "endpoint-down": Case(endpoint_down, ("upload", "all"), 3, "line", ("cannot reach the S3 endpoint",),
+                          check=nothing_uploaded),
+    "wrong-port-404-html": Case(not_s3(404, b"<html><body><h1>Not Found</h1></body></html>"), ("upload", "all"),
+                                3, "line", check=nothing_uploaded),
     "wrong-port-not-s3": Case(not_s3(400, b"hello", head=200), ("upload", "all"), 3, "line", check=nothing_uploaded),
-    "bucket-missing": Case(
-        with_env(plain, MGMT_BUCKET=f"amgmt-missing-{uuid.uuid4().hex[:12]}"),
-        ("upload", "all"),
-        3,
-        "line",
-        ("does not exist",),
-    ),
+    "bucket-missing": Case(with_env(plain, MGMT_BUCKET=f"amgmt-missing-{uuid.uuid4().hex[:12]}"), ("upload", "all"),
+                           3, "line", ("does not exist",)),
     "wrong-credentials": Case(wrong_credentials, ("upload", "all"), 3, "line", ("403",), check=nothing_uploaded),
     # settings
-    "config-garbage-line": Case(
-        garbage_config,
-        ("upload", "a.mp4", "--config", "{tmp}/amgmt.conf"),
-        2,
-        "line",
-        ("config file {tmp}/amgmt.conf line 3: expected KEY=VALUE",),
-    ),
-    "prefix-with-dotdot": Case(
-        with_env(plain, MGMT_OBJECT_PREFIX="media/../escape"),
-        ("upload", "all"),
-        2,
-        "line",
-        ("MGMT_OBJECT_PREFIX", "'..' segments are not allowed"),
-    ),
+    "config-garbage-line": Case(garbage_config, ("upload", "a.mp4", "--config", "{tmp}/amgmt.conf"), 2, "line",
+                                ("config file {tmp}/amgmt.conf line 3: expected KEY=VALUE",)),
+    "prefix-with-dotdot": Case(with_env(plain, MGMT_OBJECT_PREFIX="media/../escape"), ("upload", "all"), 2, "line",
+                               ("MGMT_OBJECT_PREFIX", "'..' segments are not allowed")),
     # bugs this suite found (fixed; kept as regression cases)
-    "control-chars-in-summary": Case(
-        control_chars_in_summary, ("upload", "all"), 1, "summary", check=summary_one_line_per_failure
-    ),
+    "control-chars-in-summary": Case(control_chars_in_summary, ("upload", "all"), 1, "summary",
+                                     check=summary_one_line_per_failure),
     "c1-control-chars-in-keys": Case(c1_controls, ("upload", "all"), 0, "ok"),
-    "255-byte-name-duplicate": Case(
-        long_name_duplicate, ("upload", "--", "n" * 251 + ".mp4"), 0, "ok", check=long_duplicate_moved
-    ),
-    "db-locked-entry-already-done": Case(
-        db_locked_entry_done,
-        upload_a_with_short_busy_timeout,
-        4,
-        "summary",
-        ("operations.db is locked by another process",),
-    ),
-    "non-utf8-name-as-name": Case(
-        hostile_names, ("upload", "--", NON_UTF8), 0, "ok", ("success 1",), check=hostile_uploaded([NON_UTF8])
-    ),
+    "255-byte-name-duplicate": Case(long_name_duplicate, ("upload", "--", "n" * 251 + ".mp4"), 0, "ok",
+                                    check=long_duplicate_moved),
+    "db-locked-entry-already-done": Case(db_locked_entry_done, upload_a_with_short_busy_timeout, 4, "summary",
+                                         ("operations.db is locked by another process",)),
+    "non-utf8-name-as-name": Case(hostile_names, ("upload", "--", NON_UTF8), 0, "ok", ("success 1",),
+                                  check=hostile_uploaded([NON_UTF8])),
     "tilde-name": Case(tilde, ("upload", "--", "~", "~root"), 0, "ok", check=tilde_uploaded),
 }
 
@@ -893,26 +795,10 @@ def _params() -> list[Any]:
 
 
 @pytest.fixture
-def world(
-    tmp_path: Path,
-    local_dir: Path,
-    bucket: str,
-    s3_server: Any,
-    s3_client: Any,
-    cli_env: dict[str, str],
-    make_settings: Callable[..., Settings],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[World]:
-    w = World(
-        tmp=tmp_path,
-        local=local_dir,
-        bucket=bucket,
-        endpoint=s3_server.endpoint_url,
-        s3=s3_client,
-        cli_env=dict(cli_env),
-        make_settings=make_settings,
-        monkeypatch=monkeypatch,
-    )
+def world(tmp_path: Path, local_dir: Path, bucket: str, s3_server: Any, s3_client: Any, cli_env: dict[str, str],
+          make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    w = World(tmp=tmp_path, local=local_dir, bucket=bucket, endpoint=s3_server.endpoint_url, s3=s3_client,
+              cli_env=dict(cli_env), make_settings=make_settings, monkeypatch=monkeypatch)
     yield w
     with contextlib.ExitStack() as undo:  # last registered first; every one runs even if another fails
         for step in w.teardown:
@@ -926,15 +812,9 @@ def _fill(text: str, w: World) -> str:
 def run_cli(w: World, args: tuple[str, ...], timeout: float) -> Outcome:
     """As tests/cli/conftest.py's `amgmt` fixture runs it, with w.env and w.command_prefix on top."""
     env = {**w.cli_env, "AWS_SECRET_ACCESS_KEY": SECRET, "XDG_CONFIG_HOME": str(w.tmp / "xdg"), **w.env}
-    done = subprocess.run(
-        [*w.command_prefix, sys.executable, "-m", "amgmt", *(_fill(a, w) for a in args)],
-        env=env,
-        cwd=w.tmp,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    done = subprocess.run([*w.command_prefix, sys.executable, "-m", "amgmt", *(_fill(a, w) for a in args)],
+                          env=env, cwd=w.tmp, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
     return Outcome(done.returncode, done.stdout, done.stderr, w.route)
 
 

@@ -32,15 +32,8 @@ def _refused(run, key: str) -> None:  # type: ignore[no-untyped-def]
         ("MGMT_DB_PATH", "{local}/album/operations.db"),
         ("MGMT_COMPLETED_DIR", "{tmp}"),
     ],
-    ids=[
-        "staging-is-local",
-        "staging-is-completed",
-        "staging-holds-local",
-        "staging-in-an-entry",
-        "db-in-local",
-        "db-in-an-entry",
-        "completed-holds-local",
-    ],
+    ids=["staging-is-local", "staging-is-completed", "staging-holds-local", "staging-in-an-entry", "db-in-local",
+         "db-in-an-entry", "completed-holds-local"],
 )
 @pytest.mark.parametrize("command", [("upload", "all"), ("cleanup",), ("retry", "--failed")])
 def test_dangerous_locations_are_refused_before_anything_is_done(
@@ -68,9 +61,8 @@ def test_the_default_locations_still_work(amgmt, make_media, local_dir: Path, ke
     assert (local_dir / "completed" / ".metadata" / "operations.db").exists()
 
 
-def test_a_staging_dir_shared_with_other_files_keeps_them(
-    amgmt, make_media, local_dir: Path, tmp_path: Path, keys
-) -> None:
+def test_a_staging_dir_shared_with_other_files_keeps_them(amgmt, make_media, local_dir: Path, tmp_path: Path,
+                                                          keys) -> None:
     make_media({"a.mp4": 3000, "b.mp4": 4000})
     shared = tmp_path / "shared"
     shared.mkdir()

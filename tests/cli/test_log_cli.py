@@ -41,13 +41,8 @@ def test_log_follow_prints_new_lines_until_ctrl_c(amgmt, tmp_path: Path, cli_env
     log_file.parent.mkdir(parents=True)
     log_file.write_text("old 1\nold 2\n")
     env = dict(cli_env, XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amgmt", "log", "-n", "1", "--follow"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "amgmt", "log", "-n", "1", "--follow"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     try:
         # Each step waits for what the command printed (it flushes every line), never for a sleep to be long enough.
@@ -70,9 +65,8 @@ def _next_line(stream: IO[str], timeout: float = 30.0) -> str:
     return stream.readline().rstrip("\n")
 
 
-def test_every_changing_command_is_logged_with_its_local_dir_and_outcome(
-    amgmt, make_media, local_dir: Path, tmp_path: Path
-) -> None:
+def test_every_changing_command_is_logged_with_its_local_dir_and_outcome(amgmt, make_media, local_dir: Path,
+                                                                          tmp_path: Path) -> None:
     """upload, download, delete, cleanup, config set: a line as each starts (arguments, no secret) and one as it
     ends (local dir, exit code and why); commands that only read (history, search, watch --status) are not logged."""
     make_media({"a.mp4": 1000})
@@ -98,11 +92,7 @@ def test_every_changing_command_is_logged_with_its_local_dir_and_outcome(
     ]
     ended = [line for line in lines if " ended: " in line]
     assert len(ended) == 5
-    assert ended[0].startswith("command upload ended: exit 0 (done) in ") and ended[0].endswith(
-        f"local dir {local_dir}"
-    )
+    assert ended[0].startswith("command upload ended: exit 0 (done) in ") and ended[0].endswith(f"local dir {local_dir}")
     assert ended[1].startswith("command download ended: exit 0 (done)")
-    assert (
-        ended[2].startswith("command delete ended: exit 2 (bad input)") and "nothing named 'no-such-thing'" in ended[2]
-    )
+    assert ended[2].startswith("command delete ended: exit 2 (bad input)") and "nothing named 'no-such-thing'" in ended[2]
     assert ended[4].startswith("command config set ended: exit 0 (done)")

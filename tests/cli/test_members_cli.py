@@ -17,23 +17,17 @@ from clikit import snapshot
 
 
 def _card(make_media) -> Path:  # type: ignore[no-untyped-def]
-    return make_media(
-        {
-            "trip/DCIM/100GOPRO/IMG_1009.JPG": 3000,
-            "trip/DCIM/100GOPRO/IMG_1010.JPG": 4000,
-            "trip/DCIM/101GOPRO/GX010234.MP4": 6000,
-            "trip/notes.txt": b"day one\n",
-            "IMG_1010 copy.jpg": 700,
-        }
-    )
+    return make_media({
+        "trip/DCIM/100GOPRO/IMG_1009.JPG": 3000,
+        "trip/DCIM/100GOPRO/IMG_1010.JPG": 4000,
+        "trip/DCIM/101GOPRO/GX010234.MP4": 6000,
+        "trip/notes.txt": b"day one\n",
+        "IMG_1010 copy.jpg": 700,
+    })
 
 
-def test_search_finds_members_and_names_their_archive(
-    amgmt,
-    make_media,
-    local_dir: Path,  # type: ignore[no-untyped-def]
-    bucket: str,
-) -> None:
+def test_search_finds_members_and_names_their_archive(amgmt, make_media, local_dir: Path,  # type: ignore[no-untyped-def]
+                                                      bucket: str) -> None:
     _card(make_media)
     assert amgmt("upload", "all").code == 0, "upload"
 
@@ -57,12 +51,8 @@ def test_search_finds_members_and_names_their_archive(
     assert "inside the archives: 0 members matching 'nothing-like-it'" in amgmt("search", "nothing-like-it").stdout
 
 
-def test_download_member_writes_just_that_member(
-    amgmt,
-    make_media,
-    local_dir: Path,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_download_member_writes_just_that_member(amgmt, make_media, local_dir: Path,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
     _card(make_media)
     original = (local_dir / "trip/DCIM/100GOPRO/IMG_1010.JPG").read_bytes()
     assert amgmt("upload", "all").code == 0
@@ -100,30 +90,20 @@ def test_download_member_writes_just_that_member(
     run = amgmt("download", "trip", "--member", "trip/DCIM", "--to", "tree")
     assert run.code == 0, run
     assert snapshot(tmp_path / "tree") == {
-        "DCIM": None,
-        "DCIM/100GOPRO": None,
-        "DCIM/100GOPRO/IMG_1009.JPG": 3000,
-        "DCIM/100GOPRO/IMG_1010.JPG": 4000,
-        "DCIM/101GOPRO": None,
-        "DCIM/101GOPRO/GX010234.MP4": 6000,
+        "DCIM": None, "DCIM/100GOPRO": None, "DCIM/100GOPRO/IMG_1009.JPG": 3000,
+        "DCIM/100GOPRO/IMG_1010.JPG": 4000, "DCIM/101GOPRO": None, "DCIM/101GOPRO/GX010234.MP4": 6000,
     }
     assert "(3 files, 3 directories, 12.7 KiB)" in run.stdout
 
     # each is recorded as a download of the member
     db = sqlite3.connect(local_dir / "completed/.metadata/operations.db")
-    rows = db.execute(
-        "SELECT status, json_extract(metadata, '$.member') FROM operations "
-        "WHERE operation_type = 'download' ORDER BY started_at"
-    ).fetchall()
+    rows = db.execute("SELECT status, json_extract(metadata, '$.member') FROM operations "
+                      "WHERE operation_type = 'download' ORDER BY started_at").fetchall()
     assert rows[-1] == ("success", "trip/DCIM")
 
 
-def test_download_member_stops_reading_after_the_member(
-    amgmt,
-    make_media,
-    local_dir: Path,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_download_member_stops_reading_after_the_member(amgmt, make_media, local_dir: Path,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
     """The first member of a 12 MiB archive read in 5 MiB ranges: one or two ranges are read, not the archive."""
     make_media({"big/a-first.bin": 100_000, "big/z-last.bin": 12 * 1024 * 1024})
     assert amgmt("upload", "all", env={"MGMT_PART_SIZE": "5MiB"}).code == 0
@@ -134,10 +114,8 @@ def test_download_member_stops_reading_after_the_member(
     assert member["archive_size"] > 12 * 1024 * 1024
     assert member["archive_bytes_read"] <= 10 * 1024 * 1024, member
     assert json.loads(run.stdout)["verified_by"] == ["size", "member list"]  # not the archive's checksum
-    assert (
-        "not verified: the archive's checksum"
-        in amgmt("download", "big", "--member", "a-first.bin", "--to", "again", env={"MGMT_PART_SIZE": "5MiB"}).stdout
-    )
+    assert "not verified: the archive's checksum" in amgmt(
+        "download", "big", "--member", "a-first.bin", "--to", "again", env={"MGMT_PART_SIZE": "5MiB"}).stdout
     assert (tmp_path / "out/a-first.bin").read_bytes() == (local_dir / "completed/big/a-first.bin").read_bytes()
 
 
@@ -158,12 +136,8 @@ def _hostile_archive() -> bytes:
     """A tar.gz of a directory `evil` whose members try to leave the destination."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, kind, extra in (
-            ("evil", tarfile.DIRTYPE, ""),
-            ("evil/ok.txt", tarfile.REGTYPE, ""),
-            ("evil/link", tarfile.SYMTYPE, "/etc"),
-            ("evil/link/passwd", tarfile.REGTYPE, ""),
-        ):
+        for name, kind, extra in (("evil", tarfile.DIRTYPE, ""), ("evil/ok.txt", tarfile.REGTYPE, ""),
+                                  ("evil/link", tarfile.SYMTYPE, "/etc"), ("evil/link/passwd", tarfile.REGTYPE, "")):
             info = tarfile.TarInfo(name)
             info.type = kind
             info.linkname = extra
@@ -173,18 +147,12 @@ def _hostile_archive() -> bytes:
     return out.getvalue()
 
 
-def test_download_member_refuses_unsafe_members(
-    amgmt,
-    s3_client,
-    bucket: str,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_download_member_refuses_unsafe_members(amgmt, s3_client, bucket: str,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
     """An archive amgmt did not make (no record, no member list): the same checks as --extract, member by member."""
     s3_client.put_object(Bucket=bucket, Key="evil.tar.gz", Body=_hostile_archive())
     run = amgmt("download", "evil.tar.gz", "--member", "evil", "--to", "out")
-    assert (
-        run.code == 1 and "refusing to write 'evil/link'" in run.stderr and "a link to an absolute path" in run.stderr
-    )
+    assert run.code == 1 and "refusing to write 'evil/link'" in run.stderr and "a link to an absolute path" in run.stderr
     assert not os.path.lexists(tmp_path / "out/evil/link") and not os.path.lexists("/etc/passwd.partial")
 
     run = amgmt("download", "evil.tar.gz", "--member", "evil/ok.txt", "--to", "ok", "--json")
@@ -195,12 +163,8 @@ def test_download_member_refuses_unsafe_members(
     assert (tmp_path / "ok/ok.txt").read_bytes() == b"x" * 10
 
 
-def test_a_broken_archive_leaves_no_partial_member(
-    amgmt,
-    s3_client,
-    bucket: str,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_a_broken_archive_leaves_no_partial_member(amgmt, s3_client, bucket: str,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
     """Not a gzip at all, or cut off in the middle of the member: exit 1, one line, nothing left in the destination."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:
@@ -218,33 +182,18 @@ def test_a_broken_archive_leaves_no_partial_member(
         assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_a_ctrl_c_while_a_member_streams_leaves_nothing_and_is_recorded(
-    amgmt,
-    make_media,
-    cli_env,  # type: ignore[no-untyped-def]
-    local_dir: Path,
-    tmp_path: Path,
-) -> None:
+def test_a_ctrl_c_while_a_member_streams_leaves_nothing_and_is_recorded(amgmt, make_media, cli_env,  # type: ignore[no-untyped-def]
+                                                                        local_dir: Path, tmp_path: Path) -> None:
     """SIGINT at the exact moment the third range of the archive is asked for (the member half written): exit 130,
     no member and no .partial in the destination, the download recorded as cancelled."""
     make_media({"big/a.bin": 1000, "big/z-last.bin": 14 * 1024 * 1024})
     assert amgmt("upload", "all", env={"MGMT_PART_SIZE": "5MiB"}).code == 0
     killpoint = Path(__file__).parents[1] / "faults" / "killpoint.py"
-    env = dict(
-        cli_env,
-        MGMT_PART_SIZE="5MiB",
-        MGMT_PARTS_IN_FLIGHT="1",
-        XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")),
-        AMGMT_KILL_AT="amgmt.s3.client.S3Bucket.get_range|big.tar.gz|3|before|SIGINT",
-    )
-    done = subprocess.run(
-        [sys.executable, str(killpoint), "download", "big", "--member", "z-last.bin", "--to", "out"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    env = dict(cli_env, MGMT_PART_SIZE="5MiB", MGMT_PARTS_IN_FLIGHT="1",
+               XDG_STATE_HOME=str(tmp_path.with_name(tmp_path.name + "-state")),
+               AMGMT_KILL_AT="amgmt.s3.client.S3Bucket.get_range|big.tar.gz|3|before|SIGINT")
+    done = subprocess.run([sys.executable, str(killpoint), "download", "big", "--member", "z-last.bin", "--to",
+                           "out"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
     assert done.returncode == 130, done
     assert "Traceback" not in done.stderr

@@ -12,30 +12,14 @@ import pytest
 def test_options_reach_the_object_and_the_record(amgmt, local_dir: Path, s3_client, bucket) -> None:
     (local_dir / "clip.mp4").write_bytes(b"clip" * 1000)
 
-    run = amgmt(
-        "upload",
-        "clip.mp4",
-        "--sse",
-        "AES256",
-        "--tag",
-        "project=gopro",
-        "--tag",
-        "card=2",
-        "--metadata",
-        "camera=HERO12",
-        "--acl",
-        "bucket-owner-full-control",
-        "--json",
-    )
+    run = amgmt("upload", "clip.mp4", "--sse", "AES256", "--tag", "project=gopro", "--tag", "card=2",
+                "--metadata", "camera=HERO12", "--acl", "bucket-owner-full-control", "--json")
 
     assert run.code == 0, run
     [op] = json.loads(run.stdout)["operations"]
-    assert op["metadata"]["object_options"] == {
-        "sse": "AES256",
-        "acl": "bucket-owner-full-control",
-        "tags": {"project": "gopro", "card": "2"},
-        "metadata": {"camera": "HERO12"},
-    }
+    assert op["metadata"]["object_options"] == {"sse": "AES256", "acl": "bucket-owner-full-control",
+                                                "tags": {"project": "gopro", "card": "2"},
+                                                "metadata": {"camera": "HERO12"}}
     assert op["command_args"]["tags"] == ["project=gopro", "card=2"]
     head = s3_client.head_object(Bucket=bucket, Key="clip.mp4.tar.gz")
     assert head["ServerSideEncryption"] == "AES256" and head["Metadata"]["camera"] == "HERO12"

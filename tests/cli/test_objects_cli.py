@@ -18,30 +18,18 @@ from clikit import SECRET, snapshot
 def moto_restores(endpoint_url: str, times: int | None) -> None:
     """moto moves a restore none -> in progress -> restored, one step once `times` requests reached the object
     (None: its default, at once)."""
-    path, body = (
-        ("unset-transition", {"model_name": "s3::keyrestore"})
-        if times is None
-        else (
-            "set-transition",
-            {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": times}},
-        )
-    )
-    request = urllib.request.Request(
-        f"{endpoint_url}/moto-api/state-manager/{path}", method="POST", data=json.dumps(body).encode()
-    )
+    path, body = ("unset-transition", {"model_name": "s3::keyrestore"}) if times is None else (
+        "set-transition", {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": times}})
+    request = urllib.request.Request(f"{endpoint_url}/moto-api/state-manager/{path}", method="POST",
+                                     data=json.dumps(body).encode())
     try:
         urllib.request.urlopen(request, timeout=10).close()
     except OSError as exc:
         pytest.skip(f"not a moto server with a state manager: {exc}")
 
 
-def test_download_status_and_json(
-    amgmt,
-    make_media,
-    s3_client,
-    bucket,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_download_status_and_json(amgmt, make_media, s3_client, bucket,  # type: ignore[no-untyped-def]
+                                  tmp_path: Path) -> None:
     make_media({"clip.mp4": 300_000, "album/a.jpg": b"jpeg bytes", "album/raw/b.cr2": 5000})
     assert amgmt("upload", "all").code == 0
 
@@ -130,20 +118,15 @@ def test_delete_asks_then_keeps_the_records(amgmt, make_media, keys, bucket) -> 
     assert keys() == ["other.mp4.tar.gz"]
 
 
-def test_glacier_download_asks_for_a_restore_then_waits(
-    amgmt,
-    make_media,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_glacier_download_asks_for_a_restore_then_waits(amgmt, make_media,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
     make_media({"cold.wav": 2000})
     assert amgmt("upload", "all", "--storage-class", "GLACIER").code == 0
 
     run = amgmt("download", "cold.wav", "--to", "out", "--tier", "Expedited", "--days", "1")
     assert run.code == 75, run
-    assert (
-        ", GLACIER): restore requested (Expedited tier, readable for 1 day once done; usually 1-5 minutes)"
+    assert ", GLACIER): restore requested (Expedited tier, readable for 1 day once done; usually 1-5 minutes)" \
         in run.stdout
-    )
     assert "nothing downloaded yet" in run.stdout and not (tmp_path / "out").exists()
 
     # moto completes restores at once: the status shows the copy, and --wait downloads without waiting
@@ -157,13 +140,8 @@ def test_glacier_download_asks_for_a_restore_then_waits(
     assert (tmp_path / "out/cold.wav.tar.gz").is_file()
 
 
-def test_ctrl_c_while_waiting_for_a_restore(
-    amgmt,
-    make_media,
-    cli_env,
-    s3_server,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
-) -> None:
+def test_ctrl_c_while_waiting_for_a_restore(amgmt, make_media, cli_env, s3_server,  # type: ignore[no-untyped-def]
+                                            tmp_path: Path) -> None:
     make_media({"cold.wav": 2000})
     assert amgmt("upload", "all", "--storage-class", "GLACIER").code == 0
     moto_restores(s3_server.endpoint_url, 1)
@@ -173,15 +151,9 @@ def test_ctrl_c_while_waiting_for_a_restore(
         assert json.loads(amgmt("status", "cold.wav", "--json").stdout)["object"]["restore"]["ongoing"] is True
         moto_restores(s3_server.endpoint_url, 10**9)  # and there it stays
         env = dict(cli_env, AWS_SECRET_ACCESS_KEY=SECRET, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "amgmt", "download", "cold.wav", "--to", "out", "--wait", "--poll-interval", "0.1"],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = subprocess.Popen([sys.executable, "-m", "amgmt", "download", "cold.wav", "--to", "out", "--wait",
+                                 "--poll-interval", "0.1"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         first = proc.stderr.readline()
         assert first.startswith("restore of cold.wav (GLACIER) in progress: waited "), first

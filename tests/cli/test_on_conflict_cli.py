@@ -44,9 +44,8 @@ def test_default_fails_and_names_the_two_ways_out(amgmt, local_dir: Path, s3_cli
     assert _member(s3_client, bucket, KEY) == b"card one " * 1000
 
 
-def test_rename_uploads_under_a_derived_key_that_download_and_status_find(
-    amgmt, local_dir: Path, tmp_path: Path, s3_client, bucket, keys
-) -> None:
+def test_rename_uploads_under_a_derived_key_that_download_and_status_find(amgmt, local_dir: Path, tmp_path: Path,
+                                                                          s3_client, bucket, keys) -> None:
     _first_card_uploaded(amgmt, local_dir)
     _card(local_dir, b"card two " * 1000)
 
@@ -90,9 +89,8 @@ def test_rename_gives_two_cards_of_one_run_their_own_keys(amgmt, local_dir: Path
     assert _member(s3_client, bucket, "GX010234-2.MP4.tar.gz") == b"two " * 500
 
 
-def test_overwrite_replaces_and_marks_the_older_record_superseded(
-    amgmt, local_dir: Path, s3_client, bucket, keys
-) -> None:
+def test_overwrite_replaces_and_marks_the_older_record_superseded(amgmt, local_dir: Path, s3_client, bucket,
+                                                                   keys) -> None:
     _first_card_uploaded(amgmt, local_dir)
     first = json.loads(amgmt("history", "--json").stdout)
     _card(local_dir, b"card two " * 1000)

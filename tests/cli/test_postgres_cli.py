@@ -39,10 +39,7 @@ def test_upload_recorded_in_postgresql_with_the_host(amgmt, make_media, local_di
     run = amgmt("upload", "all", env=env)
     assert run.code == 0, run
     assert sorted(p.name for p in (local_dir / "completed").iterdir() if p.name != ".metadata") == [
-        "a.mp4",
-        "c.mov",
-        "dir",
-    ]
+        "a.mp4", "c.mov", "dir"]
     # The records are in PostgreSQL, not in a SQLite file beside the completed dir.
     assert not (local_dir / "completed" / ".metadata" / "operations.db").exists()
 
@@ -50,10 +47,7 @@ def test_upload_recorded_in_postgresql_with_the_host(amgmt, make_media, local_di
     assert run.code == 0, run
     ops = json.loads(run.stdout)
     assert sorted((op["target_name"], op["status"], op["host_id"]) for op in ops) == [
-        ("a.mp4", "success", "ingest-a"),
-        ("c.mov", "success", "ingest-a"),
-        ("dir", "success", "ingest-a"),
-    ]
+        ("a.mp4", "success", "ingest-a"), ("c.mov", "success", "ingest-a"), ("dir", "success", "ingest-a")]
     # --db-url on the command line does the same as MGMT_DB_URL; --host filters exactly.
     run = amgmt("history", "--json", "--db-url", pg_url, "--host", "ingest-a")
     assert run.code == 0 and len(json.loads(run.stdout)) == 3, run
@@ -111,9 +105,7 @@ def test_db_migrate_copies_the_sqlite_history_once_and_verifies_it(amgmt, make_m
 
     run = amgmt("db", "migrate", "--to", pg_url, env=env)
     assert run.code == 0, run
-    assert run.stdout.startswith(
-        "copied 3 operations (12 file records) and 1 journaled multipart upload (2 parts) from "
-    )
+    assert run.stdout.startswith("copied 3 operations (12 file records) and 1 journaled multipart upload (2 parts) from ")
     assert "into postgresql://amgmt:***@127.0.0.1:" in run.stdout and "every one found there" in run.stdout, run
     again = amgmt("db", "migrate", "--to", pg_url, "--json", env=env)  # idempotent: the same counts, nothing doubled
     assert again.code == 0, again
@@ -212,10 +204,7 @@ def test_the_server_stopped_mid_run_stops_it_with_exit_4_and_a_rerun_repairs(  #
         run = amgmt("upload", "all", env=env, timeout=120)
         assert run.code == 0, run
         assert sorted(p.name for p in (local_dir / "completed").iterdir() if p.name != ".metadata") == [
-            "a.mp4",
-            "b.mp4",
-            "c.mp4",
-        ]
+            "a.mp4", "b.mp4", "c.mp4"]
         assert sorted(p.name for p in local_dir.iterdir() if p.name != "completed") == []
         keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
         assert keys == ["a.mp4.tar.gz", "b.mp4.tar.gz", "c.mp4.tar.gz"]
@@ -236,9 +225,8 @@ def test_fleet_lists_the_hosts_of_the_catalog(amgmt, make_media, local_dir: Path
     run = amgmt("fleet", "--json", env={"MGMT_DB_URL": pg_url})
     assert run.code == 0, run
     hosts = json.loads(run.stdout)
-    assert [
-        (h["host_id"], h["pending"], h["done_last_hour"], h["failed_last_hour"], h["bytes_last_hour"]) for h in hosts
-    ] == [("ingest-b", 0, 1, 0, 3000), ("ingest-a", 0, 2, 0, 3000)]
+    assert [(h["host_id"], h["pending"], h["done_last_hour"], h["failed_last_hour"], h["bytes_last_hour"])
+            for h in hosts] == [("ingest-b", 0, 1, 0, 3000), ("ingest-a", 0, 2, 0, 3000)]
     assert all(h["last_seen"].endswith("Z") for h in hosts)
     run = amgmt("fleet", env={"MGMT_DB_URL": pg_url})
     assert run.code == 0, run

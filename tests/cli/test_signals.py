@@ -69,16 +69,9 @@ def run_id() -> Iterator[str]:
 
 def start_amgmt(run_id: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
     # Its own session, as a shell gives a foreground job its own process group: killpg then acts like the terminal.
-    return subprocess.Popen(
-        [sys.executable, "-m", "amgmt", *args],
-        cwd=cwd,
-        env=dict(os.environ, **{MARKER: run_id}),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return subprocess.Popen([sys.executable, "-m", "amgmt", *args], cwd=cwd, env=dict(os.environ, **{MARKER: run_id}),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def signal_and_wait(proc: subprocess.Popen[str], signum: int, *, to_group: bool, timeout: float) -> str:
@@ -103,15 +96,12 @@ def read_until(proc: subprocess.Popen[str], pattern: str) -> re.Match[str]:
     raise AssertionError(f"{pattern!r} never printed (exit {proc.returncode}); stdout:\n{''.join(seen)}")
 
 
-@pytest.mark.parametrize(
-    ("signum", "to_group"),
-    [
-        (signal.SIGTERM, False),  # kill PID, a service manager
-        (signal.SIGINT, True),  # Ctrl-C in the terminal: the whole foreground process group
-        (signal.SIGINT, False),
-        (signal.SIGHUP, True),  # the terminal closes
-    ],
-)
+@pytest.mark.parametrize(("signum", "to_group"), [
+    (signal.SIGTERM, False),  # kill PID, a service manager
+    (signal.SIGINT, True),  # Ctrl-C in the terminal: the whole foreground process group
+    (signal.SIGINT, False),
+    (signal.SIGHUP, True),  # the terminal closes
+])
 def test_local_s3_stops_the_server_and_exits_0(run_id: str, tmp_path: Path, signum: int, to_group: bool) -> None:
     port = free_port()
     proc = start_amgmt(run_id, tmp_path, "local-s3", "--port", str(port))
@@ -135,9 +125,8 @@ def test_local_s3_stops_the_server_and_exits_0(run_id: str, tmp_path: Path, sign
 
 
 @pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)])
-def test_demo_stops_the_upload_and_the_server_and_exits_130(
-    run_id: str, tmp_path: Path, signum: int, to_group: bool
-) -> None:
+def test_demo_stops_the_upload_and_the_server_and_exits_130(run_id: str, tmp_path: Path, signum: int,
+                                                            to_group: bool) -> None:
     proc = start_amgmt(run_id, tmp_path, "demo", "--dir", str(tmp_path / "demo"), "-c", "2")
     try:
         port = int(read_until(proc, r"local S3 server: http://127\.0\.0\.1:(\d+)").group(1))
@@ -155,21 +144,15 @@ def test_demo_stops_the_upload_and_the_server_and_exits_130(
     assert not marked_processes(run_id)
 
 
-def test_a_ctrl_c_before_the_upload_handles_signals_is_one_line_and_130(
-    tmp_path: Path, cli_env: dict[str, str], local_dir: Path
-) -> None:
+def test_a_ctrl_c_before_the_upload_handles_signals_is_one_line_and_130(tmp_path: Path, cli_env: dict[str, str],
+                                                                         local_dir: Path) -> None:
     """SIGINT at an exact early call (listing the entries, before the signal watcher runs): before the fix a
     111-line traceback ending in KeyboardInterrupt."""
     (local_dir / "clip.mp4").write_bytes(b"x" * 100)
     killpoint = Path(__file__).parents[1] / "faults" / "killpoint.py"
-    done = subprocess.run(
-        [sys.executable, str(killpoint), "upload", "all", "--no-progress"],
-        env=dict(cli_env, AMGMT_KILL_AT="amgmt.local.entries.list_entries||1|before|SIGINT"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    done = subprocess.run([sys.executable, str(killpoint), "upload", "all", "--no-progress"],
+                          env=dict(cli_env, AMGMT_KILL_AT="amgmt.local.entries.list_entries||1|before|SIGINT"),
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 130, done
     assert done.stderr.strip() == "amgmt: interrupted", done.stderr
     assert (local_dir / "clip.mp4").exists()

@@ -38,7 +38,9 @@ def wait_until_exists(path: Path) -> None:
         time.sleep(0.02)
 
 
-def test_once_uploads_what_has_settled_and_leaves_what_is_still_arriving(amgmt: Amgmt, local_dir: Path, keys) -> None:  # type: ignore[no-untyped-def]
+def test_once_uploads_what_has_settled_and_leaves_what_is_still_arriving(
+    amgmt: Amgmt, local_dir: Path, keys
+) -> None:  # type: ignore[no-untyped-def]
     (local_dir / "old.mov").write_bytes(b"o" * 4000)
     time.sleep(SETTLE + 0.1)
     with appending(local_dir / "young.mov"):
@@ -77,12 +79,8 @@ def test_upload_all_min_age_leaves_young_and_open_entries(amgmt: Amgmt, local_di
     (local_dir / "old.mov").write_bytes(b"o" * 4000)
     (local_dir / "open.mov").write_bytes(b"p" * 4000)
     time.sleep(SETTLE + 0.1)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(local_dir / "open.mov")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(local_dir / "open.mov")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         with appending(local_dir / "young.mov"):

@@ -36,17 +36,8 @@ BODY_CHUNK = 256 * 1024
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded; Content-Length is set again
 # from the bytes actually sent, except for HEAD answers, whose Content-Length describes the object.
 HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-    }
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "proxy-connection"}
 )
 
 
@@ -78,12 +69,8 @@ class FaultRates:
         return self.slowdown + self.internal + self.drop + self.stall
 
     def pick(self, draw: float) -> Fault | None:
-        for fault, rate in (
-            (Fault.SLOWDOWN, self.slowdown),
-            (Fault.INTERNAL, self.internal),
-            (Fault.DROP, self.drop),
-            (Fault.STALL, self.stall),
-        ):
+        for fault, rate in ((Fault.SLOWDOWN, self.slowdown), (Fault.INTERNAL, self.internal),
+                            (Fault.DROP, self.drop), (Fault.STALL, self.stall)):
             if draw < rate:
                 return fault
             draw -= rate
@@ -125,13 +112,13 @@ class ProxyRequest:
         if key is None:
             if m == "GET" and "uploads" in q:
                 return "ListMultipartUploads"
-            return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "GET": "ListObjects", "DELETE": "DeleteBucket"}.get(
-                m, m
-            )
+            return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "GET": "ListObjects",
+                    "DELETE": "DeleteBucket"}.get(m, m)
         if "uploadId" in q:
             if m == "PUT":
                 return "UploadPart"
-            return {"POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload", "GET": "ListParts"}.get(m, m)
+            return {"POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload",
+                    "GET": "ListParts"}.get(m, m)
         if m == "POST" and "uploads" in q:
             return "CreateMultipartUpload"
         return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(m, m)
@@ -208,9 +195,8 @@ class FaultProxy:
             raise
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         assert self._loop is not None
         try:
             asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=15)
@@ -250,18 +236,12 @@ class FaultProxy:
 
     def injected(self, operations: Collection[str] | None = None) -> int:
         """Requests answered with a fault (every outcome but "forwarded"), optionally only of some operations."""
-        return sum(
-            1 for e in self.events if e.outcome != "forwarded" and (operations is None or e.operation in operations)
-        )
+        return sum(1 for e in self.events
+                   if e.outcome != "forwarded" and (operations is None or e.operation in operations))
 
     def seen(self, operation: str, *, key: str | None = None, part_number: int | None = None) -> list[Event]:
-        return [
-            e
-            for e in self.events
-            if e.operation == operation
-            and (key is None or e.key == key)
-            and (part_number is None or e.part_number == part_number)
-        ]
+        return [e for e in self.events if e.operation == operation and (key is None or e.key == key)
+                and (part_number is None or e.part_number == part_number)]
 
     def _record(self, req: ProxyRequest, outcome: str, status: int | None) -> None:
         # Only the proxy's loop thread writes these; the test reads them after (or between) requests.
@@ -310,9 +290,8 @@ class FaultProxy:
         if fault is Fault.SLOWDOWN:
             return self._error(req, Fault.SLOWDOWN, 503, "SlowDown", "Please reduce your request rate.")
         if fault is Fault.INTERNAL:
-            return self._error(
-                req, Fault.INTERNAL, 500, "InternalError", "We encountered an internal error. Please try again."
-            )
+            return self._error(req, Fault.INTERNAL, 500, "InternalError",
+                               "We encountered an internal error. Please try again.")
         if fault is Fault.ERROR:
             assert injection is not None
             return self._error(req, Fault.ERROR, injection.status, injection.code, "Injected by the fault proxy.")
@@ -323,20 +302,14 @@ class FaultProxy:
             self.counts[Fault.CORRUPT] += 1  # what the server then says is the event's outcome
 
         if self.check_content_md5 and _md5_mismatch(request.headers, body):
-            return self._error(
-                req, "bad_digest", 400, "BadDigest", "The Content-MD5 you specified did not match what we received."
-            )
+            return self._error(req, "bad_digest", 400, "BadDigest",
+                               "The Content-MD5 you specified did not match what we received.")
         outcome = "forwarded"
         if self.check_checksums and req.operation in ("PutObject", "UploadPart"):  # a complete's is the object's
             algorithm, matches = _checksum_check(request.headers, body)
             if algorithm and not matches:
-                return self._error(
-                    req,
-                    "bad_checksum",
-                    400,
-                    "BadDigest",
-                    f"The {algorithm.upper()} you specified did not match the calculated checksum.",
-                )
+                return self._error(req, "bad_checksum", 400, "BadDigest",
+                                   f"The {algorithm.upper()} you specified did not match the calculated checksum.")
             if algorithm:
                 outcome = "checksum_checked"  # and forwarded
         return await self._forward(request, req, body, outcome)
@@ -371,7 +344,9 @@ class FaultProxy:
                     continue
                 if kms and name.lower() == "etag":
                     value = self._kms_etag(value)
-                if name.lower() == "content-length" and request.method != "HEAD" and upstream.status not in (204, 304):
+                if name.lower() == "content-length" and request.method != "HEAD" and upstream.status not in (
+                    204, 304
+                ):
                     response.content_length = int(value)
                     continue
                 response.headers.add(name, value)
@@ -397,9 +372,8 @@ class FaultProxy:
             f"<Error><Code>{code}</Code><Message>{message}</Message>"
             f"<RequestId>faultproxy-{len(self.events)}</RequestId></Error>"
         )
-        return web.Response(
-            status=status, body=None if req.method == "HEAD" else body.encode(), content_type="application/xml"
-        )
+        return web.Response(status=status, body=None if req.method == "HEAD" else body.encode(),
+                            content_type="application/xml")
 
     @staticmethod
     def _hang_up(request: web.Request) -> web.StreamResponse:

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _wrap(
-    function: Callable[..., Any], substring: str, nth: int, when: str, sig: int = signal.SIGKILL
-) -> Callable[..., Any]:
+def _wrap(function: Callable[..., Any], substring: str, nth: int, when: str, sig: int = signal.SIGKILL
+          ) -> Callable[..., Any]:
     seen = 0
 
     def _kill() -> None:

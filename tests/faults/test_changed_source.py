@@ -71,13 +71,8 @@ def _rerender(path: Path) -> None:
 
 @pytest.mark.parametrize("change", [_append, _in_place, _rerender])
 async def test_a_file_changed_after_packing_is_recorded_changed_and_the_next_run_uploads_it(
-    make_settings,
-    local_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    s3_client: Any,
-    bucket: str,
-    change: Callable[[Path], None],
-) -> None:
+        make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch, s3_client: Any, bucket: str,
+        change: Callable[[Path], None]) -> None:
     clip = local_dir / "clip.mp4"
     clip.write_bytes(b"v" * 20_000)
     settings = make_settings()
@@ -108,8 +103,7 @@ async def test_a_file_changed_after_packing_is_recorded_changed_and_the_next_run
 
 @pytest.mark.parametrize("change", ["add", "remove", "modify"])
 async def test_a_directory_changed_after_packing_is_recorded_changed(
-    make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch, change: str
-) -> None:
+        make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
     shoot = local_dir / "shoot"
     (shoot / "sub").mkdir(parents=True)
     (shoot / "a.mov").write_bytes(b"a" * 1000)
@@ -130,9 +124,8 @@ async def test_a_directory_changed_after_packing_is_recorded_changed(
     assert not (settings.completed_dir / "shoot").exists()
 
 
-async def test_a_source_deleted_mid_upload_says_what_happened(
-    make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_source_deleted_mid_upload_says_what_happened(make_settings, local_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     clip = local_dir / "clip.mp4"
     clip.write_bytes(b"v" * 1000)
     settings = make_settings()
@@ -145,11 +138,8 @@ async def test_a_source_deleted_mid_upload_says_what_happened(
 
 @pytest.fixture
 def shm_completed(tmp_path: Path) -> Iterator[Path]:
-    if not (
-        Path("/dev/shm").is_dir()
-        and os.access("/dev/shm", os.W_OK)
-        and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev
-    ):
+    if not (Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
+            and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev):
         pytest.skip("/dev/shm is not a separate writable filesystem here")
     other = Path(tempfile.mkdtemp(prefix="amgmt-test-", dir="/dev/shm"))
     yield other / "completed"
@@ -157,8 +147,7 @@ def shm_completed(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_cross_fs_a_file_appended_during_the_copy_is_recorded_changed(
-    make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch, shm_completed: Path
-) -> None:
+        make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch, shm_completed: Path) -> None:
     clip = local_dir / "clip.mp4"
     clip.write_bytes(b"v" * 300_000)
     settings = make_settings(completed_dir=str(shm_completed))
@@ -183,13 +172,8 @@ async def test_cross_fs_a_file_appended_during_the_copy_is_recorded_changed(
 
 
 def run_killed(env: dict[str, str], kill_at: str, *args: str) -> int:
-    return subprocess.run(
-        [sys.executable, str(KILLPOINT), *args],
-        env=dict(env, AMGMT_KILL_AT=kill_at),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=120,
-    ).returncode
+    return subprocess.run([sys.executable, str(KILLPOINT), *args], env=dict(env, AMGMT_KILL_AT=kill_at),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120).returncode
 
 
 async def history(settings: Any) -> list[Any]:
@@ -198,8 +182,7 @@ async def history(settings: Any) -> list[Any]:
 
 
 async def test_killed_between_link_and_unlink_the_next_run_finishes_the_move(
-    make_settings, local_dir: Path, cli_env: dict[str, str], s3_client: Any, bucket: str
-) -> None:
+        make_settings, local_dir: Path, cli_env: dict[str, str], s3_client: Any, bucket: str) -> None:
     clip = local_dir / "clip.mp4"
     clip.write_bytes(b"v" * 5000)
     settings = make_settings()
@@ -223,14 +206,8 @@ async def test_killed_between_link_and_unlink_the_next_run_finishes_the_move(
 
 @pytest.mark.parametrize("moment", ["os.rename|.amgmt-removing-|1|after", "os.rename|.amgmt-moving-|1|after"])
 async def test_cross_fs_killed_after_the_original_was_renamed_away_the_next_run_repairs(
-    make_settings,
-    local_dir: Path,
-    cli_env: dict[str, str],
-    shm_completed: Path,
-    s3_client: Any,
-    bucket: str,
-    moment: str,
-) -> None:
+        make_settings, local_dir: Path, cli_env: dict[str, str], shm_completed: Path, s3_client: Any,
+        bucket: str, moment: str) -> None:
     shoot = local_dir / "shoot"
     shoot.mkdir()
     (shoot / "a.mov").write_bytes(b"a" * 4000)
@@ -254,8 +231,7 @@ async def test_cross_fs_killed_after_the_original_was_renamed_away_the_next_run_
 
 
 async def test_an_unfinished_copy_is_reported_by_cleanup_dry_run_as_cleanup_removes_it(
-    make_settings, local_dir: Path, cli_env: dict[str, str], shm_completed: Path
-) -> None:
+        make_settings, local_dir: Path, cli_env: dict[str, str], shm_completed: Path) -> None:
     shoot = local_dir / "shoot"
     shoot.mkdir()
     (shoot / "a.mov").write_bytes(b"a" * 4000)
@@ -267,9 +243,8 @@ async def test_an_unfinished_copy_is_reported_by_cleanup_dry_run_as_cleanup_remo
     [moving] = [p for p in shm_completed.iterdir() if p.name.startswith(".amgmt-moving-")]
 
     def cleanup(*flags: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [sys.executable, "-m", "amgmt", "cleanup", "--json", *flags], env=env, capture_output=True, timeout=120
-        )
+        done = subprocess.run([sys.executable, "-m", "amgmt", "cleanup", "--json", *flags], env=env,
+                              capture_output=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -291,8 +266,8 @@ async def test_an_unfinished_copy_is_reported_by_cleanup_dry_run_as_cleanup_remo
 
 
 async def test_cross_fs_killed_midway_through_removing_the_original_finishes_and_keeps_the_object(
-    make_settings, local_dir: Path, cli_env: dict[str, str], shm_completed: Path, s3_client: Any, bucket: str
-) -> None:
+        make_settings, local_dir: Path, cli_env: dict[str, str], shm_completed: Path, s3_client: Any,
+        bucket: str) -> None:
     """Killed after the first file of the renamed-away original was deleted: the copy was proven and installed, so
     the move was complete. Before the fix the remnant was put back as a "changed" entry, and the next run uploaded
     it over the verified object of the whole directory."""
@@ -316,9 +291,8 @@ async def test_cross_fs_killed_midway_through_removing_the_original_finishes_and
     assert [r.status for r in records if r.status != OperationStatus.CANCELLED] == [OperationStatus.SUCCESS]
 
 
-async def test_a_file_replaced_by_rename_during_a_two_step_move_is_kept(
-    make_settings, local_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_file_replaced_by_rename_during_a_two_step_move_is_kept(make_settings, local_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Where renameat2 is missing a file is placed by link() then unlink(): a program saving by rename between the
     two must not lose its new file (before the fix unlink() removed whatever the name held)."""
     clip = local_dir / "clip.mp4"
@@ -342,8 +316,7 @@ async def test_a_file_replaced_by_rename_during_a_two_step_move_is_kept(
 
 
 async def test_an_empty_claim_left_by_a_two_step_directory_move_is_removed(
-    make_settings, local_dir: Path, cli_env: dict[str, str]
-) -> None:
+        make_settings, local_dir: Path, cli_env: dict[str, str]) -> None:
     """Killed between mkdir(claim) and rename(entry onto it): before the fix the empty claim blocked the name for
     ever (the entry went to a stamped duplicate name, or failed every run with MGMT_DUPLICATE_HANDLING=error)."""
     shoot = local_dir / "shoot"
@@ -362,22 +335,15 @@ async def test_an_empty_claim_left_by_a_two_step_directory_move_is_removed(
 
 
 def test_cleanup_dry_run_tells_the_finished_move_the_real_cleanup_records(
-    local_dir: Path, cli_env: dict[str, str], tmp_path: Path
-) -> None:
+        local_dir: Path, cli_env: dict[str, str], tmp_path: Path) -> None:
     """Killed between link() and unlink(): `cleanup --dry-run` must announce the same finished move (and the local
     name it removes) as `cleanup` then does (before the fix the dry run said nothing of either)."""
     (local_dir / "clip.mp4").write_bytes(b"c" * 2000)
     assert run_killed(cli_env, "os.link|/media/clip.mp4|1|after", "upload", "all", "--no-progress") == -9
 
     def cleanup(*flags: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [sys.executable, "-m", "amgmt", "cleanup", "--json", *flags],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
+        done = subprocess.run([sys.executable, "-m", "amgmt", "cleanup", "--json", *flags], env=cli_env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
 

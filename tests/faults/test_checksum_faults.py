@@ -60,7 +60,6 @@ def crc64nvme(data: bytes) -> str:
 def wrong_part_checksum(real: Compressor, names: set[str]) -> Compressor:
     """The real compressor, except that the archives of `names` come back with a wrong CRC64NVME for their second
     part (or their only one): the bytes amgmt sends, and their MD5, are right; the checksum it sends is not."""
-
     async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         result = await real(source, archive_path, part_size, level, md5)
         if source.rsplit("/", 1)[-1] not in names:
@@ -147,20 +146,14 @@ async def test_a_body_corrupted_in_transit_is_refused_by_its_checksum_alone(
 
     def corrupt_once(req: ProxyRequest) -> Injection | None:
         has_body = int(req.headers.get("Content-Length") or 0) > 0  # not a key reservation's empty PUT
-        if (
-            req.operation in SENDS_DATA
-            and has_body
-            and req.key
-            and ".amgmt-probe-" not in req.key
-            and req.key not in corrupted
-        ):
+        if req.operation in SENDS_DATA and has_body and req.key and ".amgmt-probe-" not in req.key \
+                and req.key not in corrupted:
             corrupted.append(req.key)
             return Injection(Fault.CORRUPT)
         return None
 
-    with FaultProxy(
-        s3_server.endpoint_url, check_content_md5=False, check_checksums=True, rules=[corrupt_once]
-    ) as proxy:
+    with FaultProxy(s3_server.endpoint_url, check_content_md5=False, check_checksums=True,
+                    rules=[corrupt_once]) as proxy:
         settings = make_settings(endpoint_url=proxy.url, part_size="5MiB")
         report = await upload_batch(settings, list_entries(settings)[0])
 
@@ -181,16 +174,8 @@ async def test_sse_kms_objects_are_verified_by_their_checksum_without_a_read_bac
     # stored checksum the only proof would be reading every object back.
     s3_client.put_bucket_encryption(
         Bucket=bucket,
-        ServerSideEncryptionConfiguration={
-            "Rules": [
-                {
-                    "ApplyServerSideEncryptionByDefault": {
-                        "SSEAlgorithm": "aws:kms",
-                        "KMSMasterKeyID": "alias/amgmt-test",
-                    }
-                }
-            ]
-        },
+        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/amgmt-test"}}]},
     )
     make_media(ENTRIES)
     with FaultProxy(s3_server.endpoint_url, check_checksums=True, kms_etags=True) as proxy:

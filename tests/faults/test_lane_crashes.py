@@ -26,14 +26,8 @@ ENTRIES = 24
 
 def _cli(env: dict[str, str], *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(KILLPOINT)] if kill_at else [sys.executable, "-m", "amgmt"]
-    return subprocess.run(
-        [*command, *args],
-        env={**env, "AMGMT_KILL_AT": kill_at or ""},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    return subprocess.run([*command, *args], env={**env, "AMGMT_KILL_AT": kill_at or ""}, capture_output=True,
+                          text=True, timeout=180, stdin=subprocess.DEVNULL)
 
 
 def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -51,12 +45,8 @@ def _photos(local_dir: Path) -> dict[str, bytes]:
 
 def _env(cli_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     # One lane (concurrency 1 allows one batch in flight): all the entries form one batch of the lane.
-    return {
-        **cli_env,
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        "MGMT_CONCURRENCY": "1",
-        "MGMT_SMALL_ENTRY_SIZE": "1MiB",
-    }
+    return {**cli_env, "XDG_STATE_HOME": str(tmp_path / "state"), "MGMT_CONCURRENCY": "1",
+            "MGMT_SMALL_ENTRY_SIZE": "1MiB"}
 
 
 def _assert_repaired(local_dir: Path, photos: dict[str, bytes], db: Path, s3_client: Any, bucket: str) -> None:
@@ -67,11 +57,8 @@ def _assert_repaired(local_dir: Path, photos: dict[str, bytes], db: Path, s3_cli
         assert not (local_dir / name).exists(), name
         assert (completed / name).read_bytes() == data, name
     assert sorted(p.name for p in completed.iterdir() if not p.name.startswith(".")) == sorted(photos)
-    rows = _rows(
-        db,
-        "SELECT target_name, status, s3_object_key, checksum_compressed, checksum_original,"
-        " completed_dir_path FROM operations",
-    )
+    rows = _rows(db, "SELECT target_name, status, s3_object_key, checksum_compressed, checksum_original,"
+                     " completed_dir_path FROM operations")
     assert not [r for r in rows if r[1] == "pending"]
     successes = [r for r in rows if r[1] == "success"]
     assert sorted(r[0] for r in successes) == sorted(photos)  # exactly one success per entry
@@ -94,12 +81,7 @@ def _assert_repaired(local_dir: Path, photos: dict[str, bytes], db: Path, s3_cli
     ids=["in-the-move-save", "in-the-final-save"],
 )
 def test_a_kill_while_a_batch_is_half_saved_is_repaired_by_the_next_run(
-    cli_env: dict[str, str],
-    local_dir: Path,
-    tmp_path: Path,
-    s3_client: Any,
-    bucket: str,
-    kill_at: str,
+    cli_env: dict[str, str], local_dir: Path, tmp_path: Path, s3_client: Any, bucket: str, kill_at: str,
     stage_left: str,
 ) -> None:
     photos = _photos(local_dir)
@@ -142,9 +124,8 @@ def test_a_kill_while_a_batch_is_half_moved_is_repaired_by_the_next_run(
     db = local_dir / "completed" / ".metadata" / "operations.db"
 
     # After the 7th original of the batch was moved (the batch's moves run one after another in one thread).
-    killed = _cli(
-        env, "upload", "all", "--no-progress", kill_at="amgmt.local.completed.move_to_completed|/media/|7|after"
-    )
+    killed = _cli(env, "upload", "all", "--no-progress",
+                  kill_at="amgmt.local.completed.move_to_completed|/media/|7|after")
 
     assert killed.returncode == -signal.SIGKILL, killed
     moved = sorted(p.name for p in (local_dir / "completed").iterdir() if not p.name.startswith("."))

@@ -23,9 +23,8 @@ def assert_verified_in_s3(record: Any, s3_client: Any, bucket: str) -> None:
     assert hashlib.sha256(body).hexdigest() == record.checksum_compressed
 
 
-async def test_move_error_for_one_entry_is_partial(
-    make_settings, make_media, aftermath, monkeypatch, s3_client, bucket
-) -> None:
+async def test_move_error_for_one_entry_is_partial(make_settings, make_media, aftermath, monkeypatch,
+                                                   s3_client, bucket) -> None:
     make_media(MEDIA)
     settings = make_settings()
 
@@ -45,16 +44,14 @@ async def test_move_error_for_one_entry_is_partial(
     assert_verified_in_s3(record, s3_client, bucket)
 
 
-async def test_unusable_completed_dir_makes_every_entry_partial(
-    make_settings, make_media, tmp_path: Path, local_dir: Path, s3_client, bucket
-) -> None:
+async def test_unusable_completed_dir_makes_every_entry_partial(make_settings, make_media, tmp_path: Path,
+                                                               local_dir: Path, s3_client, bucket) -> None:
     make_media(MEDIA)
     blocker = tmp_path / "a-regular-file"
     blocker.write_text("not a directory\n")
     meta = tmp_path / "meta"
-    settings = make_settings(
-        completed_dir=str(blocker / "completed"), db_path=str(meta / "operations.db"), staging_dir=str(meta / "staging")
-    )
+    settings = make_settings(completed_dir=str(blocker / "completed"), db_path=str(meta / "operations.db"),
+                             staging_dir=str(meta / "staging"))
 
     report = await upload_batch(settings, list_entries(settings)[0])
 

@@ -31,9 +31,8 @@ def hold_open() -> Iterator:  # type: ignore[type-arg]
     procs: list[subprocess.Popen[str]] = []
 
     def start(path: Path, mode: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLD_OPEN, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), mode], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
         procs.append(proc)
         return proc
@@ -82,8 +81,7 @@ def test_a_shared_scan_answers_each_caller_for_its_own_files(tmp_path: Path, hol
 
 
 def test_a_call_made_while_a_scan_runs_waits_for_the_next_scan(
-    tmp_path: Path, hold_open, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, hold_open, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """The window held open: the first scan reads /proc, a writer then opens the second file, and the second call
     comes while the first scan has not returned yet. Answering it from that scan would miss the writer."""
     first, second = tmp_path / "first.bin", tmp_path / "second.bin"
@@ -119,8 +117,7 @@ def test_a_call_made_while_a_scan_runs_waits_for_the_next_scan(
 
 @pytest.mark.parametrize("inside_a_directory", [False, True])
 async def test_an_entry_open_for_writing_is_moved_back_and_taken_once_closed(
-    make_settings, local_dir: Path, hold_open, inside_a_directory: bool
-) -> None:  # type: ignore[no-untyped-def]
+        make_settings, local_dir: Path, hold_open, inside_a_directory: bool) -> None:  # type: ignore[no-untyped-def]
     if inside_a_directory:
         (local_dir / "shoot").mkdir()
         held = local_dir / "shoot" / "take.mov"
@@ -146,20 +143,16 @@ async def test_an_entry_open_for_writing_is_moved_back_and_taken_once_closed(
     assert (settings.completed_dir / entry.name).exists() and not entry.exists()
 
 
-async def test_a_process_working_inside_a_directory_entry_keeps_it_from_moving(make_settings, local_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_process_working_inside_a_directory_entry_keeps_it_from_moving(
+        make_settings, local_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """A process whose working directory is inside the entry follows it through a same-filesystem rename and can
     create files in the completed dir by relative names: the entry is moved back, and taken once it has left."""
     shoot = local_dir / "shoot"
     (shoot / "sub").mkdir(parents=True)
     (shoot / "a.mov").write_bytes(b"a" * 3000)
     settings = make_settings()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; print('in', flush=True); sys.stdin.read()"],
-        cwd=shoot / "sub",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print('in', flush=True); sys.stdin.read()"],
+                            cwd=shoot / "sub", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "in"
         [record] = (await upload_batch(settings, list_entries(settings)[0])).records
@@ -193,9 +186,8 @@ def test_the_kernel_answers_for_regular_files(tmp_path: Path, hold_open) -> None
         f.write_bytes(b"x")
     hold_open(written, "ab")
     hold_open(read, "rb")
-    mapper = subprocess.Popen(
-        [sys.executable, "-c", MAP_WRITABLE, str(mapped)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    mapper = subprocess.Popen([sys.executable, "-c", MAP_WRITABLE, str(mapped)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert mapper.stdout is not None and mapper.stdout.readline().strip() == "open"
         assert held_for_writing(str(written), inode(written)) is True
@@ -226,15 +218,15 @@ def test_a_file_entry_needs_no_proc_scan_and_a_directory_one_does(tmp_path: Path
     assert (completed / "clip.mov").exists() and (completed / "shoot" / "a.mov").exists()
 
 
-async def test_an_entry_mapped_writable_is_moved_back_and_taken_once_unmapped(make_settings, local_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_entry_mapped_writable_is_moved_back_and_taken_once_unmapped(
+        make_settings, local_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """A program writing through a shared mapping (a recorder, a database) holds no writable descriptor after
     mapping: its next store lands in the file wherever it is. The kernel's answer sees it; a /proc scan would not."""
     held = local_dir / "take.mov"
     held.write_bytes(b"frame" * 4000)
     settings = make_settings()
-    mapper = subprocess.Popen(
-        [sys.executable, "-c", MAP_WRITABLE, str(held)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    mapper = subprocess.Popen([sys.executable, "-c", MAP_WRITABLE, str(held)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert mapper.stdout is not None and mapper.stdout.readline().strip() == "open"
         [record] = (await upload_batch(settings, list_entries(settings)[0])).records

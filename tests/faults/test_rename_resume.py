@@ -20,33 +20,21 @@ NAME = "GX010234.MP4"
 
 def _cli(env: dict[str, str], *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(KILLPOINT)] if kill_at else [sys.executable, "-m", "amgmt"]
-    return subprocess.run(
-        [*command, *args],
-        env={**env, "AMGMT_KILL_AT": kill_at or ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    return subprocess.run([*command, *args], env={**env, "AMGMT_KILL_AT": kill_at or ""}, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
-def test_a_killed_renamed_upload_resumes_at_its_renamed_key(
-    cli_env: dict[str, str], local_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
-) -> None:
-    env = {
-        **cli_env,
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        "MGMT_CONCURRENCY": "1",
-        "MGMT_PART_SIZE": "5MiB",
-        "MGMT_PARTS_IN_FLIGHT": "1",
-        "MGMT_ON_CONFLICT": "rename",
-    }
+def test_a_killed_renamed_upload_resumes_at_its_renamed_key(cli_env: dict[str, str], local_dir: Path,
+                                                           tmp_path: Path, s3_client: Any, bucket: str) -> None:
+    env = {**cli_env, "XDG_STATE_HOME": str(tmp_path / "state"), "MGMT_CONCURRENCY": "1",
+           "MGMT_PART_SIZE": "5MiB", "MGMT_PARTS_IN_FLIGHT": "1", "MGMT_ON_CONFLICT": "rename"}
     (local_dir / NAME).write_bytes(b"card one")
     assert _cli(env, "upload", NAME).returncode == 0
     second = random.Random(2).randbytes(21 * MiB)  # 5 parts of 5 MiB
     (local_dir / NAME).write_bytes(second)
 
-    killed = _cli(env, "upload", NAME, "--no-progress", kill_at="amgmt.upload.records.StoreJournal.part_done||2|after")
+    killed = _cli(env, "upload", NAME, "--no-progress",
+                  kill_at="amgmt.upload.records.StoreJournal.part_done||2|after")
 
     assert killed.returncode == -signal.SIGKILL, killed
     assert (local_dir / NAME).read_bytes() == second, "the original is never moved before verification"

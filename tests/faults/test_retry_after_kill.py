@@ -21,14 +21,8 @@ KILLPOINT = Path(__file__).parent / "killpoint.py"
 
 def _cli(env: dict[str, str], *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(KILLPOINT)] if kill_at else [sys.executable, "-m", "amgmt"]
-    return subprocess.run(
-        [*command, *args],
-        env={**env, "AMGMT_KILL_AT": kill_at or ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    return subprocess.run([*command, *args], env={**env, "AMGMT_KILL_AT": kill_at or ""}, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -76,12 +70,8 @@ def test_retry_failed_resumes_the_multipart_upload_of_a_killed_run(
     (local_dir / "film.mov").write_bytes(data)
     env = _env(cli_env, tmp_path, MGMT_PART_SIZE="5MiB", MGMT_PARTS_IN_FLIGHT="1")
     db = local_dir / "completed" / ".metadata" / "operations.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while _count(db, "SELECT count(*) FROM upload_parts") < 2:
         assert proc.poll() is None, "the upload finished before it could be killed"
@@ -110,12 +100,8 @@ def test_cleanup_keeps_a_resumable_upload_says_so_and_its_dry_run_reports_what_i
     (local_dir / "film.mov").write_bytes(random.Random(3).randbytes(40 * MiB))
     env = _env(cli_env, tmp_path, MGMT_PART_SIZE="5MiB", MGMT_PARTS_IN_FLIGHT="1")
     db = local_dir / "completed" / ".metadata" / "operations.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while _count(db, "SELECT count(*) FROM upload_parts") < 1:
         assert proc.poll() is None, "the upload finished before it could be killed"
@@ -130,16 +116,8 @@ def test_cleanup_keeps_a_resumable_upload_says_so_and_its_dry_run_reports_what_i
     def lists(run: subprocess.CompletedProcess[str]) -> dict[str, Any]:
         assert run.returncode == 0, run
         found = json.loads(run.stdout)
-        return {
-            k: found[k]
-            for k in (
-                "interrupted_operations",
-                "staging_files",
-                "multipart_uploads",
-                "kept_multipart_uploads",
-                "staging_bytes",
-            )
-        }
+        return {k: found[k] for k in ("interrupted_operations", "staging_files", "multipart_uploads",
+                                      "kept_multipart_uploads", "staging_bytes")}
 
     preview = lists(_cli(env, "cleanup", "--dry-run", "--json"))
     assert archive.exists()

@@ -101,9 +101,7 @@ def faults_on(proxy: FaultProxy, key: str, *, counted_only: bool = False) -> int
     return sum(
         1
         for e in proxy.events
-        if e.key == key
-        and e.operation in UPLOAD_OPERATIONS
-        and e.outcome != "forwarded"
+        if e.key == key and e.operation in UPLOAD_OPERATIONS and e.outcome != "forwarded"
         and not (counted_only and e.outcome == Fault.DROP and e.operation in ("PutObject", "UploadPart"))
     )
 
@@ -175,17 +173,14 @@ async def test_fifty_entries_complete_through_twenty_percent_faults(
 
     # Every kind of fault happened, and the records count the retries they caused.
     injected = {str(fault): proxy.counts[fault] for fault in (Fault.SLOWDOWN, Fault.INTERNAL, Fault.DROP, Fault.STALL)}
-    print(
-        f"\n{elapsed:.1f} s, {proxy.counts['forwarded']} requests forwarded, faults injected: {injected}, "
-        f"retries recorded: {sum(r.metadata['retries'] for r in stored.values())}"
-    )
+    print(f"\n{elapsed:.1f} s, {proxy.counts['forwarded']} requests forwarded, faults injected: {injected}, "
+          f"retries recorded: {sum(r.metadata['retries'] for r in stored.values())}")
     assert all(injected.values()), injected
     assert sum(r.metadata["retries"] for r in stored.values()) > 0
     for record in stored.values():
         key = record.s3_object_key
         assert faults_on(proxy, key, counted_only=True) <= record.metadata["retries"] <= faults_on(proxy, key), (
-            record.target_name,
-            [(e.operation, str(e.outcome)) for e in proxy.events if e.key == key],
+            record.target_name, [(e.operation, str(e.outcome)) for e in proxy.events if e.key == key]
         )
     assert elapsed < 120  # a bound, not a speed target: stalls waited out in full (10 s each) would exceed it
 
@@ -262,11 +257,8 @@ async def test_a_connection_dropped_on_every_part_fails_only_that_entry(
     assert proxy.seen("AbortMultipartUpload", key="big.bin.tar.gz")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="amgmt never learns the UploadId of a create whose answer was lost, so it "
-    "cannot abort that upload; it stays open until `amgmt cleanup`",
-)
+@pytest.mark.xfail(strict=True, reason="amgmt never learns the UploadId of a create whose answer was lost, so it "
+                   "cannot abort that upload; it stays open until `amgmt cleanup`")
 async def test_a_create_whose_answer_is_lost_leaves_no_upload_open(
     make_settings, make_media, proxy: FaultProxy, s3_client, bucket
 ) -> None:

@@ -21,9 +21,8 @@ MiB = 1024 * 1024
 MEDIA = {"a.mp4": 1000, "dir/b.txt": b"hello", "big.bin": 20 * MiB}  # big.bin: random bytes, 5 parts of 5 MiB
 
 
-async def test_failed_part_aborts_the_multipart_upload(
-    make_settings, make_media, aftermath, s3_faults, s3_client, bucket
-) -> None:
+async def test_failed_part_aborts_the_multipart_upload(make_settings, make_media, aftermath, s3_faults,
+                                                       s3_client, bucket) -> None:
     make_media(MEDIA)
     settings = make_settings(part_size="5MiB")
     open_when_failing: list[list[str]] = []

@@ -58,9 +58,8 @@ def other_etag(info: ObjectInfo | None) -> ObjectInfo | None:
     ],
     ids=["size", "etag-and-readback", "missing"],
 )
-async def test_verification_mismatch_fails_that_entry(
-    make_settings, make_media, aftermath, monkeypatch, s3_client, bucket, head, digest, why
-) -> None:
+async def test_verification_mismatch_fails_that_entry(make_settings, make_media, aftermath, monkeypatch,
+                                                      s3_client, bucket, head, digest, why) -> None:
     make_media(MEDIA)
     settings = make_settings()
     lie_about(monkeypatch, head=head, digest=digest)
@@ -75,9 +74,8 @@ async def test_verification_mismatch_fails_that_entry(
     assert KEY in object_keys(s3_client, bucket)  # uploaded, just not proven
 
 
-async def test_other_etag_with_matching_readback_verifies(
-    make_settings, make_media, monkeypatch, s3_client, bucket
-) -> None:
+async def test_other_etag_with_matching_readback_verifies(make_settings, make_media, monkeypatch, s3_client,
+                                                          bucket) -> None:
     """The control case: an endpoint whose ETag is not the MD5 scheme still verifies, by reading the object back."""
     make_media(MEDIA)
     settings = make_settings()

@@ -48,10 +48,8 @@ for i in range(count):
 print(time.time(), flush=True)
 """
 
-HOLD_OPEN = (
-    "import sys; f = open(sys.argv[1], 'ab'); f.write(b'x' * 1000); f.flush(); print('open', flush=True);"
-    " sys.stdin.read()"
-)
+HOLD_OPEN = ("import sys; f = open(sys.argv[1], 'ab'); f.write(b'x' * 1000); f.flush(); print('open', flush=True);"
+             " sys.stdin.read()")
 
 
 @pytest.fixture
@@ -75,23 +73,15 @@ def start_watch(watch_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
 
 def run_amgmt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amgmt", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return subprocess.run([sys.executable, "-m", "amgmt", *args], env=env, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
 
 
 def operations(db: Path, name: str) -> list[dict[str, Any]]:
-    rows = query(
-        db, "SELECT status, started_at, metadata FROM operations WHERE target_name = ? ORDER BY started_at", name
-    )
-    return [
-        {"status": s, "started_at": datetime.fromisoformat(t), "metadata": json.loads(m or "{}")} for s, t, m in rows
-    ]
+    rows = query(db, "SELECT status, started_at, metadata FROM operations WHERE target_name = ? ORDER BY started_at",
+                 name)
+    return [{"status": s, "started_at": datetime.fromisoformat(t), "metadata": json.loads(m or "{}")}
+            for s, t, m in rows]
 
 
 def archive_members(s3_client: Any, bucket: str, key: str) -> dict[str, bytes]:
@@ -112,13 +102,8 @@ def test_a_file_written_slowly_is_uploaded_once_after_the_writer_stops(
     watch = start_watch("--settle", "2")
     recording = local_dir / "slow.log"
     # The issue's writer: a write every 0.5 s for 10 s, never 2 s without a change, so never settled while it runs.
-    writer = subprocess.run(
-        [sys.executable, "-c", SLOW_WRITER, str(recording), "21", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    writer = subprocess.run([sys.executable, "-c", SLOW_WRITER, str(recording), "21", "0.5"],
+                            capture_output=True, text=True, timeout=60, check=True)
     written_until = float(writer.stdout.strip())
     final = recording.read_bytes()
 
@@ -138,20 +123,13 @@ def test_a_file_held_open_for_writing_is_not_taken_until_it_is_closed_and_status
 ) -> None:  # type: ignore[no-untyped-def]
     db = make_settings().db_path
     held = local_dir / "recording.mov"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(held)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(held)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         watch = start_watch("--settle", "0.5")
-        status = wait_for(
-            lambda: (
-                (r := run_amgmt(watch_env, "watch", "--status")).returncode == 0
-                and f"held open by pid {holder.pid}" in r.stdout
-                and r
-            ),
-            what="status to name the holder",
-        )
+        status = wait_for(lambda: (r := run_amgmt(watch_env, "watch", "--status")).returncode == 0
+                          and f"held open by pid {holder.pid}" in r.stdout and r, what="status to name the holder")
         assert "recording.mov" in status.stdout and "watching" in status.stdout, status.stdout
         time.sleep(2.0)  # four times --settle, unchanged all along: only the open handle keeps it back
         assert operations(db, "recording.mov") == [] and held.exists()
@@ -179,13 +157,8 @@ def test_a_directory_that_keeps_receiving_files_is_taken_once_it_settles_with_ev
 ) -> None:  # type: ignore[no-untyped-def]
     db = make_settings().db_path
     watch = start_watch("--settle", "1")
-    writer = subprocess.run(
-        [sys.executable, "-c", GROWING_DIR, str(local_dir / "shoot"), "10", "0.3"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    writer = subprocess.run([sys.executable, "-c", GROWING_DIR, str(local_dir / "shoot"), "10", "0.3"],
+                            capture_output=True, text=True, timeout=30, check=True)
     written_until = float(writer.stdout.strip())
     expected = {str(p.relative_to(local_dir)): p.read_bytes() for p in (local_dir / "shoot").rglob("*") if p.is_file()}
     assert len(expected) == 10
@@ -210,18 +183,10 @@ def test_a_burst_of_files_is_uploaded_each_exactly_once_with_bounded_memory(
     (local_dir / "clip.mov").write_bytes(rng.randbytes(12 * MiB))  # a multipart upload among them
     names.append("clip.mov")
 
-    wait_for(
-        lambda: sorted(p.name for p in local_dir.iterdir()) == ["completed"],
-        timeout=240,
-        what="every entry to be moved",
-    )
-    peak_rss_kib = int(
-        next(
-            line.split()[1]
-            for line in Path(f"/proc/{watch.pid}/status").read_text().splitlines()
-            if line.startswith("VmHWM:")
-        )
-    )
+    wait_for(lambda: sorted(p.name for p in local_dir.iterdir()) == ["completed"], timeout=240,
+             what="every entry to be moved")
+    peak_rss_kib = int(next(line.split()[1] for line in Path(f"/proc/{watch.pid}/status").read_text().splitlines()
+                            if line.startswith("VmHWM:")))
     assert watch.stop() == 0, str(watch)
 
     rows = query(db, "SELECT target_name, status FROM operations")
@@ -241,9 +206,8 @@ def test_sigterm_finishes_the_entry_in_flight_takes_no_other_and_exits_0(
     for name in ("a.bin", "b.bin"):
         (local_dir / name).write_bytes(rng.randbytes(3 * MiB))
     # SIGTERM at the exact moment the first entry looks at its key (stage upload): it is in flight.
-    watch = start_watch(
-        "--settle", "0.3", "--concurrency", "1", kill_at="amgmt.s3.client.S3Bucket.head_object|.tar.gz|1|before|SIGTERM"
-    )
+    watch = start_watch("--settle", "0.3", "--concurrency", "1",
+                        kill_at="amgmt.s3.client.S3Bucket.head_object|.tar.gz|1|before|SIGTERM")
     assert watch.wait() == 0, str(watch)
 
     done = query(db, "SELECT target_name, status FROM operations")
@@ -256,10 +220,8 @@ def test_sigterm_finishes_the_entry_in_flight_takes_no_other_and_exits_0(
 
     again = run_amgmt(watch_env, "watch", "--once", "--settle", "0.3")
     assert again.returncode == 0, again.stderr
-    assert sorted(query(db, "SELECT target_name, status FROM operations")) == [
-        ("a.bin", "success"),
-        ("b.bin", "success"),
-    ]
+    assert sorted(query(db, "SELECT target_name, status FROM operations")) == [("a.bin", "success"),
+                                                                                ("b.bin", "success")]
 
 
 def test_kill_9_mid_upload_then_a_restart_resumes_and_uploads_nothing_twice(
@@ -271,9 +233,8 @@ def test_kill_9_mid_upload_then_a_restart_resumes_and_uploads_nothing_twice(
     (local_dir / "film.mov").write_bytes(data)
     (local_dir / "notes.txt").write_text("shot list\n" * 50)
     env = {"MGMT_PART_SIZE": "5MiB", "MGMT_PARTS_IN_FLIGHT": "1", "MGMT_CONCURRENCY": "1"}
-    killed = start_watch(
-        "--settle", "0.3", env=env, kill_at="amgmt.s3.multipart.MultipartUpload.send_part||2|after"
-    )  # 2 of 3 parts sent
+    killed = start_watch("--settle", "0.3", env=env,
+                         kill_at="amgmt.s3.multipart.MultipartUpload.send_part||2|after")  # 2 of 3 parts sent
     assert killed.wait() == -signal.SIGKILL, str(killed)
     assert (local_dir / "film.mov").exists()
     assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1

@@ -144,6 +144,7 @@ async def test_the_heartbeat_says_what_waits_and_what_is_done(make_settings, loc
     assert events[-1]["event"] == "stop" and events[-1]["exit_code"] == 0
 
 
+
 async def test_a_stop_cancels_what_outlasts_the_grace_as_upload_does_and_the_next_start_resumes(
     make_settings, local_dir: Path, s3_faults: S3Faults, s3_client: Any, bucket: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -174,9 +175,8 @@ async def test_a_stop_cancels_what_outlasts_the_grace_as_upload_does_and_the_nex
     assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1  # left open, journaled
 
     s3_faults.handlers.clear()
-    code, events = await run_watch(
-        settings, WatchOptions(settle=0.3, rescan=60), lambda events: wait_until(lambda: finished(events, "film.mov"))
-    )
+    code, events = await run_watch(settings, WatchOptions(settle=0.3, rescan=60), lambda events: wait_until(
+        lambda: finished(events, "film.mov")))
     [done] = finished(events, "film.mov")
     assert done["status"] == "success" and code == ExitCode.OK
     records = await stored_records_all(settings)

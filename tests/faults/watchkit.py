@@ -55,11 +55,8 @@ class WatchProcess:
         return self.stderr_path.read_text()
 
     def wait_started(self, timeout: float = 30.0) -> None:
-        wait_for(
-            lambda: any(" watching " in line for line in self.lines()) or self.proc.poll() is not None,
-            timeout=timeout,
-            what="the watch to start",
-        )
+        wait_for(lambda: any(" watching " in line for line in self.lines()) or self.proc.poll() is not None,
+                 timeout=timeout, what="the watch to start")
         assert self.proc.poll() is None, str(self)
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
@@ -79,11 +76,8 @@ class WatchProcess:
             self.proc.wait(timeout=30)
 
     def __str__(self) -> str:
-        return (
-            f"amgmt watch {' '.join(self.args)} (exit {self.proc.poll()})\n--- stdout\n"
-            + "\n".join(self.lines())
-            + f"\n--- stderr\n{self.stderr()}"
-        )
+        return (f"amgmt watch {' '.join(self.args)} (exit {self.proc.poll()})\n--- stdout\n"
+                + "\n".join(self.lines()) + f"\n--- stderr\n{self.stderr()}")
 
 
 def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

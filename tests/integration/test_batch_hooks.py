@@ -16,9 +16,7 @@ from amgmt.store import MetadataStore
 from amgmt.upload.batch import upload_batch
 
 
-async def _thread_compress(
-    source: str, archive_path: str, part_size: int, level: int, md5: bool = True
-) -> ArchiveResult:
+async def _thread_compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
     job = functools.partial(compress_entry, part_size=part_size, level=level, md5=md5)
     return await anyio.to_thread.run_sync(job, source, archive_path)
 
@@ -29,9 +27,8 @@ async def test_a_stopped_run_still_runs_the_hook_of_its_cancelled_entry(
     make_media({"a.mp4": 3000, "b.mp4": 5000})
     seen = tmp_path / "seen"
     # One entry after another: the lane off (it would take a.mp4 and b.mp4 in one batch, both then cancelled).
-    settings = make_settings(
-        concurrency=1, small_entry_size=0, hook=f'echo "$AMGMT_TARGET_NAME $AMGMT_STATUS $AMGMT_ERROR" >> {seen}'
-    )
+    settings = make_settings(concurrency=1, small_entry_size=0,
+                             hook=f'echo "$AMGMT_TARGET_NAME $AMGMT_STATUS $AMGMT_ERROR" >> {seen}')
     stop = anyio.Event()
 
     async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:

@@ -60,12 +60,8 @@ def test_two_runs_with_different_databases_on_one_local_dir_exclude_each_other(
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         second = subprocess.run(
             [sys.executable, "-m", "amgmt", "upload", "all", "--db", str(tmp_path / "second.db")],
-            env={**cli_env, "XDG_STATE_HOME": str(tmp_path / "state")},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
+            env={**cli_env, "XDG_STATE_HOME": str(tmp_path / "state")}, cwd=tmp_path, capture_output=True,
+            text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
     finally:
         os.close(held)

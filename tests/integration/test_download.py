@@ -90,18 +90,8 @@ async def test_ranges_are_fetched_concurrently_within_the_byte_budget(make_setti
     budget = ByteBudget(2 * 256 * 1024)
     digests = StreamDigests(None)
     async with S3Bucket.connect(ClientOptions.from_settings(make_settings())) as s3:
-        await fetch_to_file(
-            s3,
-            "blob",
-            tmp_path / "blob",
-            size=len(data),
-            etag=None,
-            digests=digests,
-            range_size=256 * 1024,
-            workers=6,
-            budget=budget,
-            reporter=QuietReporter(),
-        )
+        await fetch_to_file(s3, "blob", tmp_path / "blob", size=len(data), etag=None, digests=digests,
+                            range_size=256 * 1024, workers=6, budget=budget, reporter=QuietReporter())
     assert (tmp_path / "blob").read_bytes() == data
     assert budget.peak == budget.limit  # two ranges in flight at once, never more
     got = digests.finish()
@@ -137,18 +127,8 @@ async def test_a_range_cut_short_is_fetched_again(make_settings, s3view, tmp_pat
 
         s3.client.get_object = flaky  # type: ignore[method-assign]
         digests = StreamDigests(None)
-        await fetch_to_file(
-            s3,
-            "blob",
-            tmp_path / "blob",
-            size=len(data),
-            etag=None,
-            digests=digests,
-            range_size=256 * 1024,
-            workers=3,
-            budget=ByteBudget(MiB),
-            reporter=QuietReporter(),
-        )
+        await fetch_to_file(s3, "blob", tmp_path / "blob", size=len(data), etag=None, digests=digests,
+                            range_size=256 * 1024, workers=3, budget=ByteBudget(MiB), reporter=QuietReporter())
     assert failures == [256 * 1024] * 2 and (tmp_path / "blob").read_bytes() == data
     assert digests.finish().sha256 == hashlib.sha256(data).hexdigest()
 
@@ -184,20 +164,17 @@ async def test_corrupt_bytes_are_detected_after_the_transfer(uploaded, s3view, m
     assert failed.status == OperationStatus.FAILED
 
 
-async def test_a_foreign_multipart_object_is_checked_with_the_servers_part_size(
-    make_settings, s3_client, bucket, tmp_path: Path
-) -> None:
+async def test_a_foreign_multipart_object_is_checked_with_the_servers_part_size(make_settings, s3_client, bucket,
+                                                                                 tmp_path: Path) -> None:
     data = random.Random(5).randbytes(5 * MiB + 999)
     upload = s3_client.create_multipart_upload(Bucket=bucket, Key="other/tool.tar.gz")
     parts = []
     for number, chunk in enumerate((data[: 5 * MiB], data[5 * MiB :]), start=1):
-        done = s3_client.upload_part(
-            Bucket=bucket, Key="other/tool.tar.gz", UploadId=upload["UploadId"], PartNumber=number, Body=chunk
-        )
+        done = s3_client.upload_part(Bucket=bucket, Key="other/tool.tar.gz", UploadId=upload["UploadId"],
+                                     PartNumber=number, Body=chunk)
         parts.append({"PartNumber": number, "ETag": done["ETag"]})
-    s3_client.complete_multipart_upload(
-        Bucket=bucket, Key="other/tool.tar.gz", UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
-    )
+    s3_client.complete_multipart_upload(Bucket=bucket, Key="other/tool.tar.gz", UploadId=upload["UploadId"],
+                                        MultipartUpload={"Parts": parts})
     async with Objects.open(make_settings(), record=True) as objects:
         got = await objects.download(f"s3://{bucket}/other/tool.tar.gz", DownloadOptions(dest_dir=tmp_path / "o"))
     assert got.verified_by == ("size", "etag") and got.target.upload is None
@@ -249,9 +226,8 @@ async def test_a_name_nobody_uploaded_is_a_clear_error(make_settings, tmp_path: 
 # -- hostile archives ----------------------------------------------------------------------------------------------
 
 
-def member(
-    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: str = ""
-) -> tuple[tarfile.TarInfo, bytes]:
+def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x",
+           link: str = "") -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = link
@@ -306,12 +282,8 @@ def test_extraction_refuses_hostile_members(case: str, target_dir: Path, tmp_pat
 
 
 def test_extraction_refuses_paths_through_its_own_links_and_duplicates(target_dir: Path, tmp_path: Path) -> None:
-    through = tar_gz(
-        *GOOD,
-        member("entry/sub", tarfile.DIRTYPE),
-        member("entry/d", tarfile.SYMTYPE, link="sub"),
-        member("entry/d/x", data=b"via a link"),
-    )
+    through = tar_gz(*GOOD, member("entry/sub", tarfile.DIRTYPE), member("entry/d", tarfile.SYMTYPE, link="sub"),
+                     member("entry/d/x", data=b"via a link"))
     twice = tar_gz(*GOOD, member("entry/ok.txt", data=b"again"))
     for data, reason in ((through, "a link of the archive"), (twice, "second member of the same name")):
         archive = tmp_path / "a.tar.gz"
@@ -340,7 +312,8 @@ def test_force_replaces_an_existing_link_instead_of_writing_through_it(target_di
 
 
 async def test_download_extract_refuses_a_malicious_object(make_settings, s3view, tmp_path: Path) -> None:
-    s3view.put("evil.tar.gz", tar_gz(*GOOD, HOSTILE["dot-dot"][0], HOSTILE["absolute"][0], HOSTILE["symlink-out"][0]))
+    s3view.put("evil.tar.gz", tar_gz(*GOOD, HOSTILE["dot-dot"][0], HOSTILE["absolute"][0],
+                                     HOSTILE["symlink-out"][0]))
     before = listing(tmp_path)
     settings = make_settings()
     async with Objects.open(settings, record=True) as objects:
@@ -366,16 +339,14 @@ class RestoreClock:
         self.endpoint_url = endpoint_url
 
     def _post(self, path: str, body: dict[str, Any]) -> None:
-        request = urllib.request.Request(
-            f"{self.endpoint_url}/moto-api/state-manager/{path}", method="POST", data=json.dumps(body).encode()
-        )
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/state-manager/{path}", method="POST",
+                                         data=json.dumps(body).encode())
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 201, answer.status
 
     def _times(self, times: int) -> None:
-        self._post(
-            "set-transition", {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": times}}
-        )
+        self._post("set-transition", {"model_name": "s3::keyrestore",
+                                      "transition": {"progression": "manual", "times": times}})
 
     def step(self) -> None:
         self._times(1)
@@ -412,9 +383,8 @@ class ReleasingReporter(QuietReporter):
             self.clock.step()
 
 
-async def test_a_glacier_object_is_restored_then_downloaded(
-    restore_clock, make_settings, make_media, snapshot, s3view, files, tmp_path: Path
-) -> None:
+async def test_a_glacier_object_is_restored_then_downloaded(restore_clock, make_settings, make_media, snapshot,
+                                                            s3view, files, tmp_path: Path) -> None:
     make_media({"cold/clip.mov": 300_000})
     before = snapshot()
     settings = make_settings(storage_class="GLACIER")
@@ -437,9 +407,8 @@ async def test_a_glacier_object_is_restored_then_downloaded(
         assert not out.exists()
 
         reporter = ReleasingReporter(restore_clock)
-        done = await objects.download(
-            "cold", DownloadOptions(dest_dir=out, extract=True, wait=True, poll_interval=0.05), reporter=reporter
-        )
+        done = await objects.download("cold", DownloadOptions(dest_dir=out, extract=True, wait=True,
+                                                              poll_interval=0.05), reporter=reporter)
     assert reporter.restore_polls == 2
     assert done.state == DownloadState.DOWNLOADED and done.head.restore is not None and not done.head.restore.ongoing
     assert done.restore_waited_seconds >= 0.1

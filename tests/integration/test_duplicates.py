@@ -43,9 +43,8 @@ async def test_identical_content_under_a_new_name_is_skipped(
     assert stored.status == "skipped" and stored.s3_file_record is None and stored.completed_file_record is None
 
 
-async def test_same_name_and_size_in_completed_is_not_taken_for_done(
-    make_settings, make_media, local_dir: Path, s3view
-) -> None:
+async def test_same_name_and_size_in_completed_is_not_taken_for_done(make_settings, make_media, local_dir: Path,
+                                                                      s3view) -> None:
     """A name and size already in the completed dir prove nothing (another take with the same name; here other
     bytes): before, such entries were skipped forever and never uploaded. Now they are uploaded and moved under a
     duplicate name; what was in the completed dir stays as it was."""
@@ -92,15 +91,12 @@ async def test_other_object_at_the_key_fails_then_overwrite_replaces_it(
     assert not (local_dir / "clip.mp4").exists() and (settings.completed_dir / "clip.mp4").is_file()
 
 
-async def test_same_object_already_at_the_key_is_reused(
-    make_settings, make_media, local_dir: Path, s3view, s3_client, tmp_path: Path
-) -> None:
+async def test_same_object_already_at_the_key_is_reused(make_settings, make_media, local_dir: Path, s3view,
+                                                       s3_client, tmp_path: Path) -> None:
     make_media({"a.mp4": 3000, "big.bin": 11 * MiB})
     # The ETag path (radosgw's, MGMT_CHECKSUM_ALGORITHM=md5): test_flexible_checksums.py has the same with CRC64NVME.
-    first = await upload_batch(
-        make_settings(completed_enabled=False, part_size="5MiB", checksum_algorithm="md5"),
-        list_entries(make_settings())[0],
-    )
+    first = await upload_batch(make_settings(completed_enabled=False, part_size="5MiB", checksum_algorithm="md5"),
+                               list_entries(make_settings())[0])
     assert first.counts() == {"success": 2}
     s3_client.put_bucket_versioning(Bucket=s3view.name, VersioningConfiguration={"Status": "Enabled"})
     before = {k: s3view.head(k)["ETag"] for k in s3view.keys()}
@@ -121,10 +117,8 @@ async def test_same_object_already_at_the_key_is_reused(
 async def test_reused_object_with_other_part_size_is_read_back(make_settings, make_media, s3view, tmp_path) -> None:
     make_media({"big.bin": 11 * MiB})
     # Where no stored checksum proves it (radosgw, MGMT_CHECKSUM_ALGORITHM=md5); with one, test_flexible_checksums.py.
-    first = await upload_batch(
-        make_settings(completed_enabled=False, part_size="5MiB", checksum_algorithm="md5"),
-        list_entries(make_settings())[0],
-    )
+    first = await upload_batch(make_settings(completed_enabled=False, part_size="5MiB", checksum_algorithm="md5"),
+                               list_entries(make_settings())[0])
     assert first.records[0].part_count == 3
     settings = make_settings(db_path=str(tmp_path / "db2" / "ops.db"), part_size="6MiB", checksum_algorithm="md5")
     second = await upload_batch(settings, list_entries(settings)[0])

@@ -81,20 +81,11 @@ async def test_an_explicit_algorithm_the_server_does_not_keep_stops_the_run_in_o
 ) -> None:
     make_media({"a.txt": b"a" * 100})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MGMT_")}
-    env.update(
-        MGMT_BUCKET=real_bucket,
-        MGMT_LOCAL_DIR=str(local_dir),
-        MGMT_ENDPOINT_URL=real_s3.endpoint_url,
-        HOME=str(local_dir.parent),
-        MGMT_CHECKSUM_ALGORITHM="crc64nvme",
-    )
+    env.update(MGMT_BUCKET=real_bucket, MGMT_LOCAL_DIR=str(local_dir), MGMT_ENDPOINT_URL=real_s3.endpoint_url,
+               HOME=str(local_dir.parent), MGMT_CHECKSUM_ALGORITHM="crc64nvme")
     proc = subprocess.run(
         [sys.executable, "-m", "amgmt", "upload", "all", "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output
@@ -127,7 +118,6 @@ async def test_sha256_is_honoured_as_s3s_composite_checksum(
 
 def wrong_part_checksum(real: Compressor, names: set[str]) -> Compressor:
     """The real compressor, except that the second part's CRC64NVME of `names` is wrong (the bytes are right)."""
-
     async def compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
         result = await real(source, archive_path, part_size, level, md5)
         if os.path.basename(source) not in names:
@@ -168,9 +158,8 @@ async def test_a_reused_object_of_another_part_size_is_verified_by_its_checksum_
     # With the ETag path this takes a read-back (test_duplicates.py): the whole-object CRC64NVME does not depend
     # on the part size.
     make_media({"big.bin": 11 * MiB})
-    first = await upload_batch(
-        make_settings(completed_enabled=False, part_size="5MiB"), list_entries(make_settings())[0]
-    )
+    first = await upload_batch(make_settings(completed_enabled=False, part_size="5MiB"),
+                               list_entries(make_settings())[0])
     assert first.records[0].part_count == 3
     settings = make_settings(db_path=str(tmp_path / "db2" / "ops.db"), part_size="6MiB")
     read_backs: list[str] = []

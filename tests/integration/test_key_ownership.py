@@ -47,13 +47,8 @@ def write_random(path: Path, size: int, seed: int) -> Path:
 
 
 def _settings(target: Any, bucket: str, local: Path, **flags: Any) -> Any:
-    base: dict[str, Any] = {
-        "bucket": bucket,
-        "local_dir": str(local),
-        "endpoint_url": target.endpoint_url,
-        "concurrency": 2,
-        "part_size": "5MiB",
-    }
+    base: dict[str, Any] = {"bucket": bucket, "local_dir": str(local), "endpoint_url": target.endpoint_url,
+                            "concurrency": 2, "part_size": "5MiB"}
     base.update(flags)
     return load_settings(flags=base, environ={"HOME": str(local.parent)}, require_bucket=True)
 
@@ -95,9 +90,8 @@ def _only(report: BatchReport) -> UploadRecord:
     return record
 
 
-async def test_two_entries_of_one_run_with_one_key_never_replace_each_other(
-    make_settings, local_dir: Path, s3_client: Any, bucket: str
-) -> None:
+async def test_two_entries_of_one_run_with_one_key_never_replace_each_other(make_settings, local_dir: Path,
+                                                                             s3_client: Any, bucket: str) -> None:
     write_random(local_dir / "a" / "clip.bin", 3000, seed=1)
     write_random(local_dir / "b" / "clip.bin", 4000, seed=2)
     settings = make_settings()
@@ -115,9 +109,9 @@ async def test_two_entries_of_one_run_with_one_key_never_replace_each_other(
     assert head["ContentLength"] == by_name["a"].compressed_size
 
 
-async def test_two_runs_racing_for_one_key_leave_the_first_verified_object_intact(
-    real_s3, real_client: Any, real_bucket: str, tmp_path: Path, monkeypatch
-) -> None:
+async def test_two_runs_racing_for_one_key_leave_the_first_verified_object_intact(real_s3, real_client: Any,
+                                                                                   real_bucket: str, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
     """Both runs look (HEAD: absent) before either writes; B then uploads, verifies and moves; A goes on. Before the
     fix A's multipart upload replaced B's verified object (radosgw ignores If-None-Match on complete)."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -154,9 +148,9 @@ async def test_two_runs_racing_for_one_key_leave_the_first_verified_object_intac
     assert not real_client.list_multipart_uploads(Bucket=real_bucket).get("Uploads"), "the loser left nothing open"
 
 
-async def test_an_object_written_during_a_multipart_upload_is_not_overwritten(
-    real_s3, real_client: Any, real_bucket: str, tmp_path: Path, monkeypatch
-) -> None:
+async def test_an_object_written_during_a_multipart_upload_is_not_overwritten(real_s3, real_client: Any,
+                                                                              real_bucket: str, tmp_path: Path,
+                                                                              monkeypatch) -> None:
     """Another client writes the key while our parts are in flight (after our reservation): the complete is not
     sent, the upload is aborted, the other object stays, our original stays."""
     local = tmp_path / "media"
@@ -220,9 +214,8 @@ async def test_a_run_never_aborts_the_live_multipart_upload_of_another_run_shari
     assert _object_sha256(s3_client, bucket, KEY) == a.checksum_compressed
 
 
-async def test_a_reused_object_that_fails_verification_is_replaced(
-    make_settings, local_dir: Path, s3_client: Any, bucket: str
-) -> None:
+async def test_a_reused_object_that_fails_verification_is_replaced(make_settings, local_dir: Path, s3_client: Any,
+                                                                   bucket: str) -> None:
     """An earlier attempt's object carries this archive's checksum and size but not its bytes (corrupted in transit
     on a server that does not check Content-MD5). Before the fix every re-run reused it and failed verification."""
     source = write_random(local_dir / "clip.bin", 300_000, seed=6)
@@ -230,16 +223,11 @@ async def test_a_reused_object_that_fails_verification_is_replaced(
     data = bytearray(Path(archive.archive_path).read_bytes())
     data[len(data) // 2] ^= 0xFF
     os.unlink(archive.archive_path)
-    s3_client.put_object(
-        Bucket=bucket,
-        Key=KEY,
-        Body=bytes(data),
-        Metadata={
-            METADATA_ARCHIVE_SHA256: archive.archive_sha256,
-            METADATA_SOURCE_SHA256: archive.source_sha256,
-            METADATA_SOURCE_SIZE: str(archive.source_size),
-        },
-    )
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=bytes(data), Metadata={
+        METADATA_ARCHIVE_SHA256: archive.archive_sha256,
+        METADATA_SOURCE_SHA256: archive.source_sha256,
+        METADATA_SOURCE_SIZE: str(archive.source_size),
+    })
 
     record = _only(await upload_batch(make_settings(), [source]))
 
@@ -259,11 +247,8 @@ async def test_an_unconfirmed_object_of_ours_is_replaced_and_overwrite_supersede
     blocked = local_dir.parent / "blocked"  # a file where the completed dir's parent should be: every move fails
     blocked.write_bytes(b"not a directory")
     metadata = local_dir.parent / "metadata"
-    settings = make_settings(
-        completed_dir=str(blocked / "completed"),
-        db_path=str(metadata / "operations.db"),
-        staging_dir=str(metadata / "staging"),
-    )
+    settings = make_settings(completed_dir=str(blocked / "completed"), db_path=str(metadata / "operations.db"),
+                             staging_dir=str(metadata / "staging"))
     first = _only(await upload_batch(settings, [source]))
     assert first.status == OperationStatus.PARTIAL, first.error_message
 
@@ -289,9 +274,8 @@ async def test_an_unconfirmed_object_of_ours_is_replaced_and_overwrite_supersede
     assert replaced.s3_file_record.tags["superseded_by_operation_id"] == third.operation_id
 
 
-async def test_a_foreign_reservation_is_not_overwritten(
-    make_settings, local_dir: Path, s3_client: Any, bucket: str
-) -> None:
+async def test_a_foreign_reservation_is_not_overwritten(make_settings, local_dir: Path, s3_client: Any,
+                                                        bucket: str) -> None:
     source = write_random(local_dir / "clip.bin", 11 * MiB, seed=10)
     s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"", Metadata={METADATA_RESERVATION: "f" * 32})
 
@@ -334,19 +318,20 @@ async def test_a_staging_archive_removed_under_the_upload_fails_that_entry_in_on
     assert (local_dir / "big.bin").exists()
 
 
+
 KILLPOINT = Path(__file__).parents[1] / "faults" / "killpoint.py"
 
 
-async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(
-    make_settings, local_dir: Path, cli_env: dict[str, str], s3_client: Any, bucket: str
-) -> None:
+async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(make_settings, local_dir: Path,
+                                                                                 cli_env: dict[str, str],
+                                                                                 s3_client: Any, bucket: str) -> None:
     """SIGKILL right after the key was reserved (before the multipart upload exists): the key holds our empty
     reservation; the next run recognises its own dead attempt, takes the key over and finishes."""
     source = write_random(local_dir / "clip.bin", 11 * MiB, seed=11)
-    env = dict(cli_env, MGMT_PART_SIZE="5MiB", AMGMT_KILL_AT=f"amgmt.s3.reservation.reserve_key|{KEY}|1|after")
-    killed = subprocess.run(
-        [sys.executable, str(KILLPOINT), "upload", "all", "--no-progress"], env=env, capture_output=True, timeout=120
-    )
+    env = dict(cli_env, MGMT_PART_SIZE="5MiB",
+               AMGMT_KILL_AT=f"amgmt.s3.reservation.reserve_key|{KEY}|1|after")
+    killed = subprocess.run([sys.executable, str(KILLPOINT), "upload", "all", "--no-progress"], env=env,
+                            capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert s3_client.head_object(Bucket=bucket, Key=KEY)["Metadata"].get(METADATA_RESERVATION)
     assert source.exists()
@@ -360,9 +345,9 @@ async def test_a_run_killed_holding_a_reservation_is_taken_over_by_the_next_run(
     assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
-async def test_a_read_back_reads_only_the_object_it_verifies(
-    make_settings, local_dir: Path, s3_client: Any, bucket: str, monkeypatch
-) -> None:
+
+async def test_a_read_back_reads_only_the_object_it_verifies(make_settings, local_dir: Path, s3_client: Any,
+                                                             bucket: str, monkeypatch) -> None:
     """When the ETag cannot be predicted, the object is read back: an object written at the key between that
     HEAD and the read (If-Match) fails the verification instead of being hashed in its place."""
     source = write_random(local_dir / "clip.bin", 4000, seed=12)

@@ -60,48 +60,24 @@ class ScriptedClient:
     async def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         if self.refuse_attributes and "OptionalObjectAttributes" in kwargs:
-            raise ClientError(
-                {
-                    "Error": {"Code": self.refuse_attributes, "Message": "no"},
-                    "ResponseMetadata": {"HTTPStatusCode": 400},
-                },
-                "ListObjectsV2",
-            )
+            raise ClientError({"Error": {"Code": self.refuse_attributes, "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "ListObjectsV2")
         index = int(kwargs.get("ContinuationToken", "0"))
         return self.pages[index]
 
 
 WHEN = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
 PAGES = [
-    {
-        "IsTruncated": True,
-        "NextContinuationToken": "1",
-        "Contents": [
-            {
-                "Key": "p/a.tar.gz",
-                "Size": 1,
-                "StorageClass": "GLACIER",
-                "ETag": '"AA"',
-                "LastModified": WHEN,
-                "RestoreStatus": {"IsRestoreInProgress": True},
-            },
-            {
-                "Key": "p/b.tar.gz",
-                "Size": 2,
-                "StorageClass": "DEEP_ARCHIVE",
-                "ETag": '"bb"',
-                "LastModified": WHEN,
-                "RestoreStatus": {"IsRestoreInProgress": False, "RestoreExpiryDate": WHEN + timedelta(days=2)},
-            },
-        ],
-    },
-    {
-        "IsTruncated": False,
-        "Contents": [
-            {"Key": "p/c.tar.gz", "Size": 3, "StorageClass": "GLACIER", "ETag": '"cc"', "LastModified": WHEN},
-            {"Key": "p/d.tar.gz", "Size": 4, "ETag": '"dd"', "LastModified": WHEN},
-        ],
-    },
+    {"IsTruncated": True, "NextContinuationToken": "1", "Contents": [
+        {"Key": "p/a.tar.gz", "Size": 1, "StorageClass": "GLACIER", "ETag": '"AA"', "LastModified": WHEN,
+         "RestoreStatus": {"IsRestoreInProgress": True}},
+        {"Key": "p/b.tar.gz", "Size": 2, "StorageClass": "DEEP_ARCHIVE", "ETag": '"bb"', "LastModified": WHEN,
+         "RestoreStatus": {"IsRestoreInProgress": False, "RestoreExpiryDate": WHEN + timedelta(days=2)}},
+    ]},
+    {"IsTruncated": False, "Contents": [
+        {"Key": "p/c.tar.gz", "Size": 3, "StorageClass": "GLACIER", "ETag": '"cc"', "LastModified": WHEN},
+        {"Key": "p/d.tar.gz", "Size": 4, "ETag": '"dd"', "LastModified": WHEN},
+    ]},
 ]
 
 
@@ -168,19 +144,11 @@ async def test_ls_joins_the_local_dir_the_bucket_and_the_records(uploaded) -> No
     taken = local["Taken.MOV"]
     assert (taken.upload_status, taken.operation_id) == ("failed", records["Taken.MOV"].operation_id)
     assert taken.changed_since is False and taken.in_s3 is True and taken.size == 200
-    assert (local["new.mp4"].upload_status, local["new.mp4"].changed_since, local["new.mp4"].in_s3) == (
-        None,
-        None,
-        False,
-    )
+    assert (local["new.mp4"].upload_status, local["new.mp4"].changed_since, local["new.mp4"].in_s3) == (None, None, False)
 
     objects = {o.key: o for o in listing.objects}
-    assert sorted(objects) == [
-        "media/50%25 off%09promo.mp4.tar.gz",
-        "media/Taken.MOV.tar.gz",
-        "media/done.mp4.tar.gz",
-        "media/old/ICE.tar.gz",
-    ]
+    assert sorted(objects) == ["media/50%25 off%09promo.mp4.tar.gz", "media/Taken.MOV.tar.gz",
+                               "media/done.mp4.tar.gz", "media/old/ICE.tar.gz"]
     assert objects["media/done.mp4.tar.gz"].operation_id == records["done.mp4"].operation_id
     assert objects["media/done.mp4.tar.gz"].target_name == "done.mp4"
     assert objects["media/Taken.MOV.tar.gz"].operation_id is None  # its upload failed: not ours
@@ -236,17 +204,9 @@ MONDAY = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)  # ISO week 48
 MiB = 1024 * 1024
 
 
-def make_upload(
-    name: str,
-    *,
-    day: int,
-    status: OperationStatus = OperationStatus.SUCCESS,
-    size: int = MiB,
-    packed: int | None = None,
-    seconds: float = 1.0,
-    error: str | None = None,
-    stage: Stage = Stage.DONE,
-) -> UploadRecord:
+def make_upload(name: str, *, day: int, status: OperationStatus = OperationStatus.SUCCESS, size: int = MiB,
+                packed: int | None = None, seconds: float = 1.0, error: str | None = None,
+                stage: Stage = Stage.DONE) -> UploadRecord:
     started = MONDAY + timedelta(days=day)
     record = UploadRecord(
         operation_id=new_operation_id(),
@@ -266,38 +226,14 @@ def make_upload(
 KNOWN = [
     make_upload("a.mp4", day=0, size=4 * MiB, seconds=2.0),  # ratio 2
     make_upload("b.mp4", day=0, size=2 * MiB, packed=2 * MiB, seconds=2.0),  # ratio 1
-    make_upload(
-        "c.mp4",
-        day=1,
-        size=6 * MiB,
-        seconds=4.0,
-        status=OperationStatus.PARTIAL,
-        error="move: cannot move /media/c.mp4: Permission denied",
-    ),  # ratio 2
-    make_upload(
-        "d.mp4",
-        day=7,
-        size=MiB,
-        seconds=0.5,
-        status=OperationStatus.FAILED,
-        stage=Stage.UPLOAD,
-        error="upload: s3://bucket/media/d.mp4.tar.gz already exists with other content; use --overwrite",
-    ),
-    make_upload(
-        "e e.mp4",
-        day=7,
-        size=MiB,
-        status=OperationStatus.FAILED,
-        stage=Stage.UPLOAD,
-        error="upload: s3://bucket/media/e e.mp4.tar.gz already exists with other content; use --overwrite",
-    ),
-    make_upload(
-        "f.mp4",
-        day=8,
-        status=OperationStatus.FAILED,
-        stage=Stage.UPLOAD,
-        error="upload: PUT s3://bucket/media/f.mp4.tar.gz failed: SlowDown (HTTP 503): Please reduce",
-    ),
+    make_upload("c.mp4", day=1, size=6 * MiB, seconds=4.0, status=OperationStatus.PARTIAL,
+                error="move: cannot move /media/c.mp4: Permission denied"),  # ratio 2
+    make_upload("d.mp4", day=7, size=MiB, seconds=0.5, status=OperationStatus.FAILED, stage=Stage.UPLOAD,
+                error="upload: s3://bucket/media/d.mp4.tar.gz already exists with other content; use --overwrite"),
+    make_upload("e e.mp4", day=7, size=MiB, status=OperationStatus.FAILED, stage=Stage.UPLOAD,
+                error="upload: s3://bucket/media/e e.mp4.tar.gz already exists with other content; use --overwrite"),
+    make_upload("f.mp4", day=8, status=OperationStatus.FAILED, stage=Stage.UPLOAD,
+                error="upload: PUT s3://bucket/media/f.mp4.tar.gz failed: SlowDown (HTTP 503): Please reduce"),
     make_upload("g.mp4", day=8, status=OperationStatus.CANCELLED, stage=Stage.COMPRESS, error="compress: interrupted"),
     make_upload("h.mp4", day=8, status=OperationStatus.SKIPPED, error="identical content already uploaded"),
 ]
@@ -343,18 +279,9 @@ async def test_statistics_of_known_records(tmp_path: Path) -> None:
 def test_days_are_counted_in_the_given_time_zone() -> None:
     late = make_upload("late.mp4", day=0)
     summary = UploadSummary(
-        operation_id=late.operation_id,
-        target_name="late.mp4",
-        target_path="/m/late.mp4",
-        status="success",
-        stage="done",
-        started_at=datetime(2026, 11, 29, 23, 30, tzinfo=timezone.utc),
-        duration_seconds=1.0,
-        original_size=10,
-        compressed_size=5,
-        s3_bucket="b",
-        s3_object_key="late.mp4.tar.gz",
-        error_message=None,
+        operation_id=late.operation_id, target_name="late.mp4", target_path="/m/late.mp4", status="success",
+        stage="done", started_at=datetime(2026, 11, 29, 23, 30, tzinfo=timezone.utc), duration_seconds=1.0,
+        original_size=10, compressed_size=5, s3_bucket="b", s3_object_key="late.mp4.tar.gz", error_message=None,
         source_modified_at=None,
     )
     plus_two = timezone(timedelta(hours=2))
@@ -376,18 +303,8 @@ def test_days_are_counted_in_the_given_time_zone() -> None:
 )
 def test_failure_reasons_leave_out_what_names_the_entry(message: str | None, reason: str) -> None:
     summary = UploadSummary(
-        operation_id="x",
-        target_name="x.mp4",
-        target_path="/m/x.mp4",
-        status="failed",
-        stage="upload",
-        started_at=MONDAY,
-        duration_seconds=None,
-        original_size=None,
-        compressed_size=None,
-        s3_bucket="b",
-        s3_object_key="k.tar.gz",
-        error_message=message,
-        source_modified_at=None,
+        operation_id="x", target_name="x.mp4", target_path="/m/x.mp4", status="failed", stage="upload",
+        started_at=MONDAY, duration_seconds=None, original_size=None, compressed_size=None, s3_bucket="b",
+        s3_object_key="k.tar.gz", error_message=message, source_modified_at=None,
     )
     assert failure_reason(summary) == reason

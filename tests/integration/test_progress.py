@@ -21,9 +21,7 @@ from amgmt.progress import SilentReporter
 from amgmt.local.runlock import RunLock
 
 
-async def _thread_compress(
-    source: str, archive_path: str, part_size: int, level: int, md5: bool = True
-) -> ArchiveResult:
+async def _thread_compress(source: str, archive_path: str, part_size: int, level: int, md5: bool = True) -> ArchiveResult:
     job = functools.partial(compress_entry, part_size=part_size, level=level, md5=md5)
     return await anyio.to_thread.run_sync(job, source, archive_path)
 
@@ -36,7 +34,8 @@ async def test_a_failed_entry_does_not_fill_the_bar(make_settings, make_media, s
 
     report = await upload_batch(settings, list_entries(settings)[0], reporter=reporter, compressor=_thread_compress)
 
-    assert sorted((r.target_name, str(r.status)) for r in report.records) == [("a.mp4", "success"), ("b.mp4", "failed")]
+    assert sorted((r.target_name, str(r.status)) for r in report.records) == [("a.mp4", "success"),
+                                                                              ("b.mp4", "failed")]
     assert reporter.total_bytes == 8000
     assert reporter.done_bytes == 3000
 
@@ -56,7 +55,6 @@ async def test_an_interrupted_batch_does_not_fill_the_bar(make_settings, make_me
         return await _thread_compress(source, archive_path, part_size, level, md5)
 
     async with anyio.create_task_group() as tg:
-
         async def run() -> None:
             await upload_batch(settings, list_entries(settings)[0], reporter=reporter, compressor=compress)
 
@@ -128,14 +126,8 @@ def test_the_in_flight_line_under_the_bar() -> None:
     from amgmt.models import UploadRecord, utcnow
 
     def record(name: str) -> UploadRecord:
-        return UploadRecord(
-            operation_id=f"id-{name}",
-            target_path=f"/m/{name}",
-            target_name=name,
-            started_at=utcnow(),
-            s3_bucket="b",
-            s3_object_key=f"{name}.tar.gz",
-        )
+        return UploadRecord(operation_id=f"id-{name}", target_path=f"/m/{name}", target_name=name,
+                            started_at=utcnow(), s3_bucket="b", s3_object_key=f"{name}.tar.gz")
 
     screen = io.StringIO()
     bar = TqdmReporter(stream=screen)

@@ -159,13 +159,10 @@ async def test_mixed_dir_round_trips_and_is_verified_by_etag(
 
     # The difference amgmt copes with above, seen from a plain client: the empty ETag of radosgw's complete.
     created = real_client.create_multipart_upload(Bucket=real_bucket, Key="probe")
-    part = real_client.upload_part(
-        Bucket=real_bucket, Key="probe", UploadId=created["UploadId"], PartNumber=1, Body=b"x"
-    )
+    part = real_client.upload_part(Bucket=real_bucket, Key="probe", UploadId=created["UploadId"], PartNumber=1,
+                                   Body=b"x")
     done = real_client.complete_multipart_upload(
-        Bucket=real_bucket,
-        Key="probe",
-        UploadId=created["UploadId"],
+        Bucket=real_bucket, Key="probe", UploadId=created["UploadId"],
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
     )
     head = real_client.head_object(Bucket=real_bucket, Key="probe")["ETag"].strip('"')
@@ -215,19 +212,11 @@ async def test_storage_class_refused_on_the_command_line(
     """The same through `amgmt upload all`: a readable message and exit code 3 on radosgw, success on moto."""
     make_media({"a.txt": b"a" * 100, "b.txt": b"b"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MGMT_")}
-    env.update(
-        MGMT_BUCKET=real_bucket,
-        MGMT_LOCAL_DIR=str(local_dir),
-        MGMT_ENDPOINT_URL=real_s3.endpoint_url,
-        HOME=str(local_dir.parent),
-    )
+    env.update(MGMT_BUCKET=real_bucket, MGMT_LOCAL_DIR=str(local_dir), MGMT_ENDPOINT_URL=real_s3.endpoint_url,
+               HOME=str(local_dir.parent))
     proc = subprocess.run(
         [sys.executable, "-m", "amgmt", "upload", "all", "--storage-class", "STANDARD_IA", "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output
@@ -297,7 +286,9 @@ async def test_wrong_content_md5_is_rejected_by_radosgw_and_caught_by_verify_on_
     assert elapsed < 45, f"{elapsed:.1f} s"
 
 
-async def _interrupted_upload(monkeypatch: pytest.MonkeyPatch, settings: Any, entries: list[Path]) -> BatchReport:
+async def _interrupted_upload(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, entries: list[Path]
+) -> BatchReport:
     """upload_batch, cancelled (as by Ctrl-C) as soon as the first part of its multipart upload is journaled."""
     report = BatchReport()
     original = amgmt.upload.records.StoreJournal.part_done
@@ -316,13 +307,7 @@ async def _interrupted_upload(monkeypatch: pytest.MonkeyPatch, settings: Any, en
 
 
 async def test_interrupted_multipart_upload_resumes_from_list_parts(
-    real_s3,
-    real_client,
-    real_bucket,
-    make_real_settings,
-    make_media,
-    local_dir: Path,
-    tmp_path: Path,
+    real_s3, real_client, real_bucket, make_real_settings, make_media, local_dir: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     make_media({"big.bin": 12 * MiB})
@@ -353,12 +338,7 @@ async def test_interrupted_multipart_upload_resumes_from_list_parts(
 
 
 async def test_resume_of_an_upload_the_server_no_longer_has_starts_afresh(
-    real_s3,
-    real_client,
-    real_bucket,
-    make_real_settings,
-    make_media,
-    local_dir: Path,
+    real_s3, real_client, real_bucket, make_real_settings, make_media, local_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The journal says an upload is open, but it was aborted on the server meanwhile (another client, a lifecycle
@@ -394,10 +374,8 @@ def racing_compressor(real: Compressor, real_client: Any, bucket: str, writes: d
             extra: dict[str, Any] = {}
             if body is None:
                 body = Path(archive_path).read_bytes()
-                extra["Metadata"] = {
-                    "amgmt-archive-sha256": result.archive_sha256,
-                    "amgmt-source-sha256": result.source_sha256,
-                }
+                extra["Metadata"] = {"amgmt-archive-sha256": result.archive_sha256,
+                                     "amgmt-source-sha256": result.source_sha256}
             await anyio.to_thread.run_sync(
                 lambda: real_client.put_object(Bucket=bucket, Key=f"{name}.tar.gz", Body=body, **extra)
             )

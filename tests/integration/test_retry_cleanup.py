@@ -22,14 +22,8 @@ from amgmt.store import JournaledUpload, MetadataStore
 
 async def save_record(settings: Settings, operation_id: str, name: str, status: str) -> UploadRecord:
     """An upload record of `name` in the local dir, as a run of amgmt leaves it."""
-    record = UploadRecord(
-        operation_id=operation_id,
-        target_path=str(settings.local_dir / name),
-        target_name=name,
-        started_at=utcnow(),
-        s3_bucket=settings.bucket or "",
-        s3_object_key=f"{name}.tar.gz",
-    )
+    record = UploadRecord(operation_id=operation_id, target_path=str(settings.local_dir / name), target_name=name,
+                          started_at=utcnow(), s3_bucket=settings.bucket or "", s3_object_key=f"{name}.tar.gz")
     if status != OperationStatus.PENDING:
         record.finish(OperationStatus(status), error="compress: interrupted")
     async with MetadataStore(settings.db_path) as store:
@@ -64,7 +58,9 @@ async def test_retry_failed_finishes_a_partial_upload_without_sending_it_again(
     assert "nothing to retry" in notes[0]
 
 
-async def test_retry_by_id_after_the_cause_is_fixed(make_settings, make_media, s3_client: Any, bucket: str) -> None:
+async def test_retry_by_id_after_the_cause_is_fixed(
+    make_settings, make_media, s3_client: Any, bucket: str
+) -> None:
     make_media({"clip.mov": 3000})
     s3_client.put_object(Bucket=bucket, Key="clip.mov.tar.gz", Body=b"someone else's object")
     settings = make_settings()
@@ -83,9 +79,8 @@ async def test_cleanup_aborts_open_uploads_and_removes_stale_staging(
 ) -> None:
     settings = make_settings(object_prefix="media")
     started = s3_client.create_multipart_upload(Bucket=bucket, Key="media/lost.mp4.tar.gz")
-    s3_client.upload_part(
-        Bucket=bucket, Key="media/lost.mp4.tar.gz", UploadId=started["UploadId"], PartNumber=1, Body=b"x" * (5 * MiB)
-    )
+    s3_client.upload_part(Bucket=bucket, Key="media/lost.mp4.tar.gz", UploadId=started["UploadId"],
+                          PartNumber=1, Body=b"x" * (5 * MiB))
     outside = s3_client.create_multipart_upload(Bucket=bucket, Key="elsewhere/keep.tar.gz")
     sibling = s3_client.create_multipart_upload(Bucket=bucket, Key="media-old/keep.tar.gz")
     settings.staging_dir.mkdir(parents=True)
@@ -131,17 +126,9 @@ async def test_cleanup_never_aborts_an_upload_whose_operation_is_in_progress_on_
         await store.save_operation(live)
         for record in (live, dead):
             started = s3_client.create_multipart_upload(Bucket=bucket, Key=record.s3_object_key)
-            await store.journal_multipart(
-                JournaledUpload(
-                    upload_id=started["UploadId"],
-                    operation_id=record.operation_id,
-                    bucket=bucket,
-                    key=record.s3_object_key,
-                    archive_sha256="ab" * 32,
-                    part_size=5 * MiB,
-                    part_count=2,
-                )
-            )
+            await store.journal_multipart(JournaledUpload(
+                upload_id=started["UploadId"], operation_id=record.operation_id, bucket=bucket,
+                key=record.s3_object_key, archive_sha256="ab" * 32, part_size=5 * MiB, part_count=2))
 
     found = await cleanup(settings, older_than=timedelta(0), include_resumable=True)
 

@@ -37,24 +37,9 @@ EXPECTED_KEYS = {
     "big.bin": "big.bin.tar.gz",
 }
 SEED_FIELDS = (
-    "operation_id",
-    "operation_type",
-    "target_name",
-    "target_path",
-    "status",
-    "started_at",
-    "completed_at",
-    "duration_seconds",
-    "s3_bucket",
-    "s3_object_key",
-    "original_size",
-    "compressed_size",
-    "compression_ratio",
-    "checksum_original",
-    "checksum_compressed",
-    "checksum_s3_etag",
-    "completed_dir_path",
-    "error_message",
+    "operation_id", "operation_type", "target_name", "target_path", "status", "started_at", "completed_at",
+    "duration_seconds", "s3_bucket", "s3_object_key", "original_size", "compressed_size", "compression_ratio",
+    "checksum_original", "checksum_compressed", "checksum_s3_etag", "completed_dir_path", "error_message",
 )
 
 
@@ -166,10 +151,7 @@ async def test_records_describe_what_happened(uploaded, s3view, files) -> None:
 
         files_ = rec.file_records()
         assert {str(role): f.location for role, f in files_.items()} == {
-            "source": "local",
-            "compressed": "local",
-            "s3": "s3",
-            "completed": "completed",
+            "source": "local", "compressed": "local", "s3": "s3", "completed": "completed"
         }, where
         assert files_["compressed"].status == "deleted", where
         assert files_["s3"].status == "completed" and files_["completed"].status == "completed", where
@@ -201,18 +183,9 @@ async def test_history_and_show_json(uploaded, cli_env) -> None:
         assert not missing, missing
         rec = by_id[row["operation_id"]]
         assert row["operation_type"] == "upload" and row["status"] == "success"
-        for name in (
-            "target_name",
-            "target_path",
-            "s3_bucket",
-            "s3_object_key",
-            "original_size",
-            "compressed_size",
-            "checksum_original",
-            "checksum_compressed",
-            "checksum_s3_etag",
-            "completed_dir_path",
-        ):
+        for name in ("target_name", "target_path", "s3_bucket", "s3_object_key", "original_size",
+                     "compressed_size", "checksum_original", "checksum_compressed", "checksum_s3_etag",
+                     "completed_dir_path"):
             assert row[name] == getattr(rec, name), name
 
     big = next(r for r in report.records if r.target_name == "big.bin")
@@ -220,9 +193,5 @@ async def test_history_and_show_json(uploaded, cli_env) -> None:
     assert shown.returncode == 0, shown.stderr
     data = json.loads(shown.stdout)
     assert data["operation_id"] == big.operation_id and data["part_count"] == big.part_count
-    assert {role: data[f"{role}_file_record"]["location"] for role in ("source", "compressed", "s3", "completed")} == {
-        "source": "local",
-        "compressed": "local",
-        "s3": "s3",
-        "completed": "completed",
-    }
+    assert {role: data[f"{role}_file_record"]["location"] for role in ("source", "compressed", "s3", "completed")} \
+        == {"source": "local", "compressed": "local", "s3": "s3", "completed": "completed"}

@@ -19,22 +19,15 @@ UNKNOWN = "44444444-4444-4444-8444-444444444444"  # no record: another database'
 
 
 async def _record(store: MetadataStore, settings: Settings, operation_id: str, target: Path, status: str) -> None:
-    record = UploadRecord(
-        operation_id=operation_id,
-        target_path=str(target),
-        target_name=target.name,
-        started_at=utcnow(),
-        s3_bucket=settings.bucket or "",
-        s3_object_key=f"{target.name}.tar.gz",
-    )
+    record = UploadRecord(operation_id=operation_id, target_path=str(target), target_name=target.name,
+                          started_at=utcnow(), s3_bucket=settings.bucket or "", s3_object_key=f"{target.name}.tar.gz")
     if status != OperationStatus.PENDING:
         record.finish(OperationStatus(status), error="compress: failed")
     await store.save_operation(record)
 
 
-async def test_a_shared_staging_dir_loses_nothing_amgmt_did_not_make(
-    make_settings, local_dir: Path, tmp_path: Path
-) -> None:
+async def test_a_shared_staging_dir_loses_nothing_amgmt_did_not_make(make_settings, local_dir: Path,
+                                                                      tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     settings = make_settings(staging_dir=str(shared), object_prefix="media")

@@ -68,9 +68,8 @@ def test_display_and_printable_never_raise_and_stay_one_line() -> None:
     assert printable("a\u0085b") == "a\\x85b"
 
 
-@pytest.mark.parametrize(
-    ("n", "text"), [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (5 * 1024**3, "5.0 GiB")]
-)
+@pytest.mark.parametrize(("n", "text"), [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"),
+                                         (5 * 1024**3, "5.0 GiB")])
 def test_human_size(n: int | None, text: str) -> None:
     assert human_size(n) == text
 

@@ -8,9 +8,8 @@ from amgmt.progress import SilentReporter
 
 
 def _record(i: int) -> OperationRecord:
-    return OperationRecord(
-        operation_id=f"op{i}", operation_type="upload", target_path=f"/m/{i}", target_name=str(i), started_at=utcnow()
-    )
+    return OperationRecord(operation_id=f"op{i}", operation_type="upload", target_path=f"/m/{i}", target_name=str(i),
+                           started_at=utcnow())
 
 
 def test_the_silent_reporter_keeps_records_only_when_asked() -> None:

@@ -43,9 +43,8 @@ sys.stdin.readline()
 
 
 def _burner(pre: float, during: float) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BURNER, str(pre), str(during)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", BURNER, str(pre), str(during)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     return proc
 
@@ -136,59 +135,30 @@ def test_meter_counts_children_reaped_during_the_block() -> None:
 
 
 def _run(kind: str, wall: float, *, concurrency: int = 1, part_size: int = 8 * MiB, repeat: int = 1) -> RunResult:
-    usage = ResourceUsage(
-        client_user_seconds=1.0,
-        client_sys_seconds=0.5,
-        client_children_cpu_seconds=0.5,
-        client_peak_rss=100 * MiB,
-        client_start_rss=90 * MiB,
-        server_cpu_seconds=0.5,
-        server_peak_rss=50 * MiB,
-        meter_cpu_seconds=0.01,
-        samples=10,
-    )
-    return RunResult(
-        label=str(kind),
-        kind=kind,
-        repeat=repeat,
-        concurrency=concurrency,
-        part_size=part_size,
-        parts_in_flight=16,
-        wall_seconds=wall,
-        entries=2,
-        entries_ok=2,
-        source_bytes=100 * MiB,
-        archive_bytes=50 * MiB,
-        usage=usage,
-        stage_seconds={"compress": 1.0, "upload": 3.0},
-        entry_seconds=5.0,
-    )
+    usage = ResourceUsage(client_user_seconds=1.0, client_sys_seconds=0.5, client_children_cpu_seconds=0.5,
+                          client_peak_rss=100 * MiB, client_start_rss=90 * MiB, server_cpu_seconds=0.5,
+                          server_peak_rss=50 * MiB, meter_cpu_seconds=0.01, samples=10)
+    return RunResult(label=str(kind), kind=kind, repeat=repeat, concurrency=concurrency, part_size=part_size,
+                     parts_in_flight=16, wall_seconds=wall, entries=2, entries_ok=2, source_bytes=100 * MiB,
+                     archive_bytes=50 * MiB, usage=usage, stage_seconds={"compress": 1.0, "upload": 3.0},
+                     entry_seconds=5.0)
 
 
 def test_report_medians_speedups_and_best_point() -> None:
     runs = (
-        _run(RunKind.BASELINE, 10.0),
-        _run(RunKind.BASELINE, 12.0, repeat=2),
-        _run(RunKind.AMGMT, 5.0),
-        _run(RunKind.AMGMT, 4.0, repeat=2),
-        _run(RunKind.AMGMT, 9.0, repeat=3),
+        _run(RunKind.BASELINE, 10.0), _run(RunKind.BASELINE, 12.0, repeat=2),
+        _run(RunKind.AMGMT, 5.0), _run(RunKind.AMGMT, 4.0, repeat=2), _run(RunKind.AMGMT, 9.0, repeat=3),
         _run(RunKind.AMGMT, 2.0, concurrency=4, part_size=16 * MiB),
     )
-    report = BenchmarkReport(
-        started_at=utcnow(),
-        machine={},
-        dataset=dataset_spec("media", 0.01),
-        target=TargetInfo("b", None, True, None),
-        settings={},
-        runs=runs,
-        repeat=3,
-    )
+    report = BenchmarkReport(started_at=utcnow(), machine={}, dataset=dataset_spec("media", 0.01),
+                             target=TargetInfo("b", None, True, None), settings={}, runs=runs, repeat=3)
     base, amgmt1, amgmt4 = report.summaries()
     assert base.median.wall_seconds == 10.0  # lower middle of two
     assert amgmt1.median.wall_seconds == 5.0 and amgmt1.speedup == pytest.approx(2.0)
     assert amgmt4.speedup == pytest.approx(5.0)
     assert report.best() == amgmt4
-    assert report.tuned_settings() == {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "4", "MGMT_PARTS_IN_FLIGHT": "16"}
+    assert report.tuned_settings() == {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "4",
+                                       "MGMT_PARTS_IN_FLIGHT": "16"}
     run = amgmt4.median
     assert run.mib_per_second == pytest.approx(50.0) and run.compression_ratio == pytest.approx(2.0)
     assert run.stage_breakdown() == {"compress": 1.0, "upload": 3.0, "other": 1.0}
@@ -212,20 +182,14 @@ TUNED = {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "8", "MGMT_PARTS_IN_FLIG
 def test_save_replaces_keys_in_place_and_keeps_every_other_line(tmp_path: Path) -> None:
     config = tmp_path / "xdg" / "amgmt" / "config"
     config.parent.mkdir(parents=True)
-    config.write_text(
-        "# my settings\nMGMT_BUCKET=media-archive\n\nexport MGMT_CONCURRENCY = 2  # old\nAWS_PROFILE=work\n"
-    )
+    config.write_text("# my settings\nMGMT_BUCKET=media-archive\n\nexport MGMT_CONCURRENCY = 2  # old\n"
+                      "AWS_PROFILE=work\n")
     config.chmod(0o640)
     saved = save_tuned_settings(TUNED, environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": "/nowhere"})
     assert saved.path == config and saved.seeded_from is None
     lines = config.read_text().splitlines()
-    assert lines[:5] == [
-        "# my settings",
-        "MGMT_BUCKET=media-archive",
-        "",
-        "export MGMT_CONCURRENCY=8",
-        "AWS_PROFILE=work",
-    ]
+    assert lines[:5] == ["# my settings", "MGMT_BUCKET=media-archive", "", "export MGMT_CONCURRENCY=8",
+                         "AWS_PROFILE=work"]
     assert lines[-2:] == ["MGMT_PART_SIZE=16MiB", "MGMT_PARTS_IN_FLIGHT=32"]
     assert parse_config_file(config) == {"MGMT_BUCKET": "media-archive", **TUNED}
     assert config.stat().st_mode & 0o777 == 0o640
@@ -284,9 +248,8 @@ for info in pkgutil.walk_packages(amgmt.__path__, "amgmt."):
 
 
 def _import_failures(mode: str) -> list[list[str]]:
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL, mode], capture_output=True, text=True, timeout=120, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", IMPORT_ALL, mode], capture_output=True, text=True, timeout=120,
+                          check=True)
     return [line.split("\t") for line in done.stdout.splitlines()]
 
 
@@ -294,13 +257,8 @@ def test_no_module_of_the_package_imports_boto3() -> None:
     package = Path(__file__).resolve().parents[3] / "amgmt"
     for path in package.rglob("*.py"):  # at any depth: a lazy import inside a function counts too
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom) and node.level == 0
-                else []
-            )
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             assert not any(n.split(".")[0] == "boto3" for n in names), f"{path}:{node.lineno} imports boto3"
     assert _import_failures("refused") == []
 
@@ -310,13 +268,8 @@ def test_every_module_imports_without_boto3_but_through_aioboto3() -> None:
     # aioboto3 (the S3 layer's library) imports boto3 itself; every other module must import without it.
     assert [f for f in failures if "/aioboto3/" not in f[2]] == []
     failed = {f[0] for f in failures}
-    assert not failed & {
-        "amgmt.bench",
-        "amgmt.bench.datasets",
-        "amgmt.bench.meter",
-        "amgmt.bench.report",
-        "amgmt.bench.localserver",
-    }
+    assert not failed & {"amgmt.bench", "amgmt.bench.datasets", "amgmt.bench.meter", "amgmt.bench.report",
+                         "amgmt.bench.localserver"}
 
 
 def test_benchmark_runs_never_record_into_the_users_catalog(tmp_path: Path) -> None:
@@ -335,45 +288,20 @@ def test_the_cpu_breakdown_adds_up_to_the_clients_cpu_and_is_reported_per_gib() 
     from amgmt import cpu
     from amgmt.bench.report import EVENT_LOOP, MAIN_REST, PACK_REST, cpu_breakdown
 
-    usage = ResourceUsage(
-        client_user_seconds=7.0,
-        client_sys_seconds=1.0,
-        client_children_cpu_seconds=5.0,
-        client_peak_rss=1,
-        client_start_rss=1,
-        server_cpu_seconds=None,
-        server_peak_rss=None,
-        meter_cpu_seconds=0.0,
-        samples=1,
-    )
-    steps = {
-        cpu.SHA256_SOURCE: 1.0,
-        cpu.MD5: 2.0,
-        cpu.READ_PARTS: 0.5,
-        cpu.PACKED_IN_THREADS: 0.25,
-        cpu.DEFLATE: 0.25,
-    }  # the in-thread pack's 0.25 s is one of those steps, run in the main process
+    usage = ResourceUsage(client_user_seconds=7.0, client_sys_seconds=1.0, client_children_cpu_seconds=5.0,
+                          client_peak_rss=1, client_start_rss=1, server_cpu_seconds=None, server_peak_rss=None,
+                          meter_cpu_seconds=0.0, samples=1)
+    steps = {cpu.SHA256_SOURCE: 1.0, cpu.MD5: 2.0, cpu.READ_PARTS: 0.5, cpu.PACKED_IN_THREADS: 0.25,
+             cpu.DEFLATE: 0.25}  # the in-thread pack's 0.25 s is one of those steps, run in the main process
     rows = cpu_breakdown(usage, steps, loop_seconds=1.5)
 
     assert rows[PACK_REST] == pytest.approx(5.0 - (3.25 - 0.25))  # the workers' CPU beyond their measured steps
     assert rows[EVENT_LOOP] == 1.5 and rows[cpu.READ_PARTS] == 0.5
     assert rows[MAIN_REST] == pytest.approx(3.0 - 1.5 - 0.5 - 0.25)
     assert sum(rows.values()) == pytest.approx(usage.client_cpu_seconds)
-    run = RunResult(
-        label="amgmt",
-        kind=RunKind.AMGMT,
-        repeat=1,
-        concurrency=8,
-        part_size=None,
-        parts_in_flight=None,
-        wall_seconds=1.0,
-        entries=1,
-        entries_ok=1,
-        source_bytes=2 * GiB,
-        archive_bytes=GiB,
-        usage=usage,
-        cpu_steps=rows,
-    )
+    run = RunResult(label="amgmt", kind=RunKind.AMGMT, repeat=1, concurrency=8, part_size=None, parts_in_flight=None,
+                    wall_seconds=1.0, entries=1, entries_ok=1, source_bytes=2 * GiB, archive_bytes=GiB, usage=usage,
+                    cpu_steps=rows)
     assert run.cpu_per_gib()[cpu.MD5] == 1.0
     assert run.to_dict()["cpu_seconds_per_gib_by_step"][EVENT_LOOP] == 0.75
 

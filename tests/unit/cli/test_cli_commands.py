@@ -118,13 +118,8 @@ def test_a_light_command_help_imports_no_s3_client(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_answers_help(name: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "amgmt", name, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    done = subprocess.run([sys.executable, "-m", "amgmt", name, "--help"], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"Usage: amgmt {name}"), done.stdout
     assert COMMANDS[name].short_help.split()[0] in done.stdout

@@ -59,15 +59,8 @@ def test_one_timestamp_format() -> None:
 
 @pytest.mark.parametrize(
     ("n", "noun", "text"),
-    [
-        (1, "entry", "1 entry"),
-        (0, "entry", "0 entries"),
-        (2, "entry", "2 entries"),
-        (1, "day", "1 day"),
-        (3, "day", "3 days"),
-        (2, "directory", "2 directories"),
-        (2, "multipart upload", "2 multipart uploads"),
-    ],
+    [(1, "entry", "1 entry"), (0, "entry", "0 entries"), (2, "entry", "2 entries"), (1, "day", "1 day"),
+     (3, "day", "3 days"), (2, "directory", "2 directories"), (2, "multipart upload", "2 multipart uploads")],
 )
 def test_counted(n: int, noun: str, text: str) -> None:
     assert counted(n, noun) == text
@@ -96,19 +89,9 @@ def test_unknown_config_keys_are_warned_about_never_credentials(tmp_path: Path) 
 def _summary(start: float, seconds: float, size: int, status: str = "success") -> UploadSummary:
     started = datetime(2026, 11, 23, 9, 0, tzinfo=UTC) + timedelta(seconds=start)
     return UploadSummary(
-        operation_id=f"op{start}",
-        target_name="a",
-        target_path="/a",
-        status=status,
-        stage="done",
-        started_at=started,
-        duration_seconds=seconds,
-        original_size=size,
-        compressed_size=size,
-        s3_bucket="b",
-        s3_object_key="a.tar.gz",
-        error_message=None,
-        source_modified_at=None,
+        operation_id=f"op{start}", target_name="a", target_path="/a", status=status, stage="done",
+        started_at=started, duration_seconds=seconds, original_size=size, compressed_size=size,
+        s3_bucket="b", s3_object_key="a.tar.gz", error_message=None, source_modified_at=None,
     )
 
 
@@ -116,13 +99,8 @@ def test_stats_throughput_is_over_the_runs_wall_time() -> None:
     MiB = 1024 * 1024
     # one run of -c 3: three 4 s entries starting a second apart (6 s of wall time, 12 s of entry time), then a
     # second run an hour later with one entry of 2 s and a failure inside it
-    rows = [
-        _summary(0, 4, 6 * MiB),
-        _summary(1, 4, 6 * MiB),
-        _summary(2, 4, 6 * MiB),
-        _summary(3600, 2, 6 * MiB),
-        _summary(3600.5, 1, MiB, status="failed"),
-    ]
+    rows = [_summary(0, 4, 6 * MiB), _summary(1, 4, 6 * MiB), _summary(2, 4, 6 * MiB),
+            _summary(3600, 2, 6 * MiB), _summary(3600.5, 1, MiB, status="failed")]
 
     stats = compute_statistics(rows, tz=UTC)
 

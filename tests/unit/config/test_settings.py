@@ -38,9 +38,8 @@ class Env:
         path.write_text(text)
         return path
 
-    def load(
-        self, *, flags: dict[str, object] | None = None, env: dict[str, str] | None = None, **kwargs: object
-    ) -> Settings:
+    def load(self, *, flags: dict[str, object] | None = None, env: dict[str, str] | None = None,
+             **kwargs: object) -> Settings:
         environ = {**self.environ, **(env or {})}
         flags = {"bucket": "media-bucket", **(flags or {})}
         return load_settings(flags=flags, environ=environ, cwd=self.cwd, **kwargs)  # type: ignore[arg-type]
@@ -102,16 +101,9 @@ def test_defaults(sandbox: Env) -> None:
         ("connect_timeout", 1, "3.5", "20", 1.0, 3.5, 20.0),
     ],
 )
-def test_precedence_flag_env_config_default(
-    sandbox: Env,
-    name: str,
-    flag: object,
-    env: str,
-    config: str,
-    expected_flag: object,
-    expected_env: object,
-    expected_config: object,
-) -> None:
+def test_precedence_flag_env_config_default(sandbox: Env, name: str, flag: object, env: str, config: str,
+                                            expected_flag: object, expected_env: object,
+                                            expected_config: object) -> None:
     key = f"MGMT_{name.upper()}"
     path = sandbox.config(f"{key}={config}\n")
 
@@ -199,14 +191,8 @@ def test_derived_defaults_follow_the_final_local_and_completed_dirs(sandbox: Env
 
 def test_relative_paths_are_taken_from_cwd_and_tilde_from_home(sandbox: Env) -> None:
     (sandbox.home / "films").mkdir()
-    settings = sandbox.load(
-        env={
-            "MGMT_LOCAL_DIR": "~/films",
-            "MGMT_COMPLETED_DIR": "done",
-            "MGMT_DB_PATH": "meta/ops.db",
-            "MGMT_STAGING_DIR": "~/stage",
-        }
-    )
+    settings = sandbox.load(env={"MGMT_LOCAL_DIR": "~/films", "MGMT_COMPLETED_DIR": "done",
+                                 "MGMT_DB_PATH": "meta/ops.db", "MGMT_STAGING_DIR": "~/stage"})
     assert settings.local_dir == (sandbox.home / "films").resolve()
     assert settings.local_dir.is_absolute()
     assert settings.completed_dir == (sandbox.cwd / "done").resolve()
@@ -364,13 +350,8 @@ def test_endpoint_resolves_addressing_auto_and_checksums_stay_for_the_probe(sand
     assert custom.checksum_algorithm == "auto"
     assert custom.addressing_style == "path"
 
-    explicit = sandbox.load(
-        env={
-            "MGMT_ENDPOINT_URL": "https://s3.example.com",
-            "MGMT_CHECKSUM_ALGORITHM": "CRC32C",
-            "MGMT_ADDRESSING_STYLE": "virtual",
-        }
-    )
+    explicit = sandbox.load(env={"MGMT_ENDPOINT_URL": "https://s3.example.com", "MGMT_CHECKSUM_ALGORITHM": "CRC32C",
+                                 "MGMT_ADDRESSING_STYLE": "virtual"})
     assert explicit.checksum_algorithm == "crc32c"
     assert explicit.addressing_style == "virtual"
 
@@ -378,9 +359,7 @@ def test_endpoint_resolves_addressing_auto_and_checksums_stay_for_the_probe(sand
     assert aws.checksum_algorithm == "auto" and aws.addressing_style == "auto"
     for value in ("md5", "sha256", "crc64nvme"):
         assert sandbox.load(env={"MGMT_CHECKSUM_ALGORITHM": value}).checksum_algorithm == value
-    with pytest.raises(
-        ConfigError, match=r"MGMT_CHECKSUM_ALGORITHM=crc32 \(from env\): expected one of auto, crc64nvme"
-    ):
+    with pytest.raises(ConfigError, match=r"MGMT_CHECKSUM_ALGORITHM=crc32 \(from env\): expected one of auto, crc64nvme"):
         sandbox.load(env={"MGMT_CHECKSUM_ALGORITHM": "crc32"})
 
 
@@ -415,10 +394,8 @@ def test_parse_config_file_format(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.parametrize(
-    "bad_line",
-    ["just some words", "=value", "MGMT BUCKET=x", "MGMT_BUCKET='unterminated", 'MGMT_BUCKET="a" junk', "export"],
-)
+@pytest.mark.parametrize("bad_line", ["just some words", "=value", "MGMT BUCKET=x", "MGMT_BUCKET='unterminated",
+                                      'MGMT_BUCKET="a" junk', "export"])
 def test_parse_config_file_rejects_a_line_that_is_not_key_value(tmp_path: Path, bad_line: str) -> None:
     path = tmp_path / "config"
     path.write_text(f"# header\nMGMT_BUCKET=ok\n{bad_line}\n")
@@ -494,15 +471,11 @@ def test_default_config_path_honours_xdg_config_home(sandbox: Env, tmp_path: Pat
 
 def test_write_config_values_replaces_keys_where_they_stand_and_keeps_every_other_line(tmp_path: Path) -> None:
     path = tmp_path / "config"
-    path.write_text(
-        "# mine\nMGMT_BUCKET=keep-me\n\n  export MGMT_CONCURRENCY = 2  # old\nAWS_PROFILE=work\n"
-        "MGMT_REGION=eu-west-1\nMGMT_CONCURRENCY=3\nOTHER_TOOL=x # note"
-    )
+    path.write_text("# mine\nMGMT_BUCKET=keep-me\n\n  export MGMT_CONCURRENCY = 2  # old\nAWS_PROFILE=work\n"
+                    "MGMT_REGION=eu-west-1\nMGMT_CONCURRENCY=3\nOTHER_TOOL=x # note")
     assert write_config_values(path, {"MGMT_CONCURRENCY": "8", "MGMT_REGION": "us-east-2"}) is None
-    assert path.read_text() == (
-        "# mine\nMGMT_BUCKET=keep-me\n\n  export MGMT_CONCURRENCY=8\nAWS_PROFILE=work\n"
-        "MGMT_REGION=us-east-2\nMGMT_CONCURRENCY=8\nOTHER_TOOL=x # note\n"
-    )
+    assert path.read_text() == ("# mine\nMGMT_BUCKET=keep-me\n\n  export MGMT_CONCURRENCY=8\nAWS_PROFILE=work\n"
+                                "MGMT_REGION=us-east-2\nMGMT_CONCURRENCY=8\nOTHER_TOOL=x # note\n")
     assert parse_config_file(path) == {"MGMT_BUCKET": "keep-me", "MGMT_CONCURRENCY": "8", "MGMT_REGION": "us-east-2"}
     assert [p.name for p in tmp_path.iterdir()] == ["config"]  # no temp file left
 
@@ -535,38 +508,24 @@ def test_own_config_path_is_amgmts_file_and_needs_a_home() -> None:
 def test_write_config_values_appends_missing_keys_under_the_comment(tmp_path: Path) -> None:
     path = tmp_path / "config"
     path.write_text("# mine\nMGMT_CONCURRENCY=2\n")
-    write_config_values(
-        path,
-        {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "8", "MGMT_PARTS_IN_FLIGHT": "32"},
-        comment="tuned on Monday",
-    )
-    assert path.read_text() == (
-        "# mine\nMGMT_CONCURRENCY=8\n\n# tuned on Monday\nMGMT_PART_SIZE=16MiB\nMGMT_PARTS_IN_FLIGHT=32\n"
-    )
+    write_config_values(path, {"MGMT_PART_SIZE": "16MiB", "MGMT_CONCURRENCY": "8", "MGMT_PARTS_IN_FLIGHT": "32"},
+                        comment="tuned on Monday")
+    assert path.read_text() == ("# mine\nMGMT_CONCURRENCY=8\n\n# tuned on Monday\nMGMT_PART_SIZE=16MiB\n"
+                                "MGMT_PARTS_IN_FLIGHT=32\n")
 
     write_config_values(path, {"MGMT_CONCURRENCY": "4"}, comment="not needed: nothing is appended")
     write_config_values(path, {"MGMT_REGION": "eu-west-1"})  # no comment: appended as is
-    assert path.read_text() == (
-        "# mine\nMGMT_CONCURRENCY=4\n\n# tuned on Monday\nMGMT_PART_SIZE=16MiB\n"
-        "MGMT_PARTS_IN_FLIGHT=32\nMGMT_REGION=eu-west-1\n"
-    )
+    assert path.read_text() == ("# mine\nMGMT_CONCURRENCY=4\n\n# tuned on Monday\nMGMT_PART_SIZE=16MiB\n"
+                                "MGMT_PARTS_IN_FLIGHT=32\nMGMT_REGION=eu-west-1\n")
 
 
 def test_write_config_values_quotes_what_needs_quotes_so_values_read_back(tmp_path: Path) -> None:
     path = tmp_path / "config"
-    values = {
-        "MGMT_OBJECT_PREFIX": "a b",
-        "MGMT_BUCKET": " padded ",
-        "MGMT_PROFILE": "x #y",
-        "MGMT_REGION": "it's",
-        "MGMT_STORAGE_CLASS": "'q'",
-        "MGMT_ENDPOINT_URL": "",
-    }
+    values = {"MGMT_OBJECT_PREFIX": "a b", "MGMT_BUCKET": " padded ", "MGMT_PROFILE": "x #y",
+              "MGMT_REGION": "it's", "MGMT_STORAGE_CLASS": "'q'", "MGMT_ENDPOINT_URL": ""}
     write_config_values(path, values)
-    assert path.read_text() == (
-        "MGMT_OBJECT_PREFIX=a b\nMGMT_BUCKET=' padded '\nMGMT_PROFILE='x #y'\n"
-        "MGMT_REGION=it's\nMGMT_STORAGE_CLASS=\"'q'\"\nMGMT_ENDPOINT_URL=\n"
-    )
+    assert path.read_text() == ("MGMT_OBJECT_PREFIX=a b\nMGMT_BUCKET=' padded '\nMGMT_PROFILE='x #y'\n"
+                                "MGMT_REGION=it's\nMGMT_STORAGE_CLASS=\"'q'\"\nMGMT_ENDPOINT_URL=\n")
     assert parse_config_file(path) == values
 
 
@@ -588,7 +547,7 @@ def test_write_config_values_refuses_bad_values_and_foreign_keys_without_writing
     with pytest.raises(ConfigError, match="control characters"):
         write_config_values(path, {"MGMT_BUCKET": "a\nMGMT_CONCURRENCY=99"})
     with pytest.raises(ConfigError, match="both kinds of quotes"):
-        write_config_values(path, {"MGMT_BUCKET": ' it\'s "x"'})
+        write_config_values(path, {"MGMT_BUCKET": " it's \"x\""})
     with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
         write_config_values(path, {"AWS_SECRET_ACCESS_KEY": "x"})
     with pytest.raises(ValueError, match="one line"):
@@ -618,16 +577,10 @@ def test_write_config_values_starts_a_new_file_from_the_seed_and_never_changes_t
     origin.chmod(0o644)
     path = tmp_path / "amgmt" / "config"
 
-    assert (
-        write_config_values(
-            path, {"MGMT_CONCURRENCY": "8", "MGMT_REGION": "eu-west-1"}, comment="tuned", seed_from=origin
-        )
-        == origin
-    )
-    assert path.read_text() == (
-        "# the origin's\nMGMT_BUCKET=from-origin\nMGMT_CONCURRENCY=8\nMGMT_LEGACY_ONLY=1\n"
-        "\n# tuned\nMGMT_REGION=eu-west-1\n"
-    )
+    assert write_config_values(path, {"MGMT_CONCURRENCY": "8", "MGMT_REGION": "eu-west-1"}, comment="tuned",
+                               seed_from=origin) == origin
+    assert path.read_text() == ("# the origin's\nMGMT_BUCKET=from-origin\nMGMT_CONCURRENCY=8\nMGMT_LEGACY_ONLY=1\n"
+                                "\n# tuned\nMGMT_REGION=eu-west-1\n")
     assert path.stat().st_mode & 0o777 == 0o600  # not the seed's mode
     assert origin.read_text() == origin_text
 
@@ -688,31 +641,14 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
 
 
 def test_describe_values_load_back_to_the_same_settings(sandbox: Env) -> None:
-    first = sandbox.load(
-        env={
-            "MGMT_PART_SIZE": "6MiB",
-            "MGMT_MULTIPART_THRESHOLD": "1000",
-            "MGMT_OBJECT_PREFIX": "a/b",
-            "MGMT_STORAGE_CLASS": "GLACIER",
-            "MGMT_READ_TIMEOUT": "2.5",
-        }
-    )
+    first = sandbox.load(env={"MGMT_PART_SIZE": "6MiB", "MGMT_MULTIPART_THRESHOLD": "1000",
+                              "MGMT_OBJECT_PREFIX": "a/b", "MGMT_STORAGE_CLASS": "GLACIER",
+                              "MGMT_READ_TIMEOUT": "2.5"})
     env = {key: value for key, value, _ in first.describe()}
     second = load_settings(environ={**sandbox.environ, **env}, cwd=sandbox.cwd)
-    for name in (
-        "part_size",
-        "multipart_threshold",
-        "object_prefix",
-        "storage_class",
-        "local_dir",
-        "db_path",
-        "checksum_algorithm",
-        "addressing_style",
-        "concurrency",
-        "completed_enabled",
-        "read_timeout",
-        "connect_timeout",
-    ):
+    for name in ("part_size", "multipart_threshold", "object_prefix", "storage_class", "local_dir", "db_path",
+                 "checksum_algorithm", "addressing_style", "concurrency", "completed_enabled", "read_timeout",
+                 "connect_timeout"):
         assert getattr(second, name) == getattr(first, name)
 
 
@@ -722,6 +658,7 @@ def test_settings_is_frozen_and_sources_read_only(sandbox: Env) -> None:
         settings.concurrency = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.sources["concurrency"] = "flag"  # type: ignore[index]
+
 
 
 # --- where the local, completed, metadata and staging locations may be --------------------------------------------
@@ -756,11 +693,8 @@ def test_dangerous_overlaps_of_the_local_completed_metadata_and_staging_dirs_are
     sandbox: Env, completed: str, db: str, staging: str, refused: str | None
 ) -> None:
     base = sandbox.media.parent
-    env = {
-        key: str(base / rel)
-        for key, rel in (("MGMT_COMPLETED_DIR", completed), ("MGMT_DB_PATH", db), ("MGMT_STAGING_DIR", staging))
-        if rel
-    }
+    env = {key: str(base / rel) for key, rel in
+           (("MGMT_COMPLETED_DIR", completed), ("MGMT_DB_PATH", db), ("MGMT_STAGING_DIR", staging)) if rel}
     flags = {"local_dir": str(sandbox.media)}
     if refused is None:
         settings = sandbox.load(flags=flags, env=env)
@@ -779,9 +713,7 @@ def test_db_url_is_a_postgresql_url_shown_without_its_password(sandbox: Env) -> 
     url = "postgresql://amgmt:hunter2-secret@db.example:5432/catalog"
     settings = sandbox.load(env={"MGMT_DB_URL": url})
     assert settings.db_url == url and settings.sources["db_url"] == "env MGMT_DB_URL"
-    assert (
-        sandbox.load(flags={"db_url": "postgres://db/amgmt"}, env={"MGMT_DB_URL": url}).db_url == "postgres://db/amgmt"
-    )
+    assert sandbox.load(flags={"db_url": "postgres://db/amgmt"}, env={"MGMT_DB_URL": url}).db_url == "postgres://db/amgmt"
     assert sandbox.load(flags={"db_url": ""}, env={"MGMT_DB_URL": url}).db_url is None  # '' resets it
     shown = {key: value for key, value, _ in settings.describe()}
     assert shown["MGMT_DB_URL"] == "postgresql://amgmt:***@db.example:5432/catalog"

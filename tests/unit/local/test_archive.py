@@ -720,25 +720,14 @@ def test_deflate_error_is_raised_in_the_caller(
 
 @pytest.mark.parametrize(
     ("cpus", "siblings", "size", "threads"),
-    [
-        (1, [], 5, False),
-        (2, [], 5, True),
-        (2, [], 3, False),
-        (2, ["other.tar.gz.partial"], 5, False),
-        (2, ["stale.tar.gz.partial"], 5, True),
-        (2, ["done.tar.gz"], 5, True),
-        (4, ["a.tar.gz.partial", "b.tar.gz.partial"], 5, True),
-        (4, ["a.tar.gz.partial", "b.tar.gz.partial", "c.tar.gz.partial"], 5, False),
-    ],
+    [(1, [], 5, False), (2, [], 5, True), (2, [], 3, False), (2, ["other.tar.gz.partial"], 5, False),
+     (2, ["stale.tar.gz.partial"], 5, True), (2, ["done.tar.gz"], 5, True),
+     (4, ["a.tar.gz.partial", "b.tar.gz.partial"], 5, True),
+     (4, ["a.tar.gz.partial", "b.tar.gz.partial", "c.tar.gz.partial"], 5, False)],
 )
 @pytest.mark.parametrize("as_directory", [False, True])
 def test_helper_threads_only_with_a_cpu_to_spare(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    cpus: int,
-    siblings: list[str],
-    size: int,
-    threads: bool,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, siblings: list[str], size: int, threads: bool,
     as_directory: bool,
 ) -> None:
     monkeypatch.setattr(deflate, "_BLOCK_SIZE", BLOCK)
@@ -817,9 +806,8 @@ def test_isal_private_block_compressor_is_there_as_expected() -> None:
     try:
         compressed, crc = deflate.block_compressor(64 * KiB, 1).compress_and_crc(data, window)
     except (TypeError, RuntimeError) as exc:
-        pytest.fail(
-            f"isal {installed}: _ParallelCompress(buffersize=, level=).compress_and_crc(data, zdict) changed: {exc}"
-        )
+        pytest.fail(f"isal {installed}: _ParallelCompress(buffersize=, level=).compress_and_crc(data, zdict) changed:"
+                    f" {exc}")
     assert crc == zlib.crc32(data), f"isal {installed}: compress_and_crc no longer returns the CRC32 of its input"
     assert compressed.endswith(b"\x00\x00\xff\xff"), f"isal {installed}: the block no longer ends in a sync flush"
     inflate = zlib.decompressobj(wbits=-zlib.MAX_WBITS, zdict=window)
@@ -834,7 +822,8 @@ def test_missing_private_block_compressor_says_what_to_do(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("level", sorted(PINNED_ARCHIVES))
 def test_archive_bytes_are_those_of_the_pinned_isal(tmp_path: Path, level: int) -> None:
-    result = compress_entry(str(pinned_source(tmp_path)), str(tmp_path / "out.tar.gz"), part_size=1 << 20, level=level)
+    result = compress_entry(str(pinned_source(tmp_path)), str(tmp_path / "out.tar.gz"), part_size=1 << 20,
+                            level=level)
     assert result.archive_sha256 == PINNED_ARCHIVES[level], (
         f"isal {importlib.metadata.version('isal')} writes other archive bytes than the pinned one: resumed uploads"
         " would not reuse their parts; keep isal in the range pinned in pyproject.toml, or update PINNED_ARCHIVES"
@@ -847,11 +836,8 @@ def pinned_source(root: Path) -> Path:
     rng = random.Random(7)
     text = b"".join(b"%06d frame of the pinned clip, exposure %d\n" % (i, i % 97) for i in range(40_000))
     entry = root / "shoot"
-    files = {
-        "a/clip.bin": text[:900_000] + rng.randbytes(1_300_000) + text[900_000:],
-        "b.txt": text[:70_000],
-        "empty": b"",
-    }
+    files = {"a/clip.bin": text[:900_000] + rng.randbytes(1_300_000) + text[900_000:], "b.txt": text[:70_000],
+             "empty": b""}
     for relative, data in files.items():
         make_file(entry / relative, data)
     (entry / "link").symlink_to("b.txt")
@@ -892,10 +878,7 @@ def test_without_md5_the_same_archive_and_crcs_come_out_and_no_md5_is_computed(t
     assert without.part_md5s == () and len(with_md5.part_md5s) == with_md5.part_count == 4
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
     assert (without.part_crc64nvmes, without.archive_crc64nvme, without.archive_sha256) == (
-        with_md5.part_crc64nvmes,
-        with_md5.archive_crc64nvme,
-        with_md5.archive_sha256,
-    )
+        with_md5.part_crc64nvmes, with_md5.archive_crc64nvme, with_md5.archive_sha256)
     # Each step's CPU time is measured; the MD5 step exists only where MD5s were computed.
     assert "md5" not in without.cpu_seconds and with_md5.cpu_seconds["md5"] > 0
     for step in ("read source", "sha256 source", "deflate", "crc64nvme", "sha256 archive", "write staging"):
@@ -909,8 +892,7 @@ def test_part_md5s_of_a_file_split_on_part_boundaries(tmp_path: Path) -> None:
     data = random.Random(1).randbytes(10_000)
     path.write_bytes(data)
     assert archive.part_md5s(str(path), 4096) == tuple(
-        hashlib.md5(data[i : i + 4096]).hexdigest() for i in range(0, len(data), 4096)
-    )
+        hashlib.md5(data[i : i + 4096]).hexdigest() for i in range(0, len(data), 4096))
     assert archive.part_md5s(str(path), 10_000, chunk=3000) == (hashlib.md5(data).hexdigest(),)
     path.write_bytes(b"")
     assert archive.part_md5s(str(path), 4096) == (hashlib.md5(b"").hexdigest(),)

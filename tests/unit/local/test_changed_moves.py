@@ -40,20 +40,14 @@ def snapshot(root: Path) -> dict[str, object]:
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
         mode = path.lstat().st_mode
-        out[rel] = (
-            path.read_bytes() if stat.S_ISREG(mode) else os.readlink(path) if stat.S_ISLNK(mode) else stat.S_IFMT(mode)
-        )
+        out[rel] = (path.read_bytes() if stat.S_ISREG(mode) else os.readlink(path) if stat.S_ISLNK(mode)
+                    else stat.S_IFMT(mode))
     return out
 
 
 def leftovers(*directories: Path) -> list[str]:
-    return [
-        p.name
-        for d in directories
-        if d.exists()
-        for p in d.iterdir()
-        if p.name.startswith((".amgmt-moving-", ".amgmt-removing-"))
-    ]
+    return [p.name for d in directories if d.exists() for p in d.iterdir()
+            if p.name.startswith((".amgmt-moving-", ".amgmt-removing-"))]
 
 
 class Setup:
@@ -64,28 +58,18 @@ class Setup:
         return compress_entry(str(entry), str(self.staging / f"{entry.name}.tar.gz"), part_size=1 << 20)
 
     def move(self, entry: Path, packed: ArchiveResult) -> Path:
-        return move_to_completed(
-            entry,
-            self.rules,
-            now=NOW,
-            expected_identity=packed.source_identity,
-            expected_digest=packed.source_sha256,
-            operation_id=OP,
-        )
+        return move_to_completed(entry, self.rules, now=NOW, expected_identity=packed.source_identity,
+                                 expected_digest=packed.source_sha256, operation_id=OP)
 
     @property
     def rules(self) -> CompletedDir:
-        return CompletedDir(
-            local_dir=self.local, path=self.completed, preserve_structure=False, duplicate_handling="timestamp"
-        )
+        return CompletedDir(local_dir=self.local, path=self.completed, preserve_structure=False,
+                            duplicate_handling="timestamp")
 
 
 def _shm_usable(tmp_path: Path) -> bool:
-    return (
-        Path("/dev/shm").is_dir()
-        and os.access("/dev/shm", os.W_OK)
-        and (os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev)
-    )
+    return Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) and (
+        os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev)
 
 
 @pytest.fixture(params=["same-fs", "cross-fs"])
@@ -220,9 +204,8 @@ def test_a_source_deleted_after_packing_says_so(setup: Setup) -> None:
 # --- changed during the move: moved back ---------------------------------------------------------------------------
 
 
-def test_a_file_written_between_the_move_and_its_check_is_moved_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_file_written_between_the_move_and_its_check_is_moved_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     setup = Setup(tmp_path / "local", tmp_path / "local" / "completed", tmp_path)
     setup.local.mkdir()
     entry = setup.local / "clip.mp4"
@@ -245,8 +228,7 @@ def test_a_file_written_between_the_move_and_its_check_is_moved_back(
 
 
 def test_a_directory_changed_right_after_its_rename_goes_back_under_a_free_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     setup = Setup(tmp_path / "local", tmp_path / "local" / "completed", tmp_path)
     entry = make_tree(setup.local / "shoot", {"a.mov": b"a" * 100})
     packed = setup.pack(entry)
@@ -272,7 +254,8 @@ def test_a_directory_changed_right_after_its_rename_goes_back_under_a_free_name(
 # --- across filesystems --------------------------------------------------------------------------------------------
 
 
-def test_cross_fs_a_file_appended_during_the_copy_is_not_removed(cross: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cross_fs_a_file_appended_during_the_copy_is_not_removed(cross: Setup,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     entry = cross.local / "clip.mp4"
     entry.write_bytes(b"v" * 300_000)
     packed = cross.pack(entry)
@@ -292,7 +275,8 @@ def test_cross_fs_a_file_appended_during_the_copy_is_not_removed(cross: Setup, m
     assert leftovers(cross.local, cross.completed) == []
 
 
-def test_cross_fs_a_file_created_during_the_copy_is_not_removed(cross: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cross_fs_a_file_created_during_the_copy_is_not_removed(cross: Setup,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_tree(cross.local / "shoot", {"a.mov": b"a" * 1000, "sub/b.mov": b"b" * 1000})
     packed = cross.pack(entry)
     real_copy = copying._copy_file
@@ -314,8 +298,7 @@ def test_cross_fs_a_file_created_during_the_copy_is_not_removed(cross: Setup, mo
 
 
 def test_cross_fs_a_file_written_after_the_copy_is_caught_once_the_original_is_renamed_away(
-    cross: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        cross: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_tree(cross.local / "shoot", {"a.mov": b"a" * 1000})
     packed = cross.pack(entry)
     real_rename = os.rename
@@ -426,16 +409,8 @@ def test_a_tree_3000_deep_fails_with_one_line_and_stays(tmp_path: Path, where: s
             inode = entry.stat().st_ino
             try:
                 final: Path | None = move_to_completed(
-                    entry,
-                    CompletedDir(
-                        local_dir=local,
-                        path=other / "completed",
-                        preserve_structure=False,
-                        duplicate_handling="timestamp",
-                    ),
-                    now=NOW,
-                    operation_id=OP,
-                )
+                    entry, CompletedDir(local_dir=local, path=other / "completed", preserve_structure=False,
+                                        duplicate_handling="timestamp"), now=NOW, operation_id=OP)
             except MoveError as exc:
                 assert "\n" not in str(exc) and "File name too long" in str(exc), str(exc)
                 final = None
@@ -455,16 +430,9 @@ def test_a_tree_3000_deep_fails_with_one_line_and_stays(tmp_path: Path, where: s
 
 
 def _recover(setup: Setup, entry: Path, packed: ArchiveResult, *, dry_run: bool = False) -> move_recovery.MoveRecovery:
-    return recover_move(
-        entry,
-        setup.rules,
-        started=NOW,
-        operation_id=OP,
-        expected_identity=packed.source_identity,
-        expected_digest=packed.source_sha256,
-        original_size=packed.source_size,
-        dry_run=dry_run,
-    )
+    return recover_move(entry, setup.rules, started=NOW, operation_id=OP,
+                        expected_identity=packed.source_identity, expected_digest=packed.source_sha256,
+                        original_size=packed.source_size, dry_run=dry_run)
 
 
 def test_recovery_finishes_a_move_killed_between_link_and_unlink(tmp_path: Path) -> None:

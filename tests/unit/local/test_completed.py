@@ -62,24 +62,17 @@ class Dirs:
         self.completed = self.local / "completed"
 
     def rules(self, *, preserve_structure: bool = False, duplicate_handling: str = "timestamp") -> CompletedDir:
-        return CompletedDir(
-            local_dir=self.local,
-            path=self.completed,
-            preserve_structure=preserve_structure,
-            duplicate_handling=duplicate_handling,
-        )
+        return CompletedDir(local_dir=self.local, path=self.completed, preserve_structure=preserve_structure,
+                            duplicate_handling=duplicate_handling)
 
     def move(self, entry: Path, *, preserve_structure: bool = False, duplicate_handling: str = "timestamp") -> Path:
-        return move_to_completed(
-            entry, self.rules(preserve_structure=preserve_structure, duplicate_handling=duplicate_handling), now=NOW
-        )
+        return move_to_completed(entry, self.rules(preserve_structure=preserve_structure,
+                                                   duplicate_handling=duplicate_handling), now=NOW)
 
-    def destination(
-        self, entry: Path, *, preserve_structure: bool = False, duplicate_handling: str = "timestamp"
-    ) -> Path:
-        return completed_destination(
-            entry, self.rules(preserve_structure=preserve_structure, duplicate_handling=duplicate_handling), now=NOW
-        )
+    def destination(self, entry: Path, *, preserve_structure: bool = False,
+                    duplicate_handling: str = "timestamp") -> Path:
+        return completed_destination(entry, self.rules(preserve_structure=preserve_structure,
+                                                       duplicate_handling=duplicate_handling), now=NOW)
 
     def find(self, entry: Path, *, preserve_structure: bool = False) -> Path | None:
         return find_completed(entry, self.rules(preserve_structure=preserve_structure))
@@ -180,15 +173,9 @@ def test_missing_entry(dirs: Dirs) -> None:
 def test_a_directory_holding_the_completed_dir_is_refused(dirs: Dirs) -> None:
     entry = make_media(dirs.local / "shoot", {"a": b"a"})
     before = snapshot(entry)
-    message = move_error(
-        lambda: move_to_completed(
-            entry,
-            CompletedDir(
-                local_dir=dirs.local, path=entry / "completed", preserve_structure=False, duplicate_handling="timestamp"
-            ),
-            now=NOW,
-        )
-    )
+    message = move_error(lambda: move_to_completed(
+        entry, CompletedDir(local_dir=dirs.local, path=entry / "completed", preserve_structure=False,
+                            duplicate_handling="timestamp"), now=NOW))
     assert "inside it" in message
     assert snapshot(entry) == before
 
@@ -232,10 +219,8 @@ def test_subdirectory_mode_with_repeated_collisions(dirs: Dirs) -> None:
 def test_error_mode(dirs: Dirs) -> None:
     make_media(dirs.completed, {"clip.mp4": b"old"})
     entry = make_media(dirs.local, {"clip.mp4": b"new"}) / "clip.mp4"
-    for action in (
-        lambda: dirs.destination(entry, duplicate_handling="error"),
-        lambda: dirs.move(entry, duplicate_handling="error"),
-    ):
+    for action in (lambda: dirs.destination(entry, duplicate_handling="error"),
+                   lambda: dirs.move(entry, duplicate_handling="error")):
         message = move_error(action)
         assert "already exists in the completed dir" in message and "clip.mp4" in message
     assert entry.read_bytes() == b"new"
@@ -264,7 +249,6 @@ def racing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> N
     """Existence checks see nothing, as if every name were taken between the check and the move."""
     monkeypatch.setattr(completed, "taken", lambda path: False)
     if request.param == "no hard links":
-
         def no_link(src: object, dst: object, **kwargs: object) -> None:
             raise OSError(errno.EPERM, os.strerror(errno.EPERM), src, dst)
 
@@ -301,9 +285,8 @@ def test_error_mode_when_the_name_is_taken_after_the_check(dirs: Dirs) -> None:
     assert list((dirs.completed / "clip.mp4").iterdir()) == []
 
 
-def test_failing_to_unlink_the_original_after_linking_undoes_the_link(
-    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failing_to_unlink_the_original_after_linking_undoes_the_link(dirs: Dirs,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local, {"clip.mp4": b"x"}) / "clip.mp4"
     real_unlink = os.unlink
 
@@ -343,10 +326,8 @@ def test_cross_filesystem_file_move(dirs: Dirs) -> None:
 
 @pytest.mark.usefixtures("cross_device")
 def test_cross_filesystem_directory_move_keeps_symlinks(dirs: Dirs) -> None:
-    entry = make_media(
-        dirs.local / "2024" / "shoot",
-        {"a.mov": b"a" * 5000, "raw/b.dng": b"b" * 7000, "raw/link": "../a.mov", "gone": "missing"},
-    )
+    entry = make_media(dirs.local / "2024" / "shoot",
+                       {"a.mov": b"a" * 5000, "raw/b.dng": b"b" * 7000, "raw/link": "../a.mov", "gone": "missing"})
     os.utime(entry / "a.mov", (1_600_000_000, 1_600_000_000))
     before = snapshot(entry)
     inode = entry.stat().st_ino
@@ -363,9 +344,8 @@ def test_cross_filesystem_directory_move_keeps_symlinks(dirs: Dirs) -> None:
 
 
 @pytest.mark.usefixtures("cross_device")
-def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(
-    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cross_filesystem_copy_failure_midway_leaves_the_source_and_no_temp(dirs: Dirs,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local / "shoot", {"1.mov": b"1" * 1000, "2.mov": b"2" * 1000, "3.mov": b"3" * 1000})
     before = snapshot(entry)
     real_copy = copying._copy_file
@@ -404,9 +384,8 @@ def test_cross_filesystem_file_copy_failure(dirs: Dirs, monkeypatch: pytest.Monk
 
 
 @pytest.mark.usefixtures("cross_device")
-def test_cross_filesystem_original_that_cannot_be_removed_rolls_back(
-    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cross_filesystem_original_that_cannot_be_removed_rolls_back(dirs: Dirs,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local / "shoot", {"a": b"a"})
     before = snapshot(entry)
 
@@ -436,20 +415,16 @@ def test_cross_filesystem_refuses_before_copying_when_the_original_cannot_be_rem
 def test_cross_filesystem_refusal_works_for_root_too(dirs: Dirs, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = make_media(dirs.local / "shoot", {"locked/a": b"a"})
     real_access = os.access
-    monkeypatch.setattr(
-        completed.os, "access", lambda path, mode: Path(path) != entry / "locked" and real_access(path, mode)
-    )
+    monkeypatch.setattr(completed.os, "access",
+                        lambda path, mode: Path(path) != entry / "locked" and real_access(path, mode))
     assert "could not be removed" in move_error(lambda: dirs.move(entry))
     assert snapshot(entry) == {"locked": "dir", "locked/a": b"a"}
     assert not (dirs.completed / "shoot").exists() and leftovers(dirs.completed) == []
 
 
 def _shm_is_another_filesystem(tmp_path: Path) -> bool:
-    return (
-        Path("/dev/shm").is_dir()
-        and os.access("/dev/shm", os.W_OK)
-        and (os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev)
-    )
+    return Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) and (
+        os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev)
 
 
 def test_real_cross_filesystem_move(tmp_path: Path) -> None:
@@ -491,11 +466,8 @@ def test_completed_dir_that_is_a_regular_file(dirs: Dirs) -> None:
 def test_unwritable_completed_dir(dirs: Dirs, entry_kind: str) -> None:
     dirs.completed.mkdir()
     dirs.completed.chmod(0o500)
-    entry = (
-        make_media(dirs.local, {"clip.mp4": b"x"}) / "clip.mp4"
-        if entry_kind == "file"
-        else make_media(dirs.local / "shoot", {"a": b"a"})
-    )
+    entry = (make_media(dirs.local, {"clip.mp4": b"x"}) / "clip.mp4" if entry_kind == "file"
+             else make_media(dirs.local / "shoot", {"a": b"a"}))
     before = snapshot(entry)
     try:
         message = move_error(lambda: dirs.move(entry))
@@ -510,11 +482,8 @@ def test_unwritable_completed_dir(dirs: Dirs, entry_kind: str) -> None:
 def test_permission_denied_in_the_completed_dir(dirs: Dirs, entry_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same refusal as an unwritable dir, injected so that it also holds when the tests run as root."""
     dirs.completed.mkdir()
-    entry = (
-        make_media(dirs.local, {"clip.mp4": b"x"}) / "clip.mp4"
-        if entry_kind == "file"
-        else make_media(dirs.local / "shoot", {"a": b"a"})
-    )
+    entry = (make_media(dirs.local, {"clip.mp4": b"x"}) / "clip.mp4" if entry_kind == "file"
+             else make_media(dirs.local / "shoot", {"a": b"a"}))
     before = snapshot(entry)
 
     def denied(*args: object, **kwargs: object) -> None:

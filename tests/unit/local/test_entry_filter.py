@@ -84,8 +84,7 @@ def test_a_bad_pattern_is_one_line_error(pattern: str) -> None:
 
 def test_mgmt_exclude_is_a_comma_separated_list(tmp_path: Path) -> None:
     settings = load_settings(
-        environ={"HOME": str(tmp_path), "MGMT_EXCLUDE": " *.tmp, .DS_Store ,,Thumbs.db"},
-        cwd=tmp_path,
+        environ={"HOME": str(tmp_path), "MGMT_EXCLUDE": " *.tmp, .DS_Store ,,Thumbs.db"}, cwd=tmp_path,
         require_bucket=False,
     )
     assert settings.exclude == ("*.tmp", ".DS_Store", "Thumbs.db")

@@ -29,11 +29,9 @@ def test_lock_holder_matches_device_and_inode(tmp_path: Path) -> None:
     st = os.stat(tmp_path)
     dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
     locks = tmp_path / "locks"
-    locks.write_text(
-        f"1: FLOCK  ADVISORY  WRITE 111 {dev}:{st.st_ino + 1} 0 EOF\n"
-        f"2: POSIX  ADVISORY  WRITE 222 {dev}:{st.st_ino} 0 EOF\n"
-        f"3: FLOCK  ADVISORY  WRITE 333 {dev}:{st.st_ino} 0 EOF\n"
-    )
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 111 {dev}:{st.st_ino + 1} 0 EOF\n"
+                     f"2: POSIX  ADVISORY  WRITE 222 {dev}:{st.st_ino} 0 EOF\n"
+                     f"3: FLOCK  ADVISORY  WRITE 333 {dev}:{st.st_ino} 0 EOF\n")
     assert lock_holder(st, locks=locks) == 333
     assert lock_holder(st, locks=tmp_path / "missing") is None
 

@@ -71,9 +71,8 @@ def test_held_open_names_the_writer_and_not_a_reader(tmp_path: Path) -> None:
     read.write_bytes(b"r")
     procs = []
     for path, mode in ((written, "ab"), (read, "rb")):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLD_OPEN, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), mode], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
         procs.append(proc)
     try:

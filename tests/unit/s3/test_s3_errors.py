@@ -19,24 +19,14 @@ from amgmt.s3.errors import (
 
 
 def client_error(code: str, status: int, message: str = "") -> ClientError:
-    return ClientError(
-        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
-    )
+    return ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "PutObject")
 
 
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [
-        ("SlowDown", 503),
-        ("InternalError", 500),
-        ("ServiceUnavailable", 503),
-        ("RequestTimeout", 400),
-        ("BadDigest", 400),
-        ("IncompleteBody", 400),
-        ("502", 502),
-        ("Whatever", 500),
-    ],
-)
+@pytest.mark.parametrize(("code", "status"), [
+    ("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503), ("RequestTimeout", 400),
+    ("BadDigest", 400), ("IncompleteBody", 400), ("502", 502), ("Whatever", 500),
+])
 def test_transient_answers_are_upload_errors_worth_another_attempt(code: str, status: int) -> None:
     error = error_for("PUT", Answer(code, status), bucket="b", key="k")
     assert isinstance(error, S3UploadError) and isinstance(error, UploadError)
@@ -44,35 +34,20 @@ def test_transient_answers_are_upload_errors_worth_another_attempt(code: str, st
     assert error.answer == Answer(code, status)
 
 
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [
-        ("InvalidArgument", 400),
-        ("NotImplemented", 501),
-        ("PreconditionFailed", 412),
-        ("NoSuchKey", 404),
-        ("EntityTooSmall", 400),
-        ("400", 400),
-    ],
-)
+@pytest.mark.parametrize(("code", "status"), [
+    ("InvalidArgument", 400), ("NotImplemented", 501), ("PreconditionFailed", 412), ("NoSuchKey", 404),
+    ("EntityTooSmall", 400), ("400", 400),
+])
 def test_permanent_answers_about_one_object_fail_that_object_once(code: str, status: int) -> None:
     error = error_for("PUT", Answer(code, status), bucket="b", key="k")
     assert isinstance(error, S3UploadError) and not error.transient
     assert "PUT s3://b/k failed" in str(error) and code in str(error)
 
 
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [
-        ("AccessDenied", 403),
-        ("403", 403),
-        ("InvalidAccessKeyId", 403),
-        ("SignatureDoesNotMatch", 403),
-        ("NoSuchBucket", 404),
-        ("ExpiredToken", 400),
-        ("Anything", 403),
-    ],
-)
+@pytest.mark.parametrize(("code", "status"), [
+    ("AccessDenied", 403), ("403", 403), ("InvalidAccessKeyId", 403), ("SignatureDoesNotMatch", 403),
+    ("NoSuchBucket", 404), ("ExpiredToken", 400), ("Anything", 403),
+])
 def test_run_wide_answers_stop_the_run(code: str, status: int) -> None:
     error = error_for("PUT", Answer(code, status), bucket="b", key="k")
     assert isinstance(error, S3StorageError) and isinstance(error, StorageError)
@@ -106,9 +81,8 @@ def test_botocore_and_direct_answers_translate_alike() -> None:
     with pytest.raises(S3UploadError) as botocore_way:
         with translate_errors("PUT", bucket="b", key="k"):
             raise client_error("SlowDown", 503, "Please reduce")
-    direct_way = error_for(
-        "PUT", answer_from_body(503, b"<Code>SlowDown</Code><Message>Please reduce</Message>"), bucket="b", key="k"
-    )
+    direct_way = error_for("PUT", answer_from_body(503, b"<Code>SlowDown</Code><Message>Please reduce</Message>"),
+                           bucket="b", key="k")
     assert str(botocore_way.value) == str(direct_way)
     assert botocore_way.value.transient == direct_way.transient
     assert answer_of(botocore_way.value) == answer_of(direct_way)
@@ -123,9 +97,8 @@ def test_amgmt_errors_pass_through_unchanged() -> None:
 
 
 def test_a_failure_to_connect_is_run_wide_and_unreachable() -> None:
-    refused = aiohttp.ClientConnectorError(
-        aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None), OSError(111, "refused")
-    )
+    refused = aiohttp.ClientConnectorError(aiohttp.client_reqrep.ConnectionKey(
+        "h", 1, False, True, None, None, None), OSError(111, "refused"))
     for exc in (EndpointConnectionError(endpoint_url="http://h:1", error=refused), refused):
         with pytest.raises(S3StorageError) as raised, translate_errors("PUT", bucket="b", key="k"):
             raise exc

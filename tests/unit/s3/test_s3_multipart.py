@@ -70,27 +70,18 @@ async def no_sleep(seconds: float) -> None:
 
 
 def bucket(client: FakeClient) -> S3Bucket:
-    return S3Bucket(client, ClientOptions(bucket="b", checksum_algorithm="md5"), retry=RetryPolicy(sleep=no_sleep))
+    return S3Bucket(client, ClientOptions(bucket="b", checksum_algorithm="md5"),
+                    retry=RetryPolicy(sleep=no_sleep))
 
 
 async def upload(s3: S3Bucket, tmp_path: Path, journal: Journal, stats: UploadStats | None = None) -> Any:
     path = tmp_path / "a.tar.gz"
     data = bytes(range(256)) * (40 * 1024)  # 10 MiB: two parts of 5 MiB
     path.write_bytes(data)
-    md5s = [hashlib.md5(data[: 5 * MiB]).hexdigest(), hashlib.md5(data[5 * MiB :]).hexdigest()]
-    return await multipart.upload_file(
-        s3,
-        "k",
-        str(path),
-        size=len(data),
-        part_size=5 * MiB,
-        part_md5s=md5s,
-        metadata={},
-        storage_class=None,
-        budget=ByteBudget(64 * MiB),
-        journal=journal,
-        stats=stats if stats is not None else UploadStats(),
-    )
+    md5s = [hashlib.md5(data[:5 * MiB]).hexdigest(), hashlib.md5(data[5 * MiB:]).hexdigest()]
+    return await multipart.upload_file(s3, "k", str(path), size=len(data), part_size=5 * MiB, part_md5s=md5s, metadata={},
+                                storage_class=None, budget=ByteBudget(64 * MiB), journal=journal,
+                                stats=stats if stats is not None else UploadStats())
 
 
 async def test_a_complete_upload(tmp_path: Path) -> None:

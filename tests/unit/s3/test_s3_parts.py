@@ -30,15 +30,12 @@ def test_the_configured_part_size_is_raised_to_the_minimum_and_to_fit_in_max_par
     assert plan_part_size(10**15, 8 * MiB) == MAX_PART_SIZE
 
 
-@pytest.mark.parametrize(
-    ("total", "part", "expected"),
-    [
-        (0, 5 * MiB, [(1, 0, 0)]),
-        (1, 5 * MiB, [(1, 0, 1)]),
-        (10 * MiB, 5 * MiB, [(1, 0, 5 * MiB), (2, 5 * MiB, 5 * MiB)]),
-        (11 * MiB, 5 * MiB, [(1, 0, 5 * MiB), (2, 5 * MiB, 5 * MiB), (3, 10 * MiB, MiB)]),
-    ],
-)
+@pytest.mark.parametrize(("total", "part", "expected"), [
+    (0, 5 * MiB, [(1, 0, 0)]),
+    (1, 5 * MiB, [(1, 0, 1)]),
+    (10 * MiB, 5 * MiB, [(1, 0, 5 * MiB), (2, 5 * MiB, 5 * MiB)]),
+    (11 * MiB, 5 * MiB, [(1, 0, 5 * MiB), (2, 5 * MiB, 5 * MiB), (3, 10 * MiB, MiB)]),
+])
 def test_part_ranges_cover_the_object_exactly(total: int, part: int, expected: list[tuple[int, int, int]]) -> None:
     assert part_ranges(total, part) == expected
 

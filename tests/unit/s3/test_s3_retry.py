@@ -55,11 +55,9 @@ async def test_a_request_costs_at_most_attempts_requests() -> None:
 
 async def test_a_permanent_failure_is_sent_once() -> None:
     retry, slept = policy()
-    for permanent in (
-        error_for("PUT", Answer("InvalidArgument", 400), bucket="b", key="k"),
-        error_for("PUT", Answer("AccessDenied", 403), bucket="b", key="k"),
-        ValueError("a bug"),
-    ):
+    for permanent in (error_for("PUT", Answer("InvalidArgument", 400), bucket="b", key="k"),
+                      error_for("PUT", Answer("AccessDenied", 403), bucket="b", key="k"),
+                      ValueError("a bug")):
         transport = FakeTransport(permanent)
         with pytest.raises(type(permanent)):
             await retry.run(transport.send)

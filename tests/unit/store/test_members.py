@@ -24,14 +24,8 @@ TREE = [
 ]
 
 
-async def uploaded(
-    store: Store,
-    *,
-    minutes: int = 0,
-    status: str = OperationStatus.SUCCESS,
-    members: list[tuple[str, str, int, int]] = TREE,
-    **changes: object,
-) -> UploadRecord:
+async def uploaded(store: Store, *, minutes: int = 0, status: str = OperationStatus.SUCCESS,
+                   members: list[tuple[str, str, int, int]] = TREE, **changes: object) -> UploadRecord:
     record = make_upload(name="trip", minutes=minutes, status=status, **changes)
     await store.save_operation(record)
     await store.save_members(record.operation_id, members)
@@ -47,9 +41,7 @@ async def test_search_folds_case_and_names_the_archive(store: MetadataStore) -> 
     assert [m.path for m in await store.search_members("STRASSE/ärger")] == ["trip/Straße/Ärger.txt"]
     assert await store.search_members("img", bucket="other") == []
     assert [m.path for m in await store.search_members("img", key_prefix="archive/")] == [
-        "trip/DCIM-old/IMG_0001.JPG",
-        "trip/DCIM/IMG_1010.JPG",
-    ]
+        "trip/DCIM-old/IMG_0001.JPG", "trip/DCIM/IMG_1010.JPG"]
     assert await store.search_members("img", key_prefix="elsewhere/") == []
 
 
@@ -57,25 +49,13 @@ async def test_only_the_current_object_of_a_key_is_searched(store: MetadataStore
     """An older upload of the key, a failed newer one, and a deleted object: their members are not in the bucket."""
     await uploaded(store, members=[("trip", "dir", 0, 1), ("trip/old.jpg", "file", 1, 1)])
     newer = await uploaded(store, minutes=5, members=[("trip", "dir", 0, 1), ("trip/new.jpg", "file", 2, 1)])
-    await uploaded(
-        store,
-        minutes=9,
-        status=OperationStatus.FAILED,
-        members=[("trip", "dir", 0, 1), ("trip/failed.jpg", "file", 3, 1)],
-    )
+    await uploaded(store, minutes=9, status=OperationStatus.FAILED,
+                   members=[("trip", "dir", 0, 1), ("trip/failed.jpg", "file", 3, 1)])
     assert [m.path for m in await store.search_members(".jpg")] == ["trip/new.jpg"]
 
-    newer.set_file_record(
-        FileRole.S3,
-        FileRecord(
-            name="trip.tar.gz",
-            path="s3://media/archive/trip.tar.gz",
-            location=Location.S3,
-            size=9,
-            is_directory=False,
-            status=FileStatus.DELETED,
-        ),
-    )
+    newer.set_file_record(FileRole.S3, FileRecord(name="trip.tar.gz", path="s3://media/archive/trip.tar.gz",
+                                                   location=Location.S3, size=9, is_directory=False,
+                                                   status=FileStatus.DELETED))
     await store.save_operation(newer)
     assert await store.search_members(".jpg") == []
 
@@ -126,9 +106,8 @@ async def test_member_reads_use_the_primary_key_and_only_the_search_scans(sqlite
     reads = plans(store.path, [s for s in statements if "archive_members" in s])
     assert len(reads) == 3, list(reads)
     for sql, plan in reads.items():
-        assert all("SCAN" not in line for line in plan) and any(
-            "archive_members" in line or " m " in line for line in plan
-        ), (sql, plan)
+        assert all("SCAN" not in line for line in plan) and any("archive_members" in line or " m " in line
+                                                                 for line in plan), (sql, plan)
     statements.clear()
     await store.search_members("img")
     [(sql, plan)] = plans(store.path, statements).items()

@@ -83,9 +83,7 @@ async def test_a_url_parameter_asyncpg_refuses_is_a_config_error_without_the_pas
     from amgmt.errors import ConfigError
 
     url = f"postgresql://amgmt:hunter2-secret@127.0.0.1:{free_port()}/amgmt?sslmode=bogus"
-    with pytest.raises(
-        ConfigError, match=r"^MGMT_DB_URL=postgresql://amgmt:\*\*\*@127.0.0.1:\d+/amgmt\?sslmode=bogus: "
-    ) as info:
+    with pytest.raises(ConfigError, match=r"^MGMT_DB_URL=postgresql://amgmt:\*\*\*@127.0.0.1:\d+/amgmt\?sslmode=bogus: ") as info:
         await PostgresStore(url).open()
     assert "sslmode" in str(info.value) and "hunter2" not in str(info.value) and info.value.exit_code == 2
 
@@ -138,13 +136,8 @@ async def test_reopening_applies_only_missing_migrations_and_a_newer_schema_is_r
 def own_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A cluster of this test's own (it gets stopped): (its dir, its URL)."""
     pg_dir = tmp_path / "pg"
-    started = subprocess.run(
-        ["bash", str(PG_SCRIPT), str(pg_dir), str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PG_UP_OPTIONS": "-c fsync=off", "PATH": "/usr/bin:/bin"},
-    )
+    started = subprocess.run(["bash", str(PG_SCRIPT), str(pg_dir), str(free_port())], capture_output=True, text=True,
+                             timeout=120, env={"PG_UP_OPTIONS": "-c fsync=off", "PATH": "/usr/bin:/bin"})
     if started.returncode == 3:
         pytest.skip("PostgreSQL is not installed")
     assert started.returncode == 0, started.stderr

@@ -71,9 +71,8 @@ async def test_lookups_and_history_use_indexes(traced: tuple[MetadataStore, list
     await store.find_successful_upload(checksum_original="0" * 64)
     await store.find_uploads_by_key(bucket="bucket", key="clip007.mp4.tar.gz")
     await store.find_uploads_by_name(bucket="bucket", name="clip007.mp4")
-    await store.find_operations_on(
-        bucket="bucket", key="clip007.mp4.tar.gz", target_path="/media/clip007.mp4", target_name="clip007.mp4"
-    )
+    await store.find_operations_on(bucket="bucket", key="clip007.mp4.tar.gz", target_path="/media/clip007.mp4",
+                                   target_name="clip007.mp4")
     await store.open_multiparts(bucket="bucket", key="clip007.mp4.tar.gz")
     await store.mark_interrupted(target_prefix="/media", reason="test")
     found = plans(store.path, statements)
@@ -93,25 +92,12 @@ async def test_a_name_search_reads_every_row_by_design(traced: tuple[MetadataSto
     assert any(FULL_SCAN.search(line) for line in plan), plan
 
 
-NAMES = [
-    "Straße.mov",
-    "STRASSE.MOV",
-    "a_b.mov",
-    "a%b.mov",
-    "axb.mov",
-    "café.jpg",
-    "CAFÉ.JPG",
-    "Cafe\u0301.jpg",
-    "tab\tname",
-    "plain.MP4",
-    "K-kelvin\u212a.x",
-    "back\\slash",
-]
+NAMES = ["Straße.mov", "STRASSE.MOV", "a_b.mov", "a%b.mov", "axb.mov", "café.jpg", "CAFÉ.JPG", "Cafe\u0301.jpg",
+         "tab\tname", "plain.MP4", "K-kelvin\u212a.x", "back\\slash"]
 
 
-@pytest.mark.parametrize(
-    "needle", ["strasse", "ß", "a_b", "a%b", "CAFÉ", "café", "MP4", "\t", "kelvink", "k", "\\s", "nothing"]
-)
+@pytest.mark.parametrize("needle", ["strasse", "ß", "a_b", "a%b", "CAFÉ", "café", "MP4", "\t", "kelvink", "k",
+                                    "\\s", "nothing"])
 async def test_a_name_search_matches_what_python_folding_matches(tmp_path: Path, needle: str) -> None:
     """The search reads ASCII values with SQLite's LIKE and only the others through Python's fold: the same
     answers as folding every value (NFC + casefold: ß is ss, a Kelvin sign is k, a combining accent composes)."""
@@ -119,9 +105,7 @@ async def test_a_name_search_matches_what_python_folding_matches(tmp_path: Path,
         for i, name in enumerate(NAMES):
             await store.save_operation(make_upload(minutes=i, name=name))
         found = {r.target_name for r in await store.list_operations(target=needle, limit=None)}
-    wanted = {
-        n for n in NAMES if (fold(needle) or "") in (fold(n) or "") or (fold(needle) or "") in fold(f"/media/in/{n}")
-    }
+    wanted = {n for n in NAMES if (fold(needle) or "") in (fold(n) or "") or (fold(needle) or "") in fold(f"/media/in/{n}")}
     assert found == wanted
 
 

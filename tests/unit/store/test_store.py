@@ -377,9 +377,8 @@ async def test_save_operations_failing_midway_saves_none_of_its_records(
     assert len(await store.list_operations(limit=None)) == 5
 
 
-@pytest.mark.parametrize(
-    "cancelled_during", ["BEGIN IMMEDIATE", "INSERT INTO operations", "INSERT INTO file_records", "COMMIT"]
-)
+@pytest.mark.parametrize("cancelled_during", ["BEGIN IMMEDIATE", "INSERT INTO operations", "INSERT INTO file_records",
+                                              "COMMIT"])
 async def test_a_save_cancelled_midway_is_written_whole_and_the_store_stays_usable(
     sqlite_store: MetadataStore, cancelled_during: str
 ) -> None:

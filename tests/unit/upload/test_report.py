@@ -9,14 +9,8 @@ from amgmt.upload.report import BatchReport, Outcome
 
 
 def ended(name: str, status: OperationStatus, *, size: int = 100, archive: int = 60) -> UploadRecord:
-    record = UploadRecord(
-        operation_id=new_operation_id(),
-        target_path=f"/media/{name}",
-        target_name=name,
-        started_at=utcnow(),
-        original_size=size,
-        compressed_size=archive,
-    )
+    record = UploadRecord(operation_id=new_operation_id(), target_path=f"/media/{name}", target_name=name, started_at=utcnow(),
+                          original_size=size, compressed_size=archive)
     record.finish(status, error=None if status == OperationStatus.SUCCESS else f"{name}: why")
     return record
 
@@ -24,12 +18,8 @@ def ended(name: str, status: OperationStatus, *, size: int = 100, archive: int =
 def test_counts_bytes_and_failures_without_keeping_records() -> None:
     report = BatchReport(keep_records=False, planned=4)
     failed = ended("b.mov", OperationStatus.FAILED)
-    for record in (
-        ended("a.mov", OperationStatus.SUCCESS),
-        failed,
-        ended("c.mov", OperationStatus.CHANGED),
-        ended("d.mov", OperationStatus.SKIPPED),
-    ):
+    for record in (ended("a.mov", OperationStatus.SUCCESS), failed, ended("c.mov", OperationStatus.CHANGED),
+                   ended("d.mov", OperationStatus.SKIPPED)):
         report.add(record)
     assert report.records == []
     assert report.finished == 4
