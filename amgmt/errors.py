@@ -7,7 +7,8 @@
     │   ├── CompressionError
     │   ├── UploadError
     │   ├── VerificationError
-    │   └── SourceChangedError  the source changed or vanished after it was packed: not moved (recorded "changed")
+    │   ├── SourceChangedError  the source changed or vanished after it was packed: not moved (recorded "changed")
+    │   └── ClaimLostError  another run took the entry over (shared catalog): stopped without acting ("cancelled")
     ├── MoveError          upload verified, original could not be moved: recorded as partial
     ├── StorageError       run-wide S3 trouble (no bucket, bad credentials, endpoint down): stop the batch
     ├── StoreError         metadata database trouble
@@ -86,6 +87,13 @@ class SourceChangedError(EntryError):
     deleted): it is not moved, or was moved back; the object holds it as packed; the next run uploads it again."""
 
     stage = "move"
+
+
+class ClaimLostError(EntryError):
+    """Another run took over the entry's claim (this run stalled past its lease, upload/claims.py): the entry stops
+    before an irreversible step (the PUT or complete that makes its key, the move of its original)."""
+
+    stage = "fence"
 
 
 class MoveError(AmgmtError):

@@ -296,6 +296,8 @@ def summary_text(report: BatchReport) -> str:
         lines.append(f"ignored: {printable(note)}")
     if report.excluded:
         lines.append(f"excluded by the filters: {counted(len(report.excluded), 'entry')}")
+    if report.elsewhere:
+        lines.append(f"left to other runs (claimed or ended there): {counted(len(report.elsewhere), 'entry')}")
     recovery = report.recovery
     if recovery is not None:  # what this run repaired of a dead run before its first entry
         for target in recovery.finished_moves:

@@ -53,6 +53,7 @@ class Settings:
     hook_timeout: float  # seconds before the hook's process group is killed
     db_url: str | None  # postgresql://...: the PostgreSQL store instead of the SQLite file at db_path (amgmt.store)
     host_id: str  # recorded on every operation (the host name unless set)
+    lease_seconds: float  # PostgreSQL: how long a run's claims last unrenewed (renewed every third of it)
     on_conflict: str  # "fail" | "rename" | "overwrite": an object of other content at an entry's key (ownership.py)
     sse: str | None  # "AES256" | "aws:kms": server-side encryption asked of S3 for each object
     sse_kms_key_id: str | None  # the KMS key of aws:kms (None: the account's aws/s3 key)

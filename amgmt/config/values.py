@@ -251,6 +251,13 @@ def _parse_host_id(value: object) -> str:
     return text
 
 
+def _lease_seconds(value: object) -> float:
+    number = _positive_seconds(value)
+    if not 1 <= number <= 3600:
+        raise Invalid("expected a number of seconds from 1 to 3600")
+    return number
+
+
 def parse_rate(value: object) -> int:
     """A bandwidth in bytes per second, as rclone's --bwlimit takes it: `10M` (10 MiB/s), `512K`, `1.5M`, `100B`;
     a plain number is KiB/s; `off` (or 0) is no limit."""
@@ -361,6 +368,7 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "hook_timeout": _positive_seconds,
     "db_url": _parse_db_url,
     "host_id": _parse_host_id,
+    "lease_seconds": _lease_seconds,
     "on_conflict": _choice(CONFLICT_MODES),
     "sse": _parse_sse,
     "sse_kms_key_id": _parse_name,
@@ -396,6 +404,7 @@ DEFAULTS: dict[str, object] = {
     "hook_timeout": 30.0,
     "db_url": None,
     "host_id": None,  # resolved to the host name by load_settings
+    "lease_seconds": 60.0,
     "on_conflict": "fail",
     "sse": None,
     "sse_kms_key_id": None,

@@ -18,7 +18,7 @@ import anyio
 
 from amgmt import checksums
 from amgmt.checksums import StoredChecksum
-from amgmt.errors import UploadError, first_error
+from amgmt.errors import ClaimLostError, UploadError, first_error
 from amgmt.parts import md5_base64, normalise_etag, part_ranges
 from amgmt.s3 import bandwidth, bodies, reservation
 from amgmt.s3.bodies import ByteBudget
@@ -33,6 +33,7 @@ ABORT_TIMEOUT = 15.0
 # read into memory and sent by botocore; the benchmark's A/B).
 ZERO_COPY = True
 Cleanup = Callable[[], Awaitable[None]]
+Fence = Callable[[], Awaitable[None]]
 
 
 async def upload_file(
@@ -58,6 +59,7 @@ async def upload_file(
     payload_sha256: str | None = None,
     options: ObjectOptions | None = None,
     journaled_parts: Mapping[int, tuple[str, str | None]] | None = None,
+    fence: Fence | None = None,
 ) -> UploadResult:
     """Upload a local file as `key`: one PUT when it is a single part, else our own multipart loop.
 
@@ -93,6 +95,10 @@ async def upload_file(
     recorded them when the server took them: without MD5s, a part the server still holds with that ETag, whose
     journaled checksum (checked by the server then) is this archive's, is kept even where ListParts reports no
     checksum (moto 5.2).
+
+    `fence`, when given, is awaited right before the request that makes the object (the single PUT, the
+    CompleteMultipartUpload); the ClaimLostError it raises stops the upload without any cleanup, the multipart
+    upload left open and the reservation in place: another writer owns the key's upload now (upload/claims.py).
     """
     ranges = part_ranges(size, part_size)
     if (part_md5s and len(ranges) != len(part_md5s)) or (part_checksums and len(part_checksums) != len(ranges)):
@@ -123,6 +129,7 @@ async def upload_file(
             checksum=checksum,
             known=part_checksums[0] if part_checksums else None,
             payload_sha256=payload_sha256,
+            fence=fence,
         )
     upload = MultipartUpload(
         s3,
@@ -140,6 +147,7 @@ async def upload_file(
         checksum=checksum,
         part_checksums=dict(enumerate(part_checksums, start=1)),
         journaled_parts=dict(journaled_parts or {}),
+        fence=fence,
     )
     return await upload.run(resume_upload_id=resume_upload_id, reserve_for=owner if if_absent else None)
 
@@ -160,13 +168,17 @@ async def _upload_single(
     checksum: str | None,
     known: str | None,
     payload_sha256: str | None,
+    fence: Fence | None,
 ) -> UploadResult:
     """A one-part archive: one PUT of its bytes, read whole while holding their size in the budget."""
     async with budget.hold(size):
+        body = await bandwidth.read_body(path, 0, size, s3.bandwidth)
+        if fence is not None:
+            await fence()
         resp, sent = await _put_whole(
             s3,
             key,
-            await bandwidth.read_body(path, 0, size, s3.bandwidth),
+            body,
             md5_base64(md5) if md5 is not None else None,
             extra,
             storage_class=storage_class,
@@ -239,6 +251,7 @@ class MultipartUpload:
     checksum: str | None = None  # the flexible checksum algorithm sent with every part, or None
     part_checksums: dict[int, str] = field(default_factory=dict)  # part number -> its checksum's header value
     journaled_parts: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # see upload_file
+    fence: Fence | None = None  # see upload_file
     upload_id: str | None = None
     completed: dict[int, dict[str, Any]] = field(default_factory=dict)
     # (cleanup, also when cancelled), run last-registered first when the upload does not complete.
@@ -255,7 +268,11 @@ class MultipartUpload:
             await self.send_parts()
             whole = await self.whole_checksum()
             condition = await self.check_reservation()
+            if self.fence is not None:
+                await self.fence()
             done = await self.complete(condition, whole)
+        except ClaimLostError:
+            raise  # another writer owns this upload now: nothing of it is ours to abort or release
         except anyio.get_cancelled_exc_class():
             # Left open and journaled: a later run resumes it (and reserves the key again). The key is not left
             # holding an empty object meanwhile.

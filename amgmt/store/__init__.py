@@ -7,15 +7,26 @@ S3 or an entry on disk."""
 from amgmt.store.base import MIN_ID_PREFIX, Store
 from amgmt.store.factory import StoreLocation, metadata_store, sqlite_store, store_exists, store_name
 from amgmt.store.members import StoredMember
-from amgmt.store.records import HostActivity, JournaledPart, JournaledUpload, UploadSummary
+from amgmt.store.records import (
+    Claimed,
+    HostActivity,
+    JournaledPart,
+    JournaledUpload,
+    RunLease,
+    RunSeen,
+    UploadSummary,
+)
 from amgmt.store.sqlite import MetadataStore
 
 __all__ = [
     "MIN_ID_PREFIX",
+    "Claimed",
     "HostActivity",
     "JournaledPart",
     "JournaledUpload",
     "MetadataStore",
+    "RunLease",
+    "RunSeen",
     "Store",
     "StoreLocation",
     "StoredMember",

@@ -1,5 +1,6 @@
 """The store's one interface, `Store`: what every backend answers (saving and querying records, the multipart journal),
-written once over a handful of primitives each backend implements (`_select`, `_fetch`, `_execute`, `_write_rows`).
+written once over a handful of primitives each backend implements (`_select`, `_fetch`, `_execute`, `_write_rows`,
+`_write_returning`), the runs and entry claims of a catalog several runs share included (upload/claims.py).
 
 The SQL is written once, for both backends (`?` parameters, amgmt.store.dialect turns it into PostgreSQL's); the
 group commit of saves is here too. Must not import a database driver: sqlite.py and postgres.py do."""
@@ -8,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -20,15 +20,19 @@ from amgmt.errors import NotFoundError
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.store import members
 from amgmt.store.records import (
+    Claimed,
     HostActivity,
     JournaledPart,
     JournaledUpload,
+    RunLease,
+    RunSeen,
     UploadSummary,
     as_upload,
     file_row,
     journaled_upload,
     operation_filters,
     operation_row,
+    run_seen,
     upload_summary,
     utc_iso,
 )
@@ -91,13 +95,9 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    shared = False  # whether several hosts may use the database at once (then a run also takes `run_lock`)
-
-    @asynccontextmanager
-    async def run_lock(self, key: str) -> AsyncIterator[None]:
-        """The catalog's lock of one local dir (`key`: its `dir_identity`), held while the block runs; BusyError
-        (exit 5) when another run holds it. A store no other host uses has nothing to add to the local flock."""
-        yield
+    # Whether several runs and hosts may use the database at once: then runs of one local dir share it, each entry
+    # claimed by one run (upload/claims.py), instead of one run per local dir under the local flock.
+    shared = False
 
     def check_alive(self) -> None:  # noqa: B027 -- a backend with nothing to check keeps this
         """Raise StoreError (exit 4) when writing on would lose records (the SQLite file was deleted or replaced).
@@ -122,6 +122,10 @@ class Store(ABC):
     @abstractmethod
     async def _execute_many(self, doing: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """One write statement for each of `rows`, all in one transaction."""
+
+    @abstractmethod
+    async def _write_returning(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """One write statement with a RETURNING clause, in a transaction of its own: the rows it returned."""
 
     @abstractmethod
     async def _write_rows(self, doing: str, operation_rows: list[list[Any]], file_rows: list[list[Any]]) -> None:
@@ -421,6 +425,156 @@ class Store(ABC):
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Two queries; a backend may read them in one transaction."""
         return await self._fetch(doing, *first), await self._fetch(doing, *second)
+
+    # -- runs and entry claims (a catalog several runs share: upload/claims.py) ----------------------------------
+
+    async def register_run(self, lease: RunLease, *, seconds: float) -> float:
+        """Record a run starting, its lease running `seconds`; the database's time of its start."""
+        rows = await self._write_returning(
+            f"register run {lease.run_id[:8]}",
+            "INSERT INTO runs (run_id, dir_id, host_id, pid, local_dir, started_at, heartbeat_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, amgmt_now(), amgmt_now(), amgmt_now() + ?) RETURNING started_at",
+            [lease.run_id, lease.dir_id, lease.host_id, lease.pid, lease.local_dir, seconds],
+        )
+        return float(rows[0]["started_at"])
+
+    async def renew_run(self, run_id: str, *, seconds: float) -> int:
+        """The run's lease and the claims it holds renewed for `seconds` from now (the database's clock); how many
+        claims it holds."""
+        await self._execute(
+            f"renew run {run_id[:8]}",
+            "UPDATE runs SET heartbeat_at = amgmt_now(), expires_at = amgmt_now() + ? WHERE run_id = ?",
+            [seconds, run_id],
+        )
+        rows = await self._write_returning(
+            f"renew the claims of run {run_id[:8]}",
+            "UPDATE entry_claims SET expires_at = amgmt_now() + ? WHERE run_id = ? AND released_at IS NULL"
+            " RETURNING entry",
+            [seconds, run_id],
+        )
+        return len(rows)
+
+    async def end_run(self, run_id: str) -> None:
+        """The run ended: its lease closed, and the claims it still holds abandoned (any run may take them)."""
+        await self._execute(
+            f"abandon the claims of run {run_id[:8]}",
+            "UPDATE entry_claims SET expires_at = 0 WHERE run_id = ? AND released_at IS NULL",
+            [run_id],
+        )
+        await self._execute(
+            f"end run {run_id[:8]}",
+            "UPDATE runs SET ended_at = amgmt_now(), expires_at = amgmt_now() WHERE run_id = ?",
+            [run_id],
+        )
+
+    async def unended_runs(self, host_id: str | None) -> list[tuple[str, int]]:
+        """(run id, pid) of the runs of this host that have not recorded their end."""
+        rows = await self._fetch(
+            "read this host's runs",
+            "SELECT run_id, pid FROM runs WHERE host_id = ? AND ended_at IS NULL",
+            [host_id],
+        )
+        return [(row["run_id"], int(row["pid"])) for row in rows]
+
+    async def claim_entries(
+        self, lease: RunLease, entries: Sequence[tuple[str, str]], *, seconds: float, started: float
+    ) -> dict[str, Claimed]:
+        """Claim the entries (name, operation id) of the lease's local dir for its run, in one statement; the ones
+        it got (by name). An entry is got when no run claimed it yet, when the claim of the run that held it ran out
+        unreleased (that run died or stalled: a takeover, `Claimed.previous_run`), or when it was released before
+        this run `started` (an earlier run ended it) or by this run. Taken in name order: two runs claiming
+        overlapping batches wait for each other's rows in one order (no deadlock).
+
+        Correct under concurrency by PostgreSQL's INSERT .. ON CONFLICT DO UPDATE: the conflicting row is locked
+        and its WHERE evaluated on its newest committed version, so of two runs claiming one entry at once exactly
+        one updates it (the other waits for that commit, then finds the claim live and gets nothing)."""
+        if not entries:
+            return {}
+        ordered = sorted(entries)
+        values = ", ".join(["(?, ?, ?, ?, ?, amgmt_now(), amgmt_now() + ?)"] * len(ordered))
+        params: list[Any] = []
+        for name, operation_id in ordered:
+            params += [lease.dir_id, name, lease.run_id, lease.host_id, operation_id, seconds]
+        params.append(started)
+        rows = await self._write_returning(
+            f"claim {len(ordered)} entries",
+            "INSERT INTO entry_claims AS c (dir_id, entry, run_id, host_id, operation_id, claimed_at, expires_at)"
+            f" VALUES {values}"
+            " ON CONFLICT (dir_id, entry) DO UPDATE SET run_id = excluded.run_id, host_id = excluded.host_id,"
+            " operation_id = excluded.operation_id, claimed_at = excluded.claimed_at, expires_at = excluded.expires_at,"
+            " released_at = NULL,"
+            " previous_run = CASE WHEN c.released_at IS NULL THEN c.run_id END,"
+            " previous_operation = CASE WHEN c.released_at IS NULL THEN c.operation_id END"
+            " WHERE (c.released_at IS NULL AND c.expires_at < amgmt_now())"
+            " OR (c.released_at IS NOT NULL AND (c.released_at < ? OR c.run_id = excluded.run_id))"
+            " RETURNING entry, previous_run, previous_operation",
+            params,
+        )
+        return {row["entry"]: Claimed(row["entry"], row["previous_run"], row["previous_operation"]) for row in rows}
+
+    async def fence_entries(self, lease: RunLease, names: Sequence[str], *, seconds: float) -> set[str]:
+        """Of `names`, those whose claim the lease's run still holds, each renewed for `seconds` from now in the
+        same statement: what the run may act on irreversibly for that long (the check before a complete, a PUT
+        making the key, or a move)."""
+        if not names:
+            return set()
+        marks = ", ".join("?" * len(names))
+        rows = await self._write_returning(
+            f"check the claims of {len(names)} entries",
+            "UPDATE entry_claims SET expires_at = amgmt_now() + ?"
+            f" WHERE dir_id = ? AND run_id = ? AND released_at IS NULL AND entry IN ({marks}) RETURNING entry",
+            [seconds, lease.dir_id, lease.run_id, *names],
+        )
+        return {row["entry"] for row in rows}
+
+    async def release_entries(self, lease: RunLease, names: Sequence[str], *, abandon: Sequence[str] = ()) -> None:
+        """The run ended these entries: `names` released (done: a run that started before now leaves them alone),
+        `abandon` expired unreleased (not done: any run may take them now). Only claims this run still holds."""
+        rows = [[lease.dir_id, name, lease.run_id] for name in names]
+        if rows:
+            await self._execute_many(
+                f"release {len(rows)} claims",
+                "UPDATE entry_claims SET released_at = amgmt_now(), expires_at = 0"
+                " WHERE dir_id = ? AND entry = ? AND run_id = ? AND released_at IS NULL",
+                rows,
+            )
+        rows = [[lease.dir_id, name, lease.run_id] for name in abandon]
+        if rows:
+            await self._execute_many(
+                f"abandon {len(rows)} claims",
+                "UPDATE entry_claims SET expires_at = 0 WHERE dir_id = ? AND entry = ? AND run_id = ?"
+                " AND released_at IS NULL",
+                rows,
+            )
+
+    async def claimed_operations(self, operation_ids: Sequence[str]) -> set[str]:
+        """Of these operations, those a claim still stands for (held by a run whose lease has not run out, or
+        released by it): not a dead run's, whatever their record says."""
+        if not operation_ids:
+            return set()
+        marks = ", ".join("?" * len(operation_ids))
+        rows = await self._fetch(
+            "read the claims of pending operations",
+            f"SELECT operation_id FROM entry_claims WHERE operation_id IN ({marks})"
+            " AND (released_at IS NOT NULL OR expires_at >= amgmt_now())",
+            list(operation_ids),
+        )
+        return {row["operation_id"] for row in rows}
+
+    async def recent_runs(self, *, within: float) -> list[RunSeen]:
+        """Runs that heartbeat within the last `within` seconds or are still going, newest heartbeat first, with
+        the entries each holds now and whether its lease still runs (the database's clock)."""
+        rows = await self._fetch(
+            "read the runs",
+            "SELECT r.run_id, r.dir_id, r.host_id, r.pid, r.local_dir, r.started_at, r.heartbeat_at, r.ended_at,"
+            " r.expires_at > amgmt_now() AS alive, amgmt_now() AS now,"
+            " (SELECT count(*) FROM entry_claims AS c WHERE c.run_id = r.run_id AND c.released_at IS NULL"
+            " AND c.expires_at > amgmt_now()) AS in_flight"
+            " FROM runs AS r WHERE r.heartbeat_at > amgmt_now() - ? OR r.ended_at IS NULL"
+            " ORDER BY r.heartbeat_at DESC",
+            [within],
+        )
+        return [run_seen(row) for row in rows]
 
     def made_here(self, record: OperationRecord) -> bool:
         """Whether this host made the record (or it predates host ids): only then can a run here know that the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +37,7 @@ async def configure(db: aiosqlite.Connection, path: Path) -> None:
     await db.execute("PRAGMA synchronous = NORMAL")
     await db.execute("PRAGMA foreign_keys = ON")
     await db.create_function("amgmt_fold", 1, fold, deterministic=True)
+    await db.create_function("amgmt_now", 0, time.time)  # the clock of leases (PostgreSQL: its own function)
 
 
 async def in_connection_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -24,6 +24,11 @@ POSTGRES_AFTER: dict[int, str] = {
                 'ß', 'ss'), 'ﬀ', 'ff'), 'ﬁ', 'fi'), 'ﬂ', 'fl'), 'ﬃ', 'ffi'), 'ﬄ', 'ffl'), 'ﬅ', 'st'), 'ﬆ', 'st'),
             'ςſ', 'σs') $$;
     """,
+    # The database's clock as seconds since the epoch, for leases (SQLite registers a function of the same name).
+    7: """
+    CREATE FUNCTION amgmt_now() RETURNS DOUBLE PRECISION
+        LANGUAGE sql VOLATILE PARALLEL SAFE AS $$ SELECT extract(epoch FROM clock_timestamp())::double precision $$;
+    """,
 }
 
 _TYPES = (

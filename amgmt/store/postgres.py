@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from amgmt.errors import BusyError, ConfigError, StoreError
+from amgmt.errors import ConfigError, StoreError
 from amgmt.models import OperationRecord
 from amgmt.store import records, schema
 from amgmt.store.base import Store
@@ -97,29 +97,6 @@ class PostgresStore(Store):
 
     shared = True
 
-    @asynccontextmanager
-    async def run_lock(self, key: str) -> AsyncIterator[None]:
-        """A session advisory lock named by `key`, on a connection of its own held for the block: the server drops
-        it when that connection ends, so a run whose host died leaves no lock once its connection is gone."""
-        with self._translate_errors("take the local dir's run lock"):
-            conn = await asyncpg.connect(self._url, timeout=self.connect_timeout, command_timeout=self.command_timeout)
-        try:
-            with self._translate_errors("take the local dir's run lock"):
-                held = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", f"amgmt-run:{key}")
-            if not held:
-                raise BusyError(
-                    f"another amgmt run (on this host or another) is uploading from this local dir: its lock "
-                    f"{key[:12]} is held in {self.where}; wait for it to finish, or stop it first"
-                )
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.fail_after(self.connect_timeout):
-                        await conn.close()
-                except (TimeoutError, *_CONNECTION_LOST, asyncpg.PostgresError):
-                    conn.terminate()
-
     def _require_open(self) -> asyncpg.Pool:
         if self._pool is None:
             raise StoreError(f"metadata database {self.where} is not open")
@@ -137,6 +114,10 @@ class PostgresStore(Store):
     async def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
         async with self._writing(doing) as conn:
             await conn.execute(postgres_sql(sql), *params)
+
+    async def _write_returning(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        async with self._writing(doing) as conn:
+            return [dict(r) for r in await conn.fetch(postgres_sql(sql), *params)]
 
     async def _execute_many(self, doing: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self._writing(doing) as conn, conn.transaction():

@@ -82,6 +82,59 @@ class HostActivity:
     bytes_done: int  # source bytes of the successes in the window
 
 
+@dataclass(frozen=True)
+class RunLease:
+    """One run in a catalog several runs share: who it is and which local dir it works on (its `dir_identity`)."""
+
+    run_id: str
+    dir_id: str
+    host_id: str | None
+    pid: int
+    local_dir: str  # as this host names it
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An entry a run got the claim of; `previous_run`/`previous_operation`: whose lapsed claim it took over."""
+
+    entry: str
+    previous_run: str | None = None
+    previous_operation: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSeen:
+    """A run as the catalog holds it (`amgmt fleet`); times in seconds since the epoch by the database's clock."""
+
+    run_id: str
+    dir_id: str
+    host_id: str | None
+    pid: int
+    local_dir: str
+    started_at: float
+    heartbeat_at: float
+    ended_at: float | None
+    alive: bool  # its lease still runs
+    in_flight: int  # entries it holds the claim of now
+    now: float  # the database's clock when read
+
+
+def run_seen(row: Mapping[str, Any]) -> RunSeen:
+    return RunSeen(
+        run_id=row["run_id"],
+        dir_id=row["dir_id"],
+        host_id=row["host_id"],
+        pid=int(row["pid"]),
+        local_dir=row["local_dir"],
+        started_at=float(row["started_at"]),
+        heartbeat_at=float(row["heartbeat_at"]),
+        ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
+        alive=bool(row["alive"]),
+        in_flight=int(row["in_flight"]),
+        now=float(row["now"]),
+    )
+
+
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's bound-parameter limit
 
 OPERATION_COLUMNS: tuple[str, ...] = UPLOAD_FIELDS

@@ -127,6 +127,40 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (operation_id, path)
     ) WITHOUT ROWID;
     """,
+    # 7: runs and entry claims in a catalog several runs share (PostgreSQL; the tables exist on SQLite too, unused):
+    # each run's lease (renewed while it runs), and the claim of each entry of a local dir by exactly one run
+    # (upload/claims.py). Times are seconds since the epoch by the database's clock (`amgmt_now()`), so hosts whose
+    # clocks disagree agree on when a lease ran out.
+    """
+    CREATE TABLE runs (
+        run_id       TEXT PRIMARY KEY,
+        dir_id       TEXT NOT NULL,  -- the local dir's id (local/runlock.py dir_identity)
+        host_id      TEXT,
+        pid          INTEGER NOT NULL,
+        local_dir    TEXT NOT NULL,  -- as this host names it
+        started_at   REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        expires_at   REAL NOT NULL,
+        ended_at     REAL
+    );
+    CREATE INDEX ix_runs_heartbeat ON runs (heartbeat_at);
+
+    CREATE TABLE entry_claims (
+        dir_id             TEXT NOT NULL,
+        entry              TEXT NOT NULL,  -- the entry's name in the local dir (record text)
+        run_id             TEXT NOT NULL,  -- the run holding it, or the last one that did
+        host_id            TEXT,
+        operation_id       TEXT,  -- the holder's upload of the entry
+        claimed_at         REAL NOT NULL,
+        expires_at         REAL NOT NULL,  -- the holder's lease: renewed while the entry is in flight
+        released_at        REAL,  -- set when the holder ended the entry (NULL while held, or abandoned)
+        previous_run       TEXT,  -- the run whose lapsed claim this one took over, if any
+        previous_operation TEXT,
+        PRIMARY KEY (dir_id, entry)
+    );
+    CREATE INDEX ix_entry_claims_run ON entry_claims (run_id);
+    CREATE INDEX ix_entry_claims_operation ON entry_claims (operation_id);
+    """,
 )
 
 

@@ -133,6 +133,11 @@ class MetadataStore(Store):
     async def _execute_many(self, doing: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._run(doing, lambda conn: conn.executemany(sql, rows), immediate=True)
 
+    async def _write_returning(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        return await self._run(
+            doing, lambda conn: [dict(r) for r in conn.execute(sql, params).fetchall()], immediate=True
+        )
+
     async def _fetch(self, doing: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         return await self._run(doing, lambda conn: [dict(r) for r in conn.execute(sql, params).fetchall()])
 

@@ -23,13 +23,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from amgmt.config import Settings
 from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, UploadError
 from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
-from amgmt.local.runlock import RunLock
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.naming import display
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.store import Store, metadata_store, store_exists
 from amgmt.text import counted
+from amgmt.upload.claims import ClaimItem, RunClaims, run_lease
 from amgmt.upload.compressor import CompressionPool, Compressor
 from amgmt.upload.hooks import EntryHook
 from amgmt.upload.lane import BATCH_SIZE, BATCHES_IN_FLIGHT, SmallBatch, is_small
@@ -38,8 +38,8 @@ from amgmt.upload.pipeline import EntryPipeline, PipelineContext
 from amgmt.upload.recovery import (
     Cleanup,
     abort_stale_multiparts,
-    catalog_lock,
     close_interrupted,
+    dir_lock,
     remove_stale_staging,
 )
 from amgmt.upload.report import BatchReport
@@ -76,7 +76,7 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
             and store.made_here(record)
         )
 
-    with RunLock(settings.local_dir):
+    with dir_lock(settings):
         async with metadata_store(settings) as store:
             chosen = [await store.get_operation(op_id) for op_id in ids]
             if failed:
@@ -110,15 +110,19 @@ async def retry_targets(settings: Settings, *, ids: list[str], failed: bool) -> 
 # -- the run --------------------------------------------------------------------------------------------------
 
 
-async def recover_interrupted(settings: Settings, store: Store, s3: S3Bucket, entries: list[Path]) -> Cleanup:
-    """Before any entry starts (the run lock is held): close records of a run that died, remove its staging
-    archives, and abort multipart uploads to this run's keys that the journal does not know (a crash between
-    create and journal). Journaled open uploads are kept: their entries resume them."""
+async def recover_interrupted(
+    settings: Settings, store: Store, s3: S3Bucket, entries: list[Path], claims: RunClaims | None = None
+) -> Cleanup:
+    """Before any entry starts (the run lock is held, or with a shared catalog under the entries' claims): close
+    records of a run that died, remove its staging archives, and abort multipart uploads to this run's keys that
+    the journal does not know (a crash between create and journal; not with a shared catalog, where such an upload
+    may be another run's between the two: `amgmt cleanup` removes those once older than --older-than). Journaled
+    open uploads are kept: their entries resume them."""
     found = Cleanup()
-    await close_interrupted(settings, store, found)
+    await close_interrupted(settings, store, found, claims=claims)
     await remove_stale_staging(settings.staging_dir, store, found)
     keys = {entry_key(settings, p) for p in entries}
-    if keys:
+    if keys and claims is None:
         await abort_stale_multiparts(s3, store, settings.object_prefix, found, keys=keys, keep_journaled=True)
     return found
 
@@ -186,6 +190,7 @@ class OpenRun:
     store: Store
     recovery: Cleanup
     compress: Compressor
+    claims: RunClaims | None = None  # a catalog several runs share: the run's lease and the claims of its entries
 
     def pipeline_context(
         self,
@@ -207,6 +212,7 @@ class OpenRun:
             reporter=reporter,
             overwrite=overwrite,
             command_args=command_args,
+            claims=self.claims,
         )
 
 
@@ -219,28 +225,29 @@ async def open_run(
     compressor: Compressor | None = None,
     credentials: tuple[str, str] | None = None,
 ) -> AsyncIterator[OpenRun]:
-    """Lock the local dir (BusyError when another run holds it), connect, check the bucket, create the private
+    """Lock the local dir (BusyError when another run holds it; with a shared catalog, register the run's lease
+    instead: upload/claims.py), connect, check the bucket, create the private
     dirs, open the store, repair what a dead run left (`entries`: the keys whose unjournaled multipart uploads
     are aborted) and start the compression pool (unless a `compressor` is given), in that order; all of it is held
     until the block ends."""
     options = ClientOptions.from_settings(settings, max_connections=settings.parts_in_flight + 2 * workers + 4)
     if credentials is not None:
         options = replace(options, local_credentials=credentials)
-    with RunLock(settings.local_dir):
+    with dir_lock(settings):
         async with S3Bucket.connect(options) as s3:
             await s3.check_bucket()  # before anything is created on disk
             _private_dir(settings.db_path.parent)
             _private_dir(settings.staging_dir)
-            async with metadata_store(settings) as store, catalog_lock(settings, store):
+            async with metadata_store(settings) as store, run_lease(settings, store) as claims:
                 try:
-                    recovery = await recover_interrupted(settings, store, s3, entries)
+                    recovery = await recover_interrupted(settings, store, s3, entries, claims)
                 except UploadError as exc:  # before any entry: nothing else could do better
                     raise StorageError(f"the endpoint does not answer like S3: {exc}") from exc
                 if compressor is not None:
-                    yield OpenRun(settings, s3, store, recovery, compressor)
+                    yield OpenRun(settings, s3, store, recovery, compressor, claims)
                 else:
                     async with CompressionPool(anyio.CapacityLimiter(os.cpu_count() or 1)) as pool:
-                        yield OpenRun(settings, s3, store, recovery, pool)
+                        yield OpenRun(settings, s3, store, recovery, pool, claims)
 
 
 async def run_entries(
@@ -250,11 +257,13 @@ async def run_entries(
     workers: int,
     finished: Callable[[PlannedEntry, UploadRecord], None],
     taking: Callable[[], bool] | None = None,
+    left: Callable[[PlannedEntry], None] | None = None,
     lookahead: bool = True,
 ) -> AmgmtError | None:
     """The one fan-out of entries: `workers` tasks take entries from the stream until it is closed and empty, each
     through the whole pipeline; `finished` gets every entry with its record, however it ended. An entry taken while
-    `taking()` is false is left alone (never started: no record). The first run-wide error cancels the other
+    `taking()` is false is left alone (never started: no record); so is one another run holds (a catalog several
+    runs share: upload/claims.py), given to `left`. The first run-wide error cancels the other
     workers (their entries are recorded cancelled) and is returned.
 
     Small entries (`MGMT_SMALL_ENTRY_SIZE`) go to the small-entry lane instead (upload/lane.py): batches of them,
@@ -294,6 +303,13 @@ async def run_entries(
                     continue
                 pipeline = EntryPipeline(ctx, entry)
                 try:
+                    if not await _claimed(ctx, [pipeline], left):
+                        continue  # another run holds it, or ended it meanwhile
+                except AmgmtError as exc:  # run-wide (the database): stop every worker, one clear message
+                    stopped.append(exc)
+                    scope.cancel()
+                    return
+                try:
                     await pipeline.run()
                 except AmgmtError as exc:  # run-wide: stop every worker, one clear message
                     stopped.append(exc)
@@ -301,6 +317,7 @@ async def run_entries(
                     return
                 finally:
                     ended(entry, pipeline.record)
+                    await _release(ctx, [pipeline])
 
     async def gather(
         queue: MemoryObjectReceiveStream[PlannedEntry], batches: MemoryObjectSendStream[list[PlannedEntry]]
@@ -331,14 +348,23 @@ async def run_entries(
                     continue
                 batch = SmallBatch(ctx, taken, requests)
                 try:
+                    batch.pipelines = await _claimed(ctx, batch.pipelines, left)  # one statement for the batch
+                except AmgmtError as exc:  # run-wide (the database): stop every worker, one clear message
+                    stopped.append(exc)
+                    scope.cancel()
+                    return
+                if not batch.pipelines:
+                    continue
+                try:
                     await batch.run()
                 except AmgmtError as exc:  # run-wide: stop every worker, one clear message
                     stopped.append(exc)
                     scope.cancel()
                     return
                 finally:
-                    for entry, pipeline in zip(taken, batch.pipelines, strict=True):
-                        ended(entry, pipeline.record)
+                    for pipeline in batch.pipelines:
+                        ended(pipeline.planned, pipeline.record)
+                    await _release(ctx, batch.pipelines)
 
     async def route(large: MemoryObjectSendStream[PlannedEntry], small: MemoryObjectSendStream[PlannedEntry]) -> None:
         """Small entries to the lane, the others to the workers. With `lookahead`, both queues take whatever comes
@@ -369,6 +395,32 @@ async def run_entries(
             receive_large.close()
             receive_batch.close()
     return stopped[0] if stopped else None
+
+
+async def _claimed(
+    ctx: PipelineContext, pipelines: list[EntryPipeline], left: Callable[[PlannedEntry], None] | None
+) -> list[EntryPipeline]:
+    """With a shared catalog, those of the entries this run got the claim of (upload/claims.py), the others given
+    to `left`; all without."""
+    if ctx.claims is None:
+        return pipelines
+    items = [ClaimItem(p.record.target_name, p.record.operation_id, p.entry) for p in pipelines]
+    now = anyio.current_time()
+    mine = {item.operation_id for item in await ctx.claims.claim(items)}
+    for pipeline in pipelines:
+        if pipeline.record.operation_id in mine:
+            # A claim is a fresh lease, as a fence's renewal is: it stands for one for half a lease.
+            pipeline._fenced_until = now + ctx.claims.seconds / 2
+    if left is not None:
+        for pipeline in pipelines:
+            if pipeline.record.operation_id not in mine:
+                left(pipeline.planned)
+    return [p for p in pipelines if p.record.operation_id in mine]
+
+
+async def _release(ctx: PipelineContext, pipelines: list[EntryPipeline]) -> None:
+    if ctx.claims is not None:
+        await ctx.claims.release([p.record for p in pipelines])
 
 
 @dataclass
@@ -455,6 +507,11 @@ class _BatchRun:
             command_args=self.command_args,
         )
         planned = plan(settings, self.entries)  # each entry walked once, here; the pipeline takes it from the plan
+        if run.claims is not None and planned:
+            # Runs sharing the folder each start at another place of the list (by their run id), instead of
+            # all claiming the same entries at once and each leaving most of them to the others.
+            start = int(run.claims.lease.run_id, 16) % len(planned)
+            planned = planned[start:] + planned[:start]
         self.reporter.add_work(len(planned), sum(p.size for p in planned))
         send, receive = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=self.concurrency)
 
@@ -470,9 +527,13 @@ class _BatchRun:
             if self.stop is not None:
                 outer.start_soon(_stop_when, self.stop, outer.cancel_scope, report)
             outer.start_soon(produce)
-            error = await run_entries(
-                ctx, receive, workers=self.concurrency, finished=lambda _, record: report.add(record)
-            )
+            try:
+                error = await run_entries(
+                    ctx, receive, workers=self.concurrency, finished=lambda _, record: report.add(record)
+                )
+            finally:
+                if run.claims is not None:
+                    report.elsewhere = list(run.claims.elsewhere)
             if error is not None:
                 report.aborted, report.aborted_exit = str(error), error.exit_code
             outer.cancel_scope.cancel()  # the workers are done: stop waiting for a stop

@@ -29,7 +29,7 @@ from amgmt.local.archive import ArchiveResult
 from amgmt.local.entries import PlannedEntry
 from amgmt.models import OperationStatus, Stage, UploadRecord
 from amgmt.upload.compressor import CompressionPool
-from amgmt.upload.pipeline import EntryPipeline, PipelineContext, enter_all, finalise_all
+from amgmt.upload.pipeline import EntryPipeline, PipelineContext, enter_all, fence_all, finalise_all
 from amgmt.upload.records import record_moved
 
 BATCH_SIZE = 64  # entries per batch: one compression job, one transaction per stage change, one move hand-over
@@ -81,8 +81,9 @@ class SmallBatch:
         alive = await self._compress(alive)
         self._took(alive, Stage.COMPRESS, started)
         alive = await self._step(alive, self._unless_uploaded, None)
-        # 4. upload
+        # 4. upload (the claims of the batch checked in one statement first, with a shared catalog)
         started = await enter_all(alive, Stage.UPLOAD)
+        alive = await self._settle(alive, await fence_all(alive, "writing the key"))
         alive = await self._step(alive, self._requesting(lambda p: p._upload()), None)
         self._took(alive, Stage.UPLOAD, started)
         # 5. verify
@@ -93,6 +94,7 @@ class SmallBatch:
         warnings: dict[int, str] = {}
         if ctx.settings.completed_enabled:
             started = await enter_all(alive, Stage.MOVE)
+            alive = await self._settle(alive, await fence_all(alive, "moving the original"))
             alive = await self._move(alive, warnings)
             self._took(alive, Stage.MOVE, started)
         # 7. persist; 8. cleanup and the last save

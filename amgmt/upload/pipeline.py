@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from amgmt.checksums import StoredChecksum
 from amgmt.config import Settings
 from amgmt.errors import (
     AmgmtError,
+    ClaimLostError,
     CompressionError,
     EntryError,
     MoveError,
@@ -52,6 +54,7 @@ from amgmt.parts import MAX_SINGLE_PUT, archive_size_bound, plan_part_size
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ObjectOptions, S3Bucket
 from amgmt.store import Store
+from amgmt.upload.claims import RunClaims
 from amgmt.upload.compressor import Compressor
 from amgmt.upload.ownership import (
     KnownKeys,
@@ -94,6 +97,8 @@ class PipelineContext:
     user: str | None = field(default_factory=current_user)
     # One /proc scan for writers serves every move of the run that asked before it started.
     find_writers: SharedScan = field(default_factory=SharedScan)
+    # A catalog several runs share: this run's claims of its entries, checked before every irreversible step.
+    claims: RunClaims | None = None
 
 
 class EntryPipeline:
@@ -125,6 +130,7 @@ class EntryPipeline:
         self._reported = 0  # source-equivalent bytes already reported to the progress bar
         self._sent = 0  # archive bytes sent so far, and the whole percentage of the archive they make
         self._percent = 0
+        self._fenced_until = -math.inf  # (event loop clock) until when the last fence vouches for the claim
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -173,6 +179,11 @@ class EntryPipeline:
         """Record how `exc` ended the entry; True when it must propagate after the final save (a run-wide error,
         a bug, a cancellation), False for the entry's own failure (the batch goes on)."""
         record = self.record
+        if isinstance(exc, ClaimLostError):
+            # Another run holds the entry now and ends it: nothing irreversible was done here.
+            record.finish(OperationStatus.CANCELLED, error=f"{record.stage}: {exc}")
+            record.metadata["claim_lost"] = True
+            return False
         if isinstance(exc, SourceChangedError):
             # Uploaded and verified as packed, but the original is no longer that: it stays (or is put back) local.
             record.finish(OperationStatus.CHANGED, error=f"{exc.stage}: {exc}")
@@ -249,6 +260,7 @@ class EntryPipeline:
         warning: str | None = None
         if self.ctx.settings.completed_enabled:
             started = await self._enter(Stage.MOVE)
+            await self._fence("moving the original")
             warning = await self._move()
             self._took(Stage.MOVE, started)
         # 7. persist (the final save happens in _finalise, after 8. cleanup)
@@ -320,6 +332,7 @@ class EntryPipeline:
             record.metadata["reused_existing_object"] = False
             record.metadata["replaced_unverifiable_object"] = str(exc)
             await self._enter(Stage.UPLOAD)
+            self._fenced_until = -math.inf  # this PUT replaces an object: the claim checked again right before it
             result = await self._sender().send(None, if_absent=False, takeover=None)
             self._sent_checksum = result.checksum
             await self._enter(Stage.VERIFY)
@@ -447,7 +460,19 @@ class EntryPipeline:
             self.staging,
             self._progress,
             ObjectOptions.from_settings(ctx.settings),
+            fence=functools.partial(self._fence, "writing the key") if ctx.claims is not None else None,
         )
+
+    async def _fence(self, doing: str) -> None:
+        """With a shared catalog, before an irreversible step: ClaimLostError unless this run still holds the
+        entry's claim. A fence renews the claim for a whole lease, so one within the last half lease (by this
+        process's clock: a stall makes it run past) stands for it; else the database is asked."""
+        claims = self.ctx.claims
+        if claims is None or anyio.current_time() < self._fenced_until:
+            return
+        now = anyio.current_time()
+        await claims.check(self.record.target_name, doing)
+        self._fenced_until = now + claims.seconds / 2
 
     async def _verify(self) -> None:
         assert self.archive is not None
@@ -570,3 +595,24 @@ async def finalise_all(pipelines: Sequence[EntryPipeline], *, must_save: bool, c
         finally:
             for pipeline in pipelines:
                 ctx.reporter.entry_done(pipeline.record)
+
+
+async def fence_all(pipelines: Sequence[EntryPipeline], doing: str) -> dict[int, BaseException | None]:
+    """With a shared catalog, the fence of many entries in one statement (EntryPipeline._fence; only those whose last
+    claim or fence is older than half a lease): a ClaimLostError for each entry whose claim another run took over (by
+    id of its pipeline), none for the others."""
+    if not pipelines or pipelines[0].ctx.claims is None:
+        return {}
+    claims = pipelines[0].ctx.claims
+    now = anyio.current_time()
+    due = [p for p in pipelines if now >= p._fenced_until]  # the others' last claim or fence stands for one
+    if not due:
+        return {}
+    lost = await claims.fence([p.record.target_name for p in due])
+    ended: dict[int, BaseException | None] = {}
+    for pipeline in due:
+        if pipeline.record.target_name in lost:
+            ended[id(pipeline)] = claims.lost(doing)
+        else:
+            pipeline._fenced_until = now + claims.seconds / 2
+    return ended

@@ -1,17 +1,18 @@
 """Repairing what interrupted runs leave behind: pending records, staging archives, open multipart uploads.
 
-Callers hold the run lock of the local dir, so nothing found here can belong to a run in progress on it.
+Callers hold the run lock of the local dir (SQLite), so nothing found here can belong to a run in progress on it; with
+a catalog several runs share (PostgreSQL), a pending record is repaired only under its entry's claim (claims.py).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
@@ -22,12 +23,15 @@ from amgmt.local.copying import remove_tree_quietly
 from amgmt.local.destinations import CompletedDir
 from amgmt.local.identity import Identity
 from amgmt.local.move_recovery import recover_move
-from amgmt.local.runlock import RunLock, dir_identity
+from amgmt.local.runlock import RunLock
 from amgmt.models import OperationRecord, OperationStatus, Stage, UploadRecord
 from amgmt.naming import display, staging_operation_id
 from amgmt.s3 import ClientOptions, S3Bucket
 from amgmt.store import JournaledUpload, Store, metadata_store
 from amgmt.text import iso_utc
+
+if TYPE_CHECKING:
+    from amgmt.upload.claims import RunClaims
 
 INTERRUPTED_REASON = "interrupted: the amgmt run that owned it stopped (killed or crashed)"
 
@@ -59,18 +63,25 @@ class Cleanup:
         return out
 
 
-def catalog_lock(settings: Settings, store: Store) -> AbstractAsyncContextManager[None]:
-    """The local dir's lock in a catalog several hosts share (PostgreSQL), beside the local flock: flock does not
-    reach the other hosts of a folder shared over NFS/SMB. Nothing for a store of this host alone."""
-    if not store.shared:
+def dir_lock(settings: Settings) -> AbstractContextManager[object]:
+    """The local dir's flock (one run per local dir) with the SQLite store; nothing with a catalog several runs share
+    (PostgreSQL): there runs of one local dir work side by side, each entry claimed by one (upload/claims.py)."""
+    if settings.db_url:
         return nullcontext()
-    return store.run_lock(dir_identity(settings.db_path.parent))
+    return RunLock(settings.local_dir)
 
 
-async def close_interrupted(settings: Settings, store: Store, found: Cleanup) -> None:
+async def close_interrupted(
+    settings: Settings, store: Store, found: Cleanup, *, claims: RunClaims | None = None
+) -> None:
     """Pending records of this local dir belong to a run that died: record them cancelled, with the reason, and
-    finish or undo the moves they were in the middle of (a dry run only says what it would do)."""
-    if found.dry_run:
+    finish or undo the moves they were in the middle of (a dry run only says what it would do).
+
+    With a catalog several runs share (`claims`), a pending record is a dead run's only when no run holds its
+    entry's claim: this run claims those entries first (a live run's are left alone), repairs them, and then
+    abandons the claims (its own entries are claimed again like any other)."""
+    repairing: list[str] = []
+    if found.dry_run or claims is not None:
         pending = await store.list_operations(status=OperationStatus.PENDING, limit=None)
         prefix = display(settings.local_dir)
         stale = [
@@ -78,23 +89,51 @@ async def close_interrupted(settings: Settings, store: Store, found: Cleanup) ->
             for r in pending
             if (r.target_path == prefix or r.target_path.startswith(prefix + "/")) and store.made_here(r)
         ]
-        found.interrupted_operations = [r.operation_id for r in stale]
+        if claims is not None and found.dry_run:
+            live = await store.claimed_operations([r.operation_id for r in stale])
+            stale = [r for r in stale if r.operation_id not in live]
+        elif claims is not None:
+            stale, repairing = await claims.hold_for_repair(stale)
+            for record in stale:
+                record.finish(OperationStatus.CANCELLED, error=f"{getattr(record, 'stage', '?')}: {INTERRUPTED_REASON}")
+                await store.save_operation(record)
     else:
         stale = await store.mark_interrupted(target_prefix=display(settings.local_dir), reason=INTERRUPTED_REASON)
-        found.interrupted_operations = [r.operation_id for r in stale]
-    for record in stale:
-        await _finish_moved(settings, store, record, found)
-    await settle_move_leftovers(settings, store, found)
+    found.interrupted_operations = [r.operation_id for r in stale]
+    try:
+        for record in stale:
+            await _finish_moved(settings, store, record, found)
+        await settle_move_leftovers(settings, store, found)
+    finally:
+        if claims is not None and repairing:
+            await claims.abandon(repairing)
 
 
-async def _finish_moved(settings: Settings, store: Store, record: OperationRecord, found: Cleanup) -> None:
+async def repair_taken_over(settings: Settings, store: Store, record: UploadRecord, source: Path, *, by: str) -> None:
+    """The pending operation of a run whose claim of the entry (at `source` on this host) lapsed and was taken over
+    by run `by`: recorded cancelled, and the move it was in the middle of finished or undone (as recovery does at
+    the start of a run for this host's own); `record` says how it ended."""
+    stage = record.stage
+    record.finish(
+        OperationStatus.CANCELLED,
+        error=f"{stage}: interrupted: the run that held this entry stopped renewing its claim (taken over by run"
+        f" {by[:8]})",
+    )
+    await store.save_operation(record)
+    await _finish_moved(settings, store, record, Cleanup(), source=source)
+
+
+async def _finish_moved(
+    settings: Settings, store: Store, record: OperationRecord, found: Cleanup, *, source: Path | None = None
+) -> None:
     """A run that died in stage 6 had already verified the object (the move starts only after verification).
     move_recovery.recover_move finishes the move when it can prove it (the record then says success, with how this
     was found out), undoes it otherwise, and records "changed" when the entry is no longer what was uploaded."""
     if not isinstance(record, UploadRecord) or record.stage != Stage.MOVE or not record.verification_method:
         return
-    raw = record.metadata.get("target_path_hex")
-    source = Path(os.fsdecode(bytes.fromhex(raw))) if raw else Path(record.target_path)
+    if source is None:
+        raw = record.metadata.get("target_path_hex")
+        source = Path(os.fsdecode(bytes.fromhex(raw))) if raw else Path(record.target_path)
     known = record.metadata.get("source_identity")
     recovery = await anyio.to_thread.run_sync(
         functools.partial(
@@ -304,14 +343,16 @@ async def cleanup(
     those of operations still in progress (a run on another local dir) are always kept. A dry run finds exactly
     what the run would remove and abort."""
     found = Cleanup(dry_run=dry_run)
-    with RunLock(settings.local_dir):
+    from amgmt.upload.claims import run_lease  # (claims.py repairs with this module's functions)
+
+    with dir_lock(settings):
         async with (
             metadata_store(settings) as store,
-            catalog_lock(settings, store),
+            run_lease(settings, store) as claims,
             S3Bucket.connect(ClientOptions.from_settings(settings)) as s3,
         ):
             await s3.check_bucket()
-            await close_interrupted(settings, store, found)
+            await close_interrupted(settings, store, found, claims=claims)
             await remove_stale_staging(settings.staging_dir, store, found)
             await abort_stale_multiparts(
                 s3,

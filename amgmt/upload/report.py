@@ -45,6 +45,8 @@ class BatchReport:
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # entries the --exclude/--include filters left out
+    # With a shared catalog: entries another run held or ended meanwhile, left to it (never started here).
+    elsewhere: list[str] = field(default_factory=list)
     planned: int = 0
     recovery: Cleanup | None = None
 
@@ -57,7 +59,9 @@ class BatchReport:
         if record.status in _UPLOADED:
             self.bytes_in += record.original_size
             self.bytes_out += record.compressed_size or 0
-        if record.status not in (OperationStatus.SUCCESS, OperationStatus.SKIPPED):
+        if record.status not in (OperationStatus.SUCCESS, OperationStatus.SKIPPED) and not record.metadata.get(
+            "claim_lost"
+        ):  # (an entry another run took over from this one ends there: not a failure of this run)
             self.failures.append(Outcome(record.operation_id, record.target_name, record.status, record.error_message))
         if self.keep_records:
             self.records.append(record)
@@ -71,7 +75,7 @@ class BatchReport:
             return ExitCode.INTERRUPTED
         if self.aborted:
             return self.aborted_exit
-        if self.failures or self.finished < self.planned:
+        if self.failures or self.finished + len(self.elsewhere) < self.planned:
             return ExitCode.ENTRY_FAILED
         return ExitCode.OK
 
@@ -90,6 +94,7 @@ class BatchReport:
             "interrupted": self.interrupted,
             "ignored": self.ignored,
             "excluded": self.excluded,
+            "elsewhere": self.elsewhere,
             "recovered": self.recovery.to_dict() if self.recovery else None,
             "exit_code": int(self.exit_code),
             "failures": [

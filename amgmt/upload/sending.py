@@ -23,6 +23,7 @@ from amgmt.s3 import (
     UploadStats,
     upload_file,
 )
+from amgmt.s3.multipart import Fence
 from amgmt.store import Store
 from amgmt.upload.ownership import operation_ended
 from amgmt.upload.records import StoreJournal
@@ -43,6 +44,7 @@ class ArchiveSender:
     options: ObjectOptions = ObjectOptions()  # MGMT_SSE, MGMT_ACL, MGMT_TAGS, MGMT_METADATA...
     # part number -> (ETag, checksum) as the journal of the upload resumable_upload chose recorded them
     journaled_parts: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    fence: Fence | None = None  # awaited right before the request that makes the object (upload/claims.py)
 
     async def send(self, resume: str | None, *, if_absent: bool, takeover: str | None) -> UploadResult:
         """The archive sent (or its upload resumed), what it cost counted into the record."""
@@ -107,6 +109,7 @@ class ArchiveSender:
             payload_sha256=self.archive.archive_sha256,  # the single PUT's body is the whole archive
             options=self.options,
             journaled_parts=self.journaled_parts if resume else None,
+            fence=self.fence,
         )
 
     async def resumable_upload(self) -> str | None:

@@ -143,6 +143,7 @@ class Watch:
                             workers=self.workers,
                             finished=self._finished,
                             taking=self._taking,
+                            left=self._left,
                             lookahead=False,  # the stream's small buffer stays the backpressure
                         )
                     tg.cancel_scope.cancel()
@@ -238,6 +239,14 @@ class Watch:
                     planned = await anyio.to_thread.run_sync(plan_entry, self.settings, entry.path)
                     entry.phase = Phase.IN_FLIGHT
                     await send.send(planned)
+
+    def _left(self, planned: PlannedEntry) -> None:
+        """Another run holds the entry (PostgreSQL): looked at again once a lease has passed (`--once`: left)."""
+        if self.options.once:
+            self.entries.forget(planned.path)
+        else:
+            self.entries.elsewhere(planned.path, time.monotonic(), self.settings.lease_seconds)
+        self._wake.set()
 
     def _finished(self, planned: PlannedEntry, record: UploadRecord) -> None:
         """A worker's entry ended: done, parked, retried later, or waiting to settle again."""

@@ -166,6 +166,14 @@ class WatchedEntries:
         self._park(entry, now)
         return Outcome(entry, "left for `amgmt retry`", failed=True)
 
+    def elsewhere(self, path: Path, now: float, delay: float) -> None:
+        """Another run holds the entry (a catalog several runs share): looked at again after `delay`; gone by then
+        (that run moved it), it is forgotten as any vanished entry."""
+        entry = self.known.get(path)
+        if entry is not None:
+            entry.phase, entry.not_before = Phase.WAITING, now + delay
+            entry.next_check = entry.not_before
+
     @staticmethod
     def _park(entry: WatchedEntry, now: float) -> None:
         """Not taken again with its content as the next look finds it (the pipeline may have touched it: a move

@@ -136,23 +136,24 @@ def test_db_migrate_refuses_a_bad_url_and_a_missing_history(amgmt) -> None:  # t
     assert run.code == 2 and "no metadata database at" in run.stderr and "pw-secret-9" not in run.stderr, run
 
 
-def test_two_runs_on_one_folder_seen_at_two_paths_exclude_each_other_in_the_catalog(  # type: ignore[no-untyped-def]
+def test_two_runs_on_one_folder_seen_at_two_paths_share_it_through_their_claims(  # type: ignore[no-untyped-def]
     amgmt, make_media, local_dir: Path, tmp_path: Path, pg_url: str
 ) -> None:
-    # One folder mounted at two paths (two hosts, NFS): flock does not reach across, the catalog's lock does. Here
-    # two folders that flock tells apart stand for the two views of one: they share the metadata dir that holds the
-    # folder's id (dir-id), as the two hosts' views of one folder do.
+    # One folder mounted at two paths (two hosts, NFS): flock does not reach across, the catalog's claims do. Here
+    # two folders stand for the two views of one: they share the metadata dir that holds the folder's id (dir-id), as
+    # the two hosts' views of one folder do. The second run starts while the first is still going (in its hook).
     make_media({"a.mp4": 1000})
     other_view = tmp_path / "mounted-elsewhere"
     other_view.mkdir()
+    (other_view / "a.mp4").write_bytes((local_dir / "a.mp4").read_bytes())
     (other_view / "b.mp4").write_bytes(b"b" * 1000)
     env = {"MGMT_DB_URL": pg_url, "MGMT_DB_PATH": str(tmp_path / "shared-metadata" / "operations.db")}
     started, release = tmp_path / "hook-started", tmp_path / "hook-release"
-    # The first run's hook holds it (and its locks) until the test has tried the second run: no sleep decides.
+    # The first run's hook holds it (its lease alive) until the test has run the second: no sleep decides.
     hook = f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done"
     first = subprocess.Popen(
-        [sys.executable, "-m", "amgmt", "upload", "all", "--hook", hook],
-        env={**os.environ, **amgmt_env(amgmt), **env, "MGMT_HOOK_TIMEOUT": "120"},
+        [sys.executable, "-m", "amgmt", "upload", "all", "--hook", hook, "--json"],
+        env={**os.environ, **amgmt_env(amgmt), **env, "MGMT_HOOK_TIMEOUT": "120", "MGMT_HOST_ID": "ingest-a"},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -163,18 +164,25 @@ def test_two_runs_on_one_folder_seen_at_two_paths_exclude_each_other_in_the_cata
         while not started.exists():
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.05)
-        run = amgmt("upload", "all", "--local-dir", str(other_view), env=env)
-        assert run.code == 5, run
-        assert "another amgmt run (on this host or another) is uploading from this local dir" in run.stderr, run
+        run = amgmt("upload", "all", "--json", "--local-dir", str(other_view), env={**env, "MGMT_HOST_ID": "b"})
+        assert run.code == 0, run
+        report = json.loads(run.stdout)
+        # a.mp4 ended in the first run before this one started (its hook runs after): no claim holds it, and its
+        # content is in the catalog already, uploaded by the other host: skipped. b.mp4 is this run's.
+        assert report["elsewhere"] == [], report
+        done = sorted((op["target_name"], op["status"]) for op in report["operations"])
+        assert done == [("a.mp4", "skipped"), ("b.mp4", "success")], report
         assert password_of(pg_url) not in run.stdout + run.stderr
-        assert (other_view / "b.mp4").exists()
+        assert not (other_view / "b.mp4").exists()
+        fleet = amgmt("fleet", "--json", env=env)
+        assert fleet.code == 0, fleet
+        alive = [(h["host_id"], r["in_flight"]) for h in json.loads(fleet.stdout) for r in h["runs"] if r["alive"]]
+        assert alive == [("ingest-a", 0)], fleet.stdout  # its entry ended (the hook runs after): nothing claimed
     finally:
         release.touch()
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, out + err
-    run = amgmt("upload", "all", "--local-dir", str(other_view), env=env)  # the lock is free again
-    assert run.code == 0, run
-    assert not (other_view / "b.mp4").exists()
+    assert [(op["target_name"], op["status"]) for op in json.loads(out)["operations"]] == [("a.mp4", "success")]
 
 
 def test_the_server_stopped_mid_run_stops_it_with_exit_4_and_a_rerun_repairs(  # type: ignore[no-untyped-def]
@@ -235,5 +243,14 @@ def test_fleet_lists_the_hosts_of_the_catalog(amgmt, make_media, local_dir: Path
     run = amgmt("fleet", env={"MGMT_DB_URL": pg_url})
     assert run.code == 0, run
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["HOST", "LAST", "SEEN", "PENDING", "DONE", "1H", "FAILED", "1H", "THROUGHPUT", "1H"]
-    assert [line.split()[0] for line in lines[1:]] == ["ingest-b", "ingest-a"]
+    assert lines[0].split() == [
+        "HOST", "LAST", "SEEN", "HEARTBEAT", "RUNS", "IN", "FLIGHT", "PENDING", "DONE", "1H", "FAILED", "1H",
+        "THROUGHPUT", "1H",
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:3]] == ["ingest-b", "ingest-a"]
+    assert lines[3] == "" and lines[4].split()[:3] == ["RUN", "HOST", "PID"]
+    assert sorted((line.split()[1], line.split()[-1]) for line in lines[5:]) == [
+        ("ingest-a", "ended"),
+        ("ingest-b", "ended"),
+    ]
+    assert all(h["runs_alive"] == 0 and h["in_flight"] == 0 and h["last_heartbeat"].endswith("Z") for h in hosts)

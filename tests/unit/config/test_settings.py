@@ -669,8 +669,8 @@ def test_describe_rows_values_and_sources(sandbox: Env) -> None:
     assert keys[:3] == ["MGMT_BUCKET", "MGMT_OBJECT_PREFIX", "MGMT_LOCAL_DIR"]
     # MGMT_EXCLUDE, MGMT_HOOK, MGMT_HOOK_TIMEOUT, MGMT_ON_CONFLICT, MGMT_SSE, MGMT_SSE_KMS_KEY_ID, MGMT_TAGS,
     # MGMT_METADATA, MGMT_ACL, MGMT_BWLIMIT (issue 15), MGMT_SETTLE_SECONDS (13), MGMT_DB_URL, MGMT_HOST_ID (14),
-    # MGMT_SMALL_ENTRY_SIZE (12)
-    assert len(keys) == len(set(keys)) == 37
+    # MGMT_SMALL_ENTRY_SIZE (12), MGMT_LEASE_SECONDS (14)
+    assert len(keys) == len(set(keys)) == 38
     assert all(key.startswith("MGMT_") for key in keys)
     table = {key: (value, source) for key, value, source in rows}
     assert table["MGMT_BUCKET"] == ("media-bucket", "flag")
@@ -798,3 +798,11 @@ def test_host_id_defaults_to_the_host_name(sandbox: Env) -> None:
     assert sandbox.load(env={"MGMT_HOST_ID": ""}).host_id == socket.gethostname()
     assert "control characters" in config_error(sandbox, env={"MGMT_HOST_ID": "a\nb"})
     assert "1 to 255 characters" in config_error(sandbox, env={"MGMT_HOST_ID": "h" * 256})
+
+
+def test_lease_seconds_default_and_bounds(sandbox: Env) -> None:
+    assert sandbox.load().lease_seconds == 60.0
+    assert sandbox.load(env={"MGMT_LEASE_SECONDS": "2.5"}).lease_seconds == 2.5
+    for bad in ("0.5", "3601", "-1", "soon"):
+        message = config_error(sandbox, env={"MGMT_LEASE_SECONDS": bad})
+        assert "MGMT_LEASE_SECONDS" in message and ("1 to 3600" in message or "greater than 0" in message), message

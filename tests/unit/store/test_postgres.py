@@ -17,7 +17,7 @@ import pytest
 
 from amgmt.bench.localserver import free_port
 from amgmt.errors import ExitCode, StoreError
-from amgmt.store import schema
+from amgmt.store import RunLease, schema
 from amgmt.store.dialect import postgres_migration, postgres_sql
 from amgmt.store.postgres import PostgresStore
 from amgmt.text import redacted_url
@@ -176,39 +176,25 @@ async def test_the_server_stopped_mid_run_gives_store_error_on_the_next_write_an
 
 
 @pytest.mark.pg
-async def test_the_run_lock_of_a_local_dir_is_held_once_in_the_catalog(pg_url: str) -> None:
-    from amgmt.errors import BusyError
+async def test_runs_claiming_the_same_entries_at_once_get_each_entry_exactly_once(pg_url: str) -> None:
+    # Four runs (a store, a pool of connections each, as four processes have) claim the same 400 entries at once,
+    # in batches of 1 to 64 and in different orders: INSERT .. ON CONFLICT DO UPDATE .. WHERE gives each entry to one.
+    names = [f"e{i:03d}" for i in range(400)]
+    got: dict[str, list[str]] = {}
 
-    async with PostgresStore(pg_url) as first, PostgresStore(pg_url) as second:
-        assert first.shared and second.shared
-        async with first.run_lock("a" * 32):
-            with pytest.raises(
-                BusyError, match=r"^another amgmt run \(on this host or another\) is uploading from this"
-            ):
-                async with second.run_lock("a" * 32):
-                    pytest.fail("taken twice")
-            async with second.run_lock("b" * 32):  # another local dir: its own lock
-                pass
-        async with second.run_lock("a" * 32):  # released at the end of the block
-            pass
+    async def run(number: int) -> None:
+        async with PostgresStore(pg_url) as store:
+            lease = RunLease(f"run{number}", "dir", f"host{number}", number, "/media")
+            started = await store.register_run(lease, seconds=60)
+            order = names[number::1] + names[:number] if number % 2 else names[::-1]
+            size = 1 + 21 * number
+            for at in range(0, len(order), size):
+                batch = [(name, f"op-{number}-{name}") for name in order[at : at + size]]
+                for name in await store.claim_entries(lease, batch, seconds=60, started=started):
+                    got.setdefault(name, []).append(lease.run_id)
 
-
-@pytest.mark.pg
-async def test_a_run_lock_whose_connection_died_is_free_again(pg_url: str) -> None:
-    # A host that dies takes its connection with it: the server drops the lock (here: the backend is killed).
-    async with PostgresStore(pg_url) as holder, PostgresStore(pg_url) as other:
-        async with holder.run_lock("c" * 32):
-            rows = await other._fetch(
-                "test",
-                "SELECT pg_terminate_backend(pid) AS gone FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND pid <> pg_backend_pid()",
-                [],
-            )
-            assert rows == [{"gone": True}]
-            with anyio.fail_after(10):
-                while True:
-                    try:
-                        async with other.run_lock("c" * 32):
-                            break
-                    except Exception:  # noqa: BLE001 -- until the server has ended the killed session
-                        await anyio.sleep(0.05)
+    async with anyio.create_task_group() as tg:
+        for number in range(4):
+            tg.start_soon(run, number)
+    assert sorted(got) == names and all(len(runs) == 1 for runs in got.values())
+    assert len(set(r for runs in got.values() for r in runs)) >= 2  # (they did race)

@@ -727,3 +727,56 @@ async def test_aiosqlite_private_api_is_still_there(sqlite_store: MetadataStore)
     await db.create_function("probe_thread", 0, threading.get_ident)
     public_ident = next(iter(await db.execute_fetchall("SELECT probe_thread()")))[0]
     assert ident == public_ident != threading.get_ident(), moved
+
+
+async def test_claims_one_holder_takeover_after_the_lease_fence_and_release(store: Store) -> None:
+    from amgmt.store import Claimed, RunLease
+
+    a = RunLease("run-a", "dir-1", "host-a", 11, "/media")
+    b = RunLease("run-b", "dir-1", "host-b", 22, "/mnt/media")
+    a_started = await store.register_run(a, seconds=60)
+    got = await store.claim_entries(a, [("x.mov", "op-ax"), ("y.mov", "op-ay"), ("z.mov", "op-az")], seconds=60,
+                                    started=a_started)  # fmt: skip
+    assert set(got) == {"x.mov", "y.mov", "z.mov"} and got["x.mov"] == Claimed("x.mov")
+    b_started = await store.register_run(b, seconds=60)
+    # Held by a live run: B gets none of them; an entry of another local dir is another claim.
+    assert await store.claim_entries(b, [("x.mov", "op-bx"), ("y.mov", "op-by")], seconds=60, started=b_started) == {}
+    other_dir = RunLease("run-b", "dir-2", "host-b", 22, "/mnt/other")
+    assert set(await store.claim_entries(other_dir, [("x.mov", "op-b2")], seconds=60, started=b_started)) == {"x.mov"}
+    # A ends x (released after B started: B leaves it, it was done meanwhile) and abandons y (cancelled: anyone may
+    # take it, as a takeover of A's operation); z's lease runs out (A stalls: its claims made to lapse here).
+    await store.release_entries(a, ["x.mov"], abandon=["y.mov"])
+    await store._execute("test", "UPDATE entry_claims SET expires_at = amgmt_now() - 1 WHERE entry = 'z.mov'", [])
+    got = await store.claim_entries(
+        b, [("x.mov", "op-bx"), ("y.mov", "op-by"), ("z.mov", "op-bz")], seconds=60, started=b_started
+    )
+    assert got == {
+        "y.mov": Claimed("y.mov", "run-a", "op-ay"),
+        "z.mov": Claimed("z.mov", "run-a", "op-az"),
+    }
+    # Fencing: A no longer holds z (B took it over); B does, and the fence renews it.
+    assert await store.fence_entries(a, ["z.mov"], seconds=60) == set()
+    assert await store.fence_entries(b, ["y.mov", "z.mov", "x.mov"], seconds=60) == {"y.mov", "z.mov"}
+    assert await store.claimed_operations(["op-ax", "op-ay", "op-az", "op-by"]) == {"op-ax", "op-by"}
+    # A's renewals do not take anything back; its release of z touches nothing (the claim is B's).
+    assert await store.renew_run("run-a", seconds=60) == 0
+    await store.release_entries(a, ["z.mov"])
+    assert await store.fence_entries(b, ["z.mov"], seconds=60) == {"z.mov"}
+    # A run that starts after x was released may take it again (a re-run); B may re-claim what it released itself.
+    c = RunLease("run-c", "dir-1", "host-a", 33, "/media")
+    c_started = await store.register_run(c, seconds=60)
+    assert set(await store.claim_entries(c, [("x.mov", "op-cx")], seconds=60, started=c_started)) == {"x.mov"}
+    await store.release_entries(b, ["y.mov"])
+    assert set(await store.claim_entries(b, [("y.mov", "op-by2")], seconds=60, started=b_started)) == {"y.mov"}
+    # The fleet's view: B holds 2 (y again, z), C 1 (x); ending a run abandons what it holds.
+    seen = {r.run_id: r for r in await store.recent_runs(within=3600)}
+    assert {k: (r.alive, r.in_flight) for k, r in seen.items()} == {
+        "run-a": (True, 0),
+        "run-b": (True, 3),  # y, z and x of dir-2
+        "run-c": (True, 1),
+    }
+    await store.end_run("run-b")
+    seen = {r.run_id: r for r in await store.recent_runs(within=3600)}
+    assert (seen["run-b"].alive, seen["run-b"].in_flight, seen["run-b"].ended_at is not None) == (False, 0, True)
+    got = await store.claim_entries(a, [("z.mov", "op-az2")], seconds=60, started=a_started)
+    assert got == {"z.mov": Claimed("z.mov", "run-b", "op-bz")}

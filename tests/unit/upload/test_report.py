@@ -52,3 +52,17 @@ def test_records_are_kept_when_asked_and_an_unfinished_run_is_not_ok() -> None:
     assert report.exit_code == ExitCode.ENTRY_FAILED  # one of two planned entries never ended
     report.add(ended("b.mov", OperationStatus.SUCCESS))
     assert report.exit_code == ExitCode.OK
+
+
+def test_entries_left_to_other_runs_and_one_taken_over_are_no_failure() -> None:
+    report = BatchReport(planned=3)
+    report.add(ended("a.mov", OperationStatus.SUCCESS))
+    lost = ended("b.mov", OperationStatus.CANCELLED)
+    lost.metadata["claim_lost"] = True  # another run took it over: it ends there
+    report.add(lost)
+    assert report.exit_code == ExitCode.ENTRY_FAILED  # c.mov neither ended nor was left to another run
+    report.elsewhere.append("c.mov")
+    assert report.exit_code == ExitCode.OK and report.failures == []
+    assert report.to_dict()["elsewhere"] == ["c.mov"]
+    report.add(ended("d.mov", OperationStatus.CANCELLED))  # a cancelled entry of its own is one
+    assert report.exit_code == ExitCode.ENTRY_FAILED

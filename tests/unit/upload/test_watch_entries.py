@@ -67,3 +67,13 @@ def test_an_entry_removed_while_its_writers_were_looked_for_is_not_queued(tmp_pa
     entries.listed([], 1.6)  # a rescan in between: it is gone
     entries.held(path, "pid 1 (x)", 1.7)
     assert entries.make_ready(settled, 1.7) is False and entries.next_ready() is None
+
+
+def test_an_entry_another_run_holds_is_looked_at_again_after_a_lease(tmp_path: Path) -> None:
+    entries = _entries()
+    path = tmp_path / "a.mov"
+    entries.listed([path], 0.0)
+    entries.known[path].phase = Phase.IN_FLIGHT
+    entries.elsewhere(path, 5.0, 60.0)
+    assert entries.known[path].phase == Phase.WAITING
+    assert entries.due(64.0) == [] and entries.due(65.0) == [path]
