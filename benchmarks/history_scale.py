@@ -29,6 +29,7 @@ from amgmt.store import MetadataStore
 from amgmt.store.records import UPSERT_FILE_RECORD, UPSERT_OPERATION, file_row, operation_row
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HOSTS = ("ingest-1", "ingest-2", "ingest-3", "edit-1")  # MGMT_HOST_ID of each operation, in turn
 BATCH = 20_000
 
 
@@ -45,6 +46,7 @@ def _records(count: int) -> Iterator[OperationRecord]:
                 target_name=f"{name}.tar.gz",
                 started_at=started,
                 status=OperationStatus.SUCCESS,
+                host_id=HOSTS[i % len(HOSTS)],
             )
             continue
         status = OperationStatus.FAILED if i % 50 == 7 else OperationStatus.SUCCESS
@@ -60,6 +62,7 @@ def _records(count: int) -> Iterator[OperationRecord]:
             checksum_original=f"{i:064x}",
             user="editor",
             command_args={"command": "upload all", "concurrency": 8},
+            host_id=HOSTS[i % len(HOSTS)],
         )
         for role, location in (
             (FileRole.SOURCE, Location.LOCAL),

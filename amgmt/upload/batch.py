@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -454,15 +455,17 @@ class _BatchRun:
             overwrite=self.overwrite,
             command_args=self.command_args,
         )
-        planned = plan(settings, self.entries)  # each entry walked once, here; the pipeline takes it from the plan
+        # Each entry walked once, here; the pipeline takes it from the plan. The plan is handed out as a queue, so
+        # that an entry's plan is gone once the entry has ended (no per-entry state outlives its entry).
+        planned = deque(plan(settings, self.entries))
         self.reporter.add_work(len(planned), sum(p.size for p in planned))
         send, receive = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=self.concurrency)
 
         async def produce() -> None:
             async with send:
-                for entry in planned:
+                while planned:
                     try:
-                        await send.send(entry)
+                        await send.send(planned.popleft())
                     except anyio.BrokenResourceError:  # the workers stopped on a run-wide error
                         return
 
