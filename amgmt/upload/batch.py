@@ -27,6 +27,7 @@ from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
 from amgmt.local.runlock import RunLock
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.naming import display
+from amgmt.parts import archive_size_bound
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.store import Store, metadata_store, store_exists
@@ -198,12 +199,19 @@ class OpenRun:
     ) -> PipelineContext:
         """What every entry of this run shares: the byte budget, the compression limiter, the claimed keys."""
         settings = self.settings
+        small_body = archive_size_bound(settings.small_entry_size, 1) if settings.small_entry_size > 0 else 0
         return PipelineContext(
             keys=keys,
             settings=settings,
             store=self.store,
             s3=self.s3,
-            budget=ByteBudget(settings.parts_in_flight * settings.part_size),
+            budget=ByteBudget(
+                settings.parts_in_flight * settings.part_size,
+                # The small-entry lane's PUTs have a budget of their own (a body each, `concurrency` at once), so
+                # that a large upload's parts, which fill the shared one, do not hold them back.
+                small_body=small_body,
+                small_limit=settings.concurrency * small_body,
+            ),
             compress=self.compress,
             reporter=reporter,
             overwrite=overwrite,
