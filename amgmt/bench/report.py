@@ -98,6 +98,13 @@ class RunResult:
     def compression_ratio(self) -> float | None:
         return self.source_bytes / self.archive_bytes if self.archive_bytes else None
 
+    @property
+    def cpu_ms_per_entry(self) -> float | None:
+        """The client's CPU (this process and its workers) per entry done, in milliseconds: the figure of the small
+        data set, where the per-entry work (requests, records, hand-overs) outweighs the bytes."""
+        cpu_seconds = self.usage.client_cpu_seconds
+        return cpu_seconds * 1000 / self.entries_ok if self.entries_ok else None
+
     def stage_breakdown(self) -> dict[str, float]:
         """Seconds per stage the run timed, summed over entries, plus OTHER: entry time outside those stages
         (the final record save, waiting for a worker thread...), when the entries' durations are known."""
@@ -129,6 +136,7 @@ class RunResult:
             "mib_per_second": round(self.mib_per_second, 3),
             "entries_per_second": round(self.entries_per_second, 3),
             "compression_ratio": round(ratio, 4) if ratio else None,
+            "cpu_ms_per_entry": round(per_entry, 3) if (per_entry := self.cpu_ms_per_entry) is not None else None,
             **self.usage.to_dict(),
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_breakdown().items()},
             "stage_shares": {k: round(v, 4) for k, v in self.stage_shares().items()},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Collection
 from typing import TextIO
 
 from tqdm import tqdm
@@ -18,19 +19,26 @@ from amgmt.text import human_size, printable
 REDRAW_SECONDS = 0.2  # the in-flight line is redrawn at most this often for upload percentages
 
 
-def in_flight_text(in_flight: list[tuple[str, str]], width: int) -> str:
+def in_flight_text(in_flight: Collection[tuple[str, str]], width: int) -> str:
     """The entries in flight and their stage on one line of `width` columns: `clip.mp4 upload 42% | trip compress`,
-    the names shortened (and the tail counted) when they do not fit."""
+    the names shortened (and the tail counted) when they do not fit. Reads only as many entries as the line can
+    show: the lane has ~200 in flight, and the line is drawn at each of their stage changes."""
     if not in_flight:
         return ""
-    parts = [f"{printable(name)} {stage}" for name, stage in in_flight]
-    text = " | ".join(parts)
-    if len(text) <= width:
-        return text
+    parts: list[str] = []
+    length = -3
+    for name, stage in in_flight:
+        part = f"{printable(name)} {stage}"
+        length += len(part) + 3
+        if length > width:
+            break
+        parts.append(part)
+    else:
+        return " | ".join(parts)
     shown: list[str] = []
-    for n, part in enumerate(parts):
-        rest = f" | +{len(parts) - n} more"
-        name, stage = in_flight[n]
+    for n, (name, stage) in enumerate(in_flight):
+        rest = f" | +{len(in_flight) - n} more"
+        part = f"{printable(name)} {stage}"
         short = part if len(part) <= 30 else f"{printable(name)[: 27 - len(stage)]}… {stage}"
         if len(" | ".join([*shown, short])) + len(rest) > width:
             return " | ".join(shown) + rest if shown else rest.lstrip(" |")
@@ -100,7 +108,7 @@ class TqdmReporter(SilentReporter):
             self._shown()
             self._status = tqdm(total=0, file=stream, bar_format="{desc}", position=1, leave=False)
         width = shutil.get_terminal_size((100, 24)).columns - 1
-        self._status.set_description_str(in_flight_text(list(self.in_flight.values()), width), refresh=True)
+        self._status.set_description_str(in_flight_text(self.in_flight.values(), width), refresh=True)
 
     def entry_done(self, record: OperationRecord) -> None:
         super().entry_done(record)

@@ -159,11 +159,12 @@ def remove_tree_quietly(path: Path) -> None:
         remove_tree(path)
 
 
-def tree_size(path: Path) -> tuple[int, int]:
-    """(bytes, regular files) of a file or a directory tree, never following symlinks; OSError if unreadable."""
+def tree_size(path: Path) -> tuple[int, int, bool]:
+    """(bytes, regular files, whether it is a directory) of a file or a directory tree, never following symlinks
+    (one lstat for a file); OSError if unreadable."""
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
-        return (st.st_size, 1) if stat.S_ISREG(st.st_mode) else (0, 0)
+        return (st.st_size, 1, False) if stat.S_ISREG(st.st_mode) else (0, 0, False)
     total = count = 0
     stack = [path]
     while stack:
@@ -174,4 +175,4 @@ def tree_size(path: Path) -> tuple[int, int]:
                 elif item.is_file(follow_symlinks=False):
                     total += item.stat(follow_symlinks=False).st_size
                     count += 1
-    return total, count
+    return total, count, True

@@ -24,9 +24,15 @@ class ByteBudget:
     """The bytes of request bodies all uploads of a run may hold in memory at once (parts and single PUTs alike).
 
     A body larger than the whole budget waits until nothing else is held, then goes alone.
+
+    With `small_body` and `small_limit`, bodies of at most `small_body` bytes (the single PUTs of the small-entry
+    lane) hold from a budget of their own of `small_limit` bytes instead: in the shared one, each would wait behind
+    the next part of a large upload (bodies reserve in arrival order), which waits for a whole part's worth to come
+    free, so a large upload in flight let through a few small entries per part (measured: none of 200 small
+    entries ended while a large one with slow parts was sending).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, small_body: int = 0, small_limit: int = 0) -> None:
         if limit <= 0:
             raise ValueError("the budget must be positive")
         self.limit = limit
@@ -34,9 +40,17 @@ class ByteBudget:
         self.peak = 0
         self._changed = anyio.Condition()
         self._turn = anyio.Lock()
+        self._small_body = small_body
+        self.small = ByteBudget(small_limit) if small_body > 0 and small_limit > 0 else None
+
+    def hold(self, nbytes: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold `nbytes` of the budget (of the small bodies' own, for a small body) while the block runs."""
+        if self.small is not None and nbytes <= self._small_body:
+            return self.small.hold(nbytes)
+        return self._hold(nbytes)
 
     @contextlib.asynccontextmanager
-    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+    async def _hold(self, nbytes: int) -> AsyncIterator[None]:
         need = min(max(nbytes, 1), self.limit)
         # Bodies reserve in arrival order (anyio's Lock is fair): a large one cannot be starved by small ones.
         async with self._turn, self._changed:

@@ -285,9 +285,11 @@ class Store(ABC):
 
     async def find_uploads_by_key(self, *, bucket: str, key: str) -> list[UploadRecord]:
         """Every upload (any status) to this bucket and key, newest first."""
+        # `|| ''` as in find_successful_upload: without statistics SQLite walked every upload newest first by
+        # (operation_type, started_at) instead of the key's own index (`status NAME`: 11 s on 1,000,000 operations).
         found = await self._select(
             f"look up uploads of s3://{bucket}/{key}",
-            f"WHERE operation_type = 'upload' AND s3_bucket = ? AND s3_object_key = ? {NEWEST_FIRST}",
+            f"WHERE operation_type || '' = 'upload' AND s3_bucket = ? AND s3_object_key = ? {NEWEST_FIRST}",
             [bucket, key],
         )
         return [as_upload(r) for r in found]
@@ -296,7 +298,7 @@ class Store(ABC):
         """Every upload (any status) of an entry with this exact target name to this bucket, newest first."""
         found = await self._select(
             f"look up uploads of {name}",
-            f"WHERE operation_type = 'upload' AND s3_bucket = ? AND target_name = ? {NEWEST_FIRST}",
+            f"WHERE operation_type || '' = 'upload' AND s3_bucket = ? AND target_name = ? {NEWEST_FIRST}",
             [bucket, name],
         )
         return [as_upload(r) for r in found]

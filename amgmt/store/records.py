@@ -256,8 +256,11 @@ def operation_filters(
         clauses.append("host_id = ?")
         params.append(host)
     if location is not None:
+        # `|| ''`: the operation's own file records (at most four, by the primary key), not every file record at
+        # that location for each row (SQLite's choice without statistics: 58 s on 1,000,000 operations).
         clauses.append(
-            "EXISTS (SELECT 1 FROM file_records AS f WHERE f.operation_id = operations.operation_id AND f.location = ?)"
+            "EXISTS (SELECT 1 FROM file_records AS f WHERE f.operation_id = operations.operation_id"
+            " AND f.location || '' = ?)"
         )
         params.append(str(location))
     return clauses, params

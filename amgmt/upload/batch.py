@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from amgmt.errors import AmgmtError, ConfigError, NotFoundError, StorageError, U
 from amgmt.local.entries import PlannedEntry, entry_key, plan, resolve_names
 from amgmt.models import OperationRecord, OperationStatus, UploadRecord
 from amgmt.naming import display
+from amgmt.parts import archive_size_bound
 from amgmt.progress import Reporter, SilentReporter
 from amgmt.s3 import ByteBudget, ClientOptions, S3Bucket
 from amgmt.store import Store, metadata_store, store_exists
@@ -202,12 +204,19 @@ class OpenRun:
     ) -> PipelineContext:
         """What every entry of this run shares: the byte budget, the compression limiter, the claimed keys."""
         settings = self.settings
+        small_body = archive_size_bound(settings.small_entry_size, 1) if settings.small_entry_size > 0 else 0
         return PipelineContext(
             keys=keys,
             settings=settings,
             store=self.store,
             s3=self.s3,
-            budget=ByteBudget(settings.parts_in_flight * settings.part_size),
+            budget=ByteBudget(
+                settings.parts_in_flight * settings.part_size,
+                # The small-entry lane's PUTs have a budget of their own (a body each, `concurrency` at once), so
+                # that a large upload's parts, which fill the shared one, do not hold them back.
+                small_body=small_body,
+                small_limit=settings.concurrency * small_body,
+            ),
             compress=self.compress,
             reporter=reporter,
             overwrite=overwrite,
@@ -506,20 +515,21 @@ class _BatchRun:
             overwrite=self.overwrite,
             command_args=self.command_args,
         )
-        planned = plan(settings, self.entries)  # each entry walked once, here; the pipeline takes it from the plan
+        # Each entry walked once, here; the pipeline takes it from the plan. The plan is handed out as a queue, so
+        # that an entry's plan is gone once the entry has ended (no per-entry state outlives its entry).
+        planned = deque(plan(settings, self.entries))
         if run.claims is not None and planned:
             # Runs sharing the folder each start at another place of the list (by their run id), instead of
             # all claiming the same entries at once and each leaving most of them to the others.
-            start = int(run.claims.lease.run_id, 16) % len(planned)
-            planned = planned[start:] + planned[:start]
+            planned.rotate(-(int(run.claims.lease.run_id, 16) % len(planned)))
         self.reporter.add_work(len(planned), sum(p.size for p in planned))
         send, receive = anyio.create_memory_object_stream[PlannedEntry](max_buffer_size=self.concurrency)
 
         async def produce() -> None:
             async with send:
-                for entry in planned:
+                while planned:
                     try:
-                        await send.send(entry)
+                        await send.send(planned.popleft())
                     except anyio.BrokenResourceError:  # the workers stopped on a run-wide error
                         return
 

@@ -58,6 +58,7 @@ class Fault(StrEnum):
     ERROR = "error"  # a fixed error answer chosen by a rule (403 AccessDenied, 400 InvalidArgument, ...)
     CORRUPT = "corrupt"  # one byte of the body flipped before the Content-MD5 check / forwarding
     LATE = "late"  # forwarded and done by the server, but its answer is lost: a stall, then a hang-up
+    SLOW = "slow"  # forwarded after `slow_seconds` (a slow link or server); no failure (chosen by a rule only)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class FaultProxy:
     operations: Collection[str] | None = None  # e.g. {"UploadPart"}
     rules: list[Rule] = field(default_factory=list)
     stall_seconds: float = 3.0
+    slow_seconds: float = 0.5
     check_content_md5: bool = True
     # As AWS S3 does and the moto server does not: refuse a body whose x-amz-checksum-* header does not match it
     # (400 BadDigest, outcome "bad_checksum"); a request whose checksum matched is forwarded as "checksum_checked".
@@ -296,6 +298,9 @@ class FaultProxy:
             return self._hang_up(request)
 
         body = await _read_body(request)
+        if fault is Fault.SLOW:
+            self.counts[Fault.SLOW] += 1
+            await asyncio.sleep(self.slow_seconds)
         if fault is Fault.LATE:
             async with self._upstream(request, body) as upstream:
                 await upstream.read()

@@ -400,3 +400,27 @@ def test_a_step_clock_charges_the_threads_cpu_time() -> None:
     assert first[cpu.SHA256_SOURCE] > 0
     clock.merge({cpu.SHA256_SOURCE: 1.0, cpu.MD5: 2.0})
     assert cpu.since(first, clock.snapshot()) == {cpu.SHA256_SOURCE: pytest.approx(1.0), cpu.MD5: 2.0}
+
+
+def test_the_client_cpu_per_entry_is_reported() -> None:
+    """`amgmt benchmark --dataset small`'s figure (issue 12): client CPU (user + sys, workers included) per entry
+    done, in the table and the JSON."""
+    import dataclasses
+
+    from amgmt.cli.benchmark_cmd import render_table
+
+    run = _run(RunKind.AMGMT, 2.0)  # 1.5 CPU-s for 2 entries
+    assert run.cpu_ms_per_entry == 750.0
+    assert run.to_dict()["cpu_ms_per_entry"] == 750.0
+    assert dataclasses.replace(run, entries_ok=0).cpu_ms_per_entry is None
+    report = BenchmarkReport(
+        started_at=utcnow(),
+        machine={},
+        dataset=dataset_spec("small", 0.01),
+        target=TargetInfo("b", None, True, None),
+        settings={"compression_level": 6},
+        runs=(run,),
+        repeat=1,
+    )
+    header, *rows = render_table(report).splitlines()
+    assert "CPU ms/ENTRY" in header and any("750.00" in row for row in rows)
