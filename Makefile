@@ -18,10 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/amgmt demo --dir .amgmt-demo
 
-## Lint (ruff), format check and types (mypy) of the package.
+## Lint (ruff), format check (package, tests, benchmarks) and types (mypy) of the package.
 lint: $(STAMP)
 	$(BIN)/ruff check amgmt benchmarks
-	$(BIN)/ruff format --check amgmt
+	$(BIN)/ruff format --check amgmt tests benchmarks
 	$(BIN)/mypy
 
 ## Lint, types, then the whole test suite (starts its own S3 servers on 127.0.0.1). This is what CI runs.
