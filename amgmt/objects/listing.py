@@ -154,7 +154,7 @@ async def build_listing(settings: Settings, scope: Scope, *, page_size: int = LI
     planned: list[tuple[PlannedEntry, datetime | None]] = []
     ignored: list[str] = []
     listed: list[ObjectHead] = []
-    summaries: list[UploadSummary] = []
+    summaries: list[UploadSummary] = []  # the uploads to the keys listed (none without a database)
 
     async def read_local() -> None:
         def walk() -> tuple[list[tuple[PlannedEntry, datetime | None]], list[str]]:
@@ -167,21 +167,20 @@ async def build_listing(settings: Settings, scope: Scope, *, page_size: int = LI
         async with S3Bucket.connect(ClientOptions.from_settings(settings, max_connections=2)) as s3:
             listed[:] = await s3.list_objects(prefix, page_size=page_size)
 
-    async def read_store() -> None:
-        if store_exists(settings):
-            async with metadata_store(settings) as store:
-                summaries[:] = await store.upload_summaries(bucket=settings.bucket or None, key_prefix=prefix)
-
     try:
         async with anyio.create_task_group() as tg:
             if want_local:
                 tg.start_soon(read_local)
             if want_s3:
                 tg.start_soon(read_bucket)
-            tg.start_soon(read_store)
     except BaseExceptionGroup as group:
         error = first_error(group)
         raise error from error.__cause__
+    if store_exists(settings):
+        # Only the uploads to the keys listed here: a few rows each, however many the database holds.
+        keys = {p.key for p, _ in planned} | {o.key for o in listed}
+        async with metadata_store(settings) as store:
+            summaries = await store.upload_summaries(bucket=settings.bucket or None, key_prefix=prefix, keys=keys)
 
     local = _local_entries(planned, summaries, {o.key for o in listed} if want_s3 else None) if want_local else None
     objects = _stored_objects(listed, summaries, prefix) if want_s3 else None

@@ -300,6 +300,19 @@ async def test_find_uploads_by_key_newest_first(store: Store) -> None:
 # -- concurrency ------------------------------------------------------------------------------------------------
 
 
+async def test_upload_summaries_of_some_keys_are_those_of_all_uploads_to_them(store: Store) -> None:
+    # Both backends: the keys bound in batches of an IN (...) list, oldest first as without keys.
+    for i in range(30):
+        await store.save_operation(make_upload(minutes=i, name=f"clip{i % 12:02d}.mp4"))
+    everything = await store.upload_summaries(bucket="media")
+    wanted = {f"archive/clip{i:02d}.mp4.tar.gz" for i in (1, 5, 11)} | {"archive/none.tar.gz"}
+
+    some = await store.upload_summaries(bucket="media", keys=wanted, key_prefix="archive/")
+
+    assert some == [s for s in everything if s.s3_object_key in wanted] and len(some) == 8
+    assert await store.upload_summaries(bucket="media", keys=set()) == []
+
+
 async def test_fifty_concurrent_tasks_through_six_stage_updates(store: Store) -> None:
     records = [make_upload(minutes=i, name=f"entry-{i:02d}") for i in range(50)]
     stages = [Stage.RECORD, Stage.COMPRESS, Stage.UPLOAD, Stage.VERIFY, Stage.MOVE, Stage.DONE]
