@@ -25,11 +25,10 @@ import uuid
 from pathlib import Path
 
 import anyio
-from store_backends import PG_SCRIPT, create_database, database_url
+from store_backends import bench_servers, create_database, database_url
 
 from amgmt.bench.datasets import make_photo_set
-from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION, LocalS3Server, free_port
-from amgmt.s3 import ClientOptions, S3Bucket
+from amgmt.bench.localserver import LOCAL_KEYS, LOCAL_REGION
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,25 +74,8 @@ async def main(args: argparse.Namespace) -> None:
     pg_url = args.pg_url or os.environ.get("MGMT_BENCH_PG_URL")
     with tempfile.TemporaryDirectory(prefix="amgmt-fleet-bench-") as tmp:
         work = Path(tmp)
-        own_pg = None
-        if pg_url is None:
-            own_pg = work / "pg"
-            subprocess.run(["bash", str(PG_SCRIPT), str(own_pg), str(free_port())], check=True, capture_output=True)
-            pg_url = (own_pg / "url").read_text().strip()
-        server = LocalS3Server().start()
-        try:
-            bucket = "fleet-bench"
-            options = ClientOptions(
-                bucket=bucket,
-                endpoint_url=server.endpoint_url,
-                region=LOCAL_REGION,
-                checksum_algorithm="md5",
-                addressing_style="path",
-                max_connections=2,
-                local_credentials=LOCAL_KEYS,
-            )
-            async with S3Bucket.connect(options) as s3:
-                await s3.create_bucket()
+        bucket = "fleet-bench"
+        async with bench_servers(work, pg_url, bucket) as (url, endpoint, _):
             source = make_photo_set(work / "data", count=args.entries, size=args.size)
             for n in range(args.large if args.mode == "fleet" else 0):
                 with open(source / f"TAKE_{n:03d}.mov", "wb") as out:
@@ -108,9 +90,9 @@ async def main(args: argparse.Namespace) -> None:
                     db_url = None
                     if kind != "sqlite":
                         name = f"bench_{uuid.uuid4().hex[:12]}"
-                        await create_database(pg_url, name)
-                        db_url = database_url(pg_url, name)
-                    env = run_env(server.endpoint_url, bucket, run_dir.name, db_url, run_dir)
+                        await create_database(url, name)
+                        db_url = database_url(url, name)
+                    env = run_env(endpoint, bucket, run_dir.name, db_url, run_dir)
                     count = args.runs if kind.endswith("-runs") else 1
                     wall, user, system = await anyio.to_thread.run_sync(timed_runs, local, env, count, run_dir)
                     results[kind].append(wall)
@@ -120,10 +102,6 @@ async def main(args: argparse.Namespace) -> None:
                         flush=True,
                     )
                     shutil.rmtree(run_dir, ignore_errors=True)
-        finally:
-            server.stop()
-            if own_pg is not None:
-                subprocess.run(["bash", str(PG_SCRIPT), str(own_pg), "stop"], capture_output=True)
     medians = {k: statistics.median(v) for k, v in results.items()}
     first, second = kinds
     print(

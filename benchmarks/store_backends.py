@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -88,29 +90,42 @@ async def one_run(
     return {"backend": backend, "entries": len(entries), "wall_seconds": round(wall, 3)}
 
 
+@asynccontextmanager
+async def bench_servers(work: Path, pg_url: str | None, bucket: str) -> AsyncIterator[tuple[str, str, bool]]:
+    """(PostgreSQL URL, S3 endpoint, whether the PostgreSQL server is this script's own) for the block: the given
+    server, else one of tests/tools/pg_up.sh in `work` (durable: fsync on); the embedded moto server with `bucket`
+    created. Both stopped after the block."""
+    own_pg = None
+    if pg_url is None:
+        own_pg = work / "pg"
+        subprocess.run(["bash", str(PG_SCRIPT), str(own_pg), str(free_port())], check=True, capture_output=True)
+        pg_url = (own_pg / "url").read_text().strip()
+    server = LocalS3Server().start()
+    try:
+        options = ClientOptions(
+            bucket=bucket,
+            endpoint_url=server.endpoint_url,
+            region=LOCAL_REGION,
+            checksum_algorithm="md5",
+            addressing_style="path",
+            max_connections=2,
+            local_credentials=LOCAL_KEYS,
+        )
+        async with S3Bucket.connect(options) as s3:
+            await s3.create_bucket()
+        yield pg_url, server.endpoint_url, own_pg is not None
+    finally:
+        server.stop()
+        if own_pg is not None:
+            subprocess.run(["bash", str(PG_SCRIPT), str(own_pg), "stop"], capture_output=True)
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
     pg_url = args.pg_url or os.environ.get("MGMT_BENCH_PG_URL")
     with tempfile.TemporaryDirectory(prefix="amgmt-store-bench-") as tmp:
         work = Path(tmp)
-        own_pg = None
-        if pg_url is None:
-            own_pg = work / "pg"
-            subprocess.run(["bash", str(PG_SCRIPT), str(own_pg), str(free_port())], check=True, capture_output=True)
-            pg_url = (own_pg / "url").read_text().strip()
-        server = LocalS3Server().start()
-        try:
-            bucket = "store-bench"
-            options = ClientOptions(
-                bucket=bucket,
-                endpoint_url=server.endpoint_url,
-                region=LOCAL_REGION,
-                checksum_algorithm="md5",
-                addressing_style="path",
-                max_connections=2,
-                local_credentials=LOCAL_KEYS,
-            )
-            async with S3Bucket.connect(options) as s3:
-                await s3.create_bucket()
+        bucket = "store-bench"
+        async with bench_servers(work, pg_url, bucket) as (url, endpoint, own_pg):
             source = make_photo_set(work / "data", count=args.entries, size=args.size)
             runs = []
             for repeat in range(args.repeats):
@@ -119,18 +134,14 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                         backend,
                         source,
                         work,
-                        endpoint=server.endpoint_url,
+                        endpoint=endpoint,
                         bucket=bucket,
-                        pg_url=pg_url,
+                        pg_url=url,
                         concurrency=args.concurrency,
                     )
                     result["repeat"] = repeat
                     runs.append(result)
                     print(f"  {backend:8s} repeat {repeat}: {result['wall_seconds']:.2f} s", file=sys.stderr)
-        finally:
-            server.stop()
-            if own_pg is not None:
-                subprocess.run(["bash", str(PG_SCRIPT), str(own_pg), "stop"], capture_output=True)
     medians = {
         b: statistics.median(float(r["wall_seconds"]) for r in runs if r["backend"] == b)  # type: ignore[arg-type]
         for b in ("sqlite", "postgres")
@@ -140,7 +151,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "size": args.size,
         "concurrency": args.concurrency,
         "repeats": args.repeats,
-        "postgres": redacted_url(pg_url) if own_pg is None else "own pg_up.sh server (fsync on)",
+        "postgres": redacted_url(url) if not own_pg else "own pg_up.sh server (fsync on)",
         "runs": runs,
         "median_seconds": medians,
         "postgres_over_sqlite": round(medians["postgres"] / medians["sqlite"], 3),
