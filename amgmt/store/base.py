@@ -547,22 +547,15 @@ class Store(ABC):
     async def release_entries(self, lease: RunLease, names: Sequence[str], *, abandon: Sequence[str] = ()) -> None:
         """The run ended these entries: `names` released (done: a run that started before now leaves them alone),
         `abandon` expired unreleased (not done: any run may take them now). Only claims this run still holds."""
-        rows = [[lease.dir_id, name, lease.run_id] for name in names]
-        if rows:
-            await self._execute_many(
-                f"release {len(rows)} claims",
-                "UPDATE entry_claims SET released_at = amgmt_now(), expires_at = 0"
-                " WHERE dir_id = ? AND entry = ? AND run_id = ? AND released_at IS NULL",
-                rows,
-            )
-        rows = [[lease.dir_id, name, lease.run_id] for name in abandon]
-        if rows:
-            await self._execute_many(
-                f"abandon {len(rows)} claims",
-                "UPDATE entry_claims SET expires_at = 0 WHERE dir_id = ? AND entry = ? AND run_id = ?"
-                " AND released_at IS NULL",
-                rows,
-            )
+        for doing, released, chosen in (("release", "released_at = amgmt_now(), ", names), ("abandon", "", abandon)):
+            rows = [[lease.dir_id, name, lease.run_id] for name in chosen]
+            if rows:
+                await self._execute_many(
+                    f"{doing} {len(rows)} claims",
+                    f"UPDATE entry_claims SET {released}expires_at = 0"
+                    " WHERE dir_id = ? AND entry = ? AND run_id = ? AND released_at IS NULL",
+                    rows,
+                )
 
     async def claimed_operations(self, operation_ids: Sequence[str]) -> set[str]:
         """Of these operations, those a claim still stands for (held by a run whose lease has not run out, or
